@@ -1,0 +1,220 @@
+"""Front ends: waveform or log-mel in, 20 ms frames out, lengths computed here.
+
+Layout everywhere in ``nemo_sew.nn``: ``(batch, time, channels)`` plus a lengths tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ConvLayer = tuple[int, int, int]  # (out_channels, kernel, stride)
+
+
+def wfe_o_layers(channels: int = 512) -> list[ConvLayer]:
+    """wav2vec 2.0's original wave feature extractor (WFE-O): 7 convs, stride 320, receptive field 400.
+
+    Maps to fairseq ``conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"``.
+    """
+    return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
+
+
+def wfe_c_layers(c: int = 64, extra_1x1: int = 1) -> list[ConvLayer]:
+    """SEW's compact wave feature extractor (WFE-C): channels double each time the rate drops 4x.
+
+    Args:
+        c: width of the first layer (SEW ``wfe_c``; 64 gives 13 layers ending at 512 channels).
+        extra_1x1: number of 1x1 convs after each strided conv (SEW ``wfe_l``).
+    """
+    stages = [(2 * c, 3, 2), (2 * c, 3, 2), (4 * c, 3, 2), (4 * c, 3, 2), (8 * c, 2, 2), (8 * c, 2, 2)]
+    layers: list[ConvLayer] = [(c, 10, 5)]
+    for ch, k, s in stages:
+        layers.append((ch, k, s))
+        layers.extend([(ch, 1, 1)] * extra_1x1)
+    return layers
+
+
+def conv_out_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Valid-convolution length rule ``floor((L - k) / s) + 1``, clamped at 0 (torchaudio's rule)."""
+    return torch.clamp(torch.div(lengths - kernel, stride, rounding_mode="floor") + 1, min=0)
+
+
+def time_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(B, T)`` bool mask, True on valid frames."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class MaskedInstanceNorm(nn.Module):
+    """Per-channel normalisation over the valid frames only (GroupNorm with groups == channels).
+
+    wav2vec 2.0's ``group_norm`` extractor mode normalises each channel over the whole time axis,
+    so padding changes every frame's value. This computes the same statistics over the valid
+    frames only; written by hand because torch has no masked GroupNorm. Without padding it equals
+    ``nn.GroupNorm(C, C, eps, affine=True)`` and keeps its parameter names (``weight``, ``bias``).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # x: (B, C, T); statistics in fp32 whatever the input dtype
+        mask = time_mask(lengths, x.shape[-1])[:, None, :].to(torch.float32)  # (B, 1, T)
+        xf = x.float()
+        count = mask.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 1, 1)
+        mean = (xf * mask).sum(-1, keepdim=True) / count  # (B, C, 1)
+        var = (((xf - mean) * mask) ** 2).sum(-1, keepdim=True) / count
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        return (y * self.weight[None, :, None] + self.bias[None, :, None]).to(x.dtype)
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over channels of a ``(B, C, T)`` tensor (wav2vec 2.0 ``layer_norm`` extractor mode)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ConvBlock(nn.Module):
+    """One conv of the wave feature extractor: Conv1d -> [norm] -> GELU (fairseq ``ConvFeatureExtractionModel``)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, bias: bool, norm: nn.Module | None
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv(x)  # (B, C_out, T_out)
+        lengths = conv_out_lengths(lengths, self.kernel, self.stride)
+        if isinstance(self.norm, MaskedInstanceNorm):
+            x = self.norm(x, lengths)
+        elif self.norm is not None:
+            x = self.norm(x)
+        return F.gelu(x), lengths
+
+
+class ConvFeatureExtractor(nn.Module):
+    """Waveform front end (WFE-O or WFE-C): ``(B, N)`` samples -> ``(B, T, C)`` frames at 20 ms.
+
+    Args:
+        layers: per-layer ``(channels, kernel, stride)``; see :func:`wfe_o_layers`, :func:`wfe_c_layers`.
+        norm: ``"group_norm"`` (fairseq ``extractor_mode=default``: per-channel norm after the first
+            conv only, computed over valid frames here) or ``"layer_norm"`` (``extractor_mode=layer_norm``:
+            channel LayerNorm after every conv).
+        conv_bias: fairseq ``conv_bias`` (False for base models and SEW, True for large models).
+
+    Valid output frames depend only on valid input samples (no padding inside the convs), so with the
+    masked norm a padded batch gives the same valid frames as each item alone.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Sequence[int]],
+        norm: Literal["group_norm", "layer_norm"] = "group_norm",
+        conv_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if norm not in ("group_norm", "layer_norm"):
+            raise ValueError(f"expected norm 'group_norm' or 'layer_norm', got {norm!r}")
+        blocks = []
+        in_ch = 1
+        for i, (ch, k, s) in enumerate(layers):
+            if norm == "layer_norm":
+                block_norm: nn.Module | None = ChannelLayerNorm(ch)
+            else:
+                block_norm = MaskedInstanceNorm(ch) if i == 0 else None
+            blocks.append(ConvBlock(in_ch, ch, k, s, conv_bias, block_norm))
+            in_ch = ch
+        self.blocks = nn.ModuleList(blocks)
+        self.out_dim = in_ch
+
+    @property
+    def stride(self) -> int:
+        """Samples per output frame."""
+        total = 1
+        for b in self.blocks:
+            total *= b.stride
+        return total
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples needed for one output frame."""
+        rf = 1
+        for b in reversed(self.blocks):
+            rf = (rf - 1) * b.stride + b.kernel
+        return rf
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            lengths = conv_out_lengths(lengths, b.kernel, b.stride)
+        return lengths
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if wav.dim() != 2:
+            raise ValueError(f"expected waveform of shape (B, N), got {tuple(wav.shape)}")
+        # zero the padding so every item sees the same samples as when run alone
+        x = wav.masked_fill(~time_mask(lengths, wav.shape[1]), 0.0)[:, None, :]  # (B, 1, N)
+        for block in self.blocks:
+            x, lengths = block(x, lengths)
+        return x.transpose(1, 2), lengths  # (B, T, C)
+
+
+class MelStackFrontend(nn.Module):
+    """Log-mel front end: ``(B, n_mels, T)`` at 10 ms -> stack ``stack`` frames -> ``(B, T // stack, n_mels*stack)``.
+
+    The input comes from NeMo's ``AudioToMelSpectrogramPreprocessor``; stacking two 10 ms frames gives the
+    20 ms rate the waveform front ends produce, so the compressor and expander see the same rate.
+    """
+
+    def __init__(self, n_mels: int = 80, stack: int = 2) -> None:
+        super().__init__()
+        if stack < 1:
+            raise ValueError(f"expected stack >= 1, got {stack}")
+        self.n_mels, self.stack = n_mels, stack
+        self.out_dim = n_mels * stack
+
+    @property
+    def receptive_field(self) -> int:
+        """Input frames needed for one output frame."""
+        return self.stack
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths, self.stack, rounding_mode="floor")
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if feats.dim() != 3 or feats.shape[1] != self.n_mels:
+            raise ValueError(f"expected log-mel features of shape (B, {self.n_mels}, T), got {tuple(feats.shape)}")
+        b, c, t = feats.shape
+        t_out = t // self.stack
+        x = feats[:, :, : t_out * self.stack].transpose(1, 2)  # (B, T_out*stack, n_mels)
+        x = x.reshape(b, t_out, self.stack * c)  # (B, T_out, stack*n_mels), frames in time order
+        lengths = self.output_lengths(lengths)
+        return x.masked_fill(~time_mask(lengths, t_out)[..., None], 0.0), lengths
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm on front-end features, then a linear map to the model width (wav2vec 2.0 / SEW).
+
+    ``projection`` is None when the widths already agree (SEW's ``post_extract_proj`` is optional).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(in_dim, eps=layer_norm_eps)
+        self.projection = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer_norm(x)
+        if self.projection is not None:
+            x = self.projection(x)
+        return self.dropout(x)
