@@ -46,6 +46,11 @@ def _per_layer(value: int | Sequence[int], num_layers: int, name: str) -> list[i
     return values
 
 
+def _min_input_length(frontend: nn.Module, squeeze: int) -> int:
+    stride = getattr(frontend, "stride", frontend.receptive_field)  # mel: stack frames per 20 ms frame
+    return frontend.receptive_field + (int(squeeze) - 1) * stride
+
+
 class SqueezeEncoder(NeuralModule, Exportable):
     """A SEW-style squeezed speech encoder with NeMo's encoder interface.
 
@@ -208,9 +213,32 @@ class SqueezeEncoder(NeuralModule, Exportable):
 
     def min_input_length(self) -> int:
         """Shortest input (samples or 10 ms frames) that gives at least one squeezed frame."""
-        fe = self.frontend
-        stride = getattr(fe, "stride", getattr(fe, "receptive_field", 1))
-        return fe.receptive_field + (self.squeeze - 1) * stride
+        return _min_input_length(self.frontend, self.squeeze)
+
+    @staticmethod
+    def min_input_length_for(
+        squeeze: int,
+        frontend: FrontendKind = "mel_stack",
+        feat_in: int = 80,
+        conv_layers: Sequence[Sequence[int]] | None = None,
+        wfe_c: int = 64,
+        wfe_l: int = 1,
+        mel_stack: int = 2,
+        **_: object,
+    ) -> int:
+        """:meth:`min_input_length` from constructor arguments, without building the model."""
+        if frontend == "mel_stack":
+            return _min_input_length(MelStackFrontend(feat_in, mel_stack), squeeze)
+        if conv_layers is None:
+            conv_layers = wfe_c_layers(wfe_c, wfe_l) if frontend == "wfe_c" else wfe_o_layers()
+        strides = [int(layer[2]) for layer in conv_layers]
+        kernels = [int(layer[1]) for layer in conv_layers]
+        rf, stride = 1, 1
+        for k, s in zip(reversed(kernels), reversed(strides)):
+            rf = (rf - 1) * s + k
+        for s in strides:
+            stride *= s
+        return rf + (int(squeeze) - 1) * stride
 
     # ----------------------------------------------------------------------------------------------
     # NeMo ports

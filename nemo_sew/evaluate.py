@@ -1,0 +1,154 @@
+"""Evaluation and measurement: WER/CER on a manifest, encoder GMACs per second of audio, latency, RTFx."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from nemo.collections.asr.metrics.wer import word_error_rate
+from torch.utils.flop_counter import FlopCounterMode
+
+from nemo_sew.encoder import SqueezeEncoder
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """NeMo JSON-lines manifest; relative audio paths resolve against the manifest's directory."""
+    path = Path(path)
+    entries = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: malformed JSON line ({e})") from e
+        audio = Path(entry["audio_filepath"])
+        entry["audio_filepath"] = str(audio if audio.is_absolute() else path.parent / audio)
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"{path}: manifest has no entries")
+    return entries
+
+
+def error_rates(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
+    """Corpus WER and CER with NeMo's ``word_error_rate``."""
+    return (
+        word_error_rate(list(hypotheses), list(references), use_cer=False),
+        word_error_rate(list(hypotheses), list(references), use_cer=True),
+    )
+
+
+def transcribe_manifest(model, manifest: str | Path, batch_size: int = 16, profile=None) -> tuple[list[str], list[str]]:
+    """Greedy CTC transcripts of every manifest entry (through NeMo's ``transcribe``) and the references."""
+    entries = read_manifest(manifest)
+    hyps = model.transcribe([e["audio_filepath"] for e in entries], batch_size=batch_size, verbose=False, profile=profile)
+    texts = [h.text if hasattr(h, "text") else str(h) for h in hyps]
+    return texts, [e["text"] for e in entries]
+
+
+def _encoder_input(encoder: SqueezeEncoder, seconds: float, batch: int, sample_rate: int, hop_seconds: float):
+    if encoder.frontend_kind == "mel_stack":
+        n = int(round(seconds / hop_seconds))
+    else:
+        n = int(round(seconds * sample_rate))
+    param = next(encoder.parameters())
+    x = torch.randn(batch, encoder._feat_in, n, device=param.device, dtype=param.dtype)
+    return x, torch.full((batch,), n, dtype=torch.int64, device=param.device)
+
+
+def encoder_gmacs_per_second(
+    encoder: SqueezeEncoder, seconds: float = 10.0, sample_rate: int = 16000, hop_seconds: float = 0.01
+) -> float:
+    """Encoder multiply-accumulates per second of audio, counted by ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
+
+    Counts matmuls, convolutions and attention at the active profile; the mel preprocessor (FFT) is not
+    counted. Runs one forward on ``seconds`` of random input.
+    """
+    x, lengths = _encoder_input(encoder, seconds, 1, sample_rate, hop_seconds)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            encoder(audio_signal=x, length=lengths)
+    finally:
+        encoder.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9 / seconds
+
+
+@dataclass
+class Latency:
+    batch: int
+    seconds: float
+    median_ms: float
+    rtfx: float
+    runs: int
+
+
+def measure_latency(model, seconds: float = 10.0, batch: int = 1, warmup: int = 2, runs: int = 7) -> Latency:
+    """Median wall time of the model's forward (preprocessor + encoder + CTC head) on ``batch`` x ``seconds``.
+
+    RTFx = seconds of audio processed per second of compute (``batch * seconds / median``).
+    """
+    sample_rate = int(model.cfg.get("sample_rate", 16000))
+    param = next(model.parameters())
+    audio = torch.randn(batch, int(seconds * sample_rate), device=param.device) * 0.1
+    lengths = torch.full((batch,), audio.shape[1], dtype=torch.int64, device=param.device)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + runs):
+                start = time.perf_counter()
+                model.forward(input_signal=audio, input_signal_length=lengths)
+                if param.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    median = statistics.median(times)
+    return Latency(batch=batch, seconds=seconds, median_ms=median * 1e3, rtfx=batch * seconds / median, runs=runs)
+
+
+@dataclass
+class EvalResult:
+    manifest: str
+    utterances: int
+    wer: float
+    cer: float
+    params_m: float
+    encoder_gmacs_per_s: float
+    latency_ms_10s: float
+    rtfx: float
+    profile: dict
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) -> EvalResult:
+    """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``."""
+    with model.profile_scope(profile):
+        hyps, refs = transcribe_manifest(model, manifest, batch_size=batch_size)
+        wer, cer = error_rates(hyps, refs)
+        hop = float(model.cfg.preprocessor.get("window_stride", 0.01))
+        gmacs = encoder_gmacs_per_second(model.encoder, sample_rate=int(model.cfg.sample_rate), hop_seconds=hop)
+        lat = measure_latency(model)
+        active = model.profile.to_dict()
+    return EvalResult(
+        manifest=str(manifest),
+        utterances=len(refs),
+        wer=wer,
+        cer=cer,
+        params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+        encoder_gmacs_per_s=gmacs,
+        latency_ms_10s=lat.median_ms,
+        rtfx=lat.rtfx,
+        profile=active,
+    )

@@ -1,0 +1,1 @@
+"""NeMo model classes."""
