@@ -1,0 +1,44 @@
+# Two entry points, each doing all set-up on a fresh machine (Debian packages, .venv, editable install)
+# and quick when already set up:  make demo  |  make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+APT_PACKAGES := espeak-ng fortunes fortunes-min sox libsndfile1
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast setup apt venv clean
+
+demo: setup
+	$(VENV)/bin/nemo-sew demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+setup: apt $(VENV)/.stamp-install
+
+# Debian packages: installed only when one is missing (root, or sudo when available)
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned first so pip takes the CPU build (see README for a CUDA build on GPU machines)
+$(VENV)/.stamp-install: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf outputs .pytest_cache

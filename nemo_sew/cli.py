@@ -1,0 +1,104 @@
+"""The ``nemo-sew`` command.
+
+    nemo-sew prepare synthetic data/synthetic --hours 3.5
+    nemo-sew prepare librispeech /data/LibriSpeech-root data/librispeech -p train-clean-100 -p dev-clean
+    nemo-sew validate-manifest data/synthetic/train.json
+    nemo-sew train recipes/ctc_char_tiny_mel.yaml model.train_ds.manifest_filepath=... save_to=model.nemo
+    nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--profile 2]
+    nemo-sew demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from nemo_sew.train import load_config, train
+
+    train(load_config(args.recipe, args.overrides))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import nemo_sew  # noqa: F401
+    from nemo.collections.asr.models import ASRModel
+
+    from nemo_sew.evaluate import evaluate
+
+    model = ASRModel.restore_from(args.model, map_location="cpu")
+    result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile)
+    print(result.to_json())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nemo_sew.demo import run_demo
+
+    run_demo(
+        out_dir=args.out,
+        data_dir=args.data,
+        recipe=args.recipe,
+        hours=args.hours,
+        train_minutes=args.train_minutes,
+        seed=args.seed,
+        overrides=args.overrides,
+        command="nemo-sew " + " ".join(args.argv),
+    )
+    return 0
+
+
+def _profile_arg(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text  # a named profile
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from manifests import cli as manifests_cli
+
+    parser = argparse.ArgumentParser(prog="nemo-sew", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    manifests_cli.register(sub)
+
+    p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100 save_to=m.nemo")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="WER, CER, GMACs/s, latency and RTFx of a .nemo model on a manifest")
+    p.add_argument("model")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--profile", type=_profile_arg, default=None, help="squeeze factor or named profile")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="synthetic corpus -> CPU training -> evaluation (what `make demo` runs)")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--recipe", default="recipes/ctc_char_tiny_mel.yaml")
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--train-minutes", type=float, default=18.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

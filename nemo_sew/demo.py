@@ -1,0 +1,108 @@
+"""The demo (``make demo``): synthetic corpus -> CPU training -> evaluation -> ``outputs/demo/``.
+
+    nemo-sew demo --out outputs/demo --hours 3.5 --train-minutes 18
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from nemo_sew.evaluate import evaluate
+from nemo_sew.train import load_config, train
+
+log = logging.getLogger("nemo_sew.demo")
+
+# Measured by the team on this kind of 2-core CPU machine (issue #2), same corpus recipe and time budget.
+BASELINES = [
+    ("NeMo ConformerEncoder, 4 x 128, 4x subsampling (40 ms), char CTC", 1.8, "0.23", "0.69", "454 steps, 18 min"),
+    ("NeMo ConformerEncoder, 4 x 128, 8x subsampling (80 ms), char CTC", 1.8, "blank plateau", "-", "18 min"),
+    ("transformers SEWForCTC, WFE-C waveform front end, squeeze 2", 5.9, "0.99", "-", "514 steps, 18 min"),
+]
+
+
+def _minutes_to_max_time(minutes: float) -> str:
+    total = int(minutes * 60)
+    return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def write_results(path: Path, result, train_seconds: float, steps: int, hours: dict, command: str) -> None:
+    """``results.md``: what the demo reached, with the baselines beside it."""
+    lines = [
+        "# nemo-sew demo results",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}  ",
+        f"Corpus: synthetic espeak-ng ({hours.get('train', 0):.2f} h train; test = held-out voices and sentences, "
+        f"{result.utterances} utterances)  ",
+        f"Training: {train_seconds / 60:.1f} min, {steps} steps on CPU  ",
+        f"Profile: {result.profile}",
+        "",
+        "| model | params (M) | test CER | test WER | encoder GMACs / s audio | latency, 10 s (ms) | RTFx | training |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| **nemo-sew SqueezeEncoder (this run)** | {result.params_m:.2f} | **{result.cer:.3f}** | {result.wer:.3f} | "
+        f"{result.encoder_gmacs_per_s:.3f} | {result.latency_ms_10s:.1f} | {result.rtfx:.0f} | {steps} steps, "
+        f"{train_seconds / 60:.1f} min |",
+    ]
+    for name, params, cer, wer, training in BASELINES:
+        lines.append(f"| {name} (team baseline) | {params} | {cer} | {wer} | - | - | - | {training} |")
+    lines += [
+        "",
+        "Latency: median of 7 runs after 2 warm-up runs, batch 1, preprocessor + encoder + CTC head, fp32, "
+        f"{torch.get_num_threads()} threads. Target: test CER <= 0.15.",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def run_demo(
+    out_dir: str | Path = "outputs/demo",
+    data_dir: str | Path = "data/synthetic",
+    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
+    hours: float = 3.5,
+    train_minutes: float = 18.0,
+    seed: int = 0,
+    num_jobs: int | None = None,
+    overrides: list[str] | None = None,
+    command: str = "make demo",
+):
+    """Build the corpus, train the recipe for ``train_minutes`` on CPU, evaluate, write the outputs."""
+    from manifests.synthetic import prepare_synthetic
+
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("step 1/3: synthetic corpus (%.1f h) in %s", hours, data_dir)
+    splits = prepare_synthetic(data_dir, hours=hours, seed=seed, num_jobs=num_jobs or os.cpu_count() or 1)
+    summary = json.loads((data_dir / "corpus.json").read_text())
+    split_hours = {name: info["hours"] for name, info in summary["splits"].items()}
+
+    log.info("step 2/3: training %s for up to %.0f min", recipe, train_minutes)
+    model_path = out_dir / "model.nemo"
+    cfg = load_config(
+        recipe,
+        [
+            f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}",
+            f"trainer.max_time={_minutes_to_max_time(train_minutes)}",
+            f"exp_manager.exp_dir={out_dir / 'experiments'}",
+            f"save_to={model_path}",
+            *(overrides or []),
+        ],
+    )
+    start = time.perf_counter()
+    model = train(cfg)
+    train_seconds = time.perf_counter() - start
+    steps = int(model.trainer.global_step)
+
+    log.info("step 3/3: evaluating on the held-out test set")
+    result = evaluate(model, splits["test"]["manifest"])
+    (out_dir / "results.json").write_text(result.to_json())
+    write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command)
+    log.info("test CER %.3f, WER %.3f; wrote %s and %s", result.cer, result.wer, model_path, out_dir / "results.md")
+    return result
