@@ -140,3 +140,12 @@ def test_cli_prepare_librispeech(tmp_path: Path, capsys: pytest.CaptureFixture) 
         }
     }
     assert len((out_dir / "dev-other.json").read_text().splitlines()) == len(UTTERANCES)
+
+
+def test_cli_reports_missing_corpus_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["prepare", "librispeech", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "nowhere: LibriSpeech directory not found" in err
+    assert "Traceback" not in err
