@@ -7,8 +7,10 @@ converted here, in ``forward``, and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import OrderedDict
-from typing import Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from nemo.core.classes import Exportable, NeuralModule, typecheck
@@ -19,10 +21,12 @@ from nemo.core.neural_types import (
     NeuralType,
     SpectrogramType,
 )
+import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.nn.blocks import ConformerLayer, TransformerLayer
-from nemo_sew.nn.compress import SEWUpsampler, SqueezeCompressor
+from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor, is_integer_rate
+from nemo_sew.nn.pooling import pooled_lengths
 from nemo_sew.nn.frontend import (
     ConvFeatureExtractor,
     FeatureProjection,
@@ -31,7 +35,7 @@ from nemo_sew.nn.frontend import (
     wfe_c_layers,
     wfe_o_layers,
 )
-from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
+from nemo_sew.profile import CompressionProfile, ProfileLike, ProfileSampler, as_profile
 
 FrontendKind = Literal["mel_stack", "wfe_c", "wfe_o"]
 BlockKind = Literal["transformer", "conformer"]
@@ -79,8 +83,23 @@ class SqueezeEncoder(NeuralModule, Exportable):
         upsample: SEW's upsampler back to 20 ms after the blocks (False: output at the squeezed rate).
         dropout, attention_dropout, activation_dropout: fairseq's dropouts in the blocks.
         feature_dropout: dropout after the feature projection (fairseq ``dropout_input``).
+        feature_layer_norm: LayerNorm on the front-end features before the projection (transformers HuBERT
+            ``feat_proj_layer_norm``; on in wav2vec 2.0 and SEW).
+        feature_projection: linear map from front-end channels to ``d_model``; None = only when the widths
+            differ (SEW), True = always (wav2vec 2.0 / HuBERT ``feature_projection``).
         layerdrop: probability of skipping a whole block while training (fairseq ``encoder_layerdrop``).
         layer_norm_eps: eps of every LayerNorm.
+        expander: ``sew`` (SEW's ``Linear(C, s*C)``, one factor only) or ``phase`` (factor-agnostic
+            :class:`~nemo_sew.nn.compress.PhaseExpander`); default ``sew`` for fixed-squeeze encoders and
+            ``phase`` when a sampler, CIF weights or a learned rate make the factor vary.
+        squeeze_sampler: training-time profile sampler (:class:`nemo_sew.profile.ProfileSampler` fields),
+            e.g. ``{"squeeze": {"values": [1, 2, 3, 4]}}`` or ``{"squeeze": {"low": 1, "high": 4}}``; a bare
+            ``{"values": ...}`` / ``{"low": ..., "high": ...}`` is taken as the squeeze spec.
+        cif_alpha: learn content-dependent CIF weights for real rates (once-for-all ``AlphaModule``).
+        cif_lambda: OFA's lambda at inference when ``cif_alpha`` (0 = uniform weights, 1 = learned only).
+        learned_rate: learn the squeeze as a parameter (no grid search), e.g. ``{"init": 2.0, "min": 1.0,
+            "max": 6.0, "target": 3.0, "penalty": 1.0}``: the downstream loss plus
+            ``penalty * relu(target / s - 1)^2`` (more compute than the target's costs).
     """
 
     def __init__(
@@ -111,6 +130,13 @@ class SqueezeEncoder(NeuralModule, Exportable):
         feature_dropout: float = 0.0,
         layerdrop: float = 0.0,
         layer_norm_eps: float = 1e-5,
+        feature_layer_norm: bool = True,
+        feature_projection: bool | None = None,
+        expander: Literal["sew", "phase"] | None = None,
+        squeeze_sampler: Mapping[str, Any] | None = None,
+        cif_alpha: bool = False,
+        cif_lambda: float = 1.0,
+        learned_rate: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if frontend == "mel_stack":
@@ -133,8 +159,28 @@ class SqueezeEncoder(NeuralModule, Exportable):
         self.layer_norm_first = layer_norm_first
         self.layerdrop = layerdrop
 
-        self.projection = FeatureProjection(self.frontend.out_dim, d_model, feature_dropout, layer_norm_eps)
-        self.compressor = SqueezeCompressor(d_model, pos_conv_kernel, pos_conv_groups, int(squeeze))
+        self.projection = FeatureProjection(
+            self.frontend.out_dim, d_model, feature_dropout, layer_norm_eps, feature_layer_norm, feature_projection
+        )
+        self.compressor = SqueezeCompressor(d_model, pos_conv_kernel, pos_conv_groups, int(squeeze), cif_alpha)
+        if squeeze_sampler is not None and not ({"squeeze", "q_pool", "kv_pool", "cif_lambda", "seed"} & set(squeeze_sampler)):
+            squeeze_sampler = {"squeeze": dict(squeeze_sampler)}  # a bare squeeze spec
+        self.sampler = ProfileSampler(**squeeze_sampler) if squeeze_sampler is not None else None
+        self.cif_lambda = float(cif_lambda)
+        self.learned_rate = dict(learned_rate) if learned_rate is not None else None
+        if self.learned_rate is not None:
+            lo, hi = float(self.learned_rate.get("min", 1.0)), float(self.learned_rate.get("max", 8.0))
+            init = float(self.learned_rate.get("init", squeeze))
+            if not lo <= init <= hi and lo >= 1.0:
+                raise ValueError(f"expected 1 <= min <= init <= max for learned_rate, got {self.learned_rate}")
+            # squeeze = lo + (hi - lo) * sigmoid(theta)
+            frac = min(max((init - lo) / max(hi - lo, 1e-6), 1e-4), 1 - 1e-4)
+            self.rate_logit = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+        variable = self.sampler is not None or cif_alpha or self.learned_rate is not None
+        if expander is None:
+            expander = "phase" if variable else "sew"
+        if expander not in ("sew", "phase"):
+            raise ValueError(f"expected expander 'sew' or 'phase', got {expander!r}")
         self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)  # post-LN: before the blocks; pre-LN: after
         self.dropout = nn.Dropout(dropout)
         heads = _per_layer(num_heads, num_layers, "num_heads")
@@ -151,8 +197,16 @@ class SqueezeEncoder(NeuralModule, Exportable):
         else:
             layers = [ConformerLayer(d_model, h, f, conv_kernel=conv_kernel, **common) for h, f in zip(heads, ffns)]
         self.layers = nn.ModuleList(layers)
-        self.expander = SEWUpsampler(d_model, int(squeeze)) if upsample else None
-        self._profile = CompressionProfile(squeeze=float(squeeze))
+        if not upsample:
+            self.expander: nn.Module | None = None
+        elif expander == "sew":
+            self.expander = SEWUpsampler(d_model, int(squeeze))
+        else:
+            self.expander = PhaseExpander(d_model)
+        self.sampler_step: int | None = None  # set by the model to the trainer's global step
+        self._train_forwards = 0
+        self.last_rate_penalty: torch.Tensor | None = None
+        self._profile = CompressionProfile()  # squeeze None = the trained (or learned) factor
 
     # ----------------------------------------------------------------------------------------------
     # profile
@@ -162,40 +216,72 @@ class SqueezeEncoder(NeuralModule, Exportable):
         return self._profile
 
     @property
-    def squeeze(self) -> int:
-        """The active integer squeeze factor."""
-        return int(self._profile.squeeze)
+    def learned_squeeze(self) -> torch.Tensor | None:
+        """The learned squeeze as a differentiable scalar (learned-rate mode), else None."""
+        if self.learned_rate is None:
+            return None
+        lo, hi = float(self.learned_rate.get("min", 1.0)), float(self.learned_rate.get("max", 8.0))
+        return lo + (hi - lo) * torch.sigmoid(self.rate_logit)
 
-    def supported_squeeze(self) -> list[int]:
-        """Squeeze factors this encoder can run: the trained one, since SEW's upsampler is factor-specific."""
-        return [self.compressor.factor]
+    @property
+    def squeeze(self) -> float:
+        """The active squeeze factor (int-valued for SEW's integer path)."""
+        if self._profile.squeeze is not None:
+            s = float(self._profile.squeeze)
+        elif self.learned_rate is not None:
+            s = float(self.learned_squeeze.detach())
+        else:
+            s = float(self.compressor.factor)
+        return int(s) if s == int(s) else s
+
+    @property
+    def fixed_factor(self) -> bool:
+        """True when only the trained factor can run (SEW's factor-specific upsampler)."""
+        return isinstance(self.expander, SEWUpsampler)
+
+    def supported_squeeze(self) -> str:
+        if self.fixed_factor:
+            return f"only {self.compressor.factor} (SEW's upsampler expands by exactly that factor)"
+        return "any real factor >= 1 (integers through SEW's squeeze, others through CIF)"
 
     def set_profile(self, profile: ProfileLike) -> CompressionProfile:
         """Make ``profile`` the active one; fields this encoder cannot act on raise a clear error."""
         p = as_profile(profile)
-        squeeze = float(self.compressor.factor if p.squeeze is None else p.squeeze)
-        if squeeze != int(squeeze):
+        squeeze = p.squeeze
+        if squeeze is not None and self.fixed_factor and float(squeeze) != self.compressor.factor:
+            kind = "an integer" if float(squeeze) == int(squeeze) else "a fractional rate"
             raise ValueError(
-                f"squeeze {squeeze} is not an integer; fractional rates need a CIF compressor, this encoder has "
-                f"SEW's integer squeeze (supported: {self.supported_squeeze()})"
+                f"this encoder cannot run at squeeze {squeeze} ({kind}): it was built with a fixed squeeze of "
+                f"{self.compressor.factor}; supported: {self.supported_squeeze()}. Train with a squeeze_sampler "
+                f"(factor-agnostic expander) to run other factors"
             )
-        if int(squeeze) not in self.supported_squeeze():
-            raise ValueError(
-                f"this encoder cannot run at squeeze {int(squeeze)}: it was built with a fixed squeeze of "
-                f"{self.compressor.factor} and SEW's upsampler expands by exactly that factor "
-                f"(supported: {self.supported_squeeze()})"
-            )
-        unsupported = {
-            name: getattr(p, name)
-            for name in ("q_pool", "kv_pool", "depth_threshold", "arch")
-            if getattr(p, name) is not None
-        }
+        n = len(self.layers)
+        for name in ("q_pool", "kv_pool"):
+            strides = getattr(p, name)
+            if strides is None:
+                continue
+            if len(strides) != n or min(strides) < 1:
+                raise ValueError(f"expected {name} to list {n} strides >= 1 (one per layer), got {list(strides)}")
+            if name == "q_pool" and self.fixed_factor and max(strides) > 1:
+                raise ValueError("query pooling changes the output rate; SEW's fixed upsampler cannot expand it")
+        unsupported = {name: getattr(p, name) for name in ("depth_threshold", "arch") if getattr(p, name) is not None}
         if p.weight_bits != 16:
             unsupported["weight_bits"] = p.weight_bits
         if unsupported:
-            raise NotImplementedError(f"this encoder cannot act on profile fields {unsupported}; only squeeze is supported")
-        self._profile = CompressionProfile(squeeze=squeeze, name=p.name)
+            raise NotImplementedError(
+                f"this encoder cannot act on profile fields {unsupported} yet; it acts on squeeze, q_pool and kv_pool"
+            )
+        self._profile = dataclasses.replace(p, squeeze=None if squeeze is None else float(squeeze))
         return self._profile
+
+    def _training_draw(self) -> tuple[CompressionProfile, float]:
+        """The profile for this training step: drawn from the sampler (same on every DDP rank)."""
+        step = self.sampler_step if self.sampler_step is not None else self._train_forwards
+        self._train_forwards += 1
+        drawn, lam = self.sampler.sample(step)
+        if drawn.squeeze is None:
+            drawn = dataclasses.replace(drawn, squeeze=self._profile.squeeze)
+        return drawn, lam
 
     # ----------------------------------------------------------------------------------------------
     # lengths
@@ -205,15 +291,18 @@ class SqueezeEncoder(NeuralModule, Exportable):
         return self.frontend.output_lengths(length)
 
     def output_lengths(self, length: torch.Tensor) -> torch.Tensor:
-        """Encoder output frames for input lengths."""
+        """Encoder output frames for input lengths at the active profile (inference)."""
         frames = self.frame_lengths(length)
         if self.expander is not None:
             return frames
-        return SqueezeCompressor.output_lengths(frames, self.squeeze)
+        lengths = SqueezeCompressor.output_lengths(frames, self.squeeze, keep_tail=True)
+        for stride in self._profile.q_pool or ():
+            lengths = pooled_lengths(lengths, stride)
+        return lengths
 
     def min_input_length(self) -> int:
         """Shortest input (samples or 10 ms frames) that gives at least one squeezed frame."""
-        return _min_input_length(self.frontend, self.squeeze)
+        return _min_input_length(self.frontend, math.ceil(self.squeeze))
 
     @staticmethod
     def min_input_length_for(
@@ -298,19 +387,43 @@ class SqueezeEncoder(NeuralModule, Exportable):
         return y.transpose(1, 2), lengths  # (B, D, T_out): the only conversion to NeMo's layout
 
     def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The context network on 20 ms features ``(B, T, D)``: squeeze, blocks, expand."""
+        """The context network on 20 ms features ``(B, T, D)``: squeeze, blocks (with pooling), expand."""
+        if self.training and self.sampler is not None:
+            profile, lam = self._training_draw()
+        else:
+            profile, lam = self._profile, self.cif_lambda
+        factor: float | torch.Tensor = self.squeeze if profile.squeeze is None else float(profile.squeeze)
+        if self.learned_rate is not None and profile.squeeze is None:
+            factor = self.learned_squeeze if self.training else float(self.learned_squeeze.detach())
+            if self.training:
+                self.last_rate_penalty = self._rate_penalty(factor)
+        if not isinstance(factor, torch.Tensor) and factor == int(factor):
+            factor = int(factor)
         t_in = x.shape[1]
-        h, h_len = self.compressor(x, lengths, self.squeeze)  # (B, T', D)
+        h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
         if not self.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)
-        mask = time_mask(h_len, h.shape[1])  # (B, T') True = valid
-        for layer in self.layers:
-            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+        q_pool = profile.q_pool or (1,) * len(self.layers)
+        kv_pool = profile.kv_pool or (1,) * len(self.layers)
+        for layer, q_stride, kv_stride in zip(self.layers, q_pool, kv_pool):
+            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop and q_stride == 1:
                 continue
-            h = layer(h, mask)
+            h, h_len = layer(h, h_len, q_stride, kv_stride)
+            frame_map = frame_map.pooled(q_stride, h_len)
         if self.layer_norm_first:
             h = self.norm(h)
         if self.expander is None:
-            return h.masked_fill(~mask[..., None], 0.0), h_len
-        return self.expander(h, h_len, lengths, t_in)  # (B, T, D) at 20 ms
+            return h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0), h_len
+        return self.expander(h, h_len, frame_map, lengths, t_in)  # (B, T, D) at 20 ms
+
+    def _rate_penalty(self, squeeze: torch.Tensor) -> torch.Tensor:
+        target = float(self.learned_rate.get("target", self.compressor.factor))
+        weight = float(self.learned_rate.get("penalty", 1.0))
+        return weight * F.relu(target / squeeze - 1.0) ** 2
+
+    def learned_frame_period_ms(self, frame_ms: float = 20.0) -> float | None:
+        """The learned frame period (learned-rate mode): ``frame_ms * squeeze``."""
+        if self.learned_rate is None:
+            return None
+        return frame_ms * float(self.learned_squeeze.detach())

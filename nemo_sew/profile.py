@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,3 +87,61 @@ def load_profiles(path: str | Path) -> dict[str, CompressionProfile]:
     if not isinstance(data, dict):
         raise ValueError(f"expected a mapping of profile names to fields in {path}, got {type(data).__name__}")
     return {name: dataclasses.replace(as_profile(fields), name=str(name)) for name, fields in data.items()}
+
+
+@dataclass(frozen=True)
+class ProfileSampler:
+    """Draws a training profile per batch, identical on every DDP rank (seeded by the global step).
+
+    Args:
+        squeeze: ``{"values": [1, 2, 3, 4]}`` (uniform over a set) or ``{"low": 1.0, "high": 4.0}``
+            (uniform over a range: real rates run through CIF), None = the encoder's factor.
+        q_pool, kv_pool: per-layer stride choices, e.g. ``{"values": [[1, 1, 2, 1], [1, 1, 1, 1]]}``; None = off.
+        cif_lambda: OFA's lambda range for CIF weight mixing, ``{"low": 0.0, "high": 1.0}`` (its default).
+        seed: base seed; the draw for step ``n`` depends only on ``(seed, n)``.
+    """
+
+    squeeze: Mapping[str, Any] | None = None
+    q_pool: Mapping[str, Any] | None = None
+    kv_pool: Mapping[str, Any] | None = None
+    cif_lambda: Mapping[str, Any] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("squeeze", "q_pool", "kv_pool", "cif_lambda"):
+            spec = getattr(self, name)
+            if spec is None:
+                continue
+            if "values" in spec:
+                if not list(spec["values"]):
+                    raise ValueError(f"{name} sampler: 'values' must not be empty")
+            elif not ("low" in spec and "high" in spec and float(spec["low"]) <= float(spec["high"])):
+                raise ValueError(f"{name} sampler: expected {{'values': [...]}} or {{'low': a, 'high': b}} with a <= b, got {dict(spec)}")
+        if self.squeeze is not None and min(self.squeeze_choices()) < 1:
+            raise ValueError(f"squeeze sampler must draw values >= 1, got {dict(self.squeeze)}")
+
+    def squeeze_choices(self) -> list[float]:
+        spec = self.squeeze or {}
+        return [float(v) for v in spec["values"]] if "values" in spec else [float(spec["low"]), float(spec["high"])]
+
+    @staticmethod
+    def _draw(rng: "random.Random", spec: Mapping[str, Any] | None):
+        if spec is None:
+            return None
+        if "values" in spec:
+            return rng.choice(list(spec["values"]))
+        return rng.uniform(float(spec["low"]), float(spec["high"]))
+
+    def sample(self, step: int) -> tuple[CompressionProfile, float]:
+        """The profile and CIF lambda for global step ``step`` (same on every rank)."""
+        rng = random.Random(self.seed * 1_000_003 + int(step))
+        squeeze = self._draw(rng, self.squeeze)
+        q_pool = self._draw(rng, self.q_pool)
+        kv_pool = self._draw(rng, self.kv_pool)
+        lam = self._draw(rng, self.cif_lambda)
+        profile = CompressionProfile(
+            squeeze=None if squeeze is None else float(squeeze),
+            q_pool=None if q_pool is None else tuple(q_pool),
+            kv_pool=None if kv_pool is None else tuple(kv_pool),
+        )
+        return profile, (1.0 if lam is None else float(lam))

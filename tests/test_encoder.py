@@ -88,7 +88,7 @@ def test_conv_and_squeeze_length_rules():
     for s in (1, 2, 3, 4):
         for t in (s, 7, 31, 64, 65):
             x = torch.randn(1, t, 32)
-            y, y_len = comp(x, torch.tensor([t]), s)
+            y, y_len, _ = comp(x, torch.tensor([t]), s)
             assert y.shape[1] == t // s == int(y_len)
 
 
@@ -96,7 +96,7 @@ def test_w2v2_pos_conv_is_squeeze_one():
     # with s = 1 and an even kernel the compressor is wav2vec 2.0's x + GELU(SamePad(conv(x)))
     comp = SqueezeCompressor(32, kernel=8, groups=4, factor=1)
     x = torch.randn(2, 20, 32)
-    y, _ = comp(x, torch.tensor([20, 20]), 1)
+    y, _, _ = comp(x, torch.tensor([20, 20]), 1)
     conv = comp.conv(x.transpose(1, 2))[..., :-1]
     ref = x + torch.nn.functional.gelu(conv).transpose(1, 2)
     torch.testing.assert_close(y, ref)
@@ -130,12 +130,16 @@ def test_set_profile_errors():
     assert enc.set_profile(CompressionProfile(squeeze=2)).squeeze == 2
     with pytest.raises(ValueError, match="cannot run at squeeze 3"):
         enc.set_profile(CompressionProfile(squeeze=3))
-    with pytest.raises(ValueError, match="not an integer"):
+    with pytest.raises(ValueError, match="squeeze 1.5 \\(a fractional rate\\).*fixed squeeze of 2"):
         enc.set_profile(CompressionProfile(squeeze=1.5))
     with pytest.raises(ValueError, match="squeeze >= 1"):
         CompressionProfile(squeeze=0.5)
-    with pytest.raises(NotImplementedError, match="q_pool"):
+    with pytest.raises(ValueError, match="expected q_pool to list 6 strides"):
         enc.set_profile(CompressionProfile(q_pool=(1, 2)))
+    with pytest.raises(ValueError, match="SEW's fixed upsampler cannot expand it"):
+        enc.set_profile(CompressionProfile(q_pool=(1, 2, 1, 1, 1, 1)))
+    with pytest.raises(NotImplementedError, match="depth_threshold"):
+        enc.set_profile(CompressionProfile(depth_threshold=0.5))
     with pytest.raises(ValueError, match="unknown encoder preset"):
         build_encoder("sew_huge")
 

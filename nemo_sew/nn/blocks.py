@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemo_sew.nn.frontend import time_mask
+from nemo_sew.nn.pooling import masked_avg_pool
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention on ``torch.nn.functional.scaled_dot_product_attention``.
@@ -31,20 +34,37 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, inner)
         self.out_proj = nn.Linear(inner, dim)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """x: ``(B, T, C)``; key_mask: ``(B, T)`` True on valid frames."""
-        b, t, _ = x.shape
+    def forward(
+        self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: queries ``(B, Tq, C)``; kv: keys/values ``(B, Tk, C)`` (default ``x``); key_mask: ``(B, Tk)`` True = valid."""
+        kv = x if kv is None else kv
+        b, tq, _ = x.shape
+        tk = kv.shape[1]
 
-        def heads(y: torch.Tensor) -> torch.Tensor:
+        def heads(y: torch.Tensor, t: int) -> torch.Tensor:
             return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
 
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, T) broadcast over heads and queries
+        q, k, v = heads(self.q_proj(x), tq), heads(self.k_proj(kv), tk), heads(self.v_proj(kv), tk)
+        attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, Tk) broadcast over heads and queries
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, d)
-        y = y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)  # (B, T, H*d)
+        )  # (B, H, Tq, d)
+        y = y.transpose(1, 2).reshape(b, tq, self.num_heads * self.head_dim)  # (B, Tq, H*d)
         return self.out_proj(y)
+
+
+def pooled_attention_inputs(
+    x: torch.Tensor, lengths: torch.Tensor, q_stride: int, kv_stride: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MViT-style pooling attention inputs: (queries, query lengths, keys/values, key mask).
+
+    Pooling the queries shortens the layer's output (and every later layer); pooling keys/values only
+    cuts attention cost. Both use masked average pooling with ``ceil`` lengths.
+    """
+    xq, q_len = masked_avg_pool(x, lengths, q_stride)
+    xkv, kv_len = masked_avg_pool(x, lengths, kv_stride)
+    return xq, q_len, xkv, time_mask(kv_len, xkv.shape[1])
 
 
 class FeedForward(nn.Module):
@@ -93,12 +113,18 @@ class TransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, q_stride: int = 1, kv_stride: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)`` and the new lengths."""
         if self.layer_norm_first:
-            x = x + self.dropout(self.attention(self.attn_norm(x), mask))
-            return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attention(x, mask)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+            h, q_len, h_kv, kv_mask = pooled_attention_inputs(self.attn_norm(x), lengths, q_stride, kv_stride)
+            x, _ = masked_avg_pool(x, lengths, q_stride)  # the residual is pooled with the queries
+            x = x + self.dropout(self.attention(h, kv_mask, h_kv))
+            return x + self.dropout(self.ffn(self.ffn_norm(x))), q_len
+        xq, q_len, x_kv, kv_mask = pooled_attention_inputs(x, lengths, q_stride, kv_stride)
+        x = self.attn_norm(xq + self.dropout(self.attention(xq, kv_mask, x_kv)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x))), q_len
 
 
 class ConvModule(nn.Module):
@@ -160,9 +186,14 @@ class ConformerLayer(nn.Module):
         self.final_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, q_stride: int = 1, kv_stride: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)`` and the new lengths."""
         x = x + 0.5 * self.dropout(self.ffn1(self.ffn1_norm(x)))
-        x = x + self.dropout(self.attention(self.attn_norm(x), mask))
-        x = x + self.conv(x, mask)
+        h, q_len, h_kv, kv_mask = pooled_attention_inputs(self.attn_norm(x), lengths, q_stride, kv_stride)
+        x, _ = masked_avg_pool(x, lengths, q_stride)
+        x = x + self.dropout(self.attention(h, kv_mask, h_kv))
+        x = x + self.conv(x, time_mask(q_len, x.shape[1]))
         x = x + 0.5 * self.dropout(self.ffn2(self.ffn2_norm(x)))
-        return self.final_norm(x)
+        return self.final_norm(x), q_len

@@ -1,6 +1,7 @@
 """Sequence compressors (20 ms -> 20*s ms) and expanders (back to 20 ms).
 
-Each module that changes the time axis returns the new lengths.
+Each module that changes the time axis returns the new lengths, and a :class:`FrameMap` that says
+which compressed frame covers each 20 ms frame (what a factor-agnostic expander needs).
 """
 
 from __future__ import annotations
@@ -13,28 +14,69 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from nemo_sew.nn.frontend import time_mask
+from nemo_sew.nn.pooling import FrameMap
+
+
+def is_integer_rate(factor: float | torch.Tensor) -> bool:
+    return not isinstance(factor, torch.Tensor) and float(factor) == int(factor)
+
+
+def cif_lengths(lengths: torch.Tensor, factor: float, keep_tail: bool) -> torch.Tensor:
+    """Exact CIF output lengths: ``floor(L / s)``, plus the tail frame when ``keep_tail`` and its mass >= 0.5."""
+    total = lengths.double() / float(factor)
+    n = torch.floor(total + 1e-9)
+    if keep_tail:
+        n = n + ((total - n) >= 0.5).double()
+    return n.long()
+
+
+class AlphaPredictor(nn.Module):
+    """Once-for-all CIF weight predictor: ``Conv1d(C, C, 5) -> LayerNorm -> ReLU -> Linear(C, 1) -> sigmoid``.
+
+    Gives a content-dependent weight ``alpha_t`` in (0, 1) per 20 ms frame (OFA ``AlphaModule``). Padded
+    frames are zeroed before the conv, so padding does not change valid weights.
+    """
+
+    def __init__(self, dim: int, kernel: int = 5) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = x.masked_fill(~time_mask(lengths, x.shape[1])[..., None], 0.0)
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, C)
+        return torch.sigmoid(self.proj(F.relu(self.norm(h)))).squeeze(-1).float()  # (B, T)
 
 
 class SqueezeCompressor(nn.Module):
-    """SEW's squeeze: ``avgpool_s(x) + GELU(WN-Conv1d_s(x))``, truncated to ``T' = floor(T / s)``.
+    """SEW's squeeze, generalised to real rates by continuous integrate-and-fire (CIF).
 
-    With ``s = 1`` this is exactly wav2vec 2.0's convolutional positional embedding ``x + GELU(conv(x))``
-    (SamePad drops the last output frame when the kernel is even), so W2V2 / HuBERT models use the same
-    module. The conv weight does not depend on ``s``: the stride is a forward-time argument, which is
-    what lets one model run at several factors.
+    Integer ``s`` (SEW, exact): ``avgpool_s(x) + GELU(WN-Conv1d_s(x))``, truncated to ``T' = floor(T / s)``.
+    With ``s = 1`` this is wav2vec 2.0's convolutional positional embedding ``x + GELU(conv(x))`` (SamePad
+    drops the last output frame when the kernel is even), so W2V2 / HuBERT use the same module.
+
+    Real ``s`` (once-for-all): frame ``t`` carries weight ``a_t``; compressed frame ``k`` is the weighted
+    mean of the 20 ms frames whose cumulative-weight interval ``[c_{t-1}, c_t)`` overlaps ``[k, k+1)``
+    (CIF with threshold 1), plus the positional conv sampled at the first frame of the segment. Uniform
+    weights ``a_t = 1/s`` reproduce the integer rule. With an :class:`AlphaPredictor`, OFA's lambda
+    mixing ``a_t = (1 - lam) + lam * alpha_t`` is rescaled per utterance so that the weights sum to exactly
+    ``L / s``: the profile fixes the rate, the predictor decides where the boundaries fall (OFA instead lets
+    lambda set the rate). Differences from the OFA reference: padding gets zero weight, the tail segment
+    is kept at inference when its mass is >= 0.5, the cumulative sum is fp32.
+
+    The conv weight does not depend on ``s`` (shared across factors): the stride is a forward argument.
 
     Args:
         dim: model width ``C``.
-        kernel: positional conv kernel (SEW 31, wav2vec 2.0 128).
-        groups: positional conv groups (16 in both).
-        factor: the squeeze factor ``s`` used when ``forward`` is not given one.
-
-    Length rule: the conv gives ``ceil(T / s)`` frames, the pool ``floor(T / s)``; the output keeps the
-    shorter, so ``lengths' = lengths // s`` per item. (SEW's reference adds ``T' - max(lengths')`` to all
-    lengths, which only differs when a batch is padded beyond its longest item; we use the exact rule.)
+        kernel, groups: positional conv (SEW 31/16, wav2vec 2.0 128/16).
+        factor: the squeeze used when ``forward`` is not given one.
+        alpha_predictor: learn content-dependent CIF weights (OFA) for real rates.
     """
 
-    def __init__(self, dim: int, kernel: int = 31, groups: int = 16, factor: int = 2) -> None:
+    def __init__(
+        self, dim: int, kernel: int = 31, groups: int = 16, factor: int = 2, alpha_predictor: bool = False
+    ) -> None:
         super().__init__()
         if dim % groups:
             raise ValueError(f"expected dim divisible by groups, got dim={dim}, groups={groups}")
@@ -43,25 +85,81 @@ class SqueezeCompressor(nn.Module):
         nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(4.0 / (kernel * dim)))
         nn.init.zeros_(conv.bias)
         self.conv = parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.alpha = AlphaPredictor(dim) if alpha_predictor else None
 
     @staticmethod
-    def output_lengths(lengths: torch.Tensor, factor: int) -> torch.Tensor:
-        return torch.div(lengths, factor, rounding_mode="floor")
+    def output_lengths(lengths: torch.Tensor, factor: float, keep_tail: bool = False) -> torch.Tensor:
+        if is_integer_rate(factor):
+            return torch.div(lengths, int(factor), rounding_mode="floor")
+        return cif_lengths(lengths, float(factor), keep_tail)
+
+    def _pos(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        # x: (B, C, T) -> GELU(conv) (B, C, ceil(T/stride)) (+1 frame when the kernel is even)
+        w = self.conv.weight
+        return F.gelu(F.conv1d(x, w, self.conv.bias, stride=stride, padding=self.kernel // 2, groups=self.conv.groups))
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, factor: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.factor if factor is None else int(factor)
-        if s < 1:
-            raise ValueError(f"expected an integer squeeze factor >= 1, got {factor}")
-        x = x.masked_fill(~time_mask(lengths, x.shape[1])[..., None], 0.0).transpose(1, 2)  # (B, C, T)
-        pos = F.conv1d(
-            x, self.conv.weight, self.conv.bias, stride=s, padding=self.kernel // 2, groups=self.conv.groups
-        )  # (B, C, ceil(T/s)) (+1 when the kernel is even)
-        pooled = F.avg_pool1d(x, s, s) if s > 1 else x  # (B, C, floor(T/s))
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        factor: float | torch.Tensor | None = None,
+        lam: float = 1.0,
+        keep_tail: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, FrameMap]:
+        """x: ``(B, T, C)`` at 20 ms -> ``(B, T', C)``, lengths, frame map. ``factor`` may be a tensor (learned rate)."""
+        s = self.factor if factor is None else factor
+        if (s < 1) if not isinstance(s, torch.Tensor) else bool(s.detach() < 1):
+            raise ValueError(f"expected a squeeze factor >= 1, got {float(s)}")
+        x = x.masked_fill(~time_mask(lengths, x.shape[1])[..., None], 0.0)
+        if is_integer_rate(s) and self.alpha is None:
+            return self._integer(x, lengths, int(s))
+        return self._cif(x, lengths, s, lam, keep_tail)
+
+    def _integer(self, x: torch.Tensor, lengths: torch.Tensor, s: int) -> tuple[torch.Tensor, torch.Tensor, FrameMap]:
+        xt = x.transpose(1, 2)  # (B, C, T)
+        pooled = F.avg_pool1d(xt, s, s) if s > 1 else xt  # (B, C, floor(T/s))
         t_out = pooled.shape[-1]
-        y = pooled + F.gelu(pos[..., :t_out])  # (B, C, T')
-        return y.transpose(1, 2), self.output_lengths(lengths, s)  # (B, T', C)
+        y = (pooled + self._pos(xt, s)[..., :t_out]).transpose(1, 2)  # (B, T', C)
+        out_len = torch.div(lengths, s, rounding_mode="floor")
+        t = torch.arange(x.shape[1], device=x.device)
+        index = torch.minimum(torch.div(t, s, rounding_mode="floor")[None, :], (out_len - 1).clamp_min(0)[:, None])
+        phase = ((t % s).to(x.dtype) + 0.5) / s
+        return y, out_len, FrameMap(index, phase[None, :].expand(x.shape[0], -1))
+
+    def _weights(self, x: torch.Tensor, lengths: torch.Tensor, s, lam: float) -> torch.Tensor:
+        mask = time_mask(lengths, x.shape[1]).float()  # (B, T)
+        if self.alpha is None:
+            return mask / s
+        a = ((1.0 - lam) + lam * self.alpha(x, lengths)) * mask
+        target = lengths.float() / s  # per-utterance total weight: exactly L / s
+        return a * (target / a.sum(-1).clamp_min(1e-6))[:, None]
+
+    def _cif(self, x: torch.Tensor, lengths: torch.Tensor, s, lam: float, keep_tail: bool):
+        b, t, c = x.shape
+        s_value = float(s.detach()) if isinstance(s, torch.Tensor) else float(s)
+        out_len = cif_lengths(lengths, s_value, keep_tail).clamp_min(1)
+        k_max = int(out_len.max()) if not torch.jit.is_tracing() else None
+        if k_max is None:  # traced: the longest item decides, computed with tensor ops
+            k_max = cif_lengths(lengths.max()[None], s_value, keep_tail).clamp_min(1)[0]
+        a = self._weights(x, lengths, s, lam)  # (B, T) fp32
+        cum = torch.cumsum(a, dim=-1)  # (B, T) c_t, fp32
+        prev = cum - a  # c_{t-1}
+        k = torch.arange(k_max, device=x.device, dtype=torch.float32)[None, :, None]  # (1, K, 1)
+        # overlap of frame t's interval [c_{t-1}, c_t) with segment [k, k+1): (B, K, T); dense is fine at
+        # speech lengths (T = 500 per 10 s) and traces to plain ONNX ops
+        overlap = (torch.minimum(cum[:, None, :], k + 1) - torch.maximum(prev[:, None, :], k)).clamp_min(0.0)
+        overlap = overlap * time_mask(out_len, overlap.shape[1])[..., None]
+        weights = overlap / overlap.sum(-1, keepdim=True).clamp_min(1e-6)  # rows sum to 1 (tail rescaled)
+        y = torch.bmm(weights.to(x.dtype), x)  # (B, K, C)
+        # positional conv at stride 1, sampled at the first frame of each segment (= SEW's strided conv)
+        pos = self._pos(x.transpose(1, 2), 1)[..., :t]  # (B, C, T)
+        start = (cum[:, None, :] <= k + 1e-5).sum(-1).clamp(max=t - 1)  # (B, K) first frame with c_t > k
+        y = y + torch.gather(pos, 2, start[:, None, :].expand(-1, c, -1)).transpose(1, 2)  # (B, K, C)
+        y = y.masked_fill(~time_mask(out_len, y.shape[1])[..., None], 0.0)
+        centre = prev + a / 2  # (B, T) position of each 20 ms frame in compressed units
+        index = torch.minimum(torch.floor(centre).long(), (out_len - 1)[:, None]).clamp_min(0)
+        phase = (centre - index.to(centre.dtype)).clamp(0.0, 1.0).to(x.dtype)
+        return y, out_len, FrameMap(index, phase)
 
 
 class SEWUpsampler(nn.Module):
@@ -82,14 +180,45 @@ class SEWUpsampler(nn.Module):
         return factor == self.factor
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, target_lengths: torch.Tensor, target_len: int
+        self, x: torch.Tensor, lengths: torch.Tensor, frame_map: FrameMap, target_lengths: torch.Tensor, target_len: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, c = x.shape
         y = F.gelu(self.linear(x))  # (B, T', s*C)
         y = y.reshape(b, t * self.factor, c)  # 'b t (s c) -> b (t s) c'
-        if y.shape[1] < target_len:
-            y = F.pad(y, (0, 0, 0, target_len - y.shape[1]))  # (B, T, C)
+        # always pad (by T mod s >= 0 frames): a Python `if` on the shape would be frozen by ONNX tracing
+        y = F.pad(y, (0, 0, 0, target_len - y.shape[1]))  # (B, T, C)
         y = y[:, :target_len]
         # frames past lengths*s came from padding in a batch and are zeros when the item runs alone
         valid = time_mask(torch.minimum(lengths * self.factor, target_lengths), target_len)
         return y.masked_fill(~valid[..., None], 0.0), target_lengths
+
+
+class PhaseExpander(nn.Module):
+    """Factor-agnostic expander back to 20 ms: ``y_t = GELU(W h_{j(t)} + u * (phase_t - 1/2) + b)``.
+
+    Our design for stochastic and real-rate models, where SEW's ``Linear(C, s*C)`` cannot serve every
+    factor: each 20 ms frame ``t`` reads the compressed frame ``j(t)`` that covers it (from the
+    compressor's :class:`FrameMap`, updated by query pooling) plus its relative position inside that frame,
+    so the same weights expand by 1, 1.5, 2, 4 or any learned rate. Unlike SEW, tail frames past the last
+    compressed frame read the last one instead of being zeros.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        self.phase = nn.Linear(1, dim, bias=False)
+        nn.init.kaiming_normal_(self.linear.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.linear.bias)
+
+    def supports(self, factor: float) -> bool:
+        return factor >= 1
+
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, frame_map: FrameMap, target_lengths: torch.Tensor, target_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c = x.shape[-1]
+        h = self.linear(x)  # (B, T', C)
+        index = frame_map.index[:, :target_len]  # (B, T)
+        y = torch.gather(h, 1, index[..., None].expand(-1, -1, c))  # (B, T, C)
+        y = F.gelu(y + self.phase((frame_map.phase[:, :target_len, None] - 0.5).to(y.dtype)))
+        return y.masked_fill(~time_mask(target_lengths, target_len)[..., None], 0.0), target_lengths

@@ -204,17 +204,39 @@ class MelStackFrontend(nn.Module):
 class FeatureProjection(nn.Module):
     """LayerNorm on front-end features, then a linear map to the model width (wav2vec 2.0 / SEW).
 
-    ``projection`` is None when the widths already agree (SEW's ``post_extract_proj`` is optional).
+    Args:
+        in_dim, out_dim: front-end channels and model width.
+        dropout: dropout after the projection (fairseq ``dropout_input``).
+        layer_norm_eps: eps of the LayerNorm.
+        layer_norm: apply the LayerNorm (transformers HuBERT ``feat_proj_layer_norm``; always on in
+            wav2vec 2.0 and SEW).
+        project: use the linear map; None (default) uses it only when the widths differ, as SEW's optional
+            ``post_extract_proj`` does; True keeps it at equal widths (wav2vec 2.0 / HuBERT always project).
+
+    ``projection`` is None when there is no linear map, ``layer_norm`` None when there is no LayerNorm.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.0, layer_norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        dropout: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        layer_norm: bool = True,
+        project: bool | None = None,
+    ) -> None:
         super().__init__()
-        self.layer_norm = nn.LayerNorm(in_dim, eps=layer_norm_eps)
-        self.projection = nn.Linear(in_dim, out_dim) if in_dim != out_dim else None
+        if project is None:
+            project = in_dim != out_dim
+        if not project and in_dim != out_dim:
+            raise ValueError(f"expected project=True when in_dim != out_dim, got in_dim={in_dim}, out_dim={out_dim}")
+        self.layer_norm = nn.LayerNorm(in_dim, eps=layer_norm_eps) if layer_norm else None
+        self.projection = nn.Linear(in_dim, out_dim) if project else None
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer_norm(x)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
         if self.projection is not None:
             x = self.projection(x)
         return self.dropout(x)
