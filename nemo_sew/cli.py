@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 
@@ -51,6 +54,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import nemo_sew  # noqa: F401
+    from nemo.collections.asr.models import ASRModel
+
+    from nemo_sew.profile import load_profiles
+    from nemo_sew.sweep import sweep
+
+    model = ASRModel.restore_from(args.model, map_location="cpu")
+    rows = sweep(
+        model, args.manifest, load_profiles(args.profiles), args.out, batch_size=args.batch_size,
+        command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    print((Path(args.out) / "sweep.md").read_text())
+    return 0 if rows else 1
+
+
+def _cmd_pick(args: argparse.Namespace) -> int:
+    from nemo_sew.sweep import pick, write_default_profile
+
+    row = pick(args.sweep, max_latency_ms=args.max_latency_ms, min_rtfx=args.min_rtfx)
+    print(json.dumps({"name": row["name"], "profile": row["profile"], "wer": row["wer"],
+                      "latency_ms_10s": row["latency_ms_10s"], "rtfx": row["rtfx"]}, indent=2))  # fmt: skip
+    if args.write:
+        if not args.model:
+            raise SystemExit("--write needs --model MODEL.nemo")
+        write_default_profile(args.model, row, args.write)
+    return 0
+
+
 def _profile_arg(text: str):
     try:
         return float(text)
@@ -65,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifests_cli.register(sub)
+    for optional in ("nemo_sew.export.cli", "nemo_sew.convert.cli"):
+        try:
+            module = importlib.import_module(optional)
+        except ModuleNotFoundError as e:
+            if e.name != optional:
+                raise
+            continue
+        module.register(sub)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
     p.add_argument("recipe")
@@ -77,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--profile", type=_profile_arg, default=None, help="squeeze factor or named profile")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="evaluate a model at every named profile: table + Pareto plot")
+    p.add_argument("model")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--profiles", required=True, help="YAML of named profiles (recipes/profiles/)")
+    p.add_argument("--out", default="outputs/sweep")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("pick", help="best-WER profile on the measured Pareto front that meets a target")
+    p.add_argument("sweep", help="sweep.json or its directory")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--max-latency-ms", type=float)
+    target.add_argument("--min-rtfx", type=float)
+    p.add_argument("--model", help="the swept .nemo (for --write)")
+    p.add_argument("--write", help="write a copy of --model with the picked profile as its default")
+    p.set_defaults(func=_cmd_pick)
 
     p = sub.add_parser("demo", help="synthetic corpus -> CPU training -> evaluation (what `make demo` runs)")
     p.add_argument("--out", default="outputs/demo")

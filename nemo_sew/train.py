@@ -30,11 +30,30 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    cfg = OmegaConf.load(path)
+    cfg = _compose(path)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"expected overrides of the form key=value, got {bad}")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    # Hydra's "+key=value" (add a key) and "key=value" mean the same here
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+
+
+def _compose(path: Path) -> DictConfig:
+    """Load a YAML, honouring a Hydra-style ``defaults: [other_recipe, _self_]`` list (same directory).
+
+    The same files work with Hydra (``recipes/train_ctc.py``) and with ``nemo-sew train``.
+    """
+    cfg = OmegaConf.load(path)
+    defaults = cfg.pop("defaults", None)
+    if not defaults:
+        return cfg
+    merged = OmegaConf.create()
+    for item in defaults:
+        if item == "_self_":
+            merged = OmegaConf.merge(merged, cfg)
+        else:
+            merged = OmegaConf.merge(merged, _compose(path.parent / f"{item}.yaml"))
+    return merged if "_self_" in defaults else OmegaConf.merge(merged, cfg)
 
 
 def build_model(cfg: DictConfig, trainer: pl.Trainer | None = None) -> ModelPT:
@@ -46,12 +65,45 @@ def build_model(cfg: DictConfig, trainer: pl.Trainer | None = None) -> ModelPT:
     return cls(cfg=cfg.model, trainer=trainer)
 
 
+def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
+    """Restore ``cfg.init_from_nemo`` and prepare it to fine-tune at the fixed profile ``cfg.profile``.
+
+    For a stochastic checkpoint: the sampler is switched off (and removed from the saved config), the
+    weights and the factor-agnostic expander are kept, data and optimiser come from ``cfg.model``.
+    """
+    from nemo.collections.asr.models import ASRModel
+    from omegaconf import open_dict
+
+    model = ASRModel.restore_from(str(cfg.init_from_nemo), map_location="cpu")
+    model.encoder.sampler = None
+    with open_dict(model.cfg):
+        model.cfg.encoder.squeeze_sampler = None
+        if model.cfg.encoder.get("expander") is None and not model.encoder.fixed_factor:
+            model.cfg.encoder.expander = "phase"
+        for key in ("train_ds", "validation_ds", "optim"):
+            if key in cfg.model:
+                override = OmegaConf.to_container(cfg.model[key], resolve=True)  # resolve ${model.*} here
+                model.cfg[key] = OmegaConf.merge(model.cfg.get(key) or {}, override)
+    model.set_profile(OmegaConf.to_container(cfg.profile, resolve=True))
+    model.set_trainer(trainer)
+    model.setup_training_data(model.cfg.train_ds)
+    model.setup_validation_data(model.cfg.validation_ds)
+    model.setup_optimization(model.cfg.optim)
+    return model
+
+
 def train(cfg: DictConfig) -> ModelPT:
-    """Fit ``cfg.model`` with ``cfg.trainer`` and ``cfg.exp_manager``; write ``cfg.save_to`` (.nemo) if set."""
+    """Fit ``cfg.model`` with ``cfg.trainer`` and ``cfg.exp_manager``; write ``cfg.save_to`` (.nemo) if set.
+
+    With ``init_from_nemo`` set, fine-tunes that model at ``cfg.profile`` instead (see :func:`finetune_model`).
+    """
     trainer = pl.Trainer(**resolve_trainer_cfg(cfg.trainer))
     exp_manager(trainer, cfg.get("exp_manager", None))
-    model = build_model(cfg, trainer)
-    model.maybe_init_from_pretrained_checkpoint(cfg)
+    if cfg.get("init_from_nemo"):
+        model = finetune_model(cfg, trainer)
+    else:
+        model = build_model(cfg, trainer)
+        model.maybe_init_from_pretrained_checkpoint(cfg)
     trainer.fit(model)
     save_to = cfg.get("save_to")
     if save_to and trainer.is_global_zero:

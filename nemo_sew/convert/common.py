@@ -91,7 +91,11 @@ class ConvertedCTC:
 
 
 def ctc_model_config(
-    converted: ConvertedCTC, sample_rate: int = 16000, normalize: bool = False, labels: Sequence[str] | None = None
+    converted: ConvertedCTC,
+    sample_rate: int = 16000,
+    normalize: bool = False,
+    labels: Sequence[str] | None = None,
+    normalize_eps: float = 1e-7,
 ) -> dict[str, Any]:
     """The NeMo model config of a :class:`nemo_sew.SqueezeCTCModel` holding ``converted``.
 
@@ -101,6 +105,7 @@ def ctc_model_config(
         normalize: per-utterance zero mean / unit variance (transformers ``do_normalize``), done by
             :class:`nemo_sew.WaveformPreprocessor`.
         labels: overrides ``converted.labels``.
+        normalize_eps: variance floor of the normalisation (transformers 1e-7, fairseq's ``layer_norm`` 1e-5).
     """
     labels = list(labels if labels is not None else converted.labels or [])
     if len(labels) != converted.vocab_size - 1:
@@ -116,6 +121,7 @@ def ctc_model_config(
             "_target_": "nemo_sew.WaveformPreprocessor",
             "sample_rate": int(sample_rate),
             "normalize": bool(normalize),
+            "eps": float(normalize_eps),
         },
         "spec_augment": None,
         "encoder": encoder,
@@ -130,14 +136,21 @@ def ctc_model_config(
 
 
 def to_nemo_ctc_model(
-    converted: ConvertedCTC, sample_rate: int = 16000, normalize: bool = False, labels: Sequence[str] | None = None
+    converted: ConvertedCTC,
+    sample_rate: int = 16000,
+    normalize: bool = False,
+    labels: Sequence[str] | None = None,
+    normalize_eps: float = 1e-7,
 ) -> "SqueezeCTCModel":
-    """A :class:`nemo_sew.SqueezeCTCModel` (NeMo character CTC model) with the converted weights, in eval mode."""
+    """A :class:`nemo_sew.SqueezeCTCModel` (NeMo character CTC model) with the converted weights, in eval mode.
+
+    Arguments as for :func:`ctc_model_config`.
+    """
     from omegaconf import OmegaConf
 
     from nemo_sew.models.ctc import SqueezeCTCModel
 
-    cfg = OmegaConf.create(ctc_model_config(converted, sample_rate, normalize, labels))
+    cfg = OmegaConf.create(ctc_model_config(converted, sample_rate, normalize, labels, normalize_eps))
     model = SqueezeCTCModel(cfg=cfg)
     model.encoder.load_state_dict(converted.encoder.state_dict())
     model.decoder.load_state_dict(converted.decoder_state_dict())

@@ -62,7 +62,10 @@ _NAME_MAP: list[tuple[str, str]] = [
     (r"expander\.linear\.(weight|bias)", r"encoder.upsample.projection.\1"),
 ]
 _POS_CONV = "encoder.pos_conv_embed.conv."
-_OURS_WEIGHT_NORM = ("compressor.conv.parametrizations.weight.original0", "compressor.conv.parametrizations.weight.original1")
+_OURS_WEIGHT_NORM = (
+    "compressor.conv.parametrizations.weight.original0",
+    "compressor.conv.parametrizations.weight.original1",
+)
 # the positional conv's weight norm (dim=2) is stored as (g, v) in one of these styles, or folded into ``weight``
 _WEIGHT_NORM_STYLES = (
     ("parametrizations.weight.original0", "parametrizations.weight.original1"),  # torch.nn.utils.parametrizations
@@ -88,12 +91,14 @@ def _problems(config: Any) -> list[str]:
     if getattr(config, "position_embeddings_type", None) is not None:
         problems.append(f"position_embeddings_type={config.position_embeddings_type!r} (rotary / relative positions)")
     if config.hidden_size % config.num_attention_heads:
-        problems.append(f"hidden_size={config.hidden_size} not divisible by num_attention_heads={config.num_attention_heads}")
+        problems.append(
+            f"hidden_size={config.hidden_size} not divisible by num_attention_heads={config.num_attention_heads}"
+        )
     return problems
 
 
 def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
-    """:class:`nemo_sew.SqueezeEncoder` keyword arguments equivalent to a transformers SEW / wav2vec 2.0 / HuBERT config.
+    """:class:`nemo_sew.SqueezeEncoder` keyword arguments equal to a transformers SEW / wav2vec 2.0 / HuBERT config.
 
     Config fields used: ``conv_dim``, ``conv_kernel``, ``conv_stride`` (front end), ``feat_extract_norm``
     (``group`` -> ``group_norm``, ``layer`` -> ``layer_norm``), ``conv_bias``, ``hidden_size``,
@@ -119,7 +124,9 @@ def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
     return dict(
         frontend="wfe_c" if sew else "wfe_o",
         feat_in=1,
-        conv_layers=[[int(c), int(k), int(s)] for c, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride)],
+        conv_layers=[
+            [int(c), int(k), int(s)] for c, k, s in zip(config.conv_dim, config.conv_kernel, config.conv_stride)
+        ],
         conv_norm="group_norm" if config.feat_extract_norm == "group" else "layer_norm",
         conv_bias=bool(config.conv_bias),
         d_model=hidden,
@@ -154,7 +161,9 @@ def _source_name(ours: str, sew: bool) -> str:
     raise KeyError(f"no transformers name for our parameter {ours!r}")
 
 
-def _pos_conv_weight_norm(state: Mapping[str, torch.Tensor], prefix: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _pos_conv_weight_norm(
+    state: Mapping[str, torch.Tensor], prefix: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``(g, v)`` of the positional conv's weight norm over dim 2, from any of the storage styles."""
     base = prefix + _POS_CONV
     for g_name, v_name in _WEIGHT_NORM_STYLES:
@@ -163,10 +172,8 @@ def _pos_conv_weight_norm(state: Mapping[str, torch.Tensor], prefix: str) -> tup
     if base + "weight" in state:  # weight norm folded: v = w and g = |w| over every dim but 2 give back w
         w = state[base + "weight"]
         return torch.linalg.vector_norm(w, dim=(0, 1), keepdim=True), w, [base + "weight"]
-    raise KeyError(
-        f"no positional conv weight under {base!r}: expected {[base + n for pair in _WEIGHT_NORM_STYLES for n in pair]} "
-        f"or {base + 'weight'!r}"
-    )
+    expected = [base + n for pair in _WEIGHT_NORM_STYLES for n in pair] + [base + "weight"]
+    raise KeyError(f"no positional conv weight under {base!r}: expected one of {expected}")
 
 
 def encoder_state_dict_from_transformers(
@@ -202,7 +209,7 @@ def encoder_state_dict_from_transformers(
     )
     if unused:
         raise UnsupportedModelError(f"transformers weights with no counterpart in our encoder: {unused[:8]}")
-    return {k: t.detach().to(torch.float32).clone() for k, t in out.items()}
+    return {k: t.detach().to("cpu", torch.float32).clone() for k, t in out.items()}
 
 
 def _tokens_from_vocab(vocab: Any, vocab_size: int) -> tuple[list[str], str | None]:
@@ -227,7 +234,9 @@ def _tokens_from_vocab(vocab: Any, vocab_size: int) -> tuple[list[str], str | No
         tokens = [str(t) for t in vocab.convert_ids_to_tokens(list(range(size)))]
     elif isinstance(vocab, Mapping):
         if vocab and all(isinstance(x, Mapping) for x in vocab.values()):
-            raise ValueError(f"expected one vocabulary (token -> id), got a per-language vocabulary for {sorted(vocab)[:5]}")
+            raise ValueError(
+                f"expected one vocabulary (token -> id), got a per-language vocabulary for {sorted(vocab)[:5]}"
+            )
         by_id = {int(i): str(t) for t, i in vocab.items()}
         tokens = [by_id.get(i, f"<unused_{i}>") for i in range(vocab_size)]
     else:
@@ -264,7 +273,8 @@ def from_transformers(model: Any, vocab: Any = None) -> SqueezeEncoder | Convert
         prefix, ctc = model.base_model_prefix + ".", True
     else:
         raise UnsupportedModelError(
-            f"expected a bare model or a *ForCTC model, got {name}; to convert its encoder pass model.{model.base_model_prefix}"
+            f"expected a bare model or a *ForCTC model, got {name}; "
+            f"to convert its encoder pass model.{model.base_model_prefix}"
         )
     state = model.state_dict()
     encoder = SqueezeEncoder(**encoder_config)
@@ -272,7 +282,8 @@ def from_transformers(model: Any, vocab: Any = None) -> SqueezeEncoder | Convert
     encoder.train(model.training)
     if not ctc:
         return encoder
-    weight, bias = state["lm_head.weight"].detach().float(), state["lm_head.bias"].detach().float()  # (V, D), (V,)
+    weight = state["lm_head.weight"].detach().to("cpu", torch.float32)  # (V, D): Linear over (B, T, D)
+    bias = state["lm_head.bias"].detach().to("cpu", torch.float32)  # (V,)
     blank = 0 if config.pad_token_id is None else int(config.pad_token_id)
     order = blank_last_order(weight.shape[0], blank)
     labels = None

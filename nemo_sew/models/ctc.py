@@ -166,13 +166,27 @@ class SqueezeProfileMixin:
         return super().setup_test_data(self._validated(_as_dictconfig(test_data_config)))
 
     def training_step(self, batch, batch_nb):
+        encoder = self.encoder if isinstance(self.encoder, SqueezeEncoder) else None
+        if encoder is not None:
+            encoder.sampler_step = int(self.trainer.global_step)  # same profile draw on every DDP rank
         out = super().training_step(batch, batch_nb)
+        if encoder is not None and encoder.learned_rate is not None and encoder.last_rate_penalty is not None:
+            out["loss"] = out["loss"] + encoder.last_rate_penalty
+            self.log("rate_penalty", encoder.last_rate_penalty.detach())
+            self.log("learned_frame_period_ms", encoder.learned_frame_period_ms())
         loss = out["loss"]
         if not torch.isfinite(loss):
             # DDP-safe skip: a zero loss still touches every parameter, so all ranks reduce the same grads
             log.warning("non-finite training loss at step %d; this batch is skipped", self.trainer.global_step)
             out["loss"] = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         return out
+
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        period = self.encoder.learned_frame_period_ms() if isinstance(self.encoder, SqueezeEncoder) else None
+        if period is not None:
+            checkpoint["learned_frame_period_ms"] = period
 
 
 class SqueezeCTCModel(SqueezeProfileMixin, EncDecCTCModel):

@@ -1,0 +1,131 @@
+"""The compute dial: evaluate a model at every named profile, then pick one for a latency or RTFx target.
+
+    nemo-sew sweep model.nemo --manifest data/synthetic/test.json --profiles recipes/profiles/stochastic.yaml --out outputs/sweep
+    nemo-sew pick outputs/sweep/sweep.json --max-latency-ms 40 [--model model.nemo --write model_fast.nemo]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping
+
+from nemo_sew.evaluate import EvalResult, evaluate
+from nemo_sew.profile import CompressionProfile
+
+log = logging.getLogger("nemo_sew.sweep")
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows not dominated in (WER, latency): no other row is at least as good in both and better in one."""
+    front = []
+    for r in rows:
+        dominated = any(
+            o["wer"] <= r["wer"] and o["latency_ms_10s"] <= r["latency_ms_10s"]
+            and (o["wer"] < r["wer"] or o["latency_ms_10s"] < r["latency_ms_10s"])
+            for o in rows
+        )  # fmt: skip
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=lambda r: r["latency_ms_10s"])
+
+
+def _markdown(rows: list[dict], command: str) -> str:
+    front = {r["name"] for r in pareto_front(rows)}
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| profile | squeeze | q_pool | kv_pool | WER | CER | encoder GMACs/s | latency 10 s (ms) | RTFx | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p = r["profile"]
+        lines.append(
+            f"| {r['name']} | {p['squeeze']} | {p['q_pool'] or '-'} | {p['kv_pool'] or '-'} | {r['wer']:.3f} | "
+            f"{r['cer']:.3f} | {r['encoder_gmacs_per_s']:.3f} | {r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} | "
+            f"{'*' if r['name'] in front else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([r["latency_ms_10s"] for r in rows], [r["wer"] for r in rows], color="tab:blue", label="profiles")
+    for r in rows:
+        ax.annotate(r["name"], (r["latency_ms_10s"], r["wer"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front = pareto_front(rows)
+    ax.plot([r["latency_ms_10s"] for r in front], [r["wer"] for r in front], "--", color="tab:red", label="Pareto front")
+    ax.set_xlabel("median latency, 10 s of audio, batch 1 (ms)")
+    ax.set_ylabel("WER")
+    ax.set_title("WER vs latency per compression profile")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep(
+    model,
+    manifest: str | Path,
+    profiles: Mapping[str, CompressionProfile],
+    out_dir: str | Path,
+    batch_size: int = 16,
+    command: str = "",
+) -> list[dict]:
+    """Evaluate ``model`` at every profile; write ``sweep.json``, ``sweep.md`` and ``pareto.png`` in ``out_dir``."""
+    if not profiles:
+        raise ValueError("expected at least one profile to sweep")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, profile in profiles.items():
+        log.info("sweep: profile %s (%s)", name, profile)
+        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile)
+        rows.append({"name": name, **asdict(result)})
+        log.info("sweep: %s WER %.3f CER %.3f latency %.1f ms", name, result.wer, result.cer, result.latency_ms_10s)
+    (out_dir / "sweep.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    (out_dir / "sweep.md").write_text(_markdown(rows, command))
+    _plot(rows, out_dir / "pareto.png")
+    return rows
+
+
+def pick(sweep_json: str | Path, max_latency_ms: float | None = None, min_rtfx: float | None = None) -> dict:
+    """The Pareto-front row with the best WER that meets the latency or RTFx target."""
+    if (max_latency_ms is None) == (min_rtfx is None):
+        raise ValueError("give exactly one target: max_latency_ms or min_rtfx")
+    path = Path(sweep_json)
+    if path.is_dir():
+        path = path / "sweep.json"
+    rows = json.loads(path.read_text())["rows"]
+    ok = [
+        r for r in pareto_front(rows)
+        if (max_latency_ms is None or r["latency_ms_10s"] <= max_latency_ms) and (min_rtfx is None or r["rtfx"] >= min_rtfx)
+    ]  # fmt: skip
+    if not ok:
+        target = f"latency <= {max_latency_ms} ms" if max_latency_ms is not None else f"RTFx >= {min_rtfx}"
+        fastest = min(rows, key=lambda r: r["latency_ms_10s"])
+        raise ValueError(
+            f"no measured profile meets {target}; the fastest is {fastest['name']} "
+            f"({fastest['latency_ms_10s']:.1f} ms, RTFx {fastest['rtfx']:.0f})"
+        )
+    return min(ok, key=lambda r: (r["wer"], r["latency_ms_10s"]))
+
+
+def write_default_profile(model_path: str | Path, row: dict, out_path: str | Path) -> Path:
+    """Save a copy of the model whose default profile (``cfg.profile``) is the picked row's."""
+    import nemo_sew  # noqa: F401
+    from nemo.collections.asr.models import ASRModel
+
+    model = ASRModel.restore_from(str(model_path), map_location="cpu")
+    fields = {k: v for k, v in row["profile"].items() if k != "name"}
+    model.set_profile(CompressionProfile.from_dict({**fields, "name": row["name"]}))
+    model.save_to(str(out_path))
+    return Path(out_path)

@@ -1,0 +1,131 @@
+"""Stochastic recipe -> sweep table and Pareto plot -> pick -> fine-tune at one profile (tiny, CPU)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nemo_sew  # noqa: F401
+from nemo_sew.sweep import pareto_front, pick
+from nemo_sew.train import load_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "model.train_ds.batch_size=4",
+    "model.train_ds.num_workers=0",
+    "model.validation_ds.num_workers=0",
+    "model.encoder.d_model=64",
+    "model.encoder.num_heads=2",
+    "model.encoder.head_dim=32",
+    "model.encoder.ffn_dim=128",
+    "trainer.enable_progress_bar=false",
+    "trainer.max_time=null",
+    "trainer.limit_val_batches=1",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from manifests.synthetic import prepare_synthetic
+
+    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), hours=0.03, seed=3, num_jobs=2, test_speakers=2)
+
+
+@pytest.fixture(scope="module")
+def stochastic_model(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stochastic")
+    cfg = load_config(
+        ROOT / "recipes" / "ctc_char_stochastic_tiny_mel.yaml",
+        [
+            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            *SMALL,
+            "trainer.max_steps=4",
+            f"exp_manager.exp_dir={out}",
+            f"save_to={out / 'stochastic.nemo'}",
+        ],
+    )
+    model = train(cfg)
+    assert model.encoder.sampler is not None and not model.encoder.fixed_factor
+    return out / "stochastic.nemo"
+
+
+def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, corpus, tmp_path):
+    from nemo_sew.cli import main
+
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("s1: {squeeze: 1}\ns2_5: {squeeze: 2.5}\ns4: {squeeze: 4}\ns2_kv2: {squeeze: 2, kv_pool: [2, 2, 2, 2, 2, 2]}\n")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(stochastic_model), "--manifest", str(corpus["test"]["manifest"]), "--profiles", str(profiles), "--out", str(out)]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["s1", "s2_5", "s4", "s2_kv2"]
+    gmacs = {r["name"]: r["encoder_gmacs_per_s"] for r in rows}
+    assert gmacs["s1"] > gmacs["s2_5"] > gmacs["s4"]  # compute falls with the squeeze
+    table = (out / "sweep.md").read_text()
+    assert "| s2_5 | 2.5 |" in table and "Pareto" in table
+    assert (out / "pareto.png").stat().st_size > 10_000
+
+    front = pareto_front(rows)
+    slowest_ok = max(r["latency_ms_10s"] for r in front)
+    chosen = pick(out, max_latency_ms=slowest_ok)
+    assert chosen in front and chosen["wer"] == min(r["wer"] for r in front)
+    with pytest.raises(ValueError, match="no measured profile meets latency <= 0.001 ms"):
+        pick(out, max_latency_ms=0.001)
+    picked_model = tmp_path / "picked.nemo"
+    assert main(["pick", str(out), "--min-rtfx", "0", "--model", str(stochastic_model), "--write", str(picked_model)]) == 0
+    from nemo.collections.asr.models import ASRModel
+
+    restored = ASRModel.restore_from(str(picked_model), map_location="cpu")
+    assert restored.profile.name == pick(out, min_rtfx=0)["name"]
+
+
+def test_finetune_recipe_fixes_the_profile(stochastic_model, corpus, tmp_path):
+    cfg = load_config(
+        ROOT / "recipes" / "finetune_profile.yaml",
+        [
+            f"init_from_nemo={stochastic_model}",
+            "profile.squeeze=2.5",
+            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            "model.train_ds.batch_size=4",
+            "model.train_ds.num_workers=0",
+            "model.validation_ds.num_workers=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_time=null",
+            "trainer.limit_val_batches=1",
+            "trainer.max_steps=2",
+            f"exp_manager.exp_dir={tmp_path}",
+            f"save_to={tmp_path / 'ft.nemo'}",
+        ],
+    )
+    model = train(cfg)
+    assert model.encoder.sampler is None and model.profile.squeeze == 2.5
+    from nemo.collections.asr.models import ASRModel
+
+    restored = ASRModel.restore_from(str(tmp_path / "ft.nemo"), map_location="cpu")
+    assert restored.encoder.sampler is None and restored.profile.squeeze == 2.5
+    assert not restored.encoder.fixed_factor
+
+
+def test_learned_rate_model_logs_and_stores_frame_period(corpus, tmp_path):
+    cfg = load_config(
+        ROOT / "recipes" / "ctc_char_tiny_mel.yaml",
+        [
+            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            *SMALL,
+            "model.profile=null",
+            "+model.encoder.learned_rate={init: 2.0, min: 1.0, max: 6.0, target: 3.0, penalty: 1.0}",
+            "trainer.max_steps=3",
+            "exp_manager.create_checkpoint_callback=false",
+            f"exp_manager.exp_dir={tmp_path}",
+            f"save_to={tmp_path / 'lr.nemo'}",
+        ],
+    )
+    model = train(cfg)
+    period = model.encoder.learned_frame_period_ms()
+    assert period != 40.0 and 20.0 <= period <= 120.0  # moved from its 40 ms start
+    assert "learned_frame_period_ms" in model.trainer.logged_metrics
+    ckpt = {}
+    model.on_save_checkpoint(ckpt)
+    assert ckpt["learned_frame_period_ms"] == pytest.approx(period)
