@@ -83,6 +83,17 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
+    from nemo_sew.bench import append_benchmark, bench_squeeze, squeeze_markdown
+
+    rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs)
+    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv))
+    print(section)
+    if args.write:
+        append_benchmark(section, args.write)
+    return 0
+
+
 def _profile_arg(text: str):
     try:
         return float(text)
@@ -134,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the swept .nemo (for --write)")
     p.add_argument("--write", help="write a copy of --model with the picked profile as its default")
     p.set_defaults(func=_cmd_pick)
+
+    bench = sub.add_parser("bench", help="benchmarks that write BENCHMARKS.md rows")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench_sub.add_parser("squeeze", help="encoder latency vs MACs across squeeze factors of one stochastic model")
+    p.add_argument("--preset", default="sew_small")
+    p.add_argument("--factors", type=float, nargs="+", default=[1, 2, 4])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_squeeze)
 
     p = sub.add_parser("demo", help="synthetic corpus -> CPU training -> evaluation (what `make demo` runs)")
     p.add_argument("--out", default="outputs/demo")

@@ -20,6 +20,7 @@ from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
+from nemo_sew.callbacks import ProgressLogger
 
 log = logging.getLogger("nemo_sew.train")
 DEFAULT_TARGET = "nemo_sew.models.ctc.SqueezeCTCModel"
@@ -97,7 +98,11 @@ def train(cfg: DictConfig) -> ModelPT:
 
     With ``init_from_nemo`` set, fine-tunes that model at ``cfg.profile`` instead (see :func:`finetune_model`).
     """
-    trainer = pl.Trainer(**resolve_trainer_cfg(cfg.trainer))
+    trainer_kwargs = resolve_trainer_cfg(cfg.trainer)
+    every = cfg.get("progress_log_every", 25)
+    if every:
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ProgressLogger(int(every))]
+    trainer = pl.Trainer(**trainer_kwargs)
     exp_manager(trainer, cfg.get("exp_manager", None))
     if cfg.get("init_from_nemo"):
         model = finetune_model(cfg, trainer)

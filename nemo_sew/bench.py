@@ -1,0 +1,99 @@
+"""Benchmarks that write ``BENCHMARKS.md`` rows with the command, machine and date.
+
+    nemo-sew bench squeeze --preset sew_small --seconds 10 --factors 1 2 4
+
+Latency is the median of ``runs`` timed forwards after ``warmup`` untimed ones, all in one process, so
+ratios between rows of one run are the numbers to quote.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from nemo_sew.evaluate import encoder_gmacs_per_second
+from nemo_sew.presets import build_encoder
+from nemo_sew.profile import CompressionProfile
+
+
+def machine_line() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def median_latency_ms(fn, warmup: int = 3, runs: int = 10) -> float:
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+@dataclass
+class SqueezeRow:
+    squeeze: float
+    gmacs_per_s: float
+    latency_ms: float
+
+
+def bench_squeeze(
+    preset: str = "sew_small", factors: Sequence[float] = (1, 2, 4), seconds: float = 10.0, batch: int = 1,
+    warmup: int = 3, runs: int = 10,
+) -> list[SqueezeRow]:  # fmt: skip
+    """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors."""
+    enc = build_encoder(preset, squeeze_sampler={"low": 1.0, "high": max(4.0, max(factors))}).eval()
+    samples = int(seconds * 16000)
+    if enc.frontend_kind == "mel_stack":
+        x = torch.randn(batch, enc._feat_in, int(seconds * 100))
+    else:
+        x = torch.randn(batch, 1, samples) * 0.1
+    lengths = torch.full((batch,), x.shape[-1], dtype=torch.int64)
+    rows = []
+    for s in factors:
+        enc.set_profile(CompressionProfile(squeeze=float(s)))
+        gmacs = encoder_gmacs_per_second(enc, seconds=seconds)
+        lat = median_latency_ms(lambda: enc(audio_signal=x, length=lengths), warmup, runs)
+        rows.append(SqueezeRow(float(s), gmacs, lat))
+    return rows
+
+
+def squeeze_markdown(rows: list[SqueezeRow], preset: str, seconds: float, command: str) -> str:
+    base = rows[0]
+    lines = [
+        f"### Squeeze speed-up: `{preset}`, {seconds:g} s of audio, batch 1, fp32 eager",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}",
+        "",
+        "| squeeze | encoder GMACs / s audio | median latency (ms) | MACs ratio vs first | latency ratio vs first | latency ratio / MACs ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mac_ratio = base.gmacs_per_s / r.gmacs_per_s
+        lat_ratio = base.latency_ms / r.latency_ms
+        lines.append(
+            f"| {r.squeeze:g} | {r.gmacs_per_s:.3f} | {r.latency_ms:.1f} | {mac_ratio:.2f}x | {lat_ratio:.2f}x | {lat_ratio / mac_ratio:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def append_benchmark(section: str, path: str | Path = "BENCHMARKS.md") -> None:
+    """Append a section to BENCHMARKS.md (created with a header if missing)."""
+    path = Path(path)
+    if not path.exists():
+        path.write_text("# nemo-sew benchmarks\n\nEvery section names the command that produced it; ratios are within one run.\n\n")
+    with path.open("a") as f:
+        f.write(section + "\n")
