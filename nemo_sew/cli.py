@@ -94,6 +94,19 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
+    from nemo_sew.bench import append_benchmark, bench_stochastic_table
+
+    section = bench_stochastic_table(
+        args.data, args.out, recipe=args.recipe, steps=args.steps, finetune_steps=args.finetune_steps,
+        hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    print(section)
+    if args.write:
+        append_benchmark(section, args.write)
+    return 0
+
+
 def _profile_arg(text: str):
     try:
         return float(text)
@@ -156,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_squeeze)
+
+    p = bench_sub.add_parser("stochastic", help="mini paper table: stochastic vs fixed squeeze at equal steps")
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--out", default="outputs/bench_stochastic")
+    p.add_argument("--recipe", default="recipes/ctc_char_tiny_mel.yaml")
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
+    p.set_defaults(func=_cmd_bench_stochastic)
 
     p = sub.add_parser("demo", help="synthetic corpus -> CPU training -> evaluation (what `make demo` runs)")
     p.add_argument("--out", default="outputs/demo")

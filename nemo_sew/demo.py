@@ -9,12 +9,14 @@ import json
 import logging
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from nemo_sew.evaluate import evaluate
+from nemo_sew.evaluate import error_rates, evaluate
 from nemo_sew.train import load_config, train
 
 log = logging.getLogger("nemo_sew.demo")
@@ -32,7 +34,17 @@ def _minutes_to_max_time(minutes: float) -> str:
     return f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
-def write_results(path: Path, result, train_seconds: float, steps: int, hours: dict, command: str) -> None:
+def transcribe_speech_flow(model_path: Path, manifest: Path, out: Path, recipe: str | Path) -> float:
+    """Run ``recipes/transcribe_speech_flow.py`` (NeMo's transcribe_speech.py steps) in a fresh process; its WER."""
+    script = Path(recipe).resolve().parent / "transcribe_speech_flow.py"
+    subprocess.run([sys.executable, str(script), str(model_path), str(manifest), str(out)], check=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return error_rates([r["pred_text"] for r in rows], [r["text"] for r in rows])[0]
+
+
+def write_results(
+    path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None
+) -> None:
     """``results.md``: what the demo reached, with the baselines beside it."""
     lines = [
         "# nemo-sew demo results",
@@ -53,6 +65,9 @@ def write_results(path: Path, result, train_seconds: float, steps: int, hours: d
     for name, params, cer, wer, training in BASELINES:
         lines.append(f"| {name} (team baseline) | {params} | {cer} | {wer} | - | - | - | {training} |")
     lines += [
+        "",
+        f"NeMo's transcribe_speech flow on model.nemo (`recipes/transcribe_speech_flow.py`): WER {flow_wer:.3f} "
+        "on the same test manifest." if flow_wer is not None else "",
         "",
         "Latency: median of 7 runs after 2 warm-up runs, batch 1, preprocessor + encoder + CTC head, fp32, "
         f"{torch.get_num_threads()} threads. Target: test CER <= 0.15.",
@@ -77,12 +92,12 @@ def run_demo(
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("step 1/3: synthetic corpus (%.1f h) in %s", hours, data_dir)
+    log.info("step 1/4: synthetic corpus (%.1f h) in %s", hours, data_dir)
     splits = prepare_synthetic(data_dir, hours=hours, seed=seed, num_jobs=num_jobs or os.cpu_count() or 1)
     summary = json.loads((data_dir / "corpus.json").read_text())
     split_hours = {name: info["hours"] for name, info in summary["splits"].items()}
 
-    log.info("step 2/3: training %s for up to %.0f min", recipe, train_minutes)
+    log.info("step 2/4: training %s for up to %.0f min", recipe, train_minutes)
     model_path = out_dir / "model.nemo"
     cfg = load_config(
         recipe,
@@ -100,9 +115,11 @@ def run_demo(
     train_seconds = time.perf_counter() - start
     steps = int(model.trainer.global_step)
 
-    log.info("step 3/3: evaluating on the held-out test set")
+    log.info("step 3/4: evaluating on the held-out test set")
     result = evaluate(model, splits["test"]["manifest"])
     (out_dir / "results.json").write_text(result.to_json())
-    write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command)
+    log.info("step 4/4: NeMo's transcribe_speech flow on %s", model_path)
+    flow_wer = transcribe_speech_flow(model_path, splits["test"]["manifest"], out_dir / "transcribe_speech.json", recipe)
+    write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer)
     log.info("test CER %.3f, WER %.3f; wrote %s and %s", result.cer, result.wer, model_path, out_dir / "results.md")
     return result

@@ -70,42 +70,11 @@ def test_two_process_ddp_training(trained_model):
     assert type(model).__name__ == "SqueezeCTCModel"
 
 
-TRANSCRIBE_SPEECH_FLOW = textwrap.dedent(
-    """
-    # The steps of NeMo's examples/asr/transcribe_speech.py (the script ships with NeMo's sources, not
-    # its wheel), with NeMo's own helpers and no `import nemo_sew`: the .nemo's target is imported by
-    # class path, which must register our _target_ prefix by itself.
-    import json, sys
-    import torch
-    from omegaconf import OmegaConf
-    from nemo.collections.asr.parts.utils import transcribe_utils
-    model_path, manifest, out = sys.argv[1:4]
-    cfg = OmegaConf.create({"model_path": model_path, "pretrained_name": None, "dataset_manifest": manifest,
-                            "audio_dir": None, "append_pred": False, "audio_type": "wav", "audio_key": "audio_filepath",
-                            "presort_manifest": True, "output_filename": out, "pred_name_postfix": None,
-                            "batch_size": 4, "decoding": {"beam": {"return_best_hypothesis": True}}})
-    model, name = transcribe_utils.setup_model(cfg, torch.device("cpu"))
-    from nemo.collections.asr.parts.submodules.ctc_decoding import CTCDecodingConfig
-    model.change_decoding_strategy(OmegaConf.structured(CTCDecodingConfig()))
-    model.eval()
-    filepaths, sorted_manifest = transcribe_utils.prepare_audio_data(cfg)
-    override = model.get_transcribe_config()
-    override.batch_size = 4
-    hyps = model.transcribe(audio=filepaths, override_config=override)
-    if sorted_manifest:
-        hyps = transcribe_utils.restore_transcription_order(manifest, hyps)
-    out_file, _ = transcribe_utils.write_transcription(hyps, cfg, name, filepaths=filepaths)
-    print("WROTE", out_file, type(model).__name__, model.cfg.profile.squeeze)
-    """
-)
-
-
 def test_nemo_transcribe_speech_flow_on_our_nemo_file(trained_model, corpus, tmp_path):
-    script = tmp_path / "transcribe_flow.py"
-    script.write_text(TRANSCRIBE_SPEECH_FLOW)
+    script = ROOT / "recipes" / "transcribe_speech_flow.py"
     out = tmp_path / "pred.json"
     proc = _run([sys.executable, str(script), str(trained_model), str(corpus["test"]["manifest"]), str(out)], tmp_path)
-    assert "SqueezeCTCModel 2.0" in proc.stdout
+    assert "SqueezeCTCModel" in proc.stdout
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     refs = [json.loads(x) for x in Path(corpus["test"]["manifest"]).read_text().splitlines()]
     assert len(lines) == len(refs) and all("pred_text" in x for x in lines)

@@ -54,7 +54,7 @@ def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, corp
     from nemo_sew.cli import main
 
     profiles = tmp_path / "profiles.yaml"
-    profiles.write_text("s1: {squeeze: 1}\ns2_5: {squeeze: 2.5}\ns4: {squeeze: 4}\ns2_kv2: {squeeze: 2, kv_pool: [2, 2, 2, 2, 2, 2]}\n")
+    profiles.write_text("s1: {squeeze: 1}\ns2_5: {squeeze: 2.5}\ns4: {squeeze: 4}\ns2_kv2: {squeeze: 2, kv_pool: [2, 2, 2, 2]}\n")
     out = tmp_path / "sweep"
     assert main(["sweep", str(stochastic_model), "--manifest", str(corpus["test"]["manifest"]), "--profiles", str(profiles), "--out", str(out)]) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
