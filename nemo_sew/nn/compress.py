@@ -63,7 +63,7 @@ class SqueezeCompressor(nn.Module):
     mixing ``a_t = (1 - lam) + lam * alpha_t`` is rescaled per utterance so that the weights sum to exactly
     ``L / s``: the profile fixes the rate, the predictor decides where the boundaries fall (OFA instead lets
     lambda set the rate). Differences from the OFA reference: padding gets zero weight, the tail segment
-    is kept at inference when its mass is >= 0.5, the cumulative sum is fp32.
+    is kept at inference when its mass is >= 0.5, the cumulative sum is fp64 rounded to fp32.
 
     The conv weight does not depend on ``s`` (shared across factors): the stride is a forward argument.
 
@@ -142,7 +142,8 @@ class SqueezeCompressor(nn.Module):
         if k_max is None:  # traced: the longest item decides, computed with tensor ops
             k_max = cif_lengths(lengths.max()[None], s_value, keep_tail).clamp_min(1)[0]
         a = self._weights(x, lengths, s, lam)  # (B, T) fp32
-        cum = torch.cumsum(a, dim=-1)  # (B, T) c_t, fp32
+        # accumulated in fp64 and rounded to fp32, so torch (CPU/CUDA) and ONNX runtimes agree on segment boundaries
+        cum = torch.cumsum(a.double(), dim=-1).float()  # (B, T) c_t
         prev = cum - a  # c_{t-1}
         k = torch.arange(k_max, device=x.device, dtype=torch.float32)[None, :, None]  # (1, K, 1)
         # overlap of frame t's interval [c_{t-1}, c_t) with segment [k, k+1): (B, K, T); dense is fine at

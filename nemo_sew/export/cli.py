@@ -1,0 +1,182 @@
+"""``nemo-sew export`` and ``nemo-sew transcribe``.
+
+    nemo-sew export model.nemo --profiles recipes/profiles/fixed_s2.yaml --out exported/   # exported/s2.onnx
+    nemo-sew export model.nemo --out exported/ --precision fp16 --encoder-only
+    nemo-sew transcribe exported/s2.onnx --backend onnxruntime --manifest test.json --out hyps.jsonl
+    nemo-sew transcribe model.nemo a.wav b.wav --backend torch --profile s2
+
+``export`` writes one ONNX file per named profile (``DIR/<profile>.onnx``, each parity-checked against
+PyTorch in onnxruntime) and an index ``DIR/export.json`` with the parity results. Without ``--profiles``
+it exports the model's own named profiles (``cfg.profiles``), or its active profile as ``default``.
+``transcribe`` writes one JSON line per utterance with ``pred_text`` (manifest lines keep their fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("nemo_sew.export")
+
+
+def _restore(path: str):
+    import nemo_sew  # noqa: F401  (registers nemo_sew with NeMo's target allowlist)
+    from nemo.collections.asr.models import ASRModel
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return ASRModel.restore_from(path, map_location="cpu")
+
+
+def _profiles(model: Any, profiles_yaml: str | None) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from nemo_sew.profile import CompressionProfile, load_profiles
+
+    if profiles_yaml:
+        profiles = load_profiles(profiles_yaml)
+    else:
+        named = model.cfg.get("profiles") or {}
+        profiles = {
+            str(k): CompressionProfile.from_dict({**OmegaConf.to_container(v), "name": str(k)})
+            for k, v in named.items()
+        }
+        if not profiles:
+            profiles = {"default": model.encoder.profile}
+    for name in profiles:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise ValueError(f"profile name {name!r} is not usable as a file name (letters, digits, _ . + - only)")
+    return profiles
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import onnxruntime
+    import torch
+
+    import nemo_sew
+    from nemo_sew.export.onnx import ParityError, export_onnx
+
+    model = _restore(args.model)
+    profiles = _profiles(model, args.profiles)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {
+        "model": Path(args.model).name,
+        "graph": "encoder" if args.encoder_only else "ctc",
+        "precision": args.precision,
+        "opset": args.opset,
+        "versions": {
+            "nemo_sew": nemo_sew.__version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__
+        },  # fmt: skip
+        "profiles": {},
+    }
+    failed = []
+    for name, profile in profiles.items():
+        path = out / f"{name}.onnx"
+        entry: dict[str, Any] = {"file": path.name, "profile": profile.to_dict()}
+        try:
+            result = export_onnx(
+                model, path, profile=profile, opset=args.opset, check=not args.no_check, precision=args.precision,
+                encoder_only=args.encoder_only,
+            )  # fmt: skip
+            entry["parity"] = result.parity.to_dict() if result.parity is not None else None
+        except ParityError as e:
+            log.error("%s", e)
+            entry["parity"] = {"passed": False, "error": str(e)}
+            failed.append(name)
+        index["profiles"][name] = entry
+        log.info("profile %s -> %s", name, path)
+    (out / "export.json").write_text(json.dumps(index, indent=2) + "\n")
+    print(json.dumps({name: e["file"] for name, e in index["profiles"].items()}))
+    if failed:
+        log.error("parity check failed for profiles %s (see %s)", failed, out / "export.json")
+        return 1
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.manifest and args.audio:
+        raise ValueError("give either --manifest or audio files, not both")
+    if args.manifest:
+        from nemo_sew.evaluate import read_manifest
+
+        return read_manifest(args.manifest)
+    if not args.audio:
+        raise ValueError("nothing to transcribe: give --manifest M or audio files")
+    return [{"audio_filepath": str(p)} for p in args.audio]
+
+
+def _runner(args: argparse.Namespace):
+    from nemo_sew.export.ort import OnnxCTCRunner, TorchCTCRunner
+
+    backend = args.backend or ("onnxruntime" if args.model.endswith(".onnx") else "torch")
+    if backend == "onnxruntime":
+        if not args.model.endswith(".onnx"):
+            raise ValueError(f"the onnxruntime backend runs an exported .onnx file, got {args.model}")
+        if args.profile is not None:
+            raise ValueError(
+                "--profile is for the torch backend; an ONNX file has its profile baked in (export one per profile)"
+            )
+        return OnnxCTCRunner(args.model, intra_op_threads=args.threads)
+    if args.model.endswith(".onnx"):
+        raise ValueError(f"the torch backend runs a .nemo model, got {args.model}; use --backend onnxruntime")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    profile = args.profile
+    if profile is not None:
+        try:
+            profile = float(profile)
+        except ValueError:
+            pass  # a named profile
+    return TorchCTCRunner(_restore(args.model), profile=profile)
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    entries = _inputs(args)
+    runner = _runner(args)
+    texts = runner.transcribe([e["audio_filepath"] for e in entries], batch_size=args.batch_size)
+    lines = [json.dumps({**e, "pred_text": t}, ensure_ascii=False) for e, t in zip(entries, texts)]
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(line + "\n" for line in lines))
+        log.info("wrote %d transcripts to %s", len(lines), args.out)
+    else:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``export`` and ``transcribe`` commands to the ``nemo-sew`` parser."""
+    p = subparsers.add_parser(
+        "export", help="one parity-checked ONNX file per compression profile (+ export.json)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("model", metavar="MODEL.nemo")
+    p.add_argument("--profiles", metavar="P.yaml", default=None, help="named profiles (default: the model's own)")
+    p.add_argument("--out", metavar="DIR", required=True)
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--encoder-only", action="store_true", help="export the encoder alone (no CTC head)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser(
+        "transcribe", help="greedy CTC transcripts with PyTorch (.nemo) or onnxruntime (.onnx), as JSON lines",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("model", metavar="MODEL", help="MODEL.nemo (torch) or MODEL.onnx (onnxruntime)")
+    p.add_argument("audio", nargs="*", metavar="AUDIO", help="audio files right after MODEL (or use --manifest)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None, help="default: from MODEL's suffix")
+    p.add_argument("--manifest", default=None, help="NeMo JSON-lines manifest")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--profile", default=None, help="torch backend: squeeze factor or named profile")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (onnxruntime) / torch threads")
+    p.add_argument("--out", default=None, help="JSON-lines output file (default: stdout)")
+    p.set_defaults(func=_cmd_transcribe)

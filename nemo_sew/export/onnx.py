@@ -1,0 +1,526 @@
+"""ONNX export per compression profile, with metadata and an onnxruntime parity check.
+
+    from nemo_sew.export import to_onnx
+    to_onnx(model, "out/s2.onnx", profile="s2")                     # whole CTC model
+    to_onnx(model.encoder, "out/enc.onnx", profile={"squeeze": 2})  # encoder only
+
+The profile is baked into the graph (it decides the squeeze and the pooling strides, which are Python
+numbers at trace time): it is set on the encoder for the export and the previous one is restored
+after. TorchScript exporter (``dynamo=False``), batch and time axes dynamic, lengths int64. Graphs:
+
+- **encoder** (a ``SqueezeEncoder``, or a model with ``encoder_only=True``): inputs ``audio_signal
+  (B, C, T)`` float32 (``C = 1`` and ``T`` in samples for the waveform front ends, ``C = n_mels`` and ``T``
+  in 10 ms frames for ``mel_stack``) and ``length (B,)``; outputs ``encoded (B, D, T')`` float32 and
+  ``encoded_len (B,)``.
+- **CTC, waveform front end** (a model whose preprocessor is our ``WaveformPreprocessor``, which is in
+  the graph): inputs ``audio_signal (B, N)`` float32 samples at the model's sample rate and ``length
+  (B,)``; outputs ``logprobs (B, T', V + 1)`` float32 (log-softmax, blank = last index) and
+  ``encoded_len (B,)``.
+- **CTC, ``mel_stack``** (encoder + CTC head, like NeMo's own CTC export): inputs ``audio_signal (B, n_mels,
+  T)`` log-mel features from NeMo's preprocessor (not in the graph: its STFT does not export; the runner
+  computes it in PyTorch from ``feature_config``) and ``length (B,)`` frames; outputs as above.
+
+``metadata_props`` (all strings; :func:`read_metadata` parses them): ``graph`` (``ctc`` | ``encoder``),
+``input`` (``waveform`` | ``features``), ``profile`` (JSON), ``squeeze``, ``sample_rate``,
+``input_rate`` (input frames per second: samples or 10 ms feature frames), ``min_input_length``,
+``frontend``, ``feature_config`` (JSON: the model's NeMo preprocessor config, wherever the graph does
+not contain the preprocessor), ``vocabulary`` (JSON list, CTC only; blank = ``len(vocabulary)``),
+``tokenizer`` (``char`` | ``bpe``), ``precision``, ``opset``, ``nemo_sew_version``.
+
+Precision: ``fp32``, or ``fp16`` (the fp32 graph converted with onnxruntime's float16 converter; inputs and
+outputs stay float32, LayerNorm and LogSoftmax stay float32; the graph TensorRT 11 needs for FP16).
+Parity tolerances (max abs difference against PyTorch fp32 on valid frames): :data:`TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import onnx
+import torch
+from nemo.core.classes.common import is_typecheck_enabled, typecheck
+from torch import nn
+
+from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.nn.frontend import time_mask
+from nemo_sew.preprocessor import WaveformPreprocessor
+from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
+
+log = logging.getLogger("nemo_sew.export")
+
+Precision = Literal["fp32", "fp16"]
+
+TOLERANCE: dict[str, float] = {"fp32": 1e-4, "fp16": 1e-2}
+"""Max abs difference between onnxruntime (CPU) and PyTorch fp32 on valid output frames, per precision."""
+
+# fp16 graphs keep these ops in fp32 (numerically sensitive; what TensorRT users do with norms and softmax)
+FP16_KEEP_FP32_OPS = ("LayerNormalization", "LogSoftmax")
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and PyTorch disagree beyond the tolerance (the message has the numbers)."""
+
+
+@dataclass
+class ParityCase:
+    batch: int
+    max_len: int
+    lengths: list[int]
+    max_abs_diff: float
+
+
+@dataclass
+class ParityReport:
+    """Result of :func:`check_parity`: the worst case and every case run."""
+
+    precision: str
+    tolerance: float
+    max_abs_diff: float
+    passed: bool
+    cases: list[ParityCase] = field(default_factory=list)
+    provider: str = "CPUExecutionProvider"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: dict[str, Any]
+    parity: ParityReport | None
+
+
+# ------------------------------------------------------------------------------------------------------
+# graphs: thin wrappers that call our modules the way NeMo's CTC forward does (no forward swapping)
+
+
+class _EncoderGraph(nn.Module):
+    def __init__(self, encoder: SqueezeEncoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(audio_signal=audio_signal, length=length)  # (B, D, T'), (B,)
+
+
+class _CTCGraph(nn.Module):
+    """preprocessor (waveform models only) -> encoder -> CTC head, as ``EncDecCTCModel.forward`` at inference."""
+
+    def __init__(self, preprocessor: nn.Module | None, encoder: SqueezeEncoder, decoder: nn.Module) -> None:
+        super().__init__()
+        self.preprocessor = preprocessor
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.preprocessor is not None:
+            audio_signal, length = self.preprocessor(input_signal=audio_signal, length=length)  # (B, 1, N)
+        encoded, encoded_len = self.encoder(audio_signal=audio_signal, length=length)  # (B, D, T')
+        logprobs = self.decoder(encoder_output=encoded)  # (B, T', V + 1)
+        return logprobs.float(), encoded_len
+
+
+@dataclass
+class _Plan:
+    """What to trace: the wrapper graph, the encoder whose profile is set, and the metadata."""
+
+    graph: nn.Module
+    root: nn.Module  # the user's object (training flags restored on it)
+    encoder: SqueezeEncoder
+    kind: str  # "ctc" | "encoder"
+    input_kind: str  # "waveform" | "features"
+    channels: int | None  # C of (B, C, T) inputs; None for (B, N) waveform inputs
+    sample_rate: int | None
+    input_rate: float | None
+    extra: dict[str, Any]
+
+
+def _is_ctc_model(obj: Any) -> bool:
+    return all(hasattr(obj, name) for name in ("preprocessor", "encoder", "decoder", "cfg"))
+
+
+def _plan(obj: Any, encoder_only: bool) -> _Plan:
+    if isinstance(obj, SqueezeEncoder):
+        waveform = obj.frontend_kind != "mel_stack"
+        return _Plan(
+            graph=_EncoderGraph(obj), root=obj, encoder=obj, kind="encoder",
+            input_kind="waveform" if waveform else "features", channels=obj._feat_in,
+            sample_rate=16000 if waveform else None, input_rate=16000.0 if waveform else 100.0, extra={},
+        )  # fmt: skip
+    if not _is_ctc_model(obj):
+        raise TypeError(
+            f"expected a SqueezeEncoder or a NeMo CTC model (SqueezeCTCModel[BPE]), got {type(obj).__name__}"
+        )
+    encoder = obj.encoder
+    if not isinstance(encoder, SqueezeEncoder):
+        raise TypeError(f"expected the model's encoder to be a nemo_sew SqueezeEncoder, got {type(encoder).__name__}")
+    from omegaconf import OmegaConf
+
+    sample_rate = int(obj.cfg.get("sample_rate", 16000))
+    waveform_pre = isinstance(obj.preprocessor, WaveformPreprocessor)
+    pre_cfg = OmegaConf.to_container(obj.cfg.preprocessor, resolve=True)
+    input_rate = float(sample_rate) if waveform_pre else 1.0 / float(pre_cfg.get("window_stride", 0.01))
+    # the preprocessor config goes in the metadata wherever the graph does not contain the preprocessor
+    extra: dict[str, Any] = {} if waveform_pre and not encoder_only else {"feature_config": json.dumps(pre_cfg)}
+    input_kind = "waveform" if waveform_pre else "features"
+    if encoder_only:
+        graph, kind, channels = _EncoderGraph(encoder), "encoder", encoder._feat_in
+    else:
+        vocabulary, tokenizer = _vocabulary(obj)
+        extra["vocabulary"] = json.dumps(vocabulary, ensure_ascii=False)
+        extra["tokenizer"] = tokenizer
+        graph, kind = _CTCGraph(obj.preprocessor if waveform_pre else None, encoder, obj.decoder), "ctc"
+        channels = None if waveform_pre else encoder._feat_in  # (B, N) waveform or (B, n_mels, T) features
+    return _Plan(graph, obj, encoder, kind, input_kind, channels, sample_rate, input_rate, extra)
+
+
+def _vocabulary(model: Any) -> tuple[list[str], str]:
+    """CTC output labels (without the blank, which is the last index) and the tokenizer kind."""
+    tokenizer = getattr(model, "tokenizer", None)
+    num_classes = int(model.decoder.num_classes_with_blank) - 1
+    if tokenizer is not None:
+        vocab = [str(t) for t in tokenizer.ids_to_tokens(list(range(num_classes)))]
+        kind = "bpe"
+    else:
+        vocab = [str(t) for t in model.decoder.vocabulary]
+        kind = "char"
+    if len(vocab) != num_classes:
+        raise ValueError(f"expected {num_classes} CTC labels (decoder classes minus blank), got {len(vocab)}")
+    return vocab, kind
+
+
+# ------------------------------------------------------------------------------------------------------
+# context helpers: bake the profile in, eval mode, restore everything after
+
+
+@contextlib.contextmanager
+def _export_state(root: nn.Module, encoder: SqueezeEncoder, profile: CompressionProfile | None) -> Iterator[None]:
+    previous = encoder.profile
+    modes = {m: m.training for m in root.modules()}
+    checks = is_typecheck_enabled()
+    try:
+        if profile is not None:
+            encoder.set_profile(profile)
+        root.eval()
+        typecheck.set_typecheck_enabled(False)  # NeMo's port checks are Python code, not graph ops
+        with torch.no_grad():
+            yield
+    finally:
+        typecheck.set_typecheck_enabled(checks)
+        for m, mode in modes.items():
+            m.training = mode
+        encoder.set_profile(previous)
+
+
+def _resolve_profile(obj: Any, profile: ProfileLike | str | None) -> CompressionProfile | None:
+    if profile is None:
+        return None
+    if isinstance(profile, str):
+        if not hasattr(obj, "_resolve_profile"):
+            raise ValueError(
+                f"a named profile ({profile!r}) needs a model with named profiles; pass a CompressionProfile"
+            )
+        return obj._resolve_profile(profile)
+    return as_profile(profile)
+
+
+# ------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def _input_shape(plan: _Plan, batch: int, length: int) -> tuple[int, ...]:
+    return (batch, length) if plan.channels is None else (batch, plan.channels, length)
+
+
+def _length_range(plan: _Plan) -> tuple[int, int]:
+    """Shortest and longest input lengths used by the parity check (a few seconds at most)."""
+    need = plan.encoder.min_input_length()
+    if plan.input_kind == "waveform":
+        rate = plan.input_rate or 16000.0
+        return max(need, int(0.3 * rate)), max(need, int(1.6 * rate)) + 1
+    return max(need, 30), max(need, 240) + 1
+
+
+def _example(plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = _length_range(plan)
+    length = (lo + hi) // 2
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(*_input_shape(plan, 2, length), generator=gen)
+    lengths = torch.tensor([length, max(lo, (3 * length) // 4)], dtype=torch.int64)
+    return x, lengths
+
+
+def _cases(plan: _Plan, count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random batches: size 1, then random 2..4; random padded lengths; the longest item fills the batch."""
+    lo, hi = _length_range(plan)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for i in range(count):
+        batch = 1 if i == 0 else int(rng.integers(2, 5))
+        t = int(rng.integers(lo, hi))
+        lengths = rng.integers(lo, t + 1, size=batch)
+        lengths[int(rng.integers(0, batch))] = t
+        x = torch.randn(*_input_shape(plan, batch, t), generator=gen)
+        cases.append((x, torch.from_numpy(lengths.astype(np.int64))))
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------------
+# export
+
+
+def _names(kind: str, input_rank: int) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+    outputs = ["logprobs", "encoded_len"] if kind == "ctc" else ["encoded", "encoded_len"]
+    time_axis = input_rank - 1
+    out_time = 1 if kind == "ctc" else 2
+    axes = {
+        "audio_signal": {0: "batch", time_axis: "time"},
+        "length": {0: "batch"},
+        outputs[0]: {0: "batch", out_time: "frames"},
+        "encoded_len": {0: "batch"},
+    }
+    return ["audio_signal", "length"], outputs, axes
+
+
+def _metadata(plan: _Plan, precision: str, opset: int) -> dict[str, str]:
+    import nemo_sew
+
+    meta = {
+        "graph": plan.kind,
+        "input": plan.input_kind,
+        "profile": json.dumps(plan.encoder.profile.to_dict()),
+        "squeeze": str(plan.encoder.squeeze),
+        "frontend": plan.encoder.frontend_kind,
+        "min_input_length": str(plan.encoder.min_input_length()),
+        "precision": precision,
+        "opset": str(opset),
+        "nemo_sew_version": nemo_sew.__version__,
+    }
+    if plan.sample_rate is not None:
+        meta["sample_rate"] = str(plan.sample_rate)
+    if plan.input_rate is not None:
+        meta["input_rate"] = str(plan.input_rate)
+    meta.update(plan.extra)
+    return meta
+
+
+def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS)
+    )
+    _topological_sort(model.graph)  # the converter appends its input casts at the end
+    return model
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (Kahn's algorithm)."""
+    producer = {out: i for i, n in enumerate(graph.node) for out in n.output}
+    users: dict[int, list[int]] = {i: [] for i in range(len(graph.node))}
+    waiting = [0] * len(graph.node)
+    for i, n in enumerate(graph.node):
+        deps = {producer[name] for name in n.input if name in producer}
+        waiting[i] = len(deps)
+        for d in deps:
+            users[d].append(i)
+    queue = [i for i, w in enumerate(waiting) if w == 0]  # a heap: keeps the original order where it can
+    order: list[int] = []
+    while queue:
+        i = heapq.heappop(queue)
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(queue, u)
+    if len(order) != len(graph.node):
+        raise ValueError("cannot sort the ONNX graph: it has a cycle")
+    nodes = [onnx.NodeProto.FromString(graph.node[i].SerializeToString()) for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _save(model: onnx.ModelProto, path: Path, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def export_onnx(
+    model_or_encoder: Any,
+    path: str | Path,
+    profile: ProfileLike | str | None = None,
+    opset: int = 17,
+    check: bool = True,
+    precision: Precision = "fp32",
+    encoder_only: bool = False,
+    tolerance: float | None = None,
+    cases: int = 4,
+    seed: int = 0,
+) -> ExportResult:
+    """Export at ``profile`` to ``path`` and (``check``) verify it against PyTorch; see the module docstring.
+
+    Args:
+        model_or_encoder: a :class:`~nemo_sew.SqueezeEncoder` or a NeMo CTC model with one
+            (:class:`~nemo_sew.SqueezeCTCModel`, :class:`~nemo_sew.SqueezeCTCModelBPE`).
+        profile: baked into the graph: a profile, its fields, a squeeze factor, a model's named profile,
+            or None (the active profile).
+        encoder_only: for a model, export only its encoder (the model's metadata is kept).
+        tolerance: parity tolerance; default :data:`TOLERANCE` of ``precision``.
+        cases: random batches in the parity check; ``seed`` makes them reproducible.
+
+    Raises :class:`ParityError` when ``check`` finds a difference above the tolerance (the file stays, so it
+    can be inspected).
+    """
+    if precision not in TOLERANCE:
+        raise ValueError(f"expected precision in {sorted(TOLERANCE)}, got {precision!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plan = _plan(model_or_encoder, encoder_only)
+    resolved = _resolve_profile(model_or_encoder, profile)
+    with _export_state(plan.root, plan.encoder, resolved):
+        x, lengths = _example(plan)
+        inputs, outputs, axes = _names(plan.kind, x.dim())
+        plan.graph.eval()
+        torch.onnx.export(
+            plan.graph, (x, lengths), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+            opset_version=opset, do_constant_folding=True, dynamo=False,
+        )  # fmt: skip
+        metadata = _metadata(plan, precision, opset)
+    proto = onnx.load(str(path))
+    if precision == "fp16":
+        proto = _to_fp16(proto)
+    _save(proto, path, metadata)
+    onnx.checker.check_model(str(path))
+    log.info("exported %s (%s graph, %s input, profile %s)", path, plan.kind, plan.input_kind, metadata["profile"])
+    report = None
+    if check:
+        report = check_parity(
+            model_or_encoder, path, tolerance=tolerance, cases=cases, seed=seed, encoder_only=encoder_only
+        )
+    return ExportResult(path=path, metadata=read_metadata(path), parity=report)
+
+
+def to_onnx(
+    model_or_encoder: Any,
+    path: str | Path,
+    profile: ProfileLike | str | None = None,
+    opset: int = 17,
+    check: bool = True,
+    precision: Precision = "fp32",
+    **kwargs: Any,
+) -> Path:
+    """Export ``model_or_encoder`` at ``profile`` to ONNX and return the path (see :func:`export_onnx`)."""
+    return export_onnx(model_or_encoder, path, profile, opset, check, precision, **kwargs).path
+
+
+# ------------------------------------------------------------------------------------------------------
+# metadata and parity
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata_props`` of an exported graph, JSON fields parsed (``profile``, ``vocabulary``, ...)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return parse_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(props)
+    for key in ("profile", "vocabulary", "feature_config"):
+        if key in out:
+            out[key] = json.loads(out[key])
+    for key in ("sample_rate", "min_input_length", "opset"):
+        if key in out:
+            out[key] = int(out[key])
+    if "input_rate" in out:
+        out["input_rate"] = float(out["input_rate"])
+    return out
+
+
+def _session(path: Path, providers: Sequence[str] | None = None, threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def _valid_max_abs_diff(ref: torch.Tensor, got: np.ndarray, lengths: torch.Tensor, time_axis: int) -> float:
+    got_t = torch.from_numpy(np.asarray(got, dtype=np.float32))
+    if tuple(got_t.shape) != tuple(ref.shape):
+        return math.inf
+    mask = time_mask(lengths, ref.shape[time_axis])  # (B, T') True = valid frame
+    mask = mask[:, :, None] if time_axis == 1 else mask[:, None, :]
+    diff = (got_t - ref.float()).abs().masked_fill(~mask, 0.0)
+    return float(diff.max()) if diff.numel() else 0.0
+
+
+def check_parity(
+    model_or_encoder: Any,
+    path: str | Path,
+    tolerance: float | None = None,
+    cases: int = 4,
+    seed: int = 0,
+    encoder_only: bool | None = None,
+    providers: Sequence[str] | None = None,
+) -> ParityReport:
+    """Run random padded batches through PyTorch (fp32) and onnxruntime; raise :class:`ParityError` above tolerance.
+
+    The profile, the graph kind and the precision are read from the file's metadata, so this checks an
+    exported file against the model it came from (or a changed one). Output lengths must match exactly;
+    outputs are compared on valid frames only (padding frames are not specified).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    precision = meta.get("precision", "fp32")
+    tol = TOLERANCE[precision] if tolerance is None else float(tolerance)
+    if encoder_only is None:
+        encoder_only = meta.get("graph") == "encoder"
+    plan = _plan(model_or_encoder, encoder_only)
+    if plan.kind != meta.get("graph") or plan.input_kind != meta.get("input"):
+        raise ValueError(
+            f"{path} holds a {meta.get('graph')!r} graph on {meta.get('input')!r} input, but the model gives a "
+            f"{plan.kind!r} graph on {plan.input_kind!r} input"
+        )
+    session = _session(path, providers)
+    time_axis = 1 if plan.kind == "ctc" else 2
+    report = ParityReport(precision=precision, tolerance=tol, max_abs_diff=0.0, passed=True,
+                          provider=session.get_providers()[0])  # fmt: skip
+    profile = CompressionProfile.from_dict(meta["profile"]) if "profile" in meta else None
+    with _export_state(plan.root, plan.encoder, profile):
+        for x, lengths in _cases(plan, cases, seed):
+            ref, ref_len = plan.graph(x, lengths)
+            got, got_len = session.run(None, {"audio_signal": x.numpy(), "length": lengths.numpy()})
+            if not np.array_equal(np.asarray(got_len), ref_len.numpy()):
+                raise ParityError(
+                    f"{path}: encoded_len differs from PyTorch for batch {x.shape[0]} x {x.shape[-1]} "
+                    f"(lengths {lengths.tolist()}): onnxruntime {np.asarray(got_len).tolist()}, "
+                    f"torch {ref_len.tolist()}"
+                )
+            diff = _valid_max_abs_diff(ref, got, ref_len, time_axis)
+            report.cases.append(ParityCase(x.shape[0], int(x.shape[-1]), lengths.tolist(), diff))
+            report.max_abs_diff = max(report.max_abs_diff, diff)
+    report.passed = report.max_abs_diff <= tol
+    if not report.passed:
+        worst = max(report.cases, key=lambda c: c.max_abs_diff)
+        raise ParityError(
+            f"{path}: onnxruntime ({report.provider}, {precision}) differs from PyTorch by max abs "
+            f"{report.max_abs_diff:.3g} on valid frames, tolerance {tol:g} (worst: batch {worst.batch}, "
+            f"length {worst.max_len}, lengths {worst.lengths})"
+        )
+    log.info("parity %s: max abs diff %.3g <= %g (%d batches)", path.name, report.max_abs_diff, tol, len(report.cases))
+    return report

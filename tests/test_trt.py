@@ -1,0 +1,156 @@
+"""TensorRT scripts: the requirement check and its message, shape and precision rules on CPU, real builds on a GPU."""
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TRT_DIR = Path(__file__).resolve().parents[1] / "trt"
+
+
+@pytest.fixture()
+def trt_scripts(monkeypatch):
+    """The scripts' modules, imported as when run from trt/ (the script directory is on sys.path)."""
+    monkeypatch.syspath_prepend(str(TRT_DIR))
+    import bench_engines
+    import build_engines
+    import common
+
+    yield types.SimpleNamespace(common=common, build=build_engines, bench=bench_engines)
+    for name in ("common", "build_engines", "bench_engines"):
+        sys.modules.pop(name, None)
+
+
+def _missing() -> str | None:
+    """Why real TensorRT tests cannot run here (None: they can)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install nemo-sew[trt])"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU found"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- requirement check
+
+
+def test_requirement_check_without_tensorrt(trt_scripts, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError
+    message = r"TensorRT is not installed \(pip install nemo-sew\[trt\]"
+    with pytest.raises(trt_scripts.common.RequirementError, match=message):
+        trt_scripts.common.require_tensorrt()
+
+
+def test_requirement_check_without_gpu(trt_scripts, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.13.3"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(trt_scripts.common.RequirementError, match=r"no CUDA GPU found"):
+        trt_scripts.common.require_tensorrt()
+
+
+@pytest.mark.parametrize("script", ["build_engines.py", "bench_engines.py"])
+def test_scripts_exit_with_one_clear_line(script, tmp_path):
+    reason = _missing()
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present: the scripts would run")
+    target = tmp_path / ("model.onnx" if script.startswith("build") else "model.plan")
+    target.write_bytes(b"")
+    argv = [str(target), "--out", str(tmp_path / "out")] if script.startswith("build") else [str(target)]
+    proc = subprocess.run([sys.executable, str(TRT_DIR / script), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and reason.split(" (")[0] in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- rules (CPU)
+
+
+def test_shape_ranges_from_exported_metadata(trt_scripts, tmp_path):
+    from nemo_sew import build_encoder
+    from nemo_sew.export import to_onnx
+
+    enc = build_encoder("tiny_wfe_o")
+    meta = trt_scripts.common.read_onnx_metadata(to_onnx(enc, tmp_path / "e.onnx", check=False))
+    ranges = trt_scripts.common.shape_ranges(meta, (-1, 1, -1), (1, 8, 32), (0.01, 10, 30))
+    assert ranges["audio_signal"] == ((1, 1, enc.min_input_length()), (8, 1, 160000), (32, 1, 480000))
+    assert ranges["length"] == ((1,), (8,), (32,))
+    mel = {"input": "features", "input_rate": "100.0", "min_input_length": "4"}
+    assert trt_scripts.common.shape_ranges(mel, (-1, 80, -1), (1, 1, 4), (1, 2, 3))["audio_signal"][2] == (4, 80, 300)
+    wave = {"input": "waveform", "input_rate": "16000.0", "min_input_length": "400"}
+    assert trt_scripts.common.shape_ranges(wave, (-1, -1), (2, 2, 2), (1, 1, 1))["audio_signal"][0] == (2, 16000)
+    with pytest.raises(ValueError, match="MIN,OPT,MAX"):
+        trt_scripts.common.parse_triple("8,1,32")
+
+
+def test_precision_rules_tensorrt_10_and_11(trt_scripts):
+    plan, err = trt_scripts.common.precision_plan, trt_scripts.common.RequirementError
+    assert plan(10, "fp16", "fp32", False) == trt_scripts.common.PrecisionPlan(False, "FP16", None)
+    assert plan(10, "bf16", "fp32", False).builder_flag == "BF16"
+    assert plan(10, "fp16", "fp16", False).strongly_typed and plan(11, "fp16", "fp16", False).builder_flag is None
+    assert plan(11, "fp32", "fp32", False) == trt_scripts.common.PrecisionPlan(True)
+    assert plan(11, "bf16", "fp32", True).convert_to == "bf16"
+    with pytest.raises(err, match="strongly typed networks only .* --precision fp16"):
+        plan(11, "fp16", "fp32", False)
+    with pytest.raises(ValueError, match="the ONNX file is fp16 but fp32 was asked for"):
+        plan(10, "fp32", "fp16", False)
+
+
+def test_markdown_table(trt_scripts):
+    rows = [
+        {"engine": "s2.fp16.plan", "profile": "s2", "precision": "fp16", "batch": 1, "seconds": 10.0, "p50_ms": 1.5,
+         "p90_ms": 1.7, "throughput_utt_s": 666.7, "rtfx": 6666.7, "engine_memory_mb": 12.0, "io_memory_mb": 3.1},
+        {"engine": "s2.fp16.plan", "profile": "s2", "precision": "fp16", "batch": 64, "seconds": 10.0,
+         "skipped": "outside the profile"},
+    ]  # fmt: skip
+    table = trt_scripts.bench.to_markdown(rows, "header").splitlines()
+    assert table[2].startswith("| engine | profile |") and len({line.count("|") for line in table[2:]}) == 1
+    assert "| 6666.7 |" in table[4] and "skipped: outside the profile" in table[5]
+
+
+# ---------------------------------------------------------------------------------------------- real engines (GPU)
+
+
+def test_build_and_bench_engine_matches_onnxruntime(trt_scripts, tmp_path):
+    reason = _missing()
+    if reason is not None:
+        pytest.skip(reason)
+    import onnxruntime as ort
+
+    from nemo_sew import build_encoder
+    from nemo_sew.export import to_onnx
+
+    enc = build_encoder("tiny_wfe_c")
+    onnx_path = to_onnx(enc, tmp_path / "s2.onnx", profile=2)
+    trt = trt_scripts.common.require_tensorrt()
+    info = trt_scripts.build.build_engine(trt, onnx_path, tmp_path, "fp32", (1, 2, 4), (0.5, 1.0, 2.0), workspace_gb=1)
+    plan = tmp_path / info["engine"]
+    rows = trt_scripts.bench.bench_engine(trt, plan, [1, 4, 8], [1.0], warmup=2, iters=5)
+    assert [r["batch"] for r in rows if "skipped" not in r] == [1, 4] and "skipped" in rows[2]
+    assert all(r["p50_ms"] > 0 and r["rtfx"] > 0 for r in rows[:2])
+
+    # numbers: the engine agrees with onnxruntime on one padded batch
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
+    context = engine.create_execution_context()
+    x = torch.randn(2, 1, 16000)
+    lengths = torch.tensor([16000, 11000])
+    ref, ref_len = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        None, {"audio_signal": x.numpy(), "length": lengths.numpy()}
+    )
+    io = {"audio_signal": x.cuda(), "length": lengths.cuda()}
+    for name, t in io.items():
+        context.set_input_shape(name, tuple(t.shape))
+        context.set_tensor_address(name, t.data_ptr())
+    for name in ("encoded", "encoded_len"):
+        dtype = trt_scripts.common.torch_dtype(trt, engine.get_tensor_dtype(name))
+        io[name] = torch.empty(tuple(context.get_tensor_shape(name)), device="cuda", dtype=dtype)
+        context.set_tensor_address(name, io[name].data_ptr())
+    assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert io["encoded_len"].cpu().tolist() == ref_len.tolist()
+    t = int(ref_len[1])
+    np.testing.assert_allclose(io["encoded"][1, :, :t].cpu().numpy(), ref[1, :, :t], atol=1e-3)

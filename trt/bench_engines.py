@@ -1,0 +1,148 @@
+"""Benchmark TensorRT engines from ``build_engines.py``: latency p50/p90, throughput, RTFx, GPU memory.
+
+    python trt/bench_engines.py engines/*.plan --batch 1,16 --seconds 10 --out bench.json --markdown bench.md
+
+Per engine and per (batch, seconds): random audio of that length (every item full length), ``--warmup``
+runs, then ``--iters`` timed runs with CUDA events on one stream (GPU time of ``execute_async_v3``; no
+host transfers, no preprocessing or decoding). Throughput = utterances per second at the median latency;
+RTFx = seconds of audio per second of compute (``batch * seconds / p50``). Shapes outside the engine's
+optimisation profile are skipped and listed. Uses TensorRT's name-based I/O tensor API (10.x and 11.x)
+and torch for CUDA memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from common import input_frames, require_tensorrt, run_main, torch_dtype  # trt/ is on sys.path as the script dir
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _engine_memory(engine: Any) -> int:
+    size = getattr(engine, "device_memory_size_v2", None)  # 10.x (newer) and 11.x
+    if size is None:
+        size = getattr(engine, "device_memory_size", 0)  # removed in 11.x
+    return int(size)
+
+
+def bench_engine(
+    trt: Any, plan_path: Path, batches: Sequence[int], seconds: Sequence[float], warmup: int = 10, iters: int = 50
+) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    info_path = plan_path.with_suffix(".json")
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    meta = info.get("metadata", {})
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
+    if engine is None:
+        raise RuntimeError(f"{plan_path}: could not deserialize (built for another GPU or TensorRT version?)")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if n not in inputs]
+    lo, _, hi = engine.get_tensor_profile_shape("audio_signal", 0)  # (min, opt, max) of profile 0
+    signal_shape = tuple(engine.get_tensor_shape("audio_signal"))
+    stream = torch.cuda.Stream()
+    rows = []
+    for batch in batches:
+        for sec in seconds:
+            frames = input_frames(meta, sec)
+            shape = (batch, frames) if len(signal_shape) == 2 else (batch, signal_shape[1], frames)
+            row: dict[str, Any] = {"engine": plan_path.name, "profile": (meta.get("profile") or {}).get("name"),
+                                   "precision": info.get("precision"), "batch": batch, "seconds": sec}  # fmt: skip
+            if any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+                row["skipped"] = f"shape {shape} outside the engine's profile {tuple(lo)}..{tuple(hi)}"
+                rows.append(row)
+                continue
+            torch.cuda.reset_peak_memory_stats()
+            dtype = {name: torch_dtype(trt, engine.get_tensor_dtype(name)) for name in names}
+            tensors = {"audio_signal": (0.1 * torch.randn(shape, device="cuda")).to(dtype["audio_signal"])}
+            if "length" in inputs:  # every item full length
+                tensors["length"] = torch.full((batch,), frames, device="cuda", dtype=dtype["length"])
+            for name in inputs:
+                context.set_input_shape(name, tuple(tensors[name].shape))
+                context.set_tensor_address(name, tensors[name].data_ptr())
+            for name in outputs:
+                out_shape = tuple(context.get_tensor_shape(name))
+                tensors[name] = torch.empty(out_shape, device="cuda", dtype=dtype[name])
+                context.set_tensor_address(name, tensors[name].data_ptr())
+            times = []
+            with torch.cuda.stream(stream):
+                for i in range(warmup + iters):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record(stream)
+                    if not context.execute_async_v3(stream.cuda_stream):
+                        raise RuntimeError(f"{plan_path}: execute_async_v3 failed for shape {shape}")
+                    end.record(stream)
+                    end.synchronize()
+                    if i >= warmup:
+                        times.append(start.elapsed_time(end))  # ms
+            p50, p90 = (float(np.percentile(times, q)) for q in (50, 90))
+            row.update(
+                p50_ms=round(p50, 3), p90_ms=round(p90, 3), throughput_utt_s=round(batch / (p50 / 1e3), 1),
+                rtfx=round(batch * sec / (p50 / 1e3), 1), engine_memory_mb=round(_engine_memory(engine) / 2**20, 1),
+                io_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1), iters=iters,
+            )  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def to_markdown(rows: Sequence[dict[str, Any]], header: str) -> str:
+    cols = ["engine", "profile", "precision", "batch", "seconds", "p50_ms", "p90_ms", "throughput_utt_s", "rtfx",
+            "engine_memory_mb", "io_memory_mb"]  # fmt: skip
+    lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if "skipped" in r:
+            first = [r["engine"], r.get("profile"), r.get("precision"), r["batch"], r["seconds"]]
+            cells = [str(c) for c in first] + [f"skipped: {r['skipped']}"] + [""] * (len(cols) - 6)
+            lines.append("| " + " | ".join(cells) + " |")
+        else:
+            lines.append("| " + " | ".join(str(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("engines", nargs="+", type=Path, help=".plan files from build_engines.py")
+    parser.add_argument("--batch", type=_ints, default=[1, 16], help="batch sizes, e.g. 1,16")
+    parser.add_argument("--seconds", type=_floats, default=[10.0], help="audio durations in seconds, e.g. 5,10,30")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("bench_engines.json"))
+    parser.add_argument("--markdown", type=Path, default=None, help="also write a markdown table here")
+    args = parser.parse_args(argv)
+    trt = require_tensorrt()
+    import torch
+
+    missing = [str(p) for p in args.engines if not p.is_file()]
+    if missing:
+        parser.error(f"engine files not found: {missing}")
+    rows = []
+    for plan in args.engines:
+        rows.extend(bench_engine(trt, plan, args.batch, args.seconds, args.warmup, args.iters))
+    machine = {"gpu": torch.cuda.get_device_name(), "tensorrt": trt.__version__, "torch": torch.__version__}
+    command = "python trt/bench_engines.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.write_text(json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2) + "\n")
+    header = f"`{command}` on {machine['gpu']}, TensorRT {machine['tensorrt']}"
+    table = to_markdown(rows, header)
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

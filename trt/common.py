@@ -1,0 +1,168 @@
+"""Shared helpers of the TensorRT scripts: the requirement check, ONNX metadata, shapes, precision rules.
+
+Everything except :func:`require_tensorrt`'s success path runs without TensorRT or a GPU, so the rules
+(optimisation-profile shapes, the TensorRT 10 / 11 precision handling) are tested on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+TRT_MISSING = (
+    "TensorRT is not installed (pip install nemo-sew[trt], or pip install tensorrt); "
+    "these scripts build and run TensorRT engines on an NVIDIA GPU"
+)
+NO_GPU = (
+    "no CUDA GPU found (torch.cuda.is_available() is False): TensorRT engines are built and run on an "
+    "NVIDIA GPU; run this script on a machine with one (and a CUDA build of torch)"
+)
+
+
+class RequirementError(RuntimeError):
+    """TensorRT or a CUDA GPU is missing; the message says which and what to do."""
+
+
+def require_tensorrt():
+    """Return the ``tensorrt`` module, or raise :class:`RequirementError` with one clear message."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise RequirementError(f"{TRT_MISSING} ({e})") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RequirementError(NO_GPU)
+    return tensorrt
+
+
+def trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a script's ``main``; a :class:`RequirementError` becomes one line on stderr and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except RequirementError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def parse_triple(text: str, kind: type = int) -> tuple:
+    """``"1,8,32"`` -> ``(1, 8, 32)`` (min, opt, max); a single value means min = opt = max."""
+    values = tuple(kind(v) for v in text.split(","))
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not values[0] <= values[1] <= values[2] or values[0] <= 0:
+        raise ValueError(f"expected MIN,OPT,MAX with 0 < MIN <= OPT <= MAX, got {text!r}")
+    return values
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata_props`` nemo_sew writes (JSON fields parsed), read without the weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta: dict[str, Any] = {p.key: p.value for p in model.metadata_props}
+    for key in ("profile", "vocabulary", "feature_config"):
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    return meta
+
+
+def input_frames(meta: dict[str, Any], seconds: float) -> int:
+    """Input length (samples or 10 ms feature frames) for ``seconds`` of audio, at least the graph's minimum."""
+    rate = float(meta.get("input_rate") or (16000.0 if meta.get("input") == "waveform" else 100.0))
+    return max(int(meta.get("min_input_length", 1)), math.ceil(seconds * rate))
+
+
+def shape_ranges(
+    meta: dict[str, Any], signal_shape: Sequence[int], batch: Sequence[int], seconds: Sequence[float]
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """(min, opt, max) shapes of ``audio_signal`` and ``length`` for one optimisation profile.
+
+    ``signal_shape`` is the network's ``audio_signal`` shape (-1 = dynamic): ``(B, N)`` waveform or
+    ``(B, C, T)``; ``batch`` and ``seconds`` are (min, opt, max).
+    """
+    if len(signal_shape) not in (2, 3):
+        raise ValueError(f"expected audio_signal of rank 2 (B, N) or 3 (B, C, T), got shape {tuple(signal_shape)}")
+    frames = [input_frames(meta, s) for s in seconds]
+    if len(signal_shape) == 2:
+        sig = tuple((b, t) for b, t in zip(batch, frames))
+    else:
+        channels = int(signal_shape[1])
+        if channels < 1:
+            raise ValueError(f"expected a static channel axis in audio_signal, got shape {tuple(signal_shape)}")
+        sig = tuple((b, channels, t) for b, t in zip(batch, frames))
+    return {"audio_signal": sig, "length": tuple((b,) for b in batch)}  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How to build at a precision: a strongly typed network, a TensorRT 10 builder flag, or an ONNX conversion."""
+
+    strongly_typed: bool
+    builder_flag: str | None = None  # "FP16" / "BF16" (TensorRT 10 only)
+    convert_to: str | None = None  # "fp16" / "bf16": ModelOpt AutoCast the fp32 ONNX first (TensorRT 11)
+
+
+def precision_plan(major: int, requested: str, onnx_precision: str, have_modelopt: bool) -> PrecisionPlan:
+    """TensorRT 10 keeps the weak-typing flags; TensorRT 11 has only strongly typed networks, so the
+    precision must be in the ONNX (``nemo-sew export --precision fp16`` or ModelOpt AutoCast)."""
+    if requested not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"expected precision fp32, fp16 or bf16, got {requested!r}")
+    if onnx_precision == requested:
+        return PrecisionPlan(strongly_typed=True)  # the graph already holds the types
+    if onnx_precision != "fp32":
+        raise ValueError(
+            f"the ONNX file is {onnx_precision} but {requested} was asked for; build from the fp32 export instead"
+        )
+    if major < 10:
+        raise RequirementError(f"TensorRT {major}.x is too old: these scripts need TensorRT 10 or 11")
+    if major == 10:
+        return PrecisionPlan(strongly_typed=False, builder_flag=requested.upper())
+    if not have_modelopt:
+        raise RequirementError(
+            f"TensorRT {major}.x builds strongly typed networks only (the FP16/BF16 builder flags are gone), so the "
+            f"ONNX must already be {requested}: export with `nemo-sew export --precision fp16`, or install "
+            "nvidia-modelopt to convert it here (AutoCast)"
+        )
+    return PrecisionPlan(strongly_typed=True, convert_to=requested)
+
+
+def autocast_onnx(src: Path, dst: Path, precision: str) -> Path:
+    """fp32 ONNX -> mixed fp16/bf16 with ModelOpt AutoCast (float32 I/O kept; norms and log-softmax in fp32)."""
+    import onnx
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    model = convert_to_mixed_precision(
+        onnx_path=str(src), low_precision_type=precision, keep_io_types=True,
+        op_types_to_exclude=["LayerNormalization", "LogSoftmax"],
+    )  # fmt: skip
+    onnx.save(model, str(dst))
+    return dst
+
+
+def have_modelopt() -> bool:
+    try:
+        import modelopt.onnx.autocast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_dtype(trt: Any, dtype: Any):
+    """The torch dtype of a TensorRT tensor dtype."""
+    import torch
+
+    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+             "INT64": torch.int64, "BOOL": torch.bool, "INT8": torch.int8, "UINT8": torch.uint8}  # fmt: skip
+    for name, torch_type in table.items():
+        if hasattr(trt.DataType, name) and dtype == getattr(trt.DataType, name):
+            return torch_type
+    raise ValueError(f"unsupported TensorRT dtype {dtype}")
