@@ -38,3 +38,45 @@ class ProgressLogger(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
         if metrics:
             log.info("validation at step %d: %s", trainer.global_step, "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+
+
+def parse_max_time(value) -> float | None:
+    """Lightning's ``max_time`` (``"DD:HH:MM:SS"`` or a dict of timedelta fields) in seconds."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        days, hours, minutes, seconds = (int(v) for v in value.split(":"))
+        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    return float(sum(float(value.get(k, 0)) * m for k, m in (("days", 86400), ("hours", 3600), ("minutes", 60), ("seconds", 1))))
+
+
+class TimeBudgetAnnealing(pl.Callback):
+    """Fits NeMo's warm-up/anneal schedules to a wall-clock budget instead of a guessed step count.
+
+    Every ``every_n_steps`` it measures seconds per step (validation included) and moves the scheduler's
+    ``max_steps`` (and ``decay_steps``) to the step the time budget will end at, so the learning rate
+    reaches its minimum when ``trainer.max_time`` stops training, on a fast machine or a slow one.
+    Written by hand: neither Lightning nor NeMo anneals to a time budget.
+    """
+
+    def __init__(self, max_seconds: float, every_n_steps: int = 50) -> None:
+        self.max_seconds = max_seconds
+        self.every_n_steps = every_n_steps
+        self._start = time.perf_counter()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps:
+            return
+        elapsed = time.perf_counter() - self._start
+        total = int(step + max(self.max_seconds - elapsed, 0.0) * step / elapsed)
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if not hasattr(sched, "decay_steps"):
+                continue
+            fixed = getattr(sched, "warmup_steps", 0) + getattr(sched, "constant_steps", 0)
+            sched.max_steps = max(total, fixed + 1)
+            sched.decay_steps = sched.max_steps - fixed

@@ -107,6 +107,28 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_cpu(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from nemo_sew.bench import append_benchmark
+    from nemo_sew.bench_cpu import CpuBenchSettings, bench_cpu, cpu_markdown
+
+    settings = CpuBenchSettings.quick() if args.quick else CpuBenchSettings()
+    given = {k: getattr(args, k) for k in ("presets", "seconds", "batches", "warmup", "runs", "seed")}
+    settings = dataclasses.replace(settings, **{k: tuple(v) if isinstance(v, list) else v
+                                                for k, v in given.items() if v is not None})  # fmt: skip
+    result = bench_cpu(settings, command="nemo-sew " + " ".join(args.argv), profile=args.profile_ops,
+                       log=lambda msg: print(f"[bench cpu] {msg}", file=sys.stderr, flush=True))  # fmt: skip
+    section = cpu_markdown(result)
+    print(section)
+    if args.write:
+        append_benchmark(section, args.write)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
 def _profile_arg(text: str):
     try:
         return float(text)
@@ -174,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)
+
+    p = bench_sub.add_parser("cpu", help="CPU inference: our encoder (eager, onnxruntime) vs transformers and NeMo Conformer")
+    p.add_argument("--presets", nargs="+", default=None, help="waveform presets (default sew_tiny w2v2_base)")
+    p.add_argument("--seconds", type=float, default=None, help="audio per item (default 10)")
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--runs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="tiny configs, 1 s audio, few runs (tests)")
+    p.add_argument("--profile-ops", action="store_true", help="torch.profiler op groups of our eager encoder")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.add_argument("--json", default=None, help="write the raw numbers to this JSON file")
+    p.set_defaults(func=_cmd_bench_cpu)
 
     p = sub.add_parser("demo", help="synthetic corpus -> CPU training -> evaluation (what `make demo` runs)")
     p.add_argument("--out", default="outputs/demo")

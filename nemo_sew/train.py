@@ -20,7 +20,7 @@ from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
-from nemo_sew.callbacks import ProgressLogger
+from nemo_sew.callbacks import ProgressLogger, TimeBudgetAnnealing, parse_max_time
 
 log = logging.getLogger("nemo_sew.train")
 DEFAULT_TARGET = "nemo_sew.models.ctc.SqueezeCTCModel"
@@ -102,6 +102,9 @@ def train(cfg: DictConfig) -> ModelPT:
     every = cfg.get("progress_log_every", 25)
     if every:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ProgressLogger(int(every))]
+    budget = parse_max_time(cfg.trainer.get("max_time"))
+    if cfg.get("anneal_to_max_time") and budget:
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), TimeBudgetAnnealing(budget)]
     trainer = pl.Trainer(**trainer_kwargs)
     exp_manager(trainer, cfg.get("exp_manager", None))
     if cfg.get("init_from_nemo"):
