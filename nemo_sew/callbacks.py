@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import lightning.pytorch as pl
 
@@ -59,19 +60,20 @@ class TimeBudgetAnnealing(pl.Callback):
     Written by hand: neither Lightning nor NeMo anneals to a time budget.
     """
 
-    def __init__(self, max_seconds: float, every_n_steps: int = 50) -> None:
+    def __init__(self, max_seconds: float, every_n_steps: int = 50, clock: Callable[[], float] = time.perf_counter) -> None:
         self.max_seconds = max_seconds
         self.every_n_steps = every_n_steps
-        self._start = time.perf_counter()
+        self.clock = clock
+        self._start = 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps:
             return
-        elapsed = time.perf_counter() - self._start
+        elapsed = self.clock() - self._start
         total = int(step + max(self.max_seconds - elapsed, 0.0) * step / elapsed)
         for config in trainer.lr_scheduler_configs:
             sched = config.scheduler
