@@ -1,6 +1,6 @@
 """CPU inference benchmark: our encoder (PyTorch eager and onnxruntime) against its peers, in one run.
 
-    nemo-sew bench cpu --write BENCHMARKS.md --json outputs/bench_cpu.json --profile-ops
+    nemo-sew bench cpu --threads 1 --write BENCHMARKS.md --json outputs/bench_cpu.json --profile-ops
     nemo-sew bench cpu --quick --json outputs/bench_cpu_quick.json     # tiny configs, 1 s audio (tests)
 
 For every preset (default ``sew_tiny`` and ``w2v2_base``) a randomly initialised transformers model of the
@@ -14,6 +14,12 @@ batch size it measures, in one process and at one thread count:
 * once per run, a NeMo ``ConformerEncoder`` (Conformer-CTC settings, fitted to the first preset's parameter
   count) on the same duration of 80-bin log-mel features;
 * the machine's fp32 matmul throughput (median of timed ``n x n`` matmuls), the reference for "% of peak".
+
+The runtimes of one model and batch (and a matmul) are timed in interleaved rounds (:func:`interleaved_ms`),
+so load from other work on the machine affects them alike; the matmul samples pool over the whole run.
+``threads`` sets torch's and onnxruntime's intra-op threads (default: torch's current setting). On a machine
+busy with other work, 1 thread is the steadier choice: with 2 threads on 2 busy cores every parallel op
+waits for a descheduled thread, which slows small-op eager code far more than matmuls.
 
 Every row has: parameters, encoder GMACs per second of audio (``torch.utils.flop_counter``, with the CPU
 SDPA kernel counted, see :func:`count_macs`), median latency, RTFx, achieved GFLOP/s (``2 * MACs / latency``),
@@ -65,9 +71,10 @@ class CpuBenchSettings:
     presets: tuple[str, ...] = ("sew_tiny", "w2v2_base")  # waveform presets (nemo_sew.presets)
     seconds: float = 10.0  # audio per utterance
     batches: tuple[int, ...] = (1, 8)
-    warmup: int = 1  # untimed forwards per measurement (for our encoder and its peer: the parity forward)
-    runs: int = 5  # timed forwards per measurement (fewer once max_timed_s is spent, never fewer than 3)
+    warmup: int = 1  # untimed rounds (for our encoder and its peers: the parity forwards)
+    runs: int = 5  # timed rounds (fewer once max_timed_s per runtime is spent, never fewer than 3)
     max_timed_s: float = 30.0
+    threads: int | None = None  # torch and onnxruntime intra-op threads; None = torch's current setting
     matmul_n: int = 2048
     conformer_d_model: int = 256  # Conformer-CTC medium width; heads = d_model / 64
     perturb: float = 0.02  # std of noise added to every random weight (exercises constant-initialised ones)
@@ -162,13 +169,58 @@ def timed_ms(fn: Callable[[], Any], warmup: int, runs: int, max_timed_s: float =
     return times
 
 
-def matmul_gflops(n: int = 2048, warmup: int = 3, runs: int = 10) -> dict[str, Any]:
-    """fp32 ``n x n @ n x n`` throughput at the current torch thread count (median of ``runs``)."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    times = timed_ms(lambda: torch.mm(a, b), warmup, runs)
-    median = statistics.median(times)
-    return {"n": n, "gflops": 2 * n**3 / (median / 1e3) / 1e9, "median_ms": median, "times_ms": times}
+def interleaved_ms(
+    fns: dict[str, Callable[[], Any]], warmup: int, runs: int, max_timed_s: float = float("inf")
+) -> dict[str, list[float]]:
+    """Wall times (ms) of each of ``fns``, timed in rounds that call every function once (order rotated).
+
+    On a machine shared with other work the load changes during a run; interleaving gives every function
+    the same mix of conditions, so the ratios between their medians stay fair. ``warmup`` untimed rounds
+    first; then up to ``runs`` rounds, stopping (after at least 3) once the rounds took more than
+    ``max_timed_s`` per function.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                fns[name]()
+        spent = 0.0
+        for r in range(runs):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                start = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - start) * 1e3)
+                spent += times[name][-1] / 1e3
+            if spent > max_timed_s * len(names) and r + 1 >= min(3, runs):
+                break
+    return times
+
+
+class MatmulProbe:
+    """fp32 ``n x n @ n x n`` matmuls, timed before the models and inside every round of model timings.
+
+    The pooled median is the run's matmul throughput under the same conditions as the models (the "peak"
+    that achieved GFLOP/s are compared with); the best sample is kept as well.
+    """
+
+    def __init__(self, n: int = 2048) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.n = n
+        self.a, self.b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        self.times_ms: list[float] = []
+
+    def __call__(self) -> torch.Tensor:
+        return torch.mm(self.a, self.b)
+
+    def measure(self, warmup: int = 3, runs: int = 10) -> None:
+        self.times_ms += timed_ms(self, warmup, runs)
+
+    def summary(self) -> dict[str, Any]:
+        flops = 2 * self.n**3
+        median = statistics.median(self.times_ms)
+        return {"n": self.n, "gflops": flops / (median / 1e3) / 1e9, "best_gflops": flops / (min(self.times_ms) / 1e3) / 1e9,
+                "median_ms": median, "samples": len(self.times_ms), "times_ms": list(self.times_ms)}  # fmt: skip
 
 
 def _params_m(module: nn.Module) -> float:
@@ -382,16 +434,16 @@ def profile_ops(
 
 
 def _row(model: str, runtime: str, preset: str | None, params_m: float, macs: float, seconds: float, batch: int,
-         times: list[float], peak: float, diff: float | None) -> Row:  # fmt: skip
+         times: list[float], diff: float | None) -> Row:  # fmt: skip
     median = statistics.median(times)
     gflops = 2 * macs * batch / (median / 1e3) / 1e9
     return Row(model=model, runtime=runtime, preset=preset, params_m=params_m, gmacs_per_s=macs / 1e9 / seconds,
                batch=batch, latency_ms=median, latencies_ms=times, rtfx=batch * seconds / (median / 1e3),
-               gflops=gflops, peak_fraction=gflops / peak, max_abs_diff=diff)  # fmt: skip
+               gflops=gflops, peak_fraction=float("nan"), max_abs_diff=diff)  # fmt: skip
 
 
 def _bench_family(
-    preset: str, s: CpuBenchSettings, peak: float, threads: int, work_dir: Path, log: Callable[[str], None]
+    preset: str, s: CpuBenchSettings, probe: MatmulProbe, threads: int, work_dir: Path, log: Callable[[str], None]
 ) -> tuple[list[Row], nn.Module, Callable]:
     """Rows of one preset (ours eager, ours onnxruntime, the transformers model); our encoder and its inputs(batch)."""
     from nemo_sew.convert import from_transformers
@@ -424,25 +476,26 @@ def _bench_family(
             ref = ours(audio_signal=x, length=lengths)[0]  # (B, D, T)
             hf_out = hf(input_values=x[:, 0]).last_hidden_state.transpose(1, 2)  # (B, T, D) -> (B, D, T)
             ort_out = session.run(None, feeds)[0]
-        warmup = max(0, s.warmup - 1)  # the parity forwards above were the first warm-up
-        log(f"{preset} batch {batch}: timing ours eager")
-        t_ours = timed_ms(lambda: ours(audio_signal=x, length=lengths), warmup, s.runs, s.max_timed_s)
-        log(f"{preset} batch {batch}: timing onnxruntime")
-        t_ort = timed_ms(lambda: session.run(None, feeds), warmup, s.runs, s.max_timed_s)
-        log(f"{preset} batch {batch}: timing {hf_name}")
-        t_hf = timed_ms(lambda: hf(input_values=x[:, 0]), warmup, s.runs, s.max_timed_s)
+        log(f"{preset} batch {batch}: timing ours eager, onnxruntime, {hf_name} (interleaved)")
+        # one warm-up round fewer: the parity forwards above were the first
+        t = interleaved_ms(
+            {"ours": lambda: ours(audio_signal=x, length=lengths), "ort": lambda: session.run(None, feeds),
+             "hf": lambda: hf(input_values=x[:, 0]), "matmul": probe},
+            max(0, s.warmup - 1), s.runs, s.max_timed_s,
+        )  # fmt: skip
+        probe.times_ms += t["matmul"]
         rows += [
-            _row(our_name, "PyTorch eager", preset, our_params, our_macs, s.seconds, batch, t_ours, peak, None),
-            _row(our_name, "onnxruntime fp32", preset, our_params, our_macs, s.seconds, batch, t_ort, peak,
+            _row(our_name, "PyTorch eager", preset, our_params, our_macs, s.seconds, batch, t["ours"], None),
+            _row(our_name, "onnxruntime fp32", preset, our_params, our_macs, s.seconds, batch, t["ort"],
                  _max_abs_diff(ort_out, ref)),
-            _row(hf_name, "PyTorch eager", preset, hf_params, hf_macs, s.seconds, batch, t_hf, peak,
+            _row(hf_name, "PyTorch eager", preset, hf_params, hf_macs, s.seconds, batch, t["hf"],
                  _max_abs_diff(hf_out, ref)),
         ]  # fmt: skip
     return rows, ours, inputs
 
 
 def _bench_conformer(
-    target_params_m: float, s: CpuBenchSettings, peak: float, log: Callable[[str], None]
+    target_params_m: float, s: CpuBenchSettings, probe: MatmulProbe, log: Callable[[str], None]
 ) -> tuple[list[Row], str]:
     encoder, layers = conformer_encoder(target_params_m, s.conformer_d_model, s.seed)
     name = f"NeMo ConformerEncoder (d={s.conformer_d_model}, {layers} layers, 80-mel)"
@@ -460,8 +513,9 @@ def _bench_conformer(
     rows = []
     for batch in s.batches:
         log(f"conformer batch {batch}: timing")
-        times = timed_ms(call(batch), s.warmup, s.runs, s.max_timed_s)
-        rows.append(_row(name, "PyTorch eager", None, params, macs, s.seconds, batch, times, peak, None))
+        t = interleaved_ms({"conformer": call(batch), "matmul": probe}, s.warmup, s.runs, s.max_timed_s)
+        probe.times_ms += t["matmul"]
+        rows.append(_row(name, "PyTorch eager", None, params, macs, s.seconds, batch, t["conformer"], None))
     return rows, name
 
 
@@ -495,22 +549,35 @@ def bench_cpu(settings: CpuBenchSettings | None = None, command: str = "", profi
     """Run the CPU benchmark described in the module docstring; ``profile`` adds :func:`profile_ops` at the
     largest batch on the first preset."""
     s = settings or CpuBenchSettings()
+    previous_threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(int(s.threads))
+    try:
+        return _bench_cpu(s, command, profile, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[str], None]) -> CpuBenchResult:
     threads = torch.get_num_threads()
     load_start = list(os.getloadavg())
     log(f"matmul {s.matmul_n}x{s.matmul_n} at {threads} threads")
-    matmul = matmul_gflops(s.matmul_n)
-    peak = matmul["gflops"]
+    probe = MatmulProbe(s.matmul_n)
+    probe.measure()
     result = CpuBenchResult(settings=s, command=command, machine=machine_line(), threads=threads,
-                            load_average={"start": load_start}, matmul=matmul)  # fmt: skip
+                            load_average={"start": load_start}, matmul={})  # fmt: skip
     first: tuple[nn.Module, Callable] | None = None
     with tempfile.TemporaryDirectory(prefix="nemo_sew_bench_cpu_") as tmp:
         for preset in s.presets:
-            rows, ours, inputs = _bench_family(preset, s, peak, threads, Path(tmp), log)
+            rows, ours, inputs = _bench_family(preset, s, probe, threads, Path(tmp), log)
             result.rows += rows
             if first is None:
                 first = (ours, inputs)
-    conformer_rows, _ = _bench_conformer(result.rows[0].params_m, s, peak, log)
+    conformer_rows, _ = _bench_conformer(result.rows[0].params_m, s, probe, log)
     result.rows += conformer_rows
+    result.matmul = probe.summary()
+    for row in result.rows:
+        row.peak_fraction = row.gflops / result.matmul["gflops"]
     result.ratios = _ratios(result.rows, s.presets, s.batches)
     if profile and first is not None:
         log("profiling our eager encoder")
@@ -522,9 +589,11 @@ def bench_cpu(settings: CpuBenchSettings | None = None, command: str = "", profi
         "onnxruntime rows reuse our eager count.",
         "max abs diff: against our eager encoder's output on the same benchmark input, (B, D, T).",
         f"{s.seconds:g} s of 16 kHz audio per item (Conformer: {s.seconds:g} s of 80-bin features, 10 ms hop); "
-        f"median of up to {s.runs} timed forwards (at least 3; fewer than {s.runs} once {s.max_timed_s:g} s are "
-        f"spent) after {s.warmup} warm-up; all rows at {threads} torch / "
-        f"onnxruntime intra-op threads.",
+        f"median of up to {s.runs} timed forwards (at least 3; fewer once {s.max_timed_s:g} s per runtime are "
+        f"spent) after {s.warmup} warm-up, in rounds interleaving the runtimes of one model and batch with a "
+        f"matmul; all rows at {threads} torch / onnxruntime intra-op threads.",
+        "% of matmul peak: achieved GFLOP/s over the median of all matmul samples of the run (taken inside the "
+        "same rounds, so under the same load).",
     ]
     return result
 
@@ -547,8 +616,8 @@ def cpu_markdown(result: CpuBenchResult) -> str:
         f"Command: `{result.command}`  ",
         f"Machine: {result.machine}; load average (1 min) {load['start'][0]:.2f} at start, "
         f"{load.get('end', [float('nan')])[0]:.2f} at end  ",
-        f"Matmul peak: {mm['gflops']:.1f} GFLOP/s (median of fp32 {mm['n']}x{mm['n']} matmuls, "
-        f"{result.threads} threads)",
+        f"Matmul peak: {mm['gflops']:.1f} GFLOP/s (median of {mm['samples']} fp32 {mm['n']}x{mm['n']} matmuls "
+        f"timed through the run, best {mm['best_gflops']:.1f}; {result.threads} threads)",
         "",
         "| model | runtime | params (M) | GMACs / s audio | batch | median latency (ms) | RTFx | GFLOP/s "
         "| % of matmul peak | max abs diff vs ours eager |",
@@ -584,7 +653,7 @@ def cpu_markdown(result: CpuBenchResult) -> str:
 
 
 __all__ = [
-    "CONFORMER_CTC", "GOALS", "CpuBenchResult", "CpuBenchSettings", "Ratio", "Row", "bench_cpu", "conformer_encoder",
-    "count_macs", "cpu_markdown", "matmul_gflops", "profile_ops", "random_transformers_model", "timed_ms",
-    "transformers_config",
+    "CONFORMER_CTC", "GOALS", "CpuBenchResult", "CpuBenchSettings", "MatmulProbe", "Ratio", "Row", "bench_cpu",
+    "conformer_encoder", "count_macs", "cpu_markdown", "interleaved_ms", "profile_ops", "random_transformers_model",
+    "timed_ms", "transformers_config",
 ]  # fmt: skip

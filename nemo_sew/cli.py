@@ -114,7 +114,7 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     from nemo_sew.bench_cpu import CpuBenchSettings, bench_cpu, cpu_markdown
 
     settings = CpuBenchSettings.quick() if args.quick else CpuBenchSettings()
-    given = {k: getattr(args, k) for k in ("presets", "seconds", "batches", "warmup", "runs", "seed")}
+    given = {k: getattr(args, k) for k in ("presets", "seconds", "batches", "warmup", "runs", "threads", "seed")}
     settings = dataclasses.replace(settings, **{k: tuple(v) if isinstance(v, list) else v
                                                 for k, v in given.items() if v is not None})  # fmt: skip
     result = bench_cpu(settings, command="nemo-sew " + " ".join(args.argv), profile=args.profile_ops,
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--runs", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny configs, 1 s audio, few runs (tests)")
     p.add_argument("--profile-ops", action="store_true", help="torch.profiler op groups of our eager encoder")
