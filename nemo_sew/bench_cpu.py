@@ -45,9 +45,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nemo_sew.bench import machine_line
+from nemo_sew.evaluate import count_macs  # noqa: F401  (re-exported: the one MAC counter)
 
 SAMPLE_RATE = 16000
 MEL_FRAMES_PER_SECOND = 100  # NeMo's default 10 ms hop
@@ -132,24 +132,6 @@ class CpuBenchResult:
 
 # ------------------------------------------------------------------------------------------------------
 # measurement primitives
-
-
-def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def count_macs(fn: Callable[[], Any]) -> float:
-    """Multiply-accumulates of one call of ``fn`` (FLOPs / 2), by ``torch.utils.flop_counter``.
-
-    ``aten._scaled_dot_product_flash_attention_for_cpu`` (what SDPA runs on CPU) has no formula in
-    torch's counter, so attention scores and values would count zero; it is counted here like the
-    CUDA attention kernels. Element-wise ops, norms and softmax are not counted (as everywhere).
-    """
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
-    # no_grad, not inference_mode: the counter's module tracker registers autograd hooks
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        fn()
-    return counter.get_total_flops() / 2
 
 
 def timed_ms(fn: Callable[[], Any], warmup: int, runs: int, max_timed_s: float = float("inf")) -> list[float]:

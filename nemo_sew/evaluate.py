@@ -7,11 +7,11 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from nemo.collections.asr.metrics.wer import word_error_rate
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nemo_sew.encoder import SqueezeEncoder
 
@@ -61,23 +61,40 @@ def _encoder_input(encoder: SqueezeEncoder, seconds: float, batch: int, sample_r
     return x, torch.full((batch,), n, dtype=torch.int64, device=param.device)
 
 
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_macs(fn: Callable[[], Any]) -> float:
+    """Multiply-accumulates of one call of ``fn`` (FLOPs / 2), by ``torch.utils.flop_counter``.
+
+    ``aten._scaled_dot_product_flash_attention_for_cpu`` (what SDPA runs on CPU) has no formula in
+    torch's counter, so attention would count zero; it is counted here like the CUDA attention kernels.
+    Element-wise ops, norms and softmax are not counted.
+    """
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop}
+    # no_grad, not inference_mode: the counter's module tracker registers autograd hooks
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
 def encoder_gmacs_per_second(
     encoder: SqueezeEncoder, seconds: float = 10.0, sample_rate: int = 16000, hop_seconds: float = 0.01
 ) -> float:
-    """Encoder multiply-accumulates per second of audio, counted by ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
+    """Encoder multiply-accumulates per second of audio at the active profile (:func:`count_macs`).
 
-    Counts matmuls, convolutions and attention at the active profile; the mel preprocessor (FFT) is not
-    counted. Runs one forward on ``seconds`` of random input.
+    Counts matmuls, convolutions and attention; the mel preprocessor (FFT) is not counted. Runs one
+    forward on ``seconds`` of random input.
     """
     x, lengths = _encoder_input(encoder, seconds, 1, sample_rate, hop_seconds)
     was_training = encoder.training
     encoder.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            encoder(audio_signal=x, length=lengths)
+        macs = count_macs(lambda: encoder(audio_signal=x, length=lengths))
     finally:
         encoder.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9 / seconds
+    return macs / 1e9 / seconds
 
 
 @dataclass

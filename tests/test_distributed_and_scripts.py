@@ -65,7 +65,6 @@ def test_two_process_ddp_training(trained_model):
     from nemo.collections.asr.models import ASRModel
 
     model = ASRModel.restore_from(str(trained_model), map_location="cpu")
-    assert model.trainer is None or True
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert type(model).__name__ == "SqueezeCTCModel"
 
