@@ -100,6 +100,12 @@ class SqueezeEncoder(NeuralModule, Exportable):
         learned_rate: learn the squeeze as a parameter (no grid search), e.g. ``{"init": 2.0, "min": 1.0,
             "max": 6.0, "target": 3.0, "penalty": 1.0}``: the downstream loss plus
             ``penalty * relu(target / s - 1)^2`` (more compute than the target's costs).
+        mask_emb: keep a learned mask embedding (``d_model``) for masked frames: created by self-supervised
+            pre-training (:class:`nemo_sew.models.ssl.SqueezeSSLModel`) and reused by fine-tuning's time
+            masking (wav2vec 2.0's ``mask_emb``, transformers' ``masked_spec_embed``).
+        masking: fine-tuning-time masking of the 20 ms features (SEW / wav2vec 2.0 fine-tuning): ``{"time_prob":
+            0.65, "time_length": 10, "channel_prob": 0.5, "channel_length": 64}``; time spans are replaced by
+            ``mask_emb`` (needs ``mask_emb=True``), channel spans are zeroed. Training only.
     """
 
     def __init__(
@@ -137,6 +143,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
         cif_alpha: bool = False,
         cif_lambda: float = 1.0,
         learned_rate: Mapping[str, float] | None = None,
+        mask_emb: bool = False,
+        masking: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if frontend == "mel_stack":
@@ -203,9 +211,17 @@ class SqueezeEncoder(NeuralModule, Exportable):
             self.expander = SEWUpsampler(d_model, int(squeeze))
         else:
             self.expander = PhaseExpander(d_model)
+        self.mask_emb = nn.Parameter(torch.empty(d_model).uniform_()) if mask_emb else None  # fairseq init
+        self.masking = {k: float(v) for k, v in (masking or {}).items()}
+        unknown = set(self.masking) - {"time_prob", "time_length", "channel_prob", "channel_length", "min_masks"}
+        if unknown:
+            raise ValueError(f"unknown masking options {sorted(unknown)}")
+        if self.masking.get("time_prob", 0.0) > 0 and self.mask_emb is None:
+            raise ValueError("time masking replaces frames by the mask embedding: set mask_emb=True")
         self.sampler_step: int | None = None  # set by the model to the trainer's global step
         self._train_forwards = 0
         self.last_rate_penalty: torch.Tensor | None = None
+        self.last_squeeze: tuple[float | torch.Tensor, float] | None = None  # (factor, lambda) of the last encode
         self._profile = CompressionProfile()  # squeeze None = the trained (or learned) factor
 
     # ----------------------------------------------------------------------------------------------
@@ -378,16 +394,48 @@ class SqueezeEncoder(NeuralModule, Exportable):
     @typecheck()
     def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_inputs(audio_signal, length)
-        if self.frontend_kind == "mel_stack":
-            x, frames = self.frontend(audio_signal, length)  # (B, T, stack*n_mels) at 20 ms
-        else:
-            x, frames = self.frontend(audio_signal[:, 0, :], length)  # (B, T, C_conv) at 20 ms
+        x, frames = self.features(audio_signal, length)  # (B, T, C_front) at 20 ms
         x = self.projection(x)  # (B, T, D)
+        if self.training and self.masking:
+            x = self.apply_masking(x, frames)
         y, lengths = self.encode(x, frames)
         return y.transpose(1, 2), lengths  # (B, D, T_out): the only conversion to NeMo's layout
 
-    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The context network on 20 ms features ``(B, T, D)``: squeeze, blocks (with pooling), expand."""
+    def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""
+        if self.frontend_kind == "mel_stack":
+            return self.frontend(audio_signal, length)  # (B, T, stack*n_mels)
+        return self.frontend(audio_signal[:, 0, :], length)  # (B, T, C_conv)
+
+    def apply_masking(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Fine-tuning masking of projected features ``(B, T, D)``: time spans -> ``mask_emb``, channel spans -> 0."""
+        from nemo_sew.ssl.masking import channel_mask, span_mask
+
+        m = self.masking
+        if m.get("time_prob", 0.0) > 0:
+            spans = span_mask(lengths, x.shape[1], m["time_prob"], int(m.get("time_length", 10)), int(m.get("min_masks", 2)))
+            x = torch.where(spans[..., None], self.mask_emb.to(x.dtype), x)
+        if m.get("channel_prob", 0.0) > 0:
+            channels = channel_mask(x.shape[0], x.shape[2], m["channel_prob"], int(m.get("channel_length", 64)), device=x.device)
+            x = x.masked_fill(channels[:, None, :], 0.0)
+        return x
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        after_squeeze: Any = None,
+        num_layers: int | None = None,
+        expand: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context network on 20 ms features ``(B, T, D)``: squeeze, blocks (with pooling), expand.
+
+        Args:
+            after_squeeze: ``fn(h, h_len) -> h`` applied to the squeezed sequence before the blocks (the
+                once-for-all pre-training masks there).
+            num_layers: run only the first ``num_layers`` blocks (HuBERT's targets from an inner layer).
+            expand: False returns the squeezed (and pooled) sequence without the expander.
+        """
         if self.training and self.sampler is not None:
             profile, lam = self._training_draw()
         else:
@@ -401,19 +449,23 @@ class SqueezeEncoder(NeuralModule, Exportable):
             factor = int(factor)
         t_in = x.shape[1]
         h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
+        self.last_squeeze = (factor, lam)
+        if after_squeeze is not None:
+            h = after_squeeze(h, h_len)
         if not self.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)
         q_pool = profile.q_pool or (1,) * len(self.layers)
         kv_pool = profile.kv_pool or (1,) * len(self.layers)
-        for layer, q_stride, kv_stride in zip(self.layers, q_pool, kv_pool):
+        layers = self.layers if num_layers is None else self.layers[:num_layers]
+        for layer, q_stride, kv_stride in zip(layers, q_pool, kv_pool):
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop and q_stride == 1:
                 continue
             h, h_len = layer(h, h_len, q_stride, kv_stride)
             frame_map = frame_map.pooled(q_stride, h_len)
-        if self.layer_norm_first:
+        if self.layer_norm_first and num_layers is None:
             h = self.norm(h)
-        if self.expander is None:
+        if self.expander is None or not expand:
             return h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0), h_len
         return self.expander(h, h_len, frame_map, lengths, t_in)  # (B, T, D) at 20 ms
 

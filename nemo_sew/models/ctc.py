@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,8 +28,8 @@ def _as_dictconfig(config: DictConfig | dict | None) -> DictConfig | None:
     return OmegaConf.create(config) if isinstance(config, dict) else config
 
 
-class SqueezeProfileMixin:
-    """The profile API and input guards shared by the char and BPE CTC models."""
+class ProfileAPIMixin:
+    """The profile API of every nemo_sew model (``self.encoder`` is a :class:`SqueezeEncoder`)."""
 
     # ---------------------------------------------------------------------------------- profiles
 
@@ -81,30 +82,9 @@ class SqueezeProfileMixin:
         finally:
             self.encoder.set_profile(previous)
 
-    def transcribe(self, audio: Any, *args: Any, profile: ProfileLike | str | None = None, **kwargs: Any):
-        """NeMo's ``transcribe`` (returns ``Hypothesis`` objects), optionally at a given ``profile``.
 
-        Audio file paths are checked first, so a missing, empty, corrupt or NaN file raises an
-        ``AudioError`` naming it instead of failing deep inside a data-loader worker.
-        """
-        paths = [audio] if isinstance(audio, (str, Path)) else audio
-        if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, (str, Path)) for p in paths):
-            from manifests.audio import load_audio
-
-            min_seconds = self.min_input_seconds()
-            for path in paths:
-                if str(path).endswith((".json", ".jsonl")):
-                    continue  # a manifest: NeMo reads it
-                wav, sr = load_audio(path, expected_sample_rate=None)
-                if len(wav) / sr < min_seconds:
-                    raise ValueError(
-                        f"{path}: {len(wav) / sr:.3f} s is shorter than this model's minimum input "
-                        f"of {min_seconds:.3f} s (front-end receptive field and squeeze {self.encoder.squeeze})"
-                    )
-        with self.profile_scope(profile):
-            return super().transcribe(audio, *args, **kwargs)
-
-    # ---------------------------------------------------------------------------------- data guards
+class DataGuardMixin:
+    """Manifest validation before NeMo reads training, validation and test data (logged skips)."""
 
     def min_input_seconds(self) -> float:
         """Shortest clip (seconds) the encoder can run at its active profile."""
@@ -114,7 +94,7 @@ class SqueezeProfileMixin:
         elif str(self.cfg.encoder.get("_target_", "")).startswith("nemo_sew."):
             enc_cfg = OmegaConf.to_container(self.cfg.encoder, resolve=True)
             squeeze = (self.cfg.get("profile") or {}).get("squeeze") or enc_cfg.get("squeeze", 2)
-            need = SqueezeEncoder.min_input_length_for(**{**enc_cfg, "squeeze": int(squeeze)})
+            need = SqueezeEncoder.min_input_length_for(**{**enc_cfg, "squeeze": math.ceil(float(squeeze))})
             frontend = enc_cfg.get("frontend", "mel_stack")
         else:
             return 0.0  # a stock NeMo encoder: no known minimum
@@ -164,6 +144,33 @@ class SqueezeProfileMixin:
 
     def setup_test_data(self, test_data_config: DictConfig | dict | None):
         return super().setup_test_data(self._validated(_as_dictconfig(test_data_config)))
+
+
+class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
+    """The profile API, input guards and training-step additions shared by the char and BPE CTC models."""
+
+    def transcribe(self, audio: Any, *args: Any, profile: ProfileLike | str | None = None, **kwargs: Any):
+        """NeMo's ``transcribe`` (returns ``Hypothesis`` objects), optionally at a given ``profile``.
+
+        Audio file paths are checked first, so a missing, empty, corrupt or NaN file raises an
+        ``AudioError`` naming it instead of failing deep inside a data-loader worker.
+        """
+        paths = [audio] if isinstance(audio, (str, Path)) else audio
+        if isinstance(paths, (list, tuple)) and paths and all(isinstance(p, (str, Path)) for p in paths):
+            from manifests.audio import load_audio
+
+            min_seconds = self.min_input_seconds()
+            for path in paths:
+                if str(path).endswith((".json", ".jsonl")):
+                    continue  # a manifest: NeMo reads it
+                wav, sr = load_audio(path, expected_sample_rate=None)
+                if len(wav) / sr < min_seconds:
+                    raise ValueError(
+                        f"{path}: {len(wav) / sr:.3f} s is shorter than this model's minimum input "
+                        f"of {min_seconds:.3f} s (front-end receptive field and squeeze {self.encoder.squeeze})"
+                    )
+        with self.profile_scope(profile):
+            return super().transcribe(audio, *args, **kwargs)
 
     def training_step(self, batch, batch_nb):
         encoder = self.encoder if isinstance(self.encoder, SqueezeEncoder) else None

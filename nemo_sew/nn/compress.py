@@ -134,8 +134,9 @@ class SqueezeCompressor(nn.Module):
         target = lengths.float() / s  # per-utterance total weight: exactly L / s
         return a * (target / a.sum(-1).clamp_min(1e-6))[:, None]
 
-    def _cif(self, x: torch.Tensor, lengths: torch.Tensor, s, lam: float, keep_tail: bool):
-        b, t, c = x.shape
+    def _segments(self, x: torch.Tensor, lengths: torch.Tensor, s, lam: float, keep_tail: bool):
+        """CIF segment weights ``(B, K, T)`` (rows sum to 1), output lengths, and the weights' cumsum."""
+        t = x.shape[1]
         s_value = float(s.detach()) if isinstance(s, torch.Tensor) else float(s)
         out_len = cif_lengths(lengths, s_value, keep_tail).clamp_min(1)
         k_max = int(out_len.max()) if not torch.jit.is_tracing() else None
@@ -151,6 +152,34 @@ class SqueezeCompressor(nn.Module):
         overlap = (torch.minimum(cum[:, None, :], k + 1) - torch.maximum(prev[:, None, :], k)).clamp_min(0.0)
         overlap = overlap * time_mask(out_len, overlap.shape[1])[..., None]
         weights = overlap / overlap.sum(-1, keepdim=True).clamp_min(1e-6)  # rows sum to 1 (tail rescaled)
+        return weights, out_len, a, cum, prev, k
+
+    def integrate(
+        self,
+        values: torch.Tensor,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        factor: float | torch.Tensor,
+        lam: float = 1.0,
+        keep_tail: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool ``values (B, T, F)`` to the squeezed rate with the weights ``forward(x, ...)`` uses.
+
+        The pooling part only (no positional conv): average pooling for integer factors, the CIF segment
+        means otherwise. Once-for-all pre-training compresses its targets this way.
+        """
+        values = values.masked_fill(~time_mask(lengths, values.shape[1])[..., None], 0.0)
+        if is_integer_rate(factor) and self.alpha is None:
+            s = int(factor)
+            pooled = F.avg_pool1d(values.transpose(1, 2), s, s).transpose(1, 2) if s > 1 else values
+            return pooled, torch.div(lengths, s, rounding_mode="floor")
+        x = x.masked_fill(~time_mask(lengths, x.shape[1])[..., None], 0.0)
+        weights, out_len, *_ = self._segments(x, lengths, factor, lam, keep_tail)
+        return torch.bmm(weights.to(values.dtype), values), out_len
+
+    def _cif(self, x: torch.Tensor, lengths: torch.Tensor, s, lam: float, keep_tail: bool):
+        b, t, c = x.shape
+        weights, out_len, a, cum, prev, k = self._segments(x, lengths, s, lam, keep_tail)
         y = torch.bmm(weights.to(x.dtype), x)  # (B, K, C)
         # positional conv at stride 1, sampled at the first frame of each segment (= SEW's strided conv)
         pos = self._pos(x.transpose(1, 2), 1)[..., :t]  # (B, C, T)
