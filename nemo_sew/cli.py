@@ -70,6 +70,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def _cmd_kmeans(args: argparse.Namespace) -> int:
+    import json
+
+    import nemo_sew  # noqa: F401
+    from nemo_sew.ssl.targets import kmeans_from_manifest
+
+    summary = kmeans_from_manifest(
+        args.manifest, args.out, features=args.features, layer=args.layer, num_clusters=args.clusters,
+        max_hours=args.max_hours, seed=args.seed,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_pick(args: argparse.Namespace) -> int:
     from nemo_sew.sweep import pick, write_default_profile
 
@@ -100,6 +114,21 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     section = bench_stochastic_table(
         args.data, args.out, recipe=args.recipe, steps=args.steps, finetune_steps=args.finetune_steps,
         hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    print(section)
+    if args.write:
+        append_benchmark(section, args.write)
+    return 0
+
+
+def _cmd_bench_ssl(args: argparse.Namespace) -> int:
+    from nemo_sew.bench import append_benchmark, bench_ssl_table
+
+    section = bench_ssl_table(
+        args.data, args.out, objective=args.objective, pretrain_steps=args.pretrain_steps,
+        finetune_steps=args.finetune_steps, labelled_minutes=args.labelled_minutes, clusters=args.clusters,
+        hours=args.hours, extra_pretrain=args.pretrain_override, extra_finetune=args.finetune_override,
+        command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
     print(section)
     if args.write:
@@ -175,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", help="write a copy of --model with the picked profile as its default")
     p.set_defaults(func=_cmd_pick)
 
+    p = sub.add_parser("kmeans", help="fit HuBERT k-means targets (MFCC or a teacher model's layer) on a manifest")
+    p.add_argument("--manifest", required=True, help="NeMo JSON manifest of (unlabelled) training audio")
+    p.add_argument("--out", required=True, help="centroids .npy (set it as model.hubert.centroids)")
+    p.add_argument("--features", default="mfcc", help="'mfcc' (iteration 1) or a teacher .nemo (iteration 2)")
+    p.add_argument("--layer", type=int, default=None, help="teacher blocks to run (default: all)")
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--max-hours", type=float, default=10.0, help="audio used for fitting")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_kmeans)
+
     bench = sub.add_parser("bench", help="benchmarks that write BENCHMARKS.md rows")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     p = bench_sub.add_parser("squeeze", help="encoder latency vs MACs across squeeze factors of one stochastic model")
@@ -196,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)
+
+    p = bench_sub.add_parser("ssl", help="pre-training vs random init: fine-tune both on a small labelled subset")
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--out", default="outputs/bench_ssl")
+    p.add_argument("--objective", choices=["hubert", "wav2vec2"], default="hubert")
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--finetune-steps", type=int, default=500)
+    p.add_argument("--labelled-minutes", type=float, default=20.0)
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--pretrain-override", nargs="*", default=[], help="pre-training recipe overrides key=value")
+    p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_ssl)
 
     p = bench_sub.add_parser("cpu", help="CPU inference: our encoder (eager, onnxruntime) vs transformers and NeMo Conformer")
     p.add_argument("--presets", nargs="+", default=None, help="waveform presets (default sew_tiny w2v2_base)")

@@ -93,10 +93,86 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
     return model
 
 
+def _load_checkpoint(path: str | Path) -> tuple[DictConfig, dict]:
+    """(model config, state dict) of a ``.nemo`` file or a Lightning ``.ckpt``."""
+    import torch
+    from nemo.core.classes import ModelPT as _ModelPT
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pre-trained checkpoint not found: {path}")
+    if path.suffix == ".nemo":
+        model = _ModelPT.restore_from(str(path), map_location="cpu")
+        return model.cfg, model.state_dict()
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict / hyper_parameters)")
+    hp = ckpt["hyper_parameters"]
+    return OmegaConf.create(hp.get("cfg", hp)), ckpt["state_dict"]
+
+
+def inherit_encoder_config(cfg: DictConfig) -> DictConfig:
+    """With ``cfg.init_from_ssl`` set: ``model.encoder`` and ``model.preprocessor`` are replaced by the
+    checkpoint's (the features and the architecture must be the pre-trained ones). Fine-tuning changes
+    (dropouts, masking, a squeeze sampler) go in ``model.encoder_overrides``, see :func:`apply_encoder_overrides`."""
+    from omegaconf import open_dict
+
+    ssl_cfg, _ = _load_checkpoint(cfg.init_from_ssl)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in ("encoder", "preprocessor"):
+            inherited = OmegaConf.to_container(ssl_cfg[key], resolve=True)
+            if key == "encoder":
+                inherited.pop("masking", None)  # pre-training masks in the model, not the encoder
+            cfg.model[key] = inherited
+    return cfg
+
+
+def apply_encoder_overrides(cfg: DictConfig) -> DictConfig:
+    """Merge ``model.encoder_overrides`` into ``model.encoder`` (and drop the key)."""
+    from omegaconf import open_dict
+
+    overrides = cfg.model.get("encoder_overrides")
+    if overrides is None:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model.encoder = OmegaConf.merge(cfg.model.encoder, overrides)
+        del cfg.model["encoder_overrides"]
+    return cfg
+
+
+def init_encoder_from(model: ModelPT, path: str | Path) -> None:
+    """Copy the encoder weights of a pre-trained ``.nemo`` / ``.ckpt`` into ``model.encoder`` (nothing else).
+
+    Strict: every encoder tensor must be there with the same shape (a clear error otherwise), so an
+    architecture mismatch cannot silently leave a randomly initialised encoder. The mask embedding is
+    optional (a model pre-trained without one).
+    """
+    _, state = _load_checkpoint(path)
+    encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    if not encoder_state:
+        raise ValueError(f"{path}: no encoder weights in this checkpoint")
+    own = model.encoder.state_dict()
+    missing = sorted(k for k in own if k not in encoder_state and not k.startswith("mask_emb"))
+    shape = sorted(k for k in own if k in encoder_state and encoder_state[k].shape != own[k].shape)
+    if missing or shape:
+        raise ValueError(
+            f"{path}: the encoder does not match the model's: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"shape mismatch {shape[:8]}; fine-tune with the pre-trained encoder config (init_from_ssl inherits it)"
+        )
+    unexpected = sorted(k for k in encoder_state if k not in own)
+    model.encoder.load_state_dict({k: v for k, v in encoder_state.items() if k in own}, strict=False)
+    log.info("encoder initialised from %s (%d tensors; ignored %s)", path, len(own), unexpected)
+
+
 def train(cfg: DictConfig) -> ModelPT:
     """Fit ``cfg.model`` with ``cfg.trainer`` and ``cfg.exp_manager``; write ``cfg.save_to`` (.nemo) if set.
 
-    With ``init_from_nemo`` set, fine-tunes that model at ``cfg.profile`` instead (see :func:`finetune_model`).
+    With ``init_from_nemo`` set, fine-tunes that model at ``cfg.profile`` instead (see :func:`finetune_model`);
+    with ``init_from_ssl`` (a pre-trained ``.nemo`` or ``.ckpt``), builds ``cfg.model`` with that encoder's
+    config and weights (see :func:`inherit_encoder_config`, :func:`init_encoder_from`);
+    ``model.encoder_overrides`` is merged into the encoder config either way.
     """
     trainer_kwargs = resolve_trainer_cfg(cfg.trainer)
     every = cfg.get("progress_log_every", 25)
@@ -110,7 +186,12 @@ def train(cfg: DictConfig) -> ModelPT:
     if cfg.get("init_from_nemo"):
         model = finetune_model(cfg, trainer)
     else:
+        if cfg.get("init_from_ssl"):
+            cfg = inherit_encoder_config(cfg)
+        cfg = apply_encoder_overrides(cfg)
         model = build_model(cfg, trainer)
+        if cfg.get("init_from_ssl"):
+            init_encoder_from(model, cfg.init_from_ssl)
         model.maybe_init_from_pretrained_checkpoint(cfg)
     trainer.fit(model)
     save_to = cfg.get("save_to")

@@ -17,3 +17,11 @@ def _seed():
 def _quiet_nemo():
     logging.getLogger("nemo_logger").setLevel(logging.ERROR)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small synthetic espeak-ng corpus (about 2 minutes), shared by the tests of a session."""
+    from manifests.synthetic import prepare_synthetic
+
+    return prepare_synthetic(tmp_path_factory.mktemp("tiny_corpus"), hours=0.03, seed=2, num_jobs=2, test_speakers=2)

@@ -189,6 +189,30 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         return out
 
 
+    # ---------------------------------------------------------------------------------- fine-tuning
+
+    def _init_finetuning(self) -> None:
+        """SEW's fine-tuning options from ``cfg.finetune``: ``freeze_frontend`` (fairseq
+        ``feature_grad_mult=0``) and ``freeze_encoder_steps`` (``freeze_finetune_updates``: only the CTC
+        head learns for that many steps). The encoder's fine-tuning masking is ``cfg.encoder.masking``."""
+        encoder = self.encoder if isinstance(self.encoder, SqueezeEncoder) else None
+        if encoder is None:
+            return
+        opts = self.cfg.get("finetune") or {}
+        if encoder.mask_emb is not None and encoder.masking.get("time_prob", 0.0) <= 0:
+            encoder.mask_emb.requires_grad_(False)  # unused without time masking (DDP needs every trainable grad)
+        if opts.get("freeze_frontend"):
+            encoder.frontend.requires_grad_(False)
+
+    def on_after_backward(self) -> None:
+        super().on_after_backward()
+        steps = int((self.cfg.get("finetune") or {}).get("freeze_encoder_steps") or 0)
+        if steps and self.trainer is not None and self.trainer.global_step < steps:
+            # gradients were already all-reduced by DDP; dropping them leaves the encoder untouched by the
+            # optimiser (Adam skips parameters without a grad, so no weight decay or moments either)
+            for p in self.encoder.parameters():
+                p.grad = None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         period = self.encoder.learned_frame_period_ms() if isinstance(self.encoder, SqueezeEncoder) else None
@@ -202,6 +226,7 @@ class SqueezeCTCModel(SqueezeProfileMixin, EncDecCTCModel):
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
         super().__init__(cfg=cfg, trainer=trainer)
         self._init_profile()
+        self._init_finetuning()
 
 
 class SqueezeCTCModelBPE(SqueezeProfileMixin, EncDecCTCModelBPE):
@@ -213,3 +238,4 @@ class SqueezeCTCModelBPE(SqueezeProfileMixin, EncDecCTCModelBPE):
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
         super().__init__(cfg=cfg, trainer=trainer)
         self._init_profile()
+        self._init_finetuning()

@@ -70,21 +70,24 @@ class MFCCFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        wave = wave.float().masked_fill(~time_mask(lengths, wave.shape[1]), 0.0)
+        # one utterance at a time (cheap next to the encoder): the STFT's edge padding, the deltas and the
+        # normalisation then see exactly what they would see for the utterance alone
+        frames = torch.div(torch.div(lengths, self.hop, rounding_mode="floor") + 1, self.stack, rounding_mode="floor")
+        t_max = int((wave.shape[1] // self.hop + 1) // self.stack)
+        out = wave.new_zeros(wave.shape[0], t_max, self.out_dim, dtype=torch.float32)
+        for i, n in enumerate(lengths.tolist()):
+            feats = self._one(wave[i, :n].float())
+            out[i, : feats.shape[0]] = feats
+        return out, frames
+
+    def _one(self, wave: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wave, self.n_fft, self.hop, self.win, self.window, center=True, return_complex=True)
-        power = spec.abs().pow(2)  # (B, F, T10)
-        mel = torch.log(torch.matmul(self.fbank, power).clamp_min(1e-10)).transpose(1, 2)  # (B, T10, n_mels)
-        mfcc = mel @ self.dct  # (B, T10, n_mfcc)
-        feats = torch.cat([mfcc, _deltas(mfcc), _deltas(_deltas(mfcc))], dim=-1)  # (B, T10, 39)
-        frames10 = torch.div(lengths, self.hop, rounding_mode="floor") + 1
-        valid = time_mask(frames10, feats.shape[1])[..., None]
-        count = frames10.clamp_min(1).float()[:, None, None]
-        mean = feats.masked_fill(~valid, 0.0).sum(1, keepdim=True) / count
-        var = ((feats - mean).masked_fill(~valid, 0.0) ** 2).sum(1, keepdim=True) / count
-        feats = ((feats - mean) * torch.rsqrt(var + 1e-5)).masked_fill(~valid, 0.0)
-        t20 = feats.shape[1] // self.stack
-        feats = feats[:, : t20 * self.stack].reshape(feats.shape[0], t20, -1)  # (B, T, 39 * stack)
-        return feats, torch.div(frames10, self.stack, rounding_mode="floor")
+        mel = torch.log((self.fbank @ spec.abs().pow(2)).clamp_min(1e-10)).T  # (T10, n_mels)
+        mfcc = (mel @ self.dct)[None]  # (1, T10, n_mfcc)
+        feats = torch.cat([mfcc, _deltas(mfcc), _deltas(_deltas(mfcc))], dim=-1)[0]  # (T10, 39)
+        feats = (feats - feats.mean(0)) * torch.rsqrt(feats.var(0, unbiased=False) + 1e-5)
+        t20 = feats.shape[0] // self.stack
+        return feats[: t20 * self.stack].reshape(t20, -1)  # (T, 39 * stack)
 
 
 class TeacherFeatures(nn.Module):
@@ -179,3 +182,54 @@ def fit_kmeans(
     inertia = float(km.inertia_) / len(data)
     log.info("k-means: %d clusters on %d frames, mean squared distance %.4f", num_clusters, len(data), inertia)
     return km.cluster_centers_.astype(np.float32), inertia
+
+
+def kmeans_from_manifest(
+    manifest: str | Path,
+    out: str | Path,
+    features: str = "mfcc",
+    layer: int | None = None,
+    num_clusters: int = 100,
+    max_hours: float = 10.0,
+    sample_rate: int = 16000,
+    seed: int = 0,
+) -> dict:
+    """Fit HuBERT k-means centroids on the audio of a NeMo manifest; write them as ``.npy``.
+
+    Bad entries (missing, corrupt, wrong rate, NaN) are logged and skipped. Returns a summary dict.
+    """
+    from manifests.audio import AudioError, load_audio
+
+    from nemo_sew.evaluate import read_manifest
+
+    extractor = build_target_features(features, sample_rate, layer)
+    entries = read_manifest(manifest)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(entries))
+    budget = max_hours * 3600.0
+    skipped: list[str] = []
+
+    def batches():
+        used = 0.0
+        for i in order:
+            path = entries[i]["audio_filepath"]
+            try:
+                wav, _ = load_audio(path, expected_sample_rate=sample_rate)
+            except (AudioError, OSError, ValueError) as e:
+                log.warning("k-means: skipping %s (%s)", path, e)
+                skipped.append(path)
+                continue
+            if len(wav) < 2 * 400:
+                skipped.append(path)
+                continue
+            used += len(wav) / sample_rate
+            yield torch.from_numpy(np.asarray(wav, dtype=np.float32))[None], torch.tensor([len(wav)])
+            if used >= budget:
+                return
+
+    centroids, inertia = fit_kmeans(batches(), extractor, num_clusters, seed=seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, centroids)
+    return {"centroids": str(out), "clusters": num_clusters, "dim": int(centroids.shape[1]),
+            "mean_sq_distance": inertia, "skipped": len(skipped)}  # fmt: skip

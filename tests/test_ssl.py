@@ -1,0 +1,241 @@
+"""Self-supervised pre-training: masking, losses, targets, the SSL model, fine-tuning from it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import nemo_sew
+from nemo_sew import encoder_config
+from nemo_sew.nn.compress import SqueezeCompressor
+from nemo_sew.ssl.losses import contrastive_loss, masked_prediction_loss, sample_negatives
+from nemo_sew.ssl.masking import span_mask
+from nemo_sew.ssl.targets import KMeansLabeler, MFCCFeatures
+
+
+def test_span_mask_respects_padding_and_rate():
+    lengths = torch.tensor([500, 300, 12, 0])
+    mask = span_mask(lengths, 500, prob=0.65, span=10, min_masks=2, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 500)
+    for i, n in enumerate(lengths.tolist()):
+        assert not mask[i, n:].any(), "padding was masked"
+    assert not mask[3].any()
+    frac = mask[0].float().mean().item()
+    assert 0.35 < frac < 0.65, frac  # overlapping spans merge: ~49% for 0.65 / 10
+    assert mask[2].sum() >= 10  # min_masks on a short item: a whole span fits
+    # masked frames come in runs of at least the span length (spans merge, never shorter)
+    runs = torch.diff(torch.cat([torch.zeros(1), mask[0].float(), torch.zeros(1)]))
+    starts, ends = (runs == 1).nonzero().flatten(), (runs == -1).nonzero().flatten()
+    assert ((ends - starts) >= 10).all()
+
+
+def test_negatives_come_from_the_same_utterance_and_never_the_frame_itself():
+    utt = torch.tensor([0] * 5 + [1] * 1 + [2] * 7)
+    neg = sample_negatives(utt, 50, generator=torch.Generator().manual_seed(0))
+    assert neg.shape == (13, 50)
+    assert (utt[neg] == utt[:, None]).all()
+    idx = torch.arange(13)[:, None]
+    alone = utt == 1
+    assert (neg[~alone] != idx[~alone]).all()
+    assert (neg[alone] == idx[alone]).all()  # the only masked frame of its utterance: itself (masked out later)
+
+
+def test_contrastive_loss_prefers_the_true_target():
+    targets = torch.randn(40, 16)
+    utt = torch.zeros(40, dtype=torch.long)
+    neg = sample_negatives(utt, 10)
+    good, acc_good = contrastive_loss(targets + 0.01 * torch.randn(40, 16), targets, neg)
+    bad, acc_bad = contrastive_loss(torch.randn(40, 16), targets, neg)
+    assert good < 0.1 < bad and acc_good == 1.0 and acc_bad < 0.5
+    # a distractor identical to the positive is ignored (fairseq): loss stays finite
+    dup = targets.clone()
+    dup[1] = dup[0]
+    loss, _ = contrastive_loss(dup, dup, torch.ones(40, 3, dtype=torch.long))
+    assert torch.isfinite(loss)
+
+
+def test_masked_prediction_loss_and_kmeans_labels():
+    labeler = KMeansLabeler(3, 2)
+    labeler.centroids.copy_(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]))
+    feats = torch.tensor([[[0.1, -0.2], [9.0, 1.0], [1.0, 8.0], [6.0, 0.0]]])
+    assert labeler(feats).tolist() == [[0, 1, 2, 1]]
+    emb = torch.eye(3)
+    loss, acc = masked_prediction_loss(torch.eye(3) * 5, emb, torch.tensor([0, 1, 2]))
+    assert acc == 1.0 and loss < 0.01
+
+
+def test_mfcc_frames_match_the_mel_front_end():
+    mfcc = MFCCFeatures()
+    wav = torch.randn(2, 16000)
+    feats, frames = mfcc(wav, torch.tensor([16000, 8000]))
+    assert feats.shape == (2, 50, 78)
+    assert frames.tolist() == [50, 25]  # (N // 160 + 1) // 2, as NeMo's mel features stacked by 2
+    assert torch.isfinite(feats).all() and feats[1, 25:].abs().sum() == 0
+    # padding does not change the valid frames: the second item alone gives the same features
+    alone, _ = mfcc(wav[1:, :8000], torch.tensor([8000]))
+    torch.testing.assert_close(feats[1, :24], alone[0, :24], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("factor", [2, 1.5])
+def test_integrate_pools_with_the_compressor_weights(factor):
+    comp = SqueezeCompressor(32, 31, 16, 2)
+    x = torch.randn(2, 40, 32)
+    lengths = torch.tensor([40, 23])
+    y, y_len, _ = comp(x, lengths, factor)
+    pooled, p_len = comp.integrate(x, x, lengths, factor)
+    assert torch.equal(p_len, y_len)
+    # the compressor output is the pooled values plus the positional conv: subtracting the pooling
+    # leaves something that does not depend on which values were pooled
+    ones, _ = comp.integrate(torch.ones(2, 40, 1), x, lengths, factor)
+    valid = torch.arange(pooled.shape[1])[None] < p_len[:, None]
+    torch.testing.assert_close(ones[valid], torch.ones_like(ones[valid]))  # weights sum to 1
+    if factor == 2:
+        torch.testing.assert_close(pooled[0, :20], x[0].reshape(20, 2, 32).mean(1))
+
+
+def _ssl_cfg(objective, compressed=False, centroids=None, sampler=True):
+    enc = encoder_config("tiny_wfe_c")
+    enc["_target_"] = "nemo_sew.SqueezeEncoder"
+    if sampler:
+        enc["squeeze_sampler"] = {"values": [1, 2, 3]}
+    cfg = {"sample_rate": 16000, "preprocessor": {"_target_": "nemo_sew.WaveformPreprocessor"},
+           "encoder": enc, "objective": objective, "compressed_targets": compressed}  # fmt: skip
+    if objective == "wav2vec2":
+        cfg["wav2vec2"] = {"head_hidden": 64, "num_negatives": 10}
+    else:
+        cfg["hubert"] = {"num_clusters": 20, "centroids": str(centroids)}
+    return OmegaConf.create(cfg)
+
+
+@pytest.mark.parametrize("objective", ["wav2vec2", "hubert"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_ssl_model_losses_and_gradients(objective, compressed, tmp_path):
+    from nemo_sew.models.ssl import SqueezeSSLModel
+
+    centroids = tmp_path / "c.npy"
+    np.save(centroids, np.random.default_rng(0).normal(size=(20, 78)).astype(np.float32))
+    model = SqueezeSSLModel(_ssl_cfg(objective, compressed, centroids))
+    model.train()
+    wav, lens = torch.randn(3, 32000), torch.tensor([32000, 20000, 9000])
+    out = model(wav, lens)
+    assert torch.isfinite(out["loss"]) and 0.3 < out["masked_fraction"] < 0.8
+    # chance level at initialisation: log(1 + negatives) or log(clusters)
+    expected = math.log(11) if objective == "wav2vec2" else math.log(20)
+    key = "contrastive_loss" if objective == "wav2vec2" else "masked_loss"
+    assert abs(out[key].item() - expected) < 1.0, (out[key], expected)
+    out["loss"].backward()
+    enc = model.encoder
+    for name, p in [("mask_emb", enc.mask_emb), ("first block", next(enc.layers[0].parameters())),
+                    ("front end", next(enc.frontend.parameters())), ("head", next(model.final_proj.parameters()))]:  # fmt: skip
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    if objective == "hubert":
+        assert model.labeler.centroids.grad is None and "labeler.centroids" in model.state_dict()
+
+
+def test_ssl_training_lowers_the_loss_on_a_fixed_batch():
+    """A few optimiser steps on one batch: the contrastive loss must fall (the objective is learnable)."""
+    from nemo_sew.models.ssl import SqueezeSSLModel
+
+    model = SqueezeSSLModel(_ssl_cfg("wav2vec2", sampler=False))
+    model.train()
+    t = torch.arange(24000) / 16000
+    wav = torch.stack([torch.sin(2 * math.pi * (200 + 300 * i) * t * (1 + t)) for i in range(3)]) * 0.3
+    lens = torch.full((3,), 24000)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = []
+    for step in range(25):
+        torch.manual_seed(step % 3)
+        out = model(wav, lens)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["contrastive_loss"].item())
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+# ---------------------------------------------------------------------------------------------------
+# end to end through the CLI: k-means -> pre-training -> fine-tuning from it
+
+SMALL_ENCODER = [
+    "model.encoder.num_layers=2", "model.encoder.d_model=64", "model.encoder.num_heads=2",
+    "model.encoder.head_dim=32", "model.encoder.ffn_dim=128",
+]  # fmt: skip
+QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "trainer.max_time=null",
+         "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "model.train_ds.batch_size=4"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_corpus, tmp_path_factory):
+    from nemo_sew.cli import main
+    from nemo_sew.train import load_config, train
+
+    out = tmp_path_factory.mktemp("ssl")
+    centroids = out / "km.npy"
+    assert main(["kmeans", "--manifest", str(tiny_corpus["train"]["manifest"]), "--out", str(centroids),
+                 "--clusters", "16", "--max-hours", "0.01"]) == 0  # fmt: skip
+    assert np.load(centroids).shape == (16, 78)
+    cfg = load_config("recipes/ssl_tiny_mel.yaml", [
+        f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
+        f"model.hubert.centroids={centroids}", "model.hubert.num_clusters=16", *SMALL_ENCODER, *QUIET,
+        "trainer.max_steps=4", f"exp_manager.exp_dir={out}", f"save_to={out / 'ssl.nemo'}",
+    ])  # fmt: skip
+    model = train(cfg)
+    return out / "ssl.nemo", model
+
+
+def test_pretrained_model_saves_and_restores_with_its_centroids(pretrained):
+    from nemo.core.classes import ModelPT
+
+    path, model = pretrained
+    restored = ModelPT.restore_from(str(path), map_location="cpu")
+    assert type(restored).__name__ == "SqueezeSSLModel"
+    torch.testing.assert_close(restored.labeler.centroids, model.labeler.centroids)
+    assert restored.labeler.centroids.abs().sum() > 0
+
+
+def _finetune(tiny_corpus, out, extra):
+    from nemo_sew.train import load_config, train
+
+    cfg = load_config("recipes/ctc_char_finetune_tiny_mel.yaml", [
+        f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
+        *QUIET, f"exp_manager.exp_dir={out}", "exp_manager.create_checkpoint_callback=false", *extra,
+    ])  # fmt: skip
+    return train(cfg)
+
+
+def test_finetune_from_ssl_inherits_the_encoder_and_its_weights(pretrained, tiny_corpus, tmp_path):
+    from nemo_sew.train import init_encoder_from, inherit_encoder_config, load_config
+
+    path, ssl = pretrained
+    # with a freeze period longer than the run, the encoder must end exactly as pre-trained
+    model = _finetune(tiny_corpus, tmp_path, [f"init_from_ssl={path}", "trainer.max_steps=3",
+                                              "model.finetune.freeze_encoder_steps=100"])  # fmt: skip
+    assert model.cfg.encoder.d_model == 64 and model.cfg.encoder.num_layers == 2  # from the SSL checkpoint
+    assert model.cfg.encoder.masking.time_prob == 0.5  # the recipe's fine-tuning options on top
+    ssl_state = {k: v for k, v in ssl.encoder.state_dict().items()}
+    for k, v in model.encoder.state_dict().items():
+        torch.testing.assert_close(v, ssl_state[k], msg=k)
+    # without the freeze period the encoder moves
+    moved = _finetune(tiny_corpus, tmp_path, [f"init_from_ssl={path}", "trainer.max_steps=3"])
+    diff = sum((v - ssl_state[k]).abs().sum().item() for k, v in moved.encoder.state_dict().items() if k in ssl_state)
+    assert diff > 0
+    # a model whose encoder differs from the checkpoint's gets a clear error, not a silent partial load
+    from nemo_sew.train import build_model
+
+    cfg = inherit_encoder_config(load_config("recipes/ctc_char_finetune_tiny_mel.yaml", [f"init_from_ssl={path}"]))
+    with open_dict_ctx(cfg):
+        cfg.model.encoder.d_model = 96
+        cfg.model.train_ds.manifest_filepath = None
+        cfg.model.validation_ds.manifest_filepath = None
+    with pytest.raises(ValueError, match="does not match"):
+        init_encoder_from(build_model(cfg), path)
+
+
+def open_dict_ctx(cfg):
+    from omegaconf import open_dict
+
+    return open_dict(cfg)
