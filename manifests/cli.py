@@ -6,6 +6,7 @@
 
     prepare synthetic OUT_DIR [--hours H] [--seed S] [-j N]
     prepare librispeech CORPUS_DIR OUT_DIR [-p PART ...] [-j N]
+    prepare librilight CORPUS_DIR OUT_DIR [-s SUBSET ...] [-j N]
     validate-manifest MANIFEST [--out PATH] [--sample-rate SR] [--min-duration S]
                       [--max-duration S] [--no-content-check] [-j N]
 
@@ -58,6 +59,17 @@ def run_librispeech(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_librilight(args: argparse.Namespace) -> int:
+    """``prepare librilight``: prepare the Libri-light limited-supervision subsets."""
+    from manifests.librilight import prepare_librilight_limited
+
+    outputs = prepare_librilight_limited(
+        args.corpus_dir, args.out_dir, subsets=args.subsets or ("10h",), num_jobs=args.num_jobs
+    )
+    _print_json(outputs)
+    return 0
+
+
 def run_validate(args: argparse.Namespace) -> int:
     """``validate-manifest``: filter a NeMo manifest; exit status 1 if nothing is kept."""
     from manifests.validate import validate_manifest
@@ -94,7 +106,7 @@ def _add_jobs(parser: argparse.ArgumentParser, default: int | None, help_default
 
 
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``prepare {synthetic,librispeech}``."""
+    """Add ``prepare {synthetic,librispeech,librilight}``."""
     prepare = subparsers.add_parser("prepare", help="prepare a corpus: cuts and NeMo manifests")
     corpora = prepare.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
 
@@ -119,6 +131,19 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     _add_jobs(libri, 1, "1")
     libri.set_defaults(func=run_librispeech)
+
+    light = corpora.add_parser(
+        "librilight", help="a local, extracted Libri-light fine-tuning archive (10min/1h/10h)"
+    )
+    light.add_argument("corpus_dir", type=Path, metavar="CORPUS_DIR")
+    light.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    light.add_argument(
+        "-s", "--subset", dest="subsets", action="append", metavar="SUBSET",
+        choices=("10min", "1h", "10h"),
+        help="10min, 1h or 10h; repeatable (default: 10h)",
+    )  # fmt: skip
+    _add_jobs(light, 1, "1")
+    light.set_defaults(func=run_librilight)
 
 
 def _add_validate(subparsers: argparse._SubParsersAction) -> None:
