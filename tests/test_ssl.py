@@ -239,3 +239,13 @@ def open_dict_ctx(cfg):
     from omegaconf import open_dict
 
     return open_dict(cfg)
+
+
+def test_a_batch_without_masked_frames_does_not_stop_training():
+    from nemo_sew.models.ssl import SqueezeSSLModel
+
+    cfg = _ssl_cfg("wav2vec2", sampler=False)
+    cfg.masking = {"prob": 0.0, "length": 10, "min_masks": 0}
+    model = SqueezeSSLModel(cfg)
+    out = model(torch.randn(2, 16000), torch.tensor([16000, 12000]))
+    assert torch.isfinite(out["loss"]) and out["masked_fraction"] > 0

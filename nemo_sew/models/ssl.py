@@ -213,8 +213,10 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
                 raise ValueError("compressed_targets needs an output at the squeezed rate: no q_pool in its profiles")
             factor, lam = enc.last_squeeze
             target_src, _ = enc.compressor.integrate(target_src, x, frames, factor, lam, keep_tail=not self.training)
-        if not bool(mask.any()):
-            raise ValueError("no frame was masked in this batch (utterances too short for the mask span?)")
+        if not bool(mask.any()):  # possible with min_masks=0: score one frame per item rather than stop the run
+            log.warning("no frame was masked in this batch; scoring the first frame of each utterance")
+            mask = torch.zeros_like(mask)
+            mask[:, 0] = time_mask(out_len, mask.shape[1])[:, 0]
 
         out: dict[str, torch.Tensor] = {}
         predictions = self.final_proj(y[mask])  # (N, final_dim)
