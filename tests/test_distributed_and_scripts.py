@@ -25,13 +25,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from manifests.synthetic import prepare_synthetic
-
-    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), hours=0.03, seed=2, num_jobs=2, test_speakers=2)
-
-
 def _run(args, cwd, timeout=600):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -40,15 +33,15 @@ def _run(args, cwd, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def trained_model(corpus, tmp_path_factory):
+def trained_model(tiny_corpus, tmp_path_factory):
     """A .nemo file trained by 2 CPU processes with DDP (gloo) through the `nemo-sew train` CLI."""
     out = tmp_path_factory.mktemp("ddp")
     model = out / "ddp.nemo"
     _run(
         [
             sys.executable, "-m", "nemo_sew.cli", "train", str(ROOT / "recipes" / "ctc_char_tiny_mel.yaml"),
-            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
             *SMALL,
             "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3", "trainer.max_time=null",
             f"exp_manager.exp_dir={out / 'exp'}", f"save_to={model}",
@@ -69,13 +62,13 @@ def test_two_process_ddp_training(trained_model):
     assert type(model).__name__ == "SqueezeCTCModel"
 
 
-def test_nemo_transcribe_speech_flow_on_our_nemo_file(trained_model, corpus, tmp_path):
+def test_nemo_transcribe_speech_flow_on_our_nemo_file(trained_model, tiny_corpus, tmp_path):
     script = ROOT / "recipes" / "transcribe_speech_flow.py"
     out = tmp_path / "pred.json"
-    proc = _run([sys.executable, str(script), str(trained_model), str(corpus["test"]["manifest"]), str(out)], tmp_path)
+    proc = _run([sys.executable, str(script), str(trained_model), str(tiny_corpus["test"]["manifest"]), str(out)], tmp_path)
     assert "SqueezeCTCModel" in proc.stdout
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    refs = [json.loads(x) for x in Path(corpus["test"]["manifest"]).read_text().splitlines()]
+    refs = [json.loads(x) for x in Path(tiny_corpus["test"]["manifest"]).read_text().splitlines()]
     assert len(lines) == len(refs) and all("pred_text" in x for x in lines)
 
 

@@ -98,20 +98,13 @@ def test_stochastic_encoder_one_graph_per_profile(tmp_path):
 # ---------------------------------------------------------------------------------------------- CTC model
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from manifests.synthetic import prepare_synthetic
-
-    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), hours=0.03, seed=1, num_jobs=2, test_speakers=2)
-
-
-def _recipe_cfg(corpus):
+def _recipe_cfg(tiny_corpus):
     """The tiny-mel char recipe with a small encoder (2 blocks of width 64)."""
     cfg = load_config(
         RECIPE,
         [
-            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
             "model.train_ds.num_workers=0",
             "model.validation_ds.num_workers=0",
         ],
@@ -122,8 +115,8 @@ def _recipe_cfg(corpus):
 
 
 @pytest.fixture(scope="module")
-def ctc_model(corpus):
-    cfg = _recipe_cfg(corpus)
+def ctc_model(tiny_corpus):
+    cfg = _recipe_cfg(tiny_corpus)
     with open_dict(cfg):
         cfg.model.profiles = {"s2": {"squeeze": 2}, "s2_kv2": {"squeeze": 2, "kv_pool": [2, 2]}}
     torch.manual_seed(0)
@@ -131,8 +124,8 @@ def ctc_model(corpus):
 
 
 @pytest.fixture(scope="module")
-def test_files(corpus):
-    entries = [json.loads(x) for x in Path(corpus["test"]["manifest"]).read_text().splitlines()]
+def test_files(tiny_corpus):
+    entries = [json.loads(x) for x in Path(tiny_corpus["test"]["manifest"]).read_text().splitlines()]
     return [e["audio_filepath"] for e in entries[:5]]
 
 
@@ -165,13 +158,13 @@ def test_onnxruntime_transcripts_equal_nemo_transcribe(ctc_model, ctc_onnx, test
     assert torch_texts == nemo
 
 
-def test_bpe_model_export_and_transcripts(corpus, test_files, tmp_path):
+def test_bpe_model_export_and_transcripts(tiny_corpus, test_files, tmp_path):
     from nemo_sew import SqueezeCTCModelBPE
     from nemo_sew.tokenizer import train_tokenizer
 
-    cfg = _recipe_cfg(corpus)
+    cfg = _recipe_cfg(tiny_corpus)
     with open_dict(cfg):
-        tokenizer_dir = train_tokenizer([corpus["train"]["manifest"]], tmp_path / "tok", vocab_size=40)
+        tokenizer_dir = train_tokenizer([tiny_corpus["train"]["manifest"]], tmp_path / "tok", vocab_size=40)
         cfg.model.tokenizer = {"dir": str(tokenizer_dir), "type": "bpe"}
         cfg.model.decoder.num_classes = -1
         cfg.model.decoder.vocabulary = None
@@ -258,7 +251,7 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def test_cli_export_one_file_per_profile_and_transcribe(ctc_model, corpus, tmp_path, capsys):
+def test_cli_export_one_file_per_profile_and_transcribe(ctc_model, tiny_corpus, tmp_path, capsys):
     nemo_path = tmp_path / "m.nemo"
     ctc_model.save_to(str(nemo_path))
     profiles = tmp_path / "profiles.yaml"
@@ -276,7 +269,7 @@ def test_cli_export_one_file_per_profile_and_transcribe(ctc_model, corpus, tmp_p
     capsys.readouterr()
 
     manifest = tmp_path / "few.json"
-    lines = Path(corpus["test"]["manifest"]).read_text().splitlines(True)[:3]
+    lines = Path(tiny_corpus["test"]["manifest"]).read_text().splitlines(True)[:3]
     manifest.write_text("".join(lines))
     results = {}
     for backend, model in (("onnxruntime", out / "s2_kv2.onnx"), ("torch", nemo_path)):

@@ -19,20 +19,12 @@ from nemo_sew.train import load_config
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ctc_char_tiny_mel.yaml"
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    from manifests.synthetic import prepare_synthetic
-
-    out = tmp_path_factory.mktemp("synthetic")
-    return prepare_synthetic(out, hours=0.03, seed=1, num_jobs=2, test_speakers=2)
-
-
-def _cfg(corpus, **encoder):
+def _cfg(tiny_corpus, **encoder):
     cfg = load_config(
         RECIPE,
         [
-            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
             "model.train_ds.batch_size=4",
             "model.train_ds.num_workers=0",
             "model.validation_ds.num_workers=0",
@@ -65,15 +57,15 @@ def _fit(model, steps=3):
     return trainer
 
 
-def test_stock_encdecctcmodel_with_our_encoder_trains(corpus):
-    cfg = _cfg(corpus)
+def test_stock_encdecctcmodel_with_our_encoder_trains(tiny_corpus):
+    cfg = _cfg(tiny_corpus)
     model = EncDecCTCModel(cfg=cfg.model, trainer=_trainer())
     assert isinstance(model.encoder, nemo_sew.SqueezeEncoder)
     _fit(model)
 
 
-def test_save_restore_roundtrip_keeps_outputs_and_profile(corpus, tmp_path):
-    model = SqueezeCTCModel(cfg=_cfg(corpus).model)
+def test_save_restore_roundtrip_keeps_outputs_and_profile(tiny_corpus, tmp_path):
+    model = SqueezeCTCModel(cfg=_cfg(tiny_corpus).model)
     _fit(model, steps=2)
     model.set_profile(CompressionProfile(squeeze=2, name="s2"))
     path = tmp_path / "m.nemo"
@@ -89,8 +81,8 @@ def test_save_restore_roundtrip_keeps_outputs_and_profile(corpus, tmp_path):
     torch.testing.assert_close(a, b)
 
 
-def test_named_profiles_and_errors(corpus):
-    model = SqueezeCTCModel(cfg=_cfg(corpus).model)
+def test_named_profiles_and_errors(tiny_corpus):
+    model = SqueezeCTCModel(cfg=_cfg(tiny_corpus).model)
     assert model.set_profile("s2").name == "s2"
     assert model.cfg.profile.squeeze == 2
     with pytest.raises(KeyError, match="no profile named 'fast'"):
@@ -99,18 +91,18 @@ def test_named_profiles_and_errors(corpus):
         model.set_profile(4)
 
 
-def test_transcribe_returns_hypotheses(corpus):
-    model = SqueezeCTCModel(cfg=_cfg(corpus).model).eval()
-    entries = [json.loads(x) for x in Path(corpus["test"]["manifest"]).read_text().splitlines()][:3]
+def test_transcribe_returns_hypotheses(tiny_corpus):
+    model = SqueezeCTCModel(cfg=_cfg(tiny_corpus).model).eval()
+    entries = [json.loads(x) for x in Path(tiny_corpus["test"]["manifest"]).read_text().splitlines()][:3]
     hyps = model.transcribe([e["audio_filepath"] for e in entries], batch_size=2, profile=2)
     assert len(entries) >= 2 and len(hyps) == len(entries) and all(isinstance(h.text, str) for h in hyps)
 
 
-def test_bpe_model_trains_and_transcribes(corpus, tmp_path):
+def test_bpe_model_trains_and_transcribes(tiny_corpus, tmp_path):
     from nemo_sew.tokenizer import train_tokenizer
 
-    tok = train_tokenizer([corpus["train"]["manifest"]], tmp_path / "tok", vocab_size=40)
-    cfg = _cfg(corpus)
+    tok = train_tokenizer([tiny_corpus["train"]["manifest"]], tmp_path / "tok", vocab_size=40)
+    cfg = _cfg(tiny_corpus)
     with open_dict(cfg):
         cfg.model.tokenizer = {"dir": str(tok), "type": "bpe"}
         cfg.model.decoder.num_classes = -1
@@ -120,13 +112,13 @@ def test_bpe_model_trains_and_transcribes(corpus, tmp_path):
         cfg.model.pop("labels")
     model = SqueezeCTCModelBPE(cfg=cfg.model)
     _fit(model, steps=2)
-    entries = [json.loads(x) for x in Path(corpus["test"]["manifest"]).read_text().splitlines()][:2]
+    entries = [json.loads(x) for x in Path(tiny_corpus["test"]["manifest"]).read_text().splitlines()][:2]
     hyps = model.eval().transcribe([e["audio_filepath"] for e in entries], batch_size=2)
     assert len(hyps) == 2 and all(isinstance(h.text, str) for h in hyps)
 
 
-def test_bad_training_lines_are_logged_skips(corpus, tmp_path, caplog):
-    good = Path(corpus["train"]["manifest"]).read_text().splitlines()
+def test_bad_training_lines_are_logged_skips(tiny_corpus, tmp_path, caplog):
+    good = Path(tiny_corpus["train"]["manifest"]).read_text().splitlines()
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     noise = tmp_path / "noise.wav"
@@ -139,7 +131,7 @@ def test_bad_training_lines_are_logged_skips(corpus, tmp_path, caplog):
     ]
     manifest = tmp_path / "train_with_bad_lines.json"
     manifest.write_text("\n".join(good[:6] + bad + good[6:10]) + "\n")
-    cfg = _cfg(corpus)
+    cfg = _cfg(tiny_corpus)
     cfg.model.train_ds.manifest_filepath = str(manifest)
     with caplog.at_level(logging.WARNING):
         model = SqueezeCTCModel(cfg=cfg.model)
@@ -149,8 +141,8 @@ def test_bad_training_lines_are_logged_skips(corpus, tmp_path, caplog):
     _fit(model, steps=2)  # training goes on with the good lines
 
 
-def test_transcribe_bad_files_raise_clear_errors(corpus, tmp_path):
-    model = SqueezeCTCModel(cfg=_cfg(corpus).model).eval()
+def test_transcribe_bad_files_raise_clear_errors(tiny_corpus, tmp_path):
+    model = SqueezeCTCModel(cfg=_cfg(tiny_corpus).model).eval()
     with pytest.raises(FileNotFoundError, match="missing.wav"):
         model.transcribe([str(tmp_path / "missing.wav")])
     bad = tmp_path / "corrupt.wav"

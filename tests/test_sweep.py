@@ -25,20 +25,13 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    from manifests.synthetic import prepare_synthetic
-
-    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), hours=0.03, seed=3, num_jobs=2, test_speakers=2)
-
-
-@pytest.fixture(scope="module")
-def stochastic_model(corpus, tmp_path_factory):
+def stochastic_model(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("stochastic")
     cfg = load_config(
         ROOT / "recipes" / "ctc_char_stochastic_tiny_mel.yaml",
         [
-            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
             *SMALL,
             "trainer.max_steps=4",
             f"exp_manager.exp_dir={out}",
@@ -50,13 +43,13 @@ def stochastic_model(corpus, tmp_path_factory):
     return out / "stochastic.nemo"
 
 
-def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, corpus, tmp_path):
+def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, tiny_corpus, tmp_path):
     from nemo_sew.cli import main
 
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text("s1: {squeeze: 1}\ns2_5: {squeeze: 2.5}\ns4: {squeeze: 4}\ns2_kv2: {squeeze: 2, kv_pool: [2, 2, 2, 2]}\n")
     out = tmp_path / "sweep"
-    assert main(["sweep", str(stochastic_model), "--manifest", str(corpus["test"]["manifest"]), "--profiles", str(profiles), "--out", str(out)]) == 0
+    assert main(["sweep", str(stochastic_model), "--manifest", str(tiny_corpus["test"]["manifest"]), "--profiles", str(profiles), "--out", str(out)]) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["s1", "s2_5", "s4", "s2_kv2"]
     gmacs = {r["name"]: r["encoder_gmacs_per_s"] for r in rows}
@@ -79,14 +72,14 @@ def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, corp
     assert restored.profile.name == pick(out, min_rtfx=0)["name"]
 
 
-def test_finetune_recipe_fixes_the_profile(stochastic_model, corpus, tmp_path):
+def test_finetune_recipe_fixes_the_profile(stochastic_model, tiny_corpus, tmp_path):
     cfg = load_config(
         ROOT / "recipes" / "finetune_profile.yaml",
         [
             f"init_from_nemo={stochastic_model}",
             "profile.squeeze=2.5",
-            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
             "model.train_ds.batch_size=4",
             "model.train_ds.num_workers=0",
             "model.validation_ds.num_workers=0",
@@ -107,12 +100,12 @@ def test_finetune_recipe_fixes_the_profile(stochastic_model, corpus, tmp_path):
     assert not restored.encoder.fixed_factor
 
 
-def test_learned_rate_model_logs_and_stores_frame_period(corpus, tmp_path):
+def test_learned_rate_model_logs_and_stores_frame_period(tiny_corpus, tmp_path):
     cfg = load_config(
         ROOT / "recipes" / "ctc_char_tiny_mel.yaml",
         [
-            f"model.train_ds.manifest_filepath={corpus['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
+            f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
             *SMALL,
             "model.profile=null",
             "+model.encoder.learned_rate={init: 2.0, min: 1.0, max: 6.0, target: 3.0, penalty: 1.0}",
