@@ -363,3 +363,18 @@ def test_fairseq_config_parsing_and_errors():
     checkpoint["cfg"]["model"]["layer_type"] = "conformer"
     with pytest.raises(UnsupportedModelError, match=r"layer_type='conformer'"):
         from_fairseq(checkpoint)
+
+
+def test_masked_spec_embed_becomes_our_mask_embedding():
+    """transformers' training-time mask vector is carried over: fine-tuning's time masking uses it."""
+    import transformers
+
+    from nemo_sew.convert import from_transformers
+
+    cfg = transformers.Wav2Vec2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128,
+                                      conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2), mask_time_prob=0.05)  # fmt: skip
+    model = transformers.Wav2Vec2Model(cfg).eval()
+    encoder = from_transformers(model)
+    torch.testing.assert_close(encoder.mask_emb.detach(), model.masked_spec_embed.detach())
+    cfg.mask_time_prob = 0.0
+    assert from_transformers(transformers.Wav2Vec2Model(cfg)).mask_emb is None

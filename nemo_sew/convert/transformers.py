@@ -15,8 +15,9 @@ UniSpeech, non-GELU activations, ``conv_pos_batch_norm``, adapters.
 
 Inputs differ only in layout: transformers takes ``input_values (B, N)`` + ``attention_mask (B, N)``, our
 encoder ``audio_signal (B, 1, N)`` + ``length (B,)``; transformers returns ``last_hidden_state (B, T, D)``,
-ours ``(B, D, T)``. Not carried over: the SpecAugment-style ``masked_spec_embed`` (training-time masking of
-features; NeMo models use their own augmentation), and ``final_dropout`` before the CTC head.
+ours ``(B, D, T)``. ``masked_spec_embed`` (present when ``mask_time_prob`` or ``mask_feature_prob`` > 0) becomes
+our ``mask_emb``, which fine-tuning's time masking (``encoder.masking``) uses. Not carried over:
+``final_dropout`` before the CTC head.
 
 Padding: transformers' group-norm extractor normalises over the padded time axis, and its SEW squeeze keeps a
 squeezed frame when any of its ``s`` frames is valid (``ceil``); ours normalises over valid frames and keeps
@@ -48,6 +49,7 @@ SUPPORTED_MODEL_TYPES = ("sew", "wav2vec2", "hubert")
 # Explicit name map, ours -> transformers (base-model names, without the ``sew.`` / ``wav2vec2.`` / ``hubert.``
 # prefix of the ``*ForCTC`` classes). ``{proj_ln}`` and ``{proj}`` differ between SEW and wav2vec 2.0 / HuBERT.
 _NAME_MAP: list[tuple[str, str]] = [
+    (r"mask_emb", r"masked_spec_embed"),
     (r"frontend\.blocks\.(\d+)\.conv\.(weight|bias)", r"feature_extractor.conv_layers.\1.conv.\2"),
     (r"frontend\.blocks\.(\d+)\.norm\.(weight|bias)", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
     (r"projection\.layer_norm\.(weight|bias)", r"{proj_ln}.\1"),
@@ -148,6 +150,8 @@ def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
         layer_norm_eps=float(config.layer_norm_eps),
         feature_layer_norm=bool(getattr(config, "feat_proj_layer_norm", True)),
         feature_projection=None if sew else True,  # SEW projects only when widths differ; the others always do
+        # transformers creates masked_spec_embed under this condition
+        mask_emb=float(getattr(config, "mask_time_prob", 0.0)) > 0 or float(getattr(config, "mask_feature_prob", 0.0)) > 0,
     )
 
 
