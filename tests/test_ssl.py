@@ -249,3 +249,26 @@ def test_a_batch_without_masked_frames_does_not_stop_training():
     model = SqueezeSSLModel(cfg)
     out = model(torch.randn(2, 16000), torch.tensor([16000, 12000]))
     assert torch.isfinite(out["loss"]) and out["masked_fraction"] > 0
+
+
+def test_hubert_iteration_two_targets_from_a_teacher(pretrained, tiny_corpus, tmp_path):
+    """Iteration 2: k-means on the first block of the iteration-1 model, then a model trained on those ids."""
+    from nemo_sew.models.ssl import SqueezeSSLModel
+    from nemo_sew.ssl.targets import TeacherFeatures, kmeans_from_manifest
+
+    path, teacher_model = pretrained
+    teacher = TeacherFeatures(path, layer=1)
+    wav, lens = torch.randn(2, 16000), torch.tensor([16000, 11000])
+    feats, frames = teacher(wav, lens)
+    assert feats.shape[-1] == teacher_model.encoder._feat_out and feats.shape[1] == int(frames.max())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    summary = kmeans_from_manifest(tiny_corpus["train"]["manifest"], tmp_path / "it2.npy", features=str(path),
+                                   layer=1, num_clusters=8, max_hours=0.01)  # fmt: skip
+    assert summary["dim"] == feats.shape[-1]
+    cfg = OmegaConf.create(OmegaConf.to_container(teacher_model.cfg))
+    cfg.hubert.update(features=str(path), layer=1, num_clusters=8, centroids=str(tmp_path / "it2.npy"))
+    cfg.train_ds = cfg.validation_ds = None
+    student = SqueezeSSLModel(cfg)
+    student.train()
+    out = student(torch.randn(2, 16000), torch.tensor([16000, 11000]))
+    assert torch.isfinite(out["loss"]) and abs(out["masked_loss"].item() - math.log(8)) < 1.5
