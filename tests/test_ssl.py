@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import nemo_sew
+import nemo_sew  # noqa: F401  (registers the _target_ prefix)
 from nemo_sew import encoder_config
 from nemo_sew.nn.compress import SqueezeCompressor
 from nemo_sew.ssl.losses import contrastive_loss, masked_prediction_loss, sample_negatives
@@ -227,18 +227,15 @@ def test_finetune_from_ssl_inherits_the_encoder_and_its_weights(pretrained, tiny
     from nemo_sew.train import build_model
 
     cfg = inherit_encoder_config(load_config("recipes/ctc_char_finetune_tiny_mel.yaml", [f"init_from_ssl={path}"]))
-    with open_dict_ctx(cfg):
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
         cfg.model.encoder.d_model = 96
         cfg.model.train_ds.manifest_filepath = None
         cfg.model.validation_ds.manifest_filepath = None
     with pytest.raises(ValueError, match="does not match"):
         init_encoder_from(build_model(cfg), path)
 
-
-def open_dict_ctx(cfg):
-    from omegaconf import open_dict
-
-    return open_dict(cfg)
 
 
 def test_a_batch_without_masked_frames_does_not_stop_training():
