@@ -55,8 +55,9 @@ class TimeBudgetAnnealing(pl.Callback):
     """Fits NeMo's warm-up/anneal schedules to a wall-clock budget instead of a guessed step count.
 
     Every ``every_n_steps`` it measures seconds per step (validation included) and moves the scheduler's
-    ``max_steps`` (and ``decay_steps``) to the step the time budget will end at, so the learning rate
-    reaches its minimum when ``trainer.max_time`` stops training, on a fast machine or a slow one.
+    ``max_steps`` (and ``decay_steps``) to the step the time budget will end at (or ``trainer.max_steps``
+    when that comes first), so the learning rate reaches its minimum when training stops, on a fast
+    machine or a slow one.
     Written by hand: neither Lightning nor NeMo anneals to a time budget.
     """
 
@@ -75,6 +76,9 @@ class TimeBudgetAnnealing(pl.Callback):
             return
         elapsed = self.clock() - self._start
         total = int(step + max(self.max_seconds - elapsed, 0.0) * step / elapsed)
+        limit = getattr(trainer, "max_steps", -1)
+        if limit is not None and limit > 0:  # trainer.max_steps stops the run first: anneal by then
+            total = min(total, int(limit))
         for config in trainer.lr_scheduler_configs:
             sched = config.scheduler
             if not hasattr(sched, "decay_steps"):
