@@ -78,6 +78,23 @@ def test_mfcc_frames_match_the_mel_front_end():
     torch.testing.assert_close(feats[1, :24], alone[0, :24], atol=1e-4, rtol=1e-4)
 
 
+def test_targets_stay_fp32_under_bf16_autocast():
+    """bf16-mixed trainers (the LibriSpeech recipes) must not change the k-means labels or the MFCCs."""
+    g = torch.Generator().manual_seed(0)
+    labeler = KMeansLabeler(100, 78)
+    labeler.centroids.copy_(torch.randn(100, 78, generator=g) * 3.0 + 20.0)  # large |c|: bf16 loses the gaps
+    feats = labeler.centroids[torch.randint(0, 100, (4000,), generator=g)] + torch.randn(4000, 78, generator=g)
+    mfcc = MFCCFeatures()
+    wav = torch.randn(2, 16000, generator=g)
+    lens = torch.tensor([16000, 9000])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_labels = labeler(feats[None])
+        mixed_mfcc, _ = mfcc(wav, lens)
+    assert torch.equal(mixed_labels, labeler(feats[None]))
+    assert mixed_mfcc.dtype == torch.float32
+    torch.testing.assert_close(mixed_mfcc, mfcc(wav, lens)[0])
+
+
 @pytest.mark.parametrize("factor", [2, 1.5])
 def test_integrate_pools_with_the_compressor_weights(factor):
     comp = SqueezeCompressor(32, 31, 16, 2)

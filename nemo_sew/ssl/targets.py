@@ -75,9 +75,10 @@ class MFCCFeatures(nn.Module):
         frames = torch.div(torch.div(lengths, self.hop, rounding_mode="floor") + 1, self.stack, rounding_mode="floor")
         t_max = int((wave.shape[1] // self.hop + 1) // self.stack)
         out = wave.new_zeros(wave.shape[0], t_max, self.out_dim, dtype=torch.float32)
-        for i, n in enumerate(lengths.tolist()):
-            feats = self._one(wave[i, :n].float())
-            out[i, : feats.shape[0]] = feats
+        with torch.autocast(device_type=wave.device.type, enabled=False):  # fp32 targets under bf16-mixed too
+            for i, n in enumerate(lengths.tolist()):
+                feats = self._one(wave[i, :n].float())
+                out[i, : feats.shape[0]] = feats
         return out, frames
 
     def _one(self, wave: torch.Tensor) -> torch.Tensor:
@@ -147,8 +148,10 @@ class KMeansLabeler(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, T, F) -> (B, T)`` cluster ids."""
         flat = feats.reshape(-1, feats.shape[-1]).float()
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin
-        dist = -2.0 * flat @ self.centroids.T + (self.centroids**2).sum(-1)[None]
+        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change the argmin. In fp32 even under a
+        # bf16-mixed trainer: bf16 distances flip the nearest centroid of many frames.
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            dist = -2.0 * flat @ self.centroids.T + (self.centroids**2).sum(-1)[None]
         return dist.argmin(-1).reshape(feats.shape[:-1])
 
 
