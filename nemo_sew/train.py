@@ -166,6 +166,22 @@ def init_encoder_from(model: ModelPT, path: str | Path) -> None:
     log.info("encoder initialised from %s (%d tensors; ignored %s)", path, len(own), unexpected)
 
 
+def cpu_precision(trainer_kwargs: dict, bf16_supported: bool | None = None) -> dict:
+    """bf16-mixed on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated and slower than fp32:
+    fall back to 32-bit there, with a warning. GPU runs and other precisions are left as they are."""
+    precision = str(trainer_kwargs.get("precision", "32"))
+    if trainer_kwargs.get("accelerator") != "cpu" or not precision.startswith("bf16"):
+        return trainer_kwargs
+    if bf16_supported is None:
+        import torch
+
+        bf16_supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not bf16_supported:
+        log.warning("trainer.precision=%s: this CPU has no native bf16, training in 32-bit instead", precision)
+        trainer_kwargs = {**trainer_kwargs, "precision": "32"}
+    return trainer_kwargs
+
+
 def train(cfg: DictConfig) -> ModelPT:
     """Fit ``cfg.model`` with ``cfg.trainer`` and ``cfg.exp_manager``; write ``cfg.save_to`` (.nemo) if set.
 
@@ -174,7 +190,7 @@ def train(cfg: DictConfig) -> ModelPT:
     config and weights (see :func:`inherit_encoder_config`, :func:`init_encoder_from`);
     ``model.encoder_overrides`` is merged into the encoder config either way.
     """
-    trainer_kwargs = resolve_trainer_cfg(cfg.trainer)
+    trainer_kwargs = cpu_precision(resolve_trainer_cfg(cfg.trainer))
     every = cfg.get("progress_log_every", 25)
     if every:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ProgressLogger(int(every))]
