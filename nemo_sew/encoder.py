@@ -221,7 +221,6 @@ class SqueezeEncoder(NeuralModule, Exportable):
         self.sampler_step: int | None = None  # set by the model to the trainer's global step
         self._train_forwards = 0
         self.last_rate_penalty: torch.Tensor | None = None
-        self.last_squeeze: tuple[float | torch.Tensor, float] | None = None  # (factor, lambda) of the last encode
         self._profile = CompressionProfile()  # squeeze None = the trained (or learned) factor
 
     # ----------------------------------------------------------------------------------------------
@@ -431,8 +430,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
         """The context network on 20 ms features ``(B, T, D)``: squeeze, blocks (with pooling), expand.
 
         Args:
-            after_squeeze: ``fn(h, h_len) -> h`` applied to the squeezed sequence before the blocks (the
-                once-for-all pre-training masks there).
+            after_squeeze: ``fn(h, h_len, factor, lam) -> h`` applied to the squeezed sequence before the
+                blocks, with the squeeze factor and CIF mixing weight drawn for this call (the once-for-all
+                pre-training masks there and compresses its targets at the same rate).
             num_layers: run only the first ``num_layers`` blocks (HuBERT's targets from an inner layer).
             expand: False returns the squeezed (and pooled) sequence without the expander.
         """
@@ -449,9 +449,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
             factor = int(factor)
         t_in = x.shape[1]
         h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
-        self.last_squeeze = (factor, lam)
         if after_squeeze is not None:
-            h = after_squeeze(h, h_len)
+            h = after_squeeze(h, h_len, factor, lam)
         if not self.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)

@@ -71,20 +71,20 @@ def _train(recipe: Path, corpus, out: Path, extra=()):
     return train(_cpu(load_config(recipe), corpus, out, extra))
 
 
-@pytest.fixture(scope="module")
-def ssl_checkpoint(tiny_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ssl_ckpt")
-    path = out / "ssl.nemo"
-    _train(ROOT / "recipes/librispeech/ssl_sew_tiny.yaml", tiny_corpus, out, [f"save_to={path}"])
-    return path
+def _checkpoint_fixture(recipe: str, name: str):
+    """A module fixture: ``recipe`` trained 2 steps on the tiny corpus and saved as ``name``."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tiny_corpus, tmp_path_factory):
+        out = tmp_path_factory.mktemp(Path(name).stem)
+        _train(ROOT / recipe, tiny_corpus, out, [f"save_to={out / name}"])
+        return out / name
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def stochastic_ctc(tiny_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("stoch_ckpt")
-    path = out / "stochastic.nemo"
-    _train(ROOT / "recipes/ctc_char_stochastic_tiny_mel.yaml", tiny_corpus, out, [f"save_to={path}"])
-    return path
+ssl_checkpoint = _checkpoint_fixture("recipes/librispeech/ssl_sew_tiny.yaml", "ssl.nemo")
+stochastic_ctc = _checkpoint_fixture("recipes/ctc_char_stochastic_tiny_mel.yaml", "stochastic.nemo")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])

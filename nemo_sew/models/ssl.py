@@ -149,28 +149,25 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         # NeMo's char CTC loader: JSON / tarred / lhotse, semi-sorted batching; reads self.cfg.labels only
         return EncDecCTCModel._setup_dataloader_from_config(self, config)
 
-    def setup_training_data(self, train_data_config: DictConfig | dict | None):
-        config = self._validated(_as_dictconfig(train_data_config))
+    def _setup_split(self, data_config: DictConfig | dict | None, name: str, shuffle: bool) -> None:
+        """Validate the manifest (logged skips), record the config as ``cfg.{name}_ds``, set ``self._{name}_dl``."""
+        config = self._validated(_as_dictconfig(data_config))
         if config is None:
             return
         with open_dict(config):
-            config.setdefault("shuffle", True)
-        self._update_dataset_config(dataset_name="train", config=config)
-        self._train_dl = self._setup_dataloader_from_config(config)
+            config.setdefault("shuffle", shuffle)
+        if name != "test":
+            self._update_dataset_config(dataset_name=name, config=config)
+        setattr(self, f"_{name}_dl", self._setup_dataloader_from_config(config))
+
+    def setup_training_data(self, train_data_config: DictConfig | dict | None):
+        self._setup_split(train_data_config, "train", shuffle=True)
 
     def setup_validation_data(self, val_data_config: DictConfig | dict | None):
-        config = self._validated(_as_dictconfig(val_data_config))
-        if config is None:
-            return
-        with open_dict(config):
-            config.setdefault("shuffle", False)
-        self._update_dataset_config(dataset_name="validation", config=config)
-        self._validation_dl = self._setup_dataloader_from_config(config)
+        self._setup_split(val_data_config, "validation", shuffle=False)
 
     def setup_test_data(self, test_data_config: DictConfig | dict | None):
-        config = self._validated(_as_dictconfig(test_data_config))
-        if config is not None:
-            self._test_dl = self._setup_dataloader_from_config(config)
+        self._setup_split(test_data_config, "test", shuffle=False)
 
     # ---------------------------------------------------------------------------------- forward
 
@@ -200,10 +197,10 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
             y, _ = enc.encode(x, frames)  # (B, T, D) back at 20 ms
         else:
-            holder: dict[str, torch.Tensor] = {}
+            holder: dict[str, Any] = {}
 
-            def mask_squeezed(h: torch.Tensor, h_len: torch.Tensor) -> torch.Tensor:
-                holder["len"] = h_len
+            def mask_squeezed(h: torch.Tensor, h_len: torch.Tensor, factor, lam: float) -> torch.Tensor:
+                holder.update(len=h_len, squeeze=(factor, lam))
                 holder["mask"] = span_mask(h_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
                 return torch.where(holder["mask"][..., None], enc.mask_emb.to(h.dtype), h)
 
@@ -211,7 +208,7 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             mask, out_len = holder["mask"], holder["len"]
             if y.shape[1] != mask.shape[1]:
                 raise ValueError("compressed_targets needs an output at the squeezed rate: no q_pool in its profiles")
-            factor, lam = enc.last_squeeze
+            factor, lam = holder["squeeze"]
             target_src, _ = enc.compressor.integrate(target_src, x, frames, factor, lam, keep_tail=not self.training)
         if not bool(mask.any()):  # possible with min_masks=0: score one frame per item rather than stop the run
             log.warning("no frame was masked in this batch; scoring the first frame of each utterance")

@@ -55,7 +55,7 @@ def contrastive_loss(
     the positive get ``-inf`` (fairseq does the same).
     """
     candidates = torch.cat([targets[:, None, :], targets[negatives]], dim=1)  # (N, 1+K, D)
-    logits = F.cosine_similarity(predictions.float()[:, None, :], candidates.float(), dim=-1) / temperature
+    logits = _cosine_logits(predictions, candidates, temperature)
     same = (targets[negatives] == targets[:, None, :]).all(-1)  # (N, K)
     logits[:, 1:] = logits[:, 1:].masked_fill(same, float("-inf"))
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
@@ -77,6 +77,11 @@ def masked_prediction_loss(
         label_embeddings: ``(K, D)`` one learned embedding per cluster.
         labels: ``(N,)`` cluster ids.
     """
-    logits = F.cosine_similarity(predictions.float()[:, None, :], label_embeddings.float()[None], dim=-1) / temperature
+    logits = _cosine_logits(predictions, label_embeddings[None], temperature)
     loss = F.cross_entropy(logits, labels)
     return loss, (logits.argmax(-1) == labels).float().mean()
+
+
+def _cosine_logits(predictions: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``(N, D)`` vs ``(N or 1, C, D)`` -> ``(N, C)`` cosine similarities / temperature, in fp32."""
+    return F.cosine_similarity(predictions.float()[:, None, :], candidates.float(), dim=-1) / temperature
