@@ -136,6 +136,19 @@ def _cmd_bench_ssl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_purity(args: argparse.Namespace) -> int:
+    from nemo_sew.bench import append_benchmark, bench_target_purity
+
+    section = bench_target_purity(
+        args.aligner, args.manifest, args.target, args.fit_manifest, args.out, clusters=args.clusters,
+        fit_hours=args.fit_hours, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    print(section)
+    if args.write:
+        append_benchmark(section, args.write)
+    return 0
+
+
 def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -249,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_ssl)
+
+    p = bench_sub.add_parser("purity", help="PNMI of HuBERT k-means targets vs characters aligned by a CTC model")
+    p.add_argument("--aligner", required=True, help="a trained SqueezeCTCModel .nemo (e.g. outputs/demo/model.nemo)")
+    p.add_argument("--manifest", default="data/synthetic/test.json")
+    p.add_argument("--fit-manifest", default="data/synthetic/train.json")
+    p.add_argument("--target", action="append", required=True,
+                   help="mfcc=CENTROIDS.npy, mfcc, or MODEL.nemo (k-means on its encoder output); repeatable")  # fmt: skip
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--fit-hours", type=float, default=0.5)
+    p.add_argument("--out", default="outputs/bench_purity")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_purity)
 
     p = bench_sub.add_parser("cpu", help="CPU inference: our encoder (eager, onnxruntime) vs transformers and NeMo Conformer")
     p.add_argument("--presets", nargs="+", default=None, help="waveform presets (default sew_tiny w2v2_base)")
