@@ -8,6 +8,7 @@ ratios between rows of one run are the numbers to quote.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import statistics
@@ -21,6 +22,8 @@ import torch
 from nemo_sew.evaluate import encoder_gmacs_per_second
 from nemo_sew.presets import build_encoder
 from nemo_sew.profile import CompressionProfile
+
+log = logging.getLogger("nemo_sew.bench")
 
 
 def machine_line() -> str:
@@ -310,7 +313,7 @@ def bench_target_purity(
     (k-means on that model's encoder output, fitted on ``fit_hours`` of ``fit_manifest``: HuBERT's
     iteration-2 features, so a pre-trained encoder that learned phonetic structure scores above MFCC).
     """
-    from manifests.audio import load_audio
+    from manifests.audio import AudioError, load_audio
 
     from nemo_sew.evaluate import read_manifest
     from nemo_sew.models.ctc import SqueezeCTCModel
@@ -319,8 +322,14 @@ def bench_target_purity(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = SqueezeCTCModel.restore_from(str(aligner), map_location="cpu").eval()
-    entries = read_manifest(manifest)
-    waves = [torch.from_numpy(load_audio(e["audio_filepath"], expected_sample_rate=sample_rate)[0].astype("float32")) for e in entries]
+    waves = []
+    for entry in read_manifest(manifest):
+        try:
+            wave, _ = load_audio(entry["audio_filepath"], expected_sample_rate=sample_rate)
+        except (AudioError, OSError, ValueError) as e:
+            log.warning("purity: skipping %s (%s)", entry["audio_filepath"], e)
+            continue
+        waves.append(torch.from_numpy(wave.astype("float32")))
     chars = [ctc_frame_labels(model, w) for w in waves]
     rows = []
     for spec in targets:

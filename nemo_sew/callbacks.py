@@ -76,9 +76,8 @@ class TimeBudgetAnnealing(pl.Callback):
             return
         elapsed = self.clock() - self._start
         total = int(step + max(self.max_seconds - elapsed, 0.0) * step / elapsed)
-        limit = getattr(trainer, "max_steps", -1)
-        if limit is not None and limit > 0:  # trainer.max_steps stops the run first: anneal by then
-            total = min(total, int(limit))
+        if trainer.max_steps > 0:  # trainer.max_steps stops the run first: anneal by then
+            total = min(total, trainer.max_steps)
         for config in trainer.lr_scheduler_configs:
             sched = config.scheduler
             if not hasattr(sched, "decay_steps"):

@@ -169,12 +169,14 @@ def init_encoder_from(model: ModelPT, path: str | Path) -> None:
 def cpu_precision(trainer_kwargs: dict, bf16_supported: bool | None = None) -> dict:
     """bf16-mixed on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated and slower than fp32:
     fall back to 32-bit there, with a warning. GPU runs and other precisions are left as they are."""
-    precision = str(trainer_kwargs.get("precision", "32"))
-    if trainer_kwargs.get("accelerator") != "cpu" or not precision.startswith("bf16"):
-        return trainer_kwargs
-    if bf16_supported is None:
-        import torch
+    import torch
 
+    precision = str(trainer_kwargs.get("precision", "32"))
+    accelerator = trainer_kwargs.get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not on_cpu or not precision.startswith("bf16"):
+        return trainer_kwargs
+    if bf16_supported is None:  # oneDNN's own check (torch has no public one)
         bf16_supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if not bf16_supported:
         log.warning("trainer.precision=%s: this CPU has no native bf16, training in 32-bit instead", precision)

@@ -20,3 +20,13 @@ def test_gpu_and_fp32_are_left_alone():
     assert cpu_precision(gpu, bf16_supported=False) == gpu
     fp32 = {"accelerator": "cpu", "precision": 32}
     assert cpu_precision(fp32, bf16_supported=False) == fp32
+
+
+def test_auto_accelerator_without_cuda_counts_as_cpu(monkeypatch):
+    import torch
+
+    auto = {"accelerator": "auto", "precision": "bf16-mixed"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cpu_precision(auto, bf16_supported=False)["precision"] == "32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cpu_precision(auto, bf16_supported=False) == auto

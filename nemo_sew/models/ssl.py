@@ -156,8 +156,7 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             return
         with open_dict(config):
             config.setdefault("shuffle", shuffle)
-        if name != "test":
-            self._update_dataset_config(dataset_name=name, config=config)
+        self._update_dataset_config(dataset_name=name, config=config)
         setattr(self, f"_{name}_dl", self._setup_dataloader_from_config(config))
 
     def setup_training_data(self, train_data_config: DictConfig | dict | None):
@@ -200,9 +199,9 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             holder: dict[str, Any] = {}
 
             def mask_squeezed(h: torch.Tensor, h_len: torch.Tensor, factor, lam: float) -> torch.Tensor:
-                holder.update(len=h_len, squeeze=(factor, lam))
-                holder["mask"] = span_mask(h_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
-                return torch.where(holder["mask"][..., None], enc.mask_emb.to(h.dtype), h)
+                mask = span_mask(h_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
+                holder.update(len=h_len, squeeze=(factor, lam), mask=mask)
+                return torch.where(mask[..., None], enc.mask_emb.to(h.dtype), h)
 
             y, _ = enc.encode(x, frames, after_squeeze=mask_squeezed, expand=False)  # (B, T', D)
             mask, out_len = holder["mask"], holder["len"]
