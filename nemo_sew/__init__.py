@@ -12,7 +12,8 @@ if _PREFIX not in _nemo_common.ALLOWED_TARGET_PREFIXES:
 
 from nemo_sew.encoder import SqueezeEncoder  # noqa: E402
 from nemo_sew.preprocessor import WaveformPreprocessor  # noqa: E402
-from nemo_sew.presets import PRESETS, build_encoder, encoder_config  # noqa: E402
+from nemo_sew.arch import PRESETS, BlockSpec, EncoderArch, build_arch  # noqa: E402
+from nemo_sew.encoder import EncoderOutput, build_encoder, encoder_config  # noqa: E402
 from nemo_sew.profile import CompressionProfile, load_profiles  # noqa: E402
 
 __version__ = "0.1.0"
@@ -28,6 +29,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "PRESETS", "CompressionProfile", "SqueezeCTCModel", "SqueezeCTCModelBPE", "SqueezeEncoder",
-    "WaveformPreprocessor", "build_encoder", "encoder_config", "load_profiles",
+    "PRESETS", "BlockSpec", "CompressionProfile", "EncoderArch", "EncoderOutput", "SqueezeCTCModel", "SqueezeCTCModelBPE", "SqueezeEncoder",
+    "WaveformPreprocessor", "build_arch", "build_encoder", "encoder_config", "load_profiles",
 ]  # fmt: skip

@@ -1,18 +1,27 @@
-"""SqueezeEncoder: the NeMo NeuralModule that composes the ``nemo_sew.nn`` parts.
+"""SqueezeEncoder: the NeMo NeuralModule that builds the ``nemo_sew.nn`` parts from an :class:`EncoderArch`.
 
-Data flow (DESIGN.md): front end (20 ms) -> feature projection -> compressor (squeeze s) -> blocks
--> expander back to 20 ms. Inside, one layout ``(B, T, C)`` + lengths; NeMo's ``(B, D, T)`` is
-converted here, in ``forward``, and nowhere else.
+Data flow: front end (20 ms) -> feature projection -> compressor (squeeze s) -> blocks -> expander back
+to 20 ms. Inside, one layout ``(B, T, C)`` + lengths; NeMo's ``(B, D, T)`` is converted in ``forward``
+(the NeMo port) and nowhere else.
+
+The model <-> encoder contract: the model decides what the encoder does in a training step (a
+:class:`Draw` from the profile sampler, seeded by the global step) and passes it in; the encoder returns
+an :class:`EncoderOutput` with its auxiliary losses (``rate_penalty``; L0 and gate penalties later) and
+stats (the factor it ran, ...). Nothing is written into the encoder by the model and nothing is read
+back after a forward. Per forward, the profile becomes one :class:`~nemo_sew.nn.blocks.LayerPlan` per layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections import OrderedDict
-from typing import Any, Literal, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from nemo.core.classes import Exportable, NeuralModule, typecheck
 from nemo.core.neural_types import (
     AcousticEncodedRepresentation,
@@ -21,207 +30,214 @@ from nemo.core.neural_types import (
     NeuralType,
     SpectrogramType,
 )
-import torch.nn.functional as F
 from torch import nn
 
-from nemo_sew.nn.blocks import ConformerLayer, TransformerLayer
-from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor, is_integer_rate
-from nemo_sew.nn.pooling import pooled_lengths
-from nemo_sew.nn.frontend import (
-    ConvFeatureExtractor,
-    FeatureProjection,
-    MelStackFrontend,
-    time_mask,
-    wfe_c_layers,
-    wfe_o_layers,
-)
+from nemo_sew.arch import EncoderArch, build_arch
+from nemo_sew.nn.blocks import BlockOptions, LayerPlan, build_block, legacy_layer_keys
+from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor
+from nemo_sew.nn.frontend import FeatureProjection, build_frontend, frontend_layout, time_mask
+from nemo_sew.nn.pooling import FrameMap, pooled_lengths
+from nemo_sew.options import Dropout, LearnedRate, Masking, upgrade_encoder_config
 from nemo_sew.profile import CompressionProfile, ProfileLike, ProfileSampler, as_profile
 
-FrontendKind = Literal["mel_stack", "wfe_c", "wfe_o"]
-BlockKind = Literal["transformer", "conformer"]
+log = logging.getLogger("nemo_sew.encoder")
+
+# NeMo's types of the two input ports a front end can have (nemo_sew.nn.frontend.FrontendLayout.port)
+_PORT_TYPES = {
+    "waveform": NeuralType(("B", "C", "T"), AudioSignal()),
+    "spectrogram": NeuralType(("B", "D", "T"), SpectrogramType()),
+}
 
 
-def _per_layer(value: int | Sequence[int], num_layers: int, name: str) -> list[int]:
-    if isinstance(value, int):
-        return [value] * num_layers
-    values = [int(v) for v in value]
-    if len(values) != num_layers:
-        raise ValueError(f"expected {name} to be an int or a list of {num_layers} ints, got {len(values)} values")
-    return values
+@dataclass(frozen=True)
+class Draw:
+    """What one forward runs at: a profile (its ``squeeze`` None = the trained or learned factor) and OFA's
+    CIF lambda. In training the model makes one per step with :meth:`SqueezeEncoder.draw` (the same on
+    every DDP rank); at inference :meth:`SqueezeEncoder.draw` returns the active profile."""
+
+    profile: CompressionProfile
+    cif_lambda: float = 1.0
 
 
-def _min_input_length(frontend: nn.Module, squeeze: int) -> int:
-    stride = getattr(frontend, "stride", frontend.receptive_field)  # mel: stack frames per 20 ms frame
-    return frontend.receptive_field + (int(squeeze) - 1) * stride
+@dataclass
+class EncoderOutput:
+    """What the encoder returns (library layout).
+
+    Args:
+        hidden: ``(B, T, D)``.
+        lengths: ``(B,)`` valid frames.
+        aux_losses: scalar losses the training step adds to its objective (``rate_penalty``, ...).
+        stats: plain values about this forward: ``squeeze`` (the factor run, float), ``cif_lambda``,
+            ``q_pool`` / ``kv_pool`` (strides run), ``layers`` (blocks run).
+    """
+
+    hidden: torch.Tensor
+    lengths: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Squeezed:
+    """The compressor's output, before the blocks (see :meth:`SqueezeEncoder.squeeze`)."""
+
+    hidden: torch.Tensor  # (B, T', D)
+    lengths: torch.Tensor  # (B,)
+    frame_map: FrameMap
+    factor: float | torch.Tensor  # the squeeze run (a tensor in learned-rate training)
+    cif_lambda: float
+    frames: torch.Tensor  # 20 ms input lengths (B,)
+    num_frames: int  # 20 ms padded length
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (NeMo passes DictConfig values) -> plain dicts and lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with NeMo
+        pass
+    return value
 
 
 class SqueezeEncoder(NeuralModule, Exportable):
-    """A SEW-style squeezed speech encoder with NeMo's encoder interface.
+    """A SEW-style squeezed speech encoder with NeMo's encoder interface, built from an :class:`EncoderArch`.
 
     ``forward(audio_signal (B, C, T), length (B,)) -> (encoded (B, D, T'), encoded_len (B,))``. For the
     waveform front ends ``C = 1`` and ``T`` is in samples (from :class:`nemo_sew.WaveformPreprocessor`);
     for ``mel_stack`` ``C = n_mels`` and ``T`` is in 10 ms frames (from NeMo's mel preprocessor).
 
     Args:
-        frontend: ``wfe_c`` (SEW compact CNN), ``wfe_o`` (wav2vec 2.0 CNN) or ``mel_stack`` (log-mel,
-            ``mel_stack`` frames stacked to 20 ms).
-        feat_in: input channels: 1 for waveforms, the number of mel bins for ``mel_stack``.
-        conv_layers: per-layer ``[channels, kernel, stride]`` of a waveform front end; default WFE-C
-            (``wfe_c``, ``wfe_l``) or WFE-O.
-        conv_norm: ``group_norm`` (fairseq ``extractor_mode=default``) or ``layer_norm``.
-        conv_bias: bias in the front-end convs (fairseq ``conv_bias``).
-        wfe_c, wfe_l: SEW's WFE-C width and number of extra 1x1 convs (used when ``conv_layers`` is None).
-        mel_stack: 10 ms frames stacked per 20 ms frame.
-        d_model: transformer width ``C`` (fairseq ``encoder_embed_dim``).
-        num_layers: number of blocks.
-        num_heads, ffn_dim: per-layer lists (or one int for all layers); head width is ``head_dim``.
-        block: ``transformer`` (attention-only) or ``conformer``.
-        layer_norm_first: pre-LN (True) or post-LN (False, SEW / wav2vec 2.0 base) transformer layers.
-        conv_kernel: depthwise kernel of conformer conv modules.
-        squeeze: trained squeeze factor ``s`` (SEW ``squeeze_factor``); the active one is set by a profile.
-        pos_conv_kernel, pos_conv_groups: the positional conv that also squeezes (SEW 31/16, W2V2 128/16).
-        upsample: SEW's upsampler back to 20 ms after the blocks (False: output at the squeezed rate).
-        dropout, attention_dropout, activation_dropout: fairseq's dropouts in the blocks.
-        feature_dropout: dropout after the feature projection (fairseq ``dropout_input``).
-        feature_layer_norm: LayerNorm on the front-end features before the projection (transformers HuBERT
-            ``feat_proj_layer_norm``; on in wav2vec 2.0 and SEW).
-        feature_projection: linear map from front-end channels to ``d_model``; None = only when the widths
-            differ (SEW), True = always (wav2vec 2.0 / HuBERT ``feature_projection``).
-        layerdrop: probability of skipping a whole block while training (fairseq ``encoder_layerdrop``).
-        layer_norm_eps: eps of every LayerNorm.
-        expander: ``sew`` (SEW's ``Linear(C, s*C)``, one factor only) or ``phase`` (factor-agnostic
-            :class:`~nemo_sew.nn.compress.PhaseExpander`); default ``sew`` for fixed-squeeze encoders and
-            ``phase`` when a sampler, CIF weights or a learned rate make the factor vary.
+        preset: a name in :data:`nemo_sew.arch.PRESETS`; ``arch`` then holds overrides of its fields.
+        arch: an :class:`EncoderArch`, a full arch dict (``EncoderArch.to_dict``, what ``.nemo`` files
+            store), or, with ``preset``, overrides for :func:`nemo_sew.arch.build_arch` (e.g.
+            ``{"d_model": 384, "blocks": {"conv_kernel": 15}, "compressor": {"squeeze": 4}}``).
+        dropout: :class:`nemo_sew.options.Dropout` fields (``hidden``, ``attention``, ``activation``,
+            ``feature``, ``layerdrop``).
         squeeze_sampler: training-time profile sampler (:class:`nemo_sew.profile.ProfileSampler` fields),
             e.g. ``{"squeeze": {"values": [1, 2, 3, 4]}}`` or ``{"squeeze": {"low": 1, "high": 4}}``; a bare
             ``{"values": ...}`` / ``{"low": ..., "high": ...}`` is taken as the squeeze spec.
-        cif_alpha: learn content-dependent CIF weights for real rates (once-for-all ``AlphaModule``).
-        cif_lambda: OFA's lambda at inference when ``cif_alpha`` (0 = uniform weights, 1 = learned only).
-        learned_rate: learn the squeeze as a parameter (no grid search), e.g. ``{"init": 2.0, "min": 1.0,
-            "max": 6.0, "target": 3.0, "penalty": 1.0}``: the downstream loss plus
-            ``penalty * relu(target / s - 1)^2`` (more compute than the target's costs).
+        learned_rate: :class:`nemo_sew.options.LearnedRate` fields: learn the squeeze (no grid search).
+        cif_lambda: OFA's lambda at inference when the arch has ``compressor.cif_alpha`` (0 = uniform
+            weights, 1 = learned only).
         mask_emb: keep a learned mask embedding (``d_model``) for masked frames: created by self-supervised
-            pre-training (:class:`nemo_sew.models.ssl.SqueezeSSLModel`) and reused by fine-tuning's time
-            masking (wav2vec 2.0's ``mask_emb``, transformers' ``masked_spec_embed``).
-        masking: fine-tuning-time masking of the 20 ms features (SEW / wav2vec 2.0 fine-tuning): ``{"time_prob":
-            0.65, "time_length": 10, "channel_prob": 0.5, "channel_length": 64}``; time spans are replaced by
-            ``mask_emb`` (needs ``mask_emb=True``), channel spans are zeroed. Training only.
+            pre-training and reused by fine-tuning's time masking (wav2vec 2.0 ``mask_emb``).
+        masking: :class:`nemo_sew.options.Masking` fields: fine-tuning-time masking (training only).
+        **legacy: the flat keyword arguments of configs written before ``EncoderArch`` (``frontend``,
+            ``d_model``, ``num_layers``, ..., ``dropout=0.1``); read by
+            :func:`nemo_sew.options.upgrade_encoder_config`, so every old ``.nemo`` restores.
+
+    When the factor can vary (a sampler, CIF weights or a learned rate) and the arch's expander is SEW's
+    factor-specific one, the factor-agnostic ``phase`` expander is used instead (as before the arch existed).
     """
 
     def __init__(
         self,
-        frontend: FrontendKind = "mel_stack",
-        feat_in: int = 80,
-        conv_layers: Sequence[Sequence[int]] | None = None,
-        conv_norm: Literal["group_norm", "layer_norm"] = "group_norm",
-        conv_bias: bool = False,
-        wfe_c: int = 64,
-        wfe_l: int = 1,
-        mel_stack: int = 2,
-        d_model: int = 256,
-        num_layers: int = 4,
-        num_heads: int | Sequence[int] = 4,
-        head_dim: int = 64,
-        ffn_dim: int | Sequence[int] = 1024,
-        block: BlockKind = "transformer",
-        layer_norm_first: bool = False,
-        conv_kernel: int = 31,
-        squeeze: int = 2,
-        pos_conv_kernel: int = 31,
-        pos_conv_groups: int = 16,
-        upsample: bool = True,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation_dropout: float = 0.0,
-        feature_dropout: float = 0.0,
-        layerdrop: float = 0.0,
-        layer_norm_eps: float = 1e-5,
-        feature_layer_norm: bool = True,
-        feature_projection: bool | None = None,
-        expander: Literal["sew", "phase"] | None = None,
+        preset: str | None = None,
+        arch: EncoderArch | Mapping[str, Any] | None = None,
+        dropout: Dropout | Mapping[str, float] | None = None,
         squeeze_sampler: Mapping[str, Any] | None = None,
-        cif_alpha: bool = False,
+        learned_rate: LearnedRate | Mapping[str, float] | None = None,
         cif_lambda: float = 1.0,
-        learned_rate: Mapping[str, float] | None = None,
         mask_emb: bool = False,
-        masking: Mapping[str, float] | None = None,
+        masking: Masking | Mapping[str, float] | None = None,
+        **legacy: Any,
     ) -> None:
         super().__init__()
-        if frontend == "mel_stack":
-            self.frontend: nn.Module = MelStackFrontend(n_mels=feat_in, stack=mel_stack)
-        elif frontend in ("wfe_c", "wfe_o"):
-            if feat_in != 1:
-                raise ValueError(f"expected feat_in=1 for waveform front end {frontend!r}, got {feat_in}")
-            if conv_layers is None:
-                conv_layers = wfe_c_layers(wfe_c, wfe_l) if frontend == "wfe_c" else wfe_o_layers()
-            self.frontend = ConvFeatureExtractor(conv_layers, norm=conv_norm, conv_bias=conv_bias)
+        if legacy or isinstance(dropout, (int, float)):
+            if preset is not None or arch is not None:
+                raise ValueError(f"unknown SqueezeEncoder arguments {sorted(legacy)} (give arch fields under arch=)")
+            old = {**legacy, "squeeze_sampler": squeeze_sampler, "learned_rate": learned_rate,
+                   "cif_lambda": cif_lambda, "mask_emb": mask_emb, "masking": masking}  # fmt: skip
+            if dropout is not None:
+                old["dropout"] = dropout
+            new = upgrade_encoder_config(old)
+            arch, dropout = new["arch"], new.get("dropout")
+        arch, squeeze_sampler, learned_rate, masking, dropout = map(_plain, (arch, squeeze_sampler, learned_rate, masking, dropout))
+        if preset is not None:
+            if isinstance(arch, EncoderArch):
+                raise ValueError("give either a preset (with arch overrides) or a full EncoderArch, not both")
+            self.arch = build_arch(preset, **dict(arch or {}))
+        elif arch is not None:
+            self.arch = arch if isinstance(arch, EncoderArch) else build_arch(arch)
         else:
-            raise ValueError(f"expected frontend in ('mel_stack', 'wfe_c', 'wfe_o'), got {frontend!r}")
-        if block not in ("transformer", "conformer"):
-            raise ValueError(f"expected block 'transformer' or 'conformer', got {block!r}")
-        if int(squeeze) != squeeze or squeeze < 1:
-            raise ValueError(f"expected an integer trained squeeze >= 1, got {squeeze}")
-        self.frontend_kind = frontend
-        self._feat_in = feat_in
-        self._feat_out = d_model
-        self.layer_norm_first = layer_norm_first
-        self.layerdrop = layerdrop
-
-        self.projection = FeatureProjection(
-            self.frontend.out_dim, d_model, feature_dropout, layer_norm_eps, feature_layer_norm, feature_projection
-        )
-        self.compressor = SqueezeCompressor(d_model, pos_conv_kernel, pos_conv_groups, int(squeeze), cif_alpha)
+            raise ValueError("SqueezeEncoder needs a preset name or an arch")
         if squeeze_sampler is not None and not ({"squeeze", "q_pool", "kv_pool", "cif_lambda", "seed"} & set(squeeze_sampler)):
             squeeze_sampler = {"squeeze": dict(squeeze_sampler)}  # a bare squeeze spec
         self.sampler = ProfileSampler(**squeeze_sampler) if squeeze_sampler is not None else None
+        rate = LearnedRate.of(learned_rate)
+        self.learned_rate = rate.with_defaults(self.arch.compressor.squeeze) if rate is not None else None
+        variable = self.sampler is not None or self.arch.compressor.cif_alpha or self.learned_rate is not None
+        if variable and self.arch.expander == "sew":
+            self.arch = self.arch.replace(expander="phase")
+        self.dropout_options = Dropout.of(dropout)
+        self.masking = Masking.of(masking)
         self.cif_lambda = float(cif_lambda)
-        self.learned_rate = dict(learned_rate) if learned_rate is not None else None
-        if self.learned_rate is not None:
-            lo, hi = float(self.learned_rate.get("min", 1.0)), float(self.learned_rate.get("max", 8.0))
-            init = float(self.learned_rate.get("init", squeeze))
-            if not lo <= init <= hi and lo >= 1.0:
-                raise ValueError(f"expected 1 <= min <= init <= max for learned_rate, got {self.learned_rate}")
-            # squeeze = lo + (hi - lo) * sigmoid(theta)
-            frac = min(max((init - lo) / max(hi - lo, 1e-6), 1e-4), 1 - 1e-4)
-            self.rate_logit = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
-        variable = self.sampler is not None or cif_alpha or self.learned_rate is not None
-        if expander is None:
-            expander = "phase" if variable else "sew"
-        if expander not in ("sew", "phase"):
-            raise ValueError(f"expected expander 'sew' or 'phase', got {expander!r}")
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)  # post-LN: before the blocks; pre-LN: after
-        self.dropout = nn.Dropout(dropout)
-        heads = _per_layer(num_heads, num_layers, "num_heads")
-        ffns = _per_layer(ffn_dim, num_layers, "ffn_dim")
-        common = dict(
-            head_dim=head_dim,
-            dropout=dropout,
-            attention_dropout=attention_dropout,
-            activation_dropout=activation_dropout,
-            layer_norm_eps=layer_norm_eps,
-        )
-        if block == "transformer":
-            layers = [TransformerLayer(d_model, h, f, layer_norm_first=layer_norm_first, **common) for h, f in zip(heads, ffns)]
-        else:
-            layers = [ConformerLayer(d_model, h, f, conv_kernel=conv_kernel, **common) for h, f in zip(heads, ffns)]
-        self.layers = nn.ModuleList(layers)
-        if not upsample:
-            self.expander: nn.Module | None = None
-        elif expander == "sew":
-            self.expander = SEWUpsampler(d_model, int(squeeze))
-        else:
-            self.expander = PhaseExpander(d_model)
-        self.mask_emb = nn.Parameter(torch.empty(d_model).uniform_()) if mask_emb else None  # fairseq init
-        self.masking = {k: float(v) for k, v in (masking or {}).items()}
-        unknown = set(self.masking) - {"time_prob", "time_length", "channel_prob", "channel_length", "min_masks"}
-        if unknown:
-            raise ValueError(f"unknown masking options {sorted(unknown)}")
-        if self.masking.get("time_prob", 0.0) > 0 and self.mask_emb is None:
+        self._build(mask_emb)
+        if self.masking is not None and self.masking.time_prob > 0 and self.mask_emb is None:
             raise ValueError("time masking replaces frames by the mask embedding: set mask_emb=True")
-        self.sampler_step: int | None = None  # set by the model to the trainer's global step
-        self._train_forwards = 0
-        self.last_rate_penalty: torch.Tensor | None = None
+        self._train_forwards = 0  # draws for stock NeMo models, which call forward() without a draw
         self._profile = CompressionProfile()  # squeeze None = the trained (or learned) factor
+        self._register_load_state_dict_pre_hook(_upgrade_legacy_state_dict)
+
+    def _build(self, mask_emb: bool) -> None:
+        a, d = self.arch, self.dropout_options
+        self.frontend = build_frontend(a.frontend)
+        self.layout = frontend_layout(a.frontend)
+        self.projection = FeatureProjection(
+            a.frontend.out_dim, a.d_model, d.feature, a.layer_norm_eps, a.feature_layer_norm, a.feature_projection
+        )
+        c = a.compressor
+        self.compressor = SqueezeCompressor(a.d_model, c.pos_conv_kernel, c.pos_conv_groups, c.squeeze, c.cif_alpha)
+        if self.learned_rate is not None:
+            r = self.learned_rate  # squeeze = lo + (hi - lo) * sigmoid(theta)
+            frac = min(max((r.init - r.min) / (r.max - r.min), 1e-4), 1 - 1e-4)
+            self.rate_logit = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
+        self.norm = nn.LayerNorm(a.d_model, eps=a.layer_norm_eps)  # post-LN: before the blocks; pre-LN: after
+        self.dropout = nn.Dropout(d.hidden)
+        options = BlockOptions(a.d_model, a.layer_norm_first, d.hidden, d.attention, d.activation, a.layer_norm_eps)
+        self.layers = nn.ModuleList([build_block(spec, options) for spec in a.blocks])
+        expanders = {"none": lambda: None, "sew": lambda: SEWUpsampler(a.d_model, c.squeeze), "phase": lambda: PhaseExpander(a.d_model)}
+        self.expander: nn.Module | None = expanders[a.expander]()
+        self.mask_emb = nn.Parameter(torch.empty(a.d_model).uniform_()) if mask_emb else None  # fairseq init
+
+    # ----------------------------------------------------------------------------------------------
+    # config
+
+    def config_dict(self) -> dict[str, Any]:
+        """This encoder's constructor arguments in today's layout (the full arch): what a ``.nemo`` stores."""
+        out: dict[str, Any] = {"arch": self.arch.to_dict(), "dropout": dataclasses.asdict(self.dropout_options)}
+        if self.sampler is not None:
+            out["squeeze_sampler"] = _plain_sampler(self.sampler)
+        if self.learned_rate is not None:
+            out["learned_rate"] = dataclasses.asdict(self.learned_rate)
+        out["cif_lambda"] = self.cif_lambda
+        out["mask_emb"] = self.mask_emb is not None
+        out["masking"] = dataclasses.asdict(self.masking) if self.masking is not None else None
+        return out
+
+    @property
+    def d_model(self) -> int:
+        return self.arch.d_model
+
+    @property
+    def frontend_dim(self) -> int:
+        return self.arch.frontend.out_dim
+
+    @property
+    def _feat_out(self) -> int:  # NeMo's encoder convention (decoders read feat_out)
+        return self.arch.d_model
+
+    @property
+    def _feat_in(self) -> int:
+        return self.layout.feat_in
+
+    @property
+    def layerdrop(self) -> float:
+        return self.dropout_options.layerdrop
 
     # ----------------------------------------------------------------------------------------------
     # profile
@@ -235,7 +251,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         """The learned squeeze as a differentiable scalar (learned-rate mode), else None."""
         if self.learned_rate is None:
             return None
-        lo, hi = float(self.learned_rate.get("min", 1.0)), float(self.learned_rate.get("max", 8.0))
+        lo, hi = self.learned_rate.min, self.learned_rate.max
         return lo + (hi - lo) * torch.sigmoid(self.rate_logit)
 
     @property
@@ -289,14 +305,32 @@ class SqueezeEncoder(NeuralModule, Exportable):
         self._profile = dataclasses.replace(p, squeeze=None if squeeze is None else float(squeeze))
         return self._profile
 
-    def _training_draw(self) -> tuple[CompressionProfile, float]:
-        """The profile for this training step: drawn from the sampler (same on every DDP rank)."""
-        step = self.sampler_step if self.sampler_step is not None else self._train_forwards
-        self._train_forwards += 1
-        drawn, lam = self.sampler.sample(step)
+    def draw(self, step: int | None = None) -> Draw:
+        """The profile one forward runs at.
+
+        In training with a sampler: the sampler's draw for global step ``step`` (a pure function of the step,
+        so every DDP rank draws the same); ``step=None`` counts this encoder's own training forwards, which
+        is what stock NeMo models get (they call ``forward`` without a draw). Otherwise: the active profile.
+        """
+        if not (self.training and self.sampler is not None):
+            return Draw(self._profile, self.cif_lambda)
+        if step is None:
+            step = self._train_forwards
+        drawn, lam = self.sampler.sample(int(step))
         if drawn.squeeze is None:
             drawn = dataclasses.replace(drawn, squeeze=self._profile.squeeze)
-        return drawn, lam
+        return Draw(drawn, lam)
+
+    def disable_sampler(self) -> None:
+        """Stop drawing training profiles (fine-tuning a stochastic model at one profile)."""
+        self.sampler = None
+
+    def plan(self, profile: CompressionProfile) -> list[LayerPlan]:
+        """One :class:`LayerPlan` per layer for ``profile`` (worked out once per forward)."""
+        n = len(self.layers)
+        q_pool = profile.q_pool or (1,) * n
+        kv_pool = profile.kv_pool or (1,) * n
+        return [LayerPlan(int(q), int(kv), weight_bits=profile.weight_bits) for q, kv in zip(q_pool, kv_pool)]
 
     # ----------------------------------------------------------------------------------------------
     # lengths
@@ -317,43 +351,14 @@ class SqueezeEncoder(NeuralModule, Exportable):
 
     def min_input_length(self) -> int:
         """Shortest input (samples or 10 ms frames) that gives at least one squeezed frame."""
-        return _min_input_length(self.frontend, math.ceil(self.squeeze))
-
-    @staticmethod
-    def min_input_length_for(
-        squeeze: int,
-        frontend: FrontendKind = "mel_stack",
-        feat_in: int = 80,
-        conv_layers: Sequence[Sequence[int]] | None = None,
-        wfe_c: int = 64,
-        wfe_l: int = 1,
-        mel_stack: int = 2,
-        **_: object,
-    ) -> int:
-        """:meth:`min_input_length` from constructor arguments, without building the model."""
-        if frontend == "mel_stack":
-            return _min_input_length(MelStackFrontend(feat_in, mel_stack), squeeze)
-        if conv_layers is None:
-            conv_layers = wfe_c_layers(wfe_c, wfe_l) if frontend == "wfe_c" else wfe_o_layers()
-        strides = [int(layer[2]) for layer in conv_layers]
-        kernels = [int(layer[1]) for layer in conv_layers]
-        rf, stride = 1, 1
-        for k, s in zip(reversed(kernels), reversed(strides)):
-            rf = (rf - 1) * s + k
-        for s in strides:
-            stride *= s
-        return rf + (int(squeeze) - 1) * stride
+        return self.layout.min_input_length(self.squeeze)
 
     # ----------------------------------------------------------------------------------------------
     # NeMo ports
 
     @property
     def input_types(self) -> OrderedDict:
-        if self.frontend_kind == "mel_stack":
-            signal = NeuralType(("B", "D", "T"), SpectrogramType())
-        else:
-            signal = NeuralType(("B", "C", "T"), AudioSignal())
-        return OrderedDict(audio_signal=signal, length=NeuralType(tuple("B"), LengthsType()))
+        return OrderedDict(audio_signal=_PORT_TYPES[self.layout.port], length=NeuralType(tuple("B"), LengthsType()))
 
     @property
     def output_types(self) -> OrderedDict:
@@ -363,19 +368,19 @@ class SqueezeEncoder(NeuralModule, Exportable):
         )
 
     def input_example(self, max_batch: int = 2, max_dim: int = 32000) -> tuple[torch.Tensor, torch.Tensor]:
-        """Example inputs for export: ``max_dim`` samples (waveform) or 10 ms frames (mel)."""
+        """Example inputs for export: ``max_dim`` samples of audio (``max_dim / 160`` frames of a mel front end)."""
         param = next(self.parameters())
-        length = max_dim if self.frontend_kind != "mel_stack" else max(max_dim // 160, self.min_input_length())
-        signal = torch.randn(max_batch, self._feat_in, length, device=param.device, dtype=param.dtype)
+        length = max(self.layout.length(max_dim / 16000.0), self.min_input_length())
+        signal = torch.randn(max_batch, self.layout.feat_in, length, device=param.device, dtype=param.dtype)
         lengths = torch.full((max_batch,), length, dtype=torch.int64, device=param.device)
         lengths[1:] = torch.randint(self.min_input_length(), length + 1, (max_batch - 1,))
         return signal, lengths
 
-    def _check_inputs(self, audio_signal: torch.Tensor, length: torch.Tensor) -> None:
-        if audio_signal.dim() != 3 or audio_signal.shape[1] != self._feat_in:
-            raise ValueError(
-                f"expected audio_signal of shape (B, {self._feat_in}, T), got {tuple(audio_signal.shape)}"
-            )
+    def check_inputs(self, audio_signal: torch.Tensor, length: torch.Tensor) -> None:
+        """Shape, NaN / inf and minimum-length checks with clear errors (skipped while tracing)."""
+        feat_in = self.layout.feat_in
+        if audio_signal.dim() != 3 or audio_signal.shape[1] != feat_in:
+            raise ValueError(f"expected audio_signal of shape (B, {feat_in}, T), got {tuple(audio_signal.shape)}")
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return  # data-dependent checks cannot be traced
         if not bool(torch.isfinite(audio_signal).all()):
@@ -384,97 +389,153 @@ class SqueezeEncoder(NeuralModule, Exportable):
         need = self.min_input_length()
         short = (length < need).nonzero().flatten().tolist()
         if short:
-            unit = "samples" if self.frontend_kind != "mel_stack" else "feature frames"
             raise ValueError(
                 f"input too short for this encoder at squeeze {self.squeeze}: items {short} have lengths "
-                f"{length[short].tolist()} {unit}; the front end's receptive field and the squeeze need at least {need}"
+                f"{length[short].tolist()} {self.layout.unit}; the front end's receptive field and the squeeze "
+                f"need at least {need}"
             )
+
+    _check_inputs = check_inputs  # the name before the contract existed
 
     @typecheck()
     def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_inputs(audio_signal, length)
+        out = self.run(audio_signal, length)
+        return out.hidden.transpose(1, 2), out.lengths  # (B, D, T_out): the only conversion to NeMo's layout
+
+    # ----------------------------------------------------------------------------------------------
+    # stages (library layout)
+
+    def run(self, audio_signal: torch.Tensor, length: torch.Tensor, draw: Draw | None = None) -> EncoderOutput:
+        """The whole encoder on the input port ``(B, C, T)``: features, projection, fine-tuning masking
+        (training), squeeze, blocks, expander. ``draw`` None: :meth:`draw` without a step."""
+        if draw is None:
+            draw = self.draw()
+            if self.training and self.sampler is not None:
+                self._train_forwards += 1
+        self.check_inputs(audio_signal, length)
         x, frames = self.features(audio_signal, length)  # (B, T, C_front) at 20 ms
         x = self.projection(x)  # (B, T, D)
-        if self.training and self.masking:
+        if self.training and self.masking is not None:
             x = self.apply_masking(x, frames)
-        y, lengths = self.encode(x, frames)
-        return y.transpose(1, 2), lengths  # (B, D, T_out): the only conversion to NeMo's layout
+        return self.context(self.squeeze_features(x, frames, draw), draw)
 
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""
-        if self.frontend_kind == "mel_stack":
-            return self.frontend(audio_signal, length)  # (B, T, stack*n_mels)
-        return self.frontend(audio_signal[:, 0, :], length)  # (B, T, C_conv)
+        return self.frontend.from_port(audio_signal, length)
 
     def apply_masking(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fine-tuning masking of projected features ``(B, T, D)``: time spans -> ``mask_emb``, channel spans -> 0."""
         from nemo_sew.ssl.masking import channel_mask, span_mask
 
         m = self.masking
-        if m.get("time_prob", 0.0) > 0:
-            spans = span_mask(lengths, x.shape[1], m["time_prob"], int(m.get("time_length", 10)), int(m.get("min_masks", 2)))
+        if m is None:
+            return x
+        if m.time_prob > 0:
+            spans = span_mask(lengths, x.shape[1], m.time_prob, m.time_length, m.min_masks)
             x = torch.where(spans[..., None], self.mask_emb.to(x.dtype), x)
-        if m.get("channel_prob", 0.0) > 0:
-            channels = channel_mask(x.shape[0], x.shape[2], m["channel_prob"], int(m.get("channel_length", 64)), device=x.device)
+        if m.channel_prob > 0:
+            channels = channel_mask(x.shape[0], x.shape[2], m.channel_prob, m.channel_length, device=x.device)
             x = x.masked_fill(channels[:, None, :], 0.0)
         return x
 
-    def encode(
-        self,
-        x: torch.Tensor,
-        lengths: torch.Tensor,
-        after_squeeze: Any = None,
-        num_layers: int | None = None,
-        expand: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The context network on 20 ms features ``(B, T, D)``: squeeze, blocks (with pooling), expand.
-
-        Args:
-            after_squeeze: ``fn(h, h_len, factor, lam) -> h`` applied to the squeezed sequence before the
-                blocks, with the squeeze factor and CIF mixing weight drawn for this call (the once-for-all
-                pre-training masks there and compresses its targets at the same rate).
-            num_layers: run only the first ``num_layers`` blocks (HuBERT's targets from an inner layer).
-            expand: False returns the squeezed (and pooled) sequence without the expander.
-        """
-        if self.training and self.sampler is not None:
-            profile, lam = self._training_draw()
-        else:
-            profile, lam = self._profile, self.cif_lambda
+    def squeeze_features(self, x: torch.Tensor, lengths: torch.Tensor, draw: Draw) -> Squeezed:
+        """The compressor on projected 20 ms features ``(B, T, D)`` at the draw's factor."""
+        profile, lam = draw.profile, draw.cif_lambda
+        aux: dict[str, torch.Tensor] = {}
         factor: float | torch.Tensor = self.squeeze if profile.squeeze is None else float(profile.squeeze)
         if self.learned_rate is not None and profile.squeeze is None:
             factor = self.learned_squeeze if self.training else float(self.learned_squeeze.detach())
             if self.training:
-                self.last_rate_penalty = self._rate_penalty(factor)
+                aux["rate_penalty"] = self._rate_penalty(factor)
         if not isinstance(factor, torch.Tensor) and factor == int(factor):
             factor = int(factor)
-        t_in = x.shape[1]
         h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
-        if after_squeeze is not None:
-            h = after_squeeze(h, h_len, factor, lam)
-        if not self.layer_norm_first:
+        return Squeezed(h, h_len, frame_map, factor, lam, lengths, x.shape[1], aux)
+
+    def context(
+        self, squeezed: Squeezed, draw: Draw, num_layers: int | None = None, expand: bool = True
+    ) -> EncoderOutput:
+        """The blocks (with their :class:`LayerPlan`) and the expander on a :class:`Squeezed` sequence.
+
+        Args:
+            num_layers: run only the first ``num_layers`` blocks (HuBERT's targets from an inner layer).
+            expand: False returns the squeezed (and pooled) sequence without the expander.
+        """
+        h, h_len, frame_map = squeezed.hidden, squeezed.lengths, squeezed.frame_map
+        if not self.arch.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)
-        q_pool = profile.q_pool or (1,) * len(self.layers)
-        kv_pool = profile.kv_pool or (1,) * len(self.layers)
-        layers = self.layers if num_layers is None else self.layers[:num_layers]
-        for layer, q_stride, kv_stride in zip(layers, q_pool, kv_pool):
-            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop and q_stride == 1:
+        plans = self.plan(draw.profile)
+        layers = list(self.layers) if num_layers is None else list(self.layers)[:num_layers]
+        ran = 0
+        for layer, plan in zip(layers, plans):
+            if self.training and self.layerdrop > 0 and plan.q_stride == 1 and torch.rand(()) < self.layerdrop:
                 continue
-            h, h_len = layer(h, h_len, q_stride, kv_stride)
-            frame_map = frame_map.pooled(q_stride, h_len)
-        if self.layer_norm_first and num_layers is None:
+            h, h_len = layer(h, h_len, plan)
+            frame_map = frame_map.pooled(plan.q_stride, h_len)
+            ran += 1
+        if self.arch.layer_norm_first and num_layers is None:
             h = self.norm(h)
+        factor = squeezed.factor
+        stats = {
+            "squeeze": float(factor.detach()) if isinstance(factor, torch.Tensor) else float(factor),
+            "cif_lambda": float(squeezed.cif_lambda),
+            "q_pool": tuple(p.q_stride for p in plans),
+            "kv_pool": tuple(p.kv_stride for p in plans),
+            "layers": ran,
+        }
         if self.expander is None or not expand:
-            return h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0), h_len
-        return self.expander(h, h_len, frame_map, lengths, t_in)  # (B, T, D) at 20 ms
+            h = h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0)
+            return EncoderOutput(h, h_len, dict(squeezed.aux_losses), stats)
+        y, lengths = self.expander(h, h_len, frame_map, squeezed.frames, squeezed.num_frames)  # (B, T, D) at 20 ms
+        return EncoderOutput(y, lengths, dict(squeezed.aux_losses), stats)
 
     def _rate_penalty(self, squeeze: torch.Tensor) -> torch.Tensor:
-        target = float(self.learned_rate.get("target", self.compressor.factor))
-        weight = float(self.learned_rate.get("penalty", 1.0))
-        return weight * F.relu(target / squeeze - 1.0) ** 2
+        r = self.learned_rate
+        return r.penalty * F.relu(r.target / squeeze - 1.0) ** 2
 
     def learned_frame_period_ms(self, frame_ms: float = 20.0) -> float | None:
         """The learned frame period (learned-rate mode): ``frame_ms * squeeze``."""
         if self.learned_rate is None:
             return None
         return frame_ms * float(self.learned_squeeze.detach())
+
+
+def _plain_sampler(sampler: ProfileSampler) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(sampler):
+        value = getattr(sampler, f.name)
+        out[f.name] = _plain(dict(value)) if isinstance(value, Mapping) else value
+    return out
+
+
+def _upgrade_legacy_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Rename the layer parameters of checkpoints written before blocks were residual branches."""
+    layer_prefix = prefix + "layers."
+    keys = [k for k in state_dict if k.startswith(layer_prefix)]
+    legacy_markers = (".attention.", ".attn_norm.", ".ffn_norm.", ".ffn1_norm.", ".ffn2_norm.", ".conv.pre_norm.")
+    if not any(marker in k[len(layer_prefix) :] for k in keys for marker in legacy_markers):
+        return
+    values = {key: state_dict.pop(key) for key in keys}  # all at once: an old name may be another's new name
+    for key, value in values.items():
+        index, _, local = key[len(layer_prefix) :].partition(".")  # "3", "attention.q_proj.weight"
+        state_dict[f"{layer_prefix}{index}.{legacy_layer_keys(local)}"] = value
+
+
+def encoder_config(preset: str, **overrides: Any) -> dict[str, Any]:
+    """The ``encoder:`` config (without ``_target_``) of preset ``preset`` with ``overrides``: arch fields
+    (``d_model``, ``blocks``, ``compressor``, ``expander``, ...) go under ``arch``; the encoder's other
+    arguments (``dropout``, ``squeeze_sampler``, ...) stay at the top level."""
+    arch_fields = {f.name for f in dataclasses.fields(EncoderArch)} | {"num_layers", "blocks"}
+    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking"}
+    unknown = sorted(set(overrides) - arch_fields - options)
+    if unknown:
+        raise ValueError(f"unknown encoder arguments {unknown}; arch fields: {sorted(arch_fields)}, options: {sorted(options)}")
+    arch = {k: v for k, v in overrides.items() if k in arch_fields}
+    return {"preset": preset, "arch": arch, **{k: v for k, v in overrides.items() if k in options}}
+
+
+def build_encoder(preset: str, **overrides: Any) -> SqueezeEncoder:
+    """Build preset ``preset`` with overrides, e.g. ``build_encoder("sew_tiny", compressor={"squeeze": 4})``
+    or ``build_encoder("tiny_mel", squeeze_sampler={"squeeze": {"values": [1, 2]}})``."""
+    return SqueezeEncoder(**encoder_config(preset, **overrides))

@@ -76,11 +76,9 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
     from omegaconf import open_dict
 
     model = ASRModel.restore_from(str(cfg.init_from_nemo), map_location="cpu")
-    model.encoder.sampler = None
+    model.encoder.disable_sampler()  # the stored arch keeps the factor-agnostic expander
     with open_dict(model.cfg):
         model.cfg.encoder.squeeze_sampler = None
-        if model.cfg.encoder.get("expander") is None and not model.encoder.fixed_factor:
-            model.cfg.encoder.expander = "phase"
         for key in ("train_ds", "validation_ds", "optim"):
             if key in cfg.model:
                 override = OmegaConf.to_container(cfg.model[key], resolve=True)  # resolve ${model.*} here
@@ -135,9 +133,13 @@ def apply_encoder_overrides(cfg: DictConfig) -> DictConfig:
     overrides = cfg.model.get("encoder_overrides")
     if overrides is None:
         return cfg
+    from nemo_sew.options import upgrade_encoder_config, upgrade_encoder_overrides
+
+    base = upgrade_encoder_config(OmegaConf.to_container(cfg.model.encoder, resolve=True))  # an old .nemo's layout too
+    overrides = upgrade_encoder_overrides(OmegaConf.to_container(overrides, resolve=True))
     cfg = cfg.copy()
     with open_dict(cfg):
-        cfg.model.encoder = OmegaConf.merge(cfg.model.encoder, overrides)
+        cfg.model.encoder = OmegaConf.merge(base, overrides)
         del cfg.model["encoder_overrides"]
     return cfg
 

@@ -17,7 +17,7 @@ def _inputs(enc, lengths):
 
 
 def _lengths_for(enc):
-    if enc.frontend_kind == "mel_stack":
+    if enc.layout.port == "spectrogram":
         return [301, 157, 40, 9]
     return [24000, 13377, 5120, 1000]
 
@@ -104,7 +104,7 @@ def test_w2v2_pos_conv_is_squeeze_one():
 
 @pytest.mark.parametrize("preset", FAMILIES)
 def test_gradients_reach_every_parameter(preset):
-    enc = build_encoder(preset, dropout=0.0, attention_dropout=0.0).train()
+    enc = build_encoder(preset, dropout={"hidden": 0.0, "attention": 0.0}).train()
     x, lens = _inputs(enc, _lengths_for(enc)[:2])
     y, y_len = enc(audio_signal=x, length=lens)
     (y.pow(2).sum()).backward()
@@ -118,11 +118,12 @@ def test_every_preset_builds():
 
 
 def test_per_layer_lists():
-    enc = build_encoder("tiny_mel", num_layers=3, num_heads=[1, 2, 3], ffn_dim=[64, 128, 256])
-    assert [layer.attention.num_heads for layer in enc.layers] == [1, 2, 3]
-    assert [layer.ffn.fc1.out_features for layer in enc.layers] == [64, 128, 256]
-    with pytest.raises(ValueError, match="list of 3 ints"):
-        build_encoder("tiny_mel", num_layers=3, num_heads=[1, 2])
+    blocks = [{"heads": 1, "ffn_dims": [64]}, {"heads": 2, "ffn_dims": [128]}, {"heads": 3, "ffn_dims": [256]}]
+    enc = build_encoder("tiny_mel", num_layers=3, blocks=blocks)
+    assert [layer.attn.body.num_heads for layer in enc.layers] == [1, 2, 3]
+    assert [layer.ffn.body.fc1.out_features for layer in enc.layers] == [64, 128, 256]
+    with pytest.raises(ValueError, match="one block override per layer"):
+        build_encoder("tiny_mel", num_layers=3, blocks=blocks[:2])
 
 
 def test_set_profile_errors():

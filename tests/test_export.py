@@ -55,7 +55,7 @@ def test_encoder_parity_every_family(preset, tmp_path):
     assert length.type == "tensor(int64)"
 
     # independent of the checker: a padded batch in onnxruntime equals each item alone in PyTorch
-    lengths = [201, 157, 40] if enc.frontend_kind == "mel_stack" else [20000, 13377, 5120]
+    lengths = [201, 157, 40] if enc.layout.port == "spectrogram" else [20000, 13377, 5120]
     x = torch.randn(len(lengths), enc._feat_in, max(lengths))
     enc.eval()
     got, got_len = _run(result.path, x, torch.tensor(lengths))

@@ -50,7 +50,7 @@ def test_pooling_and_fractional_rates_do_not_leak_padding(preset):
     n = len(enc.layers)
     q_pool = tuple(2 if i == n // 2 else 1 for i in range(n))
     kv_pool = tuple(2 for _ in range(n))
-    lengths = [301, 157, 41] if enc.frontend_kind == "mel_stack" else [24000, 13377, 5120]
+    lengths = [301, 157, 41] if enc.layout.port == "spectrogram" else [24000, 13377, 5120]
     for profile in (
         CompressionProfile(squeeze=1.5),
         CompressionProfile(squeeze=2, q_pool=q_pool),
@@ -62,7 +62,7 @@ def test_pooling_and_fractional_rates_do_not_leak_padding(preset):
 
 
 def test_query_pooling_shortens_the_sequence_without_expander():
-    enc = build_encoder("tiny_mel", upsample=False, squeeze_sampler={"values": [2]}, num_layers=3).eval()
+    enc = build_encoder("tiny_mel", expander="none", squeeze_sampler={"values": [2]}, num_layers=3).eval()
     enc.set_profile(CompressionProfile(squeeze=2, q_pool=(1, 2, 2)))
     x, lens = torch.randn(2, 80, 400), torch.tensor([400, 230])
     with torch.no_grad():
@@ -149,8 +149,7 @@ def _rank_draws(rank, world, port, out):
     enc = build_encoder("tiny_mel", num_layers=2, squeeze_sampler={"squeeze": {"low": 1.0, "high": 4.0}}).train()
     draws = []
     for step in range(8):
-        enc.sampler_step = step
-        draws.append(enc._training_draw()[0].squeeze)
+        draws.append(enc.draw(step).profile.squeeze)
     gathered = [None] * world
     dist.all_gather_object(gathered, draws)
     if rank == 0:
@@ -175,13 +174,19 @@ def test_sampler_draws_agree_across_two_ddp_ranks():
 def test_training_draws_a_new_factor_per_step():
     enc = build_encoder("tiny_mel", num_layers=2, squeeze_sampler={"values": [1, 2, 4]}).train()
     x, lens = torch.randn(2, 80, 200), torch.tensor([200, 120])
-    seen = set()
+    ran, expected = [], []
     for step in range(12):
-        enc.sampler_step = step
-        y, y_len = enc(audio_signal=x, length=lens)
-        assert y.shape[-1] == 100 and y_len.tolist() == [100, 60]  # always back at 20 ms
-        seen.add(ProfileSampler(squeeze={"values": [1, 2, 4]}).sample(step)[0].squeeze)
-    assert seen == {1.0, 2.0, 4.0}
+        out = enc.run(x, lens, enc.draw(step))
+        assert out.hidden.shape[1] == 100 and out.lengths.tolist() == [100, 60]  # always back at 20 ms
+        ran.append(out.stats["squeeze"])  # the factor the encoder actually ran
+        expected.append(ProfileSampler(squeeze={"values": [1, 2, 4]}).sample(step)[0].squeeze)
+    assert ran == expected and set(ran) == {1.0, 2.0, 4.0}
+    # the squeezed length the blocks saw follows the factor (not only the stats)
+    draw = enc.draw(ran.index(4.0))
+    assert enc.squeeze_features(enc.projection(enc.features(x, lens)[0]), torch.tensor([100, 60]), draw).lengths.tolist() == [25, 15]
+    # a stock NeMo model calls forward() without a draw: the encoder counts its own training forwards
+    first = [enc.run(x, lens).stats["squeeze"] for _ in range(12)]
+    assert first == expected
 
 
 def test_gradient_reaches_the_learned_rate():
@@ -189,8 +194,9 @@ def test_gradient_reaches_the_learned_rate():
         "tiny_mel", num_layers=2, learned_rate={"init": 2.5, "min": 1.0, "max": 6.0, "target": 4.0, "penalty": 1.0}
     ).train()
     x, lens = torch.randn(2, 80, 300), torch.tensor([300, 170])
-    y, _ = enc(audio_signal=x, length=lens)
-    loss = y.pow(2).mean() + enc.last_rate_penalty
+    out = enc.run(x, lens)
+    assert set(out.aux_losses) == {"rate_penalty"} and out.stats["squeeze"] == pytest.approx(2.5)
+    loss = out.hidden.pow(2).mean() + out.aux_losses["rate_penalty"]
     loss.backward()
     assert enc.rate_logit.grad is not None and enc.rate_logit.grad.abs() > 0
     assert abs(enc.learned_frame_period_ms() - 50.0) < 1e-3  # 20 ms * 2.5

@@ -127,7 +127,7 @@ def ctc_model_config(
         "encoder": encoder,
         "decoder": {
             "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
-            "feat_in": int(converted.encoder_config["d_model"]),
+            "feat_in": int(converted.encoder.d_model),
             "num_classes": len(labels),
             "vocabulary": labels,
         },

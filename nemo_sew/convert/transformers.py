@@ -43,6 +43,7 @@ from nemo_sew.convert.common import (
     to_nemo_ctc_model,
 )
 from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.options import upgrade_encoder_config
 
 SUPPORTED_MODEL_TYPES = ("sew", "wav2vec2", "hubert")
 
@@ -56,11 +57,11 @@ _NAME_MAP: list[tuple[str, str]] = [
     (r"projection\.projection\.(weight|bias)", r"{proj}.\1"),
     (r"compressor\.conv\.bias", r"encoder.pos_conv_embed.conv.bias"),
     (r"norm\.(weight|bias)", r"encoder.layer_norm.\1"),
-    (r"layers\.(\d+)\.attention\.(q|k|v|out)_proj\.(weight|bias)", r"encoder.layers.\1.attention.\2_proj.\3"),
-    (r"layers\.(\d+)\.attn_norm\.(weight|bias)", r"encoder.layers.\1.layer_norm.\2"),
-    (r"layers\.(\d+)\.ffn\.fc1\.(weight|bias)", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
-    (r"layers\.(\d+)\.ffn\.fc2\.(weight|bias)", r"encoder.layers.\1.feed_forward.output_dense.\2"),
-    (r"layers\.(\d+)\.ffn_norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
+    (r"layers\.(\d+)\.attn\.body\.(q|k|v|out)_proj\.(weight|bias)", r"encoder.layers.\1.attention.\2_proj.\3"),
+    (r"layers\.(\d+)\.attn\.norm\.(weight|bias)", r"encoder.layers.\1.layer_norm.\2"),
+    (r"layers\.(\d+)\.ffn\.body\.fc1\.(weight|bias)", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
+    (r"layers\.(\d+)\.ffn\.body\.fc2\.(weight|bias)", r"encoder.layers.\1.feed_forward.output_dense.\2"),
+    (r"layers\.(\d+)\.ffn\.norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
     (r"expander\.linear\.(weight|bias)", r"encoder.upsample.projection.\1"),
 ]
 _POS_CONV = "encoder.pos_conv_embed.conv."
@@ -100,7 +101,8 @@ def _problems(config: Any) -> list[str]:
 
 
 def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
-    """:class:`nemo_sew.SqueezeEncoder` keyword arguments equal to a transformers SEW / wav2vec 2.0 / HuBERT config.
+    """:class:`nemo_sew.SqueezeEncoder` keyword arguments equal to a transformers SEW / wav2vec 2.0 / HuBERT config:
+    ``{"arch": EncoderArch dict, "dropout": {...}, "mask_emb": bool}``.
 
     Config fields used: ``conv_dim``, ``conv_kernel``, ``conv_stride`` (front end), ``feat_extract_norm``
     (``group`` -> ``group_norm``, ``layer`` -> ``layer_norm``), ``conv_bias``, ``hidden_size``,
@@ -123,7 +125,8 @@ def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
         raise UnsupportedModelError(f"cannot convert this {model_type} config: " + "; ".join(problems))
     sew = model_type == "sew"
     hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
-    return dict(
+    # written as the flat pre-arch arguments (one line per transformers field), read by the one upgrade path
+    return upgrade_encoder_config(dict(
         frontend="wfe_c" if sew else "wfe_o",
         feat_in=1,
         conv_layers=[
@@ -152,7 +155,7 @@ def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
         feature_projection=None if sew else True,  # SEW projects only when widths differ; the others always do
         # transformers creates masked_spec_embed under this condition
         mask_emb=float(getattr(config, "mask_time_prob", 0.0)) > 0 or float(getattr(config, "mask_feature_prob", 0.0)) > 0,
-    )
+    ))
 
 
 def _source_name(ours: str, sew: bool) -> str:

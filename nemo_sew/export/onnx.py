@@ -151,10 +151,10 @@ def _is_ctc_model(obj: Any) -> bool:
 
 def _plan(obj: Any, encoder_only: bool) -> _Plan:
     if isinstance(obj, SqueezeEncoder):
-        waveform = obj.frontend_kind != "mel_stack"
+        waveform = obj.layout.port == "waveform"
         return _Plan(
             graph=_EncoderGraph(obj), root=obj, encoder=obj, kind="encoder",
-            input_kind="waveform" if waveform else "features", channels=obj._feat_in,
+            input_kind="waveform" if waveform else "features", channels=obj.layout.feat_in,
             sample_rate=16000 if waveform else None, input_rate=16000.0 if waveform else 100.0, extra={},
         )  # fmt: skip
     if not _is_ctc_model(obj):
@@ -174,13 +174,13 @@ def _plan(obj: Any, encoder_only: bool) -> _Plan:
     extra: dict[str, Any] = {} if waveform_pre and not encoder_only else {"feature_config": json.dumps(pre_cfg)}
     input_kind = "waveform" if waveform_pre else "features"
     if encoder_only:
-        graph, kind, channels = _EncoderGraph(encoder), "encoder", encoder._feat_in
+        graph, kind, channels = _EncoderGraph(encoder), "encoder", encoder.layout.feat_in
     else:
         vocabulary, tokenizer = _vocabulary(obj)
         extra["vocabulary"] = json.dumps(vocabulary, ensure_ascii=False)
         extra["tokenizer"] = tokenizer
         graph, kind = _CTCGraph(obj.preprocessor if waveform_pre else None, encoder, obj.decoder), "ctc"
-        channels = None if waveform_pre else encoder._feat_in  # (B, N) waveform or (B, n_mels, T) features
+        channels = None if waveform_pre else encoder.layout.feat_in  # (B, N) waveform or (B, n_mels, T) features
     return _Plan(graph, obj, encoder, kind, input_kind, channels, sample_rate, input_rate, extra)
 
 
@@ -301,7 +301,7 @@ def _metadata(plan: _Plan, precision: str, opset: int) -> dict[str, str]:
         "input": plan.input_kind,
         "profile": json.dumps(plan.encoder.profile.to_dict()),
         "squeeze": str(plan.encoder.squeeze),
-        "frontend": plan.encoder.frontend_kind,
+        "frontend": plan.encoder.arch.frontend.kind,
         "min_input_length": str(plan.encoder.min_input_length()),
         "precision": precision,
         "opset": str(opset),

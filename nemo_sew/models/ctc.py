@@ -18,7 +18,10 @@ import torch
 from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.arch import build_arch
+from nemo_sew.encoder import EncoderOutput, SqueezeEncoder
+from nemo_sew.nn.frontend import frontend_layout
+from nemo_sew.options import upgrade_encoder_config
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
 log = logging.getLogger("nemo_sew.models")
@@ -26,6 +29,26 @@ log = logging.getLogger("nemo_sew.models")
 
 def _as_dictconfig(config: DictConfig | dict | None) -> DictConfig | None:
     return OmegaConf.create(config) if isinstance(config, dict) else config
+
+
+def _is_ours(encoder_cfg: Any) -> bool:
+    return encoder_cfg is not None and str(encoder_cfg.get("_target_", "")).startswith("nemo_sew.")
+
+
+def upgraded_model_config(cfg: DictConfig | dict) -> DictConfig:
+    """``cfg`` with a pre-``EncoderArch`` (flat) ``encoder:`` section rewritten to today's layout, so every
+    ``.nemo`` written before the arch existed restores (see :func:`nemo_sew.options.upgrade_encoder_config`)."""
+    cfg = _as_dictconfig(cfg)
+    if not _is_ours(cfg.get("encoder")):
+        return cfg
+    encoder = OmegaConf.to_container(cfg.encoder, resolve=True)
+    upgraded = upgrade_encoder_config(encoder)
+    if upgraded == encoder:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.encoder = upgraded
+    return cfg
 
 
 class ProfileAPIMixin:
@@ -36,6 +59,8 @@ class ProfileAPIMixin:
     def _init_profile(self) -> None:
         if not isinstance(self.encoder, SqueezeEncoder):
             return  # a stock encoder: nothing to set
+        with open_dict(self._cfg):  # the .nemo stores the full arch, not only a preset name
+            self._cfg.encoder = {"_target_": self.cfg.encoder._target_, **self.encoder.config_dict()}
         profile = self.cfg.get("profile")
         if profile is not None:
             self.encoder.set_profile(CompressionProfile.from_dict(OmegaConf.to_container(profile)))
@@ -90,17 +115,17 @@ class DataGuardMixin:
         """Shortest clip (seconds) the encoder can run at its active profile."""
         encoder = getattr(self, "encoder", None)  # NeMo sets up data before it builds the encoder
         if isinstance(encoder, SqueezeEncoder):
-            need, frontend = encoder.min_input_length(), encoder.frontend_kind
-        elif str(self.cfg.encoder.get("_target_", "")).startswith("nemo_sew."):
-            enc_cfg = OmegaConf.to_container(self.cfg.encoder, resolve=True)
-            squeeze = (self.cfg.get("profile") or {}).get("squeeze") or enc_cfg.get("squeeze", 2)
-            need = SqueezeEncoder.min_input_length_for(**{**enc_cfg, "squeeze": math.ceil(float(squeeze))})
-            frontend = enc_cfg.get("frontend", "mel_stack")
+            layout, need = encoder.layout, encoder.min_input_length()
+        elif _is_ours(self.cfg.get("encoder")):
+            enc_cfg = upgrade_encoder_config(OmegaConf.to_container(self.cfg.encoder, resolve=True))
+            arch = build_arch(enc_cfg["preset"], **(enc_cfg.get("arch") or {})) if enc_cfg.get("preset") else build_arch(enc_cfg["arch"])
+            squeeze = (self.cfg.get("profile") or {}).get("squeeze") or arch.compressor.squeeze
+            layout = frontend_layout(arch.frontend)
+            need = layout.min_input_length(squeeze)
         else:
             return 0.0  # a stock NeMo encoder: no known minimum
-        if frontend == "mel_stack":
-            return need * float(self.cfg.preprocessor.get("window_stride", 0.01))
-        return need / float(self.cfg.get("sample_rate", 16000))
+        hop = float(self.cfg.preprocessor.get("window_stride", 0.01) or 0.01)
+        return layout.seconds(need, int(self.cfg.get("sample_rate", 16000)), hop)
 
     def _validated(self, config: DictConfig) -> DictConfig:
         """Validate NeMo JSON manifests before NeMo reads them: bad lines become logged skips."""
@@ -172,22 +197,62 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         with self.profile_scope(profile):
             return super().transcribe(audio, *args, **kwargs)
 
+    def forward(
+        self, input_signal=None, input_signal_length=None, processed_signal=None, processed_signal_length=None
+    ):
+        """NeMo's forward (log-probs, encoded lengths, greedy predictions) at the active profile."""
+        log_probs, encoded_len, predictions, _ = self.forward_with_draw(
+            input_signal, input_signal_length, processed_signal, processed_signal_length
+        )
+        return log_probs, encoded_len, predictions
+
+    def forward_with_draw(
+        self, input_signal=None, input_signal_length=None, processed_signal=None, processed_signal_length=None, draw=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, EncoderOutput | None]:
+        """NeMo's forward with an explicit encoder :class:`~nemo_sew.encoder.Draw`, also returning the
+        :class:`~nemo_sew.encoder.EncoderOutput` (its ``aux_losses`` and ``stats``); stock encoders give None."""
+        if not isinstance(self.encoder, SqueezeEncoder):
+            return (*super().forward(input_signal, input_signal_length, processed_signal, processed_signal_length), None)
+        if processed_signal is None:
+            if input_signal is None or input_signal_length is None:
+                raise ValueError("expected input_signal and input_signal_length, or processed_signal and its lengths")
+            processed_signal, processed_signal_length = self.preprocessor(input_signal=input_signal, length=input_signal_length)
+        if self.spec_augmentation is not None and self.training:
+            processed_signal = self.spec_augmentation(input_spec=processed_signal, length=processed_signal_length)
+        out = self.encoder.run(processed_signal, processed_signal_length, draw)
+        log_probs = self.decoder(encoder_output=out.hidden.transpose(1, 2))  # NeMo's (B, D, T) at the boundary
+        return log_probs, out.lengths, log_probs.argmax(dim=-1), out
+
     def training_step(self, batch, batch_nb):
-        encoder = self.encoder if isinstance(self.encoder, SqueezeEncoder) else None
-        if encoder is not None:
-            encoder.sampler_step = int(self.trainer.global_step)  # same profile draw on every DDP rank
-        out = super().training_step(batch, batch_nb)
-        if encoder is not None and encoder.learned_rate is not None and encoder.last_rate_penalty is not None:
-            out["loss"] = out["loss"] + encoder.last_rate_penalty
-            self.log("rate_penalty", encoder.last_rate_penalty.detach())
-            self.log("learned_frame_period_ms", encoder.learned_frame_period_ms())
-        loss = out["loss"]
+        if not isinstance(self.encoder, SqueezeEncoder) or self.is_interctc_enabled():
+            return super().training_step(batch, batch_nb)
+        signal, signal_len, transcript, transcript_len = batch
+        step = int(self.trainer.global_step)
+        draw = self.encoder.draw(step)  # the same profile on every DDP rank
+        log_probs, encoded_len, predictions, out = self.forward_with_draw(signal, signal_len, draw=draw)
+        loss = self.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len)
+        loss = self.add_auxiliary_losses(loss)  # NeMo's registry (adapters etc.), as in its training_step
+        for name, value in out.aux_losses.items():
+            loss = loss + value
+            self.log(name, value.detach())
+        if self.encoder.learned_rate is not None:
+            self.log("learned_frame_period_ms", self.encoder.learned_frame_period_ms())
+        if self.encoder.sampler is not None:
+            self.log("train_squeeze", out.stats["squeeze"])
+        logs = {"train_loss": loss.detach(), "learning_rate": self._optimizer.param_groups[0]["lr"],
+                "global_step": torch.tensor(step, dtype=torch.float32)}  # fmt: skip
+        every = self._trainer.log_every_n_steps if getattr(self, "_trainer", None) is not None else 1
+        if (batch_nb + 1) % every == 0:  # NeMo's training WER, on the same schedule as its training_step
+            self.wer.update(predictions=log_probs, targets=transcript, targets_lengths=transcript_len,
+                            predictions_lengths=encoded_len)  # fmt: skip
+            wer, _, _ = self.wer.compute()
+            self.wer.reset()
+            logs["training_batch_wer"] = wer
         if not torch.isfinite(loss):
             # DDP-safe skip: a zero loss still touches every parameter, so all ranks reduce the same grads
-            log.warning("non-finite training loss at step %d; this batch is skipped", self.trainer.global_step)
-            out["loss"] = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
-        return out
-
+            log.warning("non-finite training loss at step %d; this batch is skipped", step)
+            loss = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        return {"loss": loss, "log": logs}  # the form NeMo's training_step returns
 
     # ---------------------------------------------------------------------------------- fine-tuning
 
@@ -199,7 +264,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         if encoder is None:
             return
         opts = self.cfg.get("finetune") or {}
-        if encoder.mask_emb is not None and encoder.masking.get("time_prob", 0.0) <= 0:
+        if encoder.mask_emb is not None and (encoder.masking is None or encoder.masking.time_prob <= 0):
             encoder.mask_emb.requires_grad_(False)  # unused without time masking (DDP needs every trainable grad)
         if opts.get("freeze_frontend"):
             encoder.frontend.requires_grad_(False)
@@ -224,7 +289,7 @@ class SqueezeCTCModel(SqueezeProfileMixin, EncDecCTCModel):
     """Character CTC model (NeMo ``EncDecCTCModel``) with the compression-profile API."""
 
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
-        super().__init__(cfg=cfg, trainer=trainer)
+        super().__init__(cfg=upgraded_model_config(cfg), trainer=trainer)
         self._init_profile()
         self._init_finetuning()
 
@@ -236,6 +301,6 @@ class SqueezeCTCModelBPE(SqueezeProfileMixin, EncDecCTCModelBPE):
     """
 
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
-        super().__init__(cfg=cfg, trainer=trainer)
+        super().__init__(cfg=upgraded_model_config(cfg), trainer=trainer)
         self._init_profile()
         self._init_finetuning()

@@ -25,6 +25,7 @@ sequence, and targets pooled to the squeezed rate with the compressor's own weig
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -36,8 +37,8 @@ from nemo.core.classes import ModelPT
 from nemo.core.classes.common import PretrainedModelInfo
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_sew.encoder import SqueezeEncoder
-from nemo_sew.models.ctc import DataGuardMixin, ProfileAPIMixin, _as_dictconfig
+from nemo_sew.encoder import Draw, SqueezeEncoder
+from nemo_sew.models.ctc import DataGuardMixin, ProfileAPIMixin, _as_dictconfig, upgraded_model_config
 from nemo_sew.nn.frontend import time_mask
 from nemo_sew.ssl.heads import MLPHead
 from nemo_sew.ssl.losses import contrastive_loss, masked_prediction_loss, sample_negatives
@@ -89,7 +90,7 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
     """Self-supervised pre-training of a :class:`nemo_sew.SqueezeEncoder` (see the module docstring)."""
 
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
-        cfg = _as_dictconfig(cfg)
+        cfg = upgraded_model_config(cfg)
         with open_dict(cfg):
             cfg.setdefault("labels", ENGLISH_CHARS)  # the char dataset parses transcripts; they are unused
             cfg.encoder.mask_emb = True
@@ -112,8 +113,8 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         if not self.compressed and self.encoder.expander is None:
             raise ValueError("SEW-style pre-training scores 20 ms frames: the encoder needs upsample=true "
                              "(or set compressed_targets=true for the once-for-all variant)")
-        d_model = int(self.encoder._feat_out)
-        front_dim = int(self.encoder.frontend.out_dim)
+        d_model = int(self.encoder.d_model)
+        front_dim = int(self.encoder.frontend_dim)
         if self.objective == "wav2vec2":
             o = self.cfg.wav2vec2
             cb = o.codebook
@@ -170,20 +171,25 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
 
     # ---------------------------------------------------------------------------------- forward
 
-    def forward(self, input_signal: torch.Tensor, input_signal_length: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Waveforms ``(B, N)`` -> the loss and its parts (a dict of scalars)."""
+    def forward(
+        self, input_signal: torch.Tensor, input_signal_length: torch.Tensor, draw: Draw | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Waveforms ``(B, N)`` -> the loss and its parts (a dict of scalars).
+
+        ``draw``: the encoder's profile for this step (:meth:`SqueezeEncoder.draw`); None = the active one.
+        """
         enc = self.encoder
+        draw = draw if draw is not None else enc.draw()
         signal, signal_len = self.preprocessor(input_signal=input_signal, length=input_signal_length)
-        enc._check_inputs(signal, signal_len)
+        enc.check_inputs(signal, signal_len)
         feats, frames = enc.features(signal, signal_len)  # (B, T, C_front) at 20 ms
         if self.training and float(self.cfg.feature_grad_mult) != 1.0:
             feats = _GradMultiply.apply(feats, float(self.cfg.feature_grad_mult))
         t = feats.shape[1]
         valid = time_mask(frames, t)
         feature_pen = feats.float().pow(2)[valid].mean()
-        proj = enc.projection
-        normed = proj.layer_norm(feats) if proj.layer_norm is not None else feats
-        x = proj.dropout(proj.projection(normed) if proj.projection is not None else normed)  # (B, T, D)
+        normed = enc.projection.normalize(feats)
+        x = enc.projection.project(normed)  # (B, T, D): the encoder's own projection
 
         if self.objective == "wav2vec2":
             target_src = self.target_dropout(normed)  # unmasked features, (B, T, C_front)
@@ -194,21 +200,20 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         if not self.compressed:
             mask, out_len = span_mask(frames, t, float(m.prob), int(m.length), int(m.get("min_masks", 2))), frames
             x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
-            y, _ = enc.encode(x, frames)  # (B, T, D) back at 20 ms
+            encoded = enc.context(enc.squeeze_features(x, frames, draw), draw)  # (B, T, D) back at 20 ms
         else:
-            holder: dict[str, Any] = {}
-
-            def mask_squeezed(h: torch.Tensor, h_len: torch.Tensor, factor, lam: float) -> torch.Tensor:
-                mask = span_mask(h_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
-                holder.update(len=h_len, squeeze=(factor, lam), mask=mask)
-                return torch.where(mask[..., None], enc.mask_emb.to(h.dtype), h)
-
-            y, _ = enc.encode(x, frames, after_squeeze=mask_squeezed, expand=False)  # (B, T', D)
-            mask, out_len = holder["mask"], holder["len"]
-            if y.shape[1] != mask.shape[1]:
+            squeezed = enc.squeeze_features(x, frames, draw)
+            h, out_len = squeezed.hidden, squeezed.lengths
+            mask = span_mask(out_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
+            squeezed = dataclasses.replace(squeezed, hidden=torch.where(mask[..., None], enc.mask_emb.to(h.dtype), h))
+            encoded = enc.context(squeezed, draw, expand=False)  # (B, T', D)
+            if encoded.hidden.shape[1] != mask.shape[1]:
                 raise ValueError("compressed_targets needs an output at the squeezed rate: no q_pool in its profiles")
-            factor, lam = holder["squeeze"]
-            target_src, _ = enc.compressor.integrate(target_src, x, frames, factor, lam, keep_tail=not self.training)
+            # the targets are pooled at the factor this forward ran at (a tensor for a learned rate)
+            target_src, _ = enc.compressor.integrate(
+                target_src, x, frames, squeezed.factor, squeezed.cif_lambda, keep_tail=not self.training
+            )
+        y = encoded.hidden
         if not bool(mask.any()):  # possible with min_masks=0: score one frame per item rather than stop the run
             log.warning("no frame was masked in this batch; scoring the first frame of each utterance")
             mask = torch.zeros_like(mask)
@@ -236,6 +241,10 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
                 unmasked, _ = masked_prediction_loss(self.final_proj(y[keep]), self.label_emb, labels[keep], float(o.temperature))
                 total = total + float(o.unmasked_weight) * unmasked
         total = total + float(o.feature_penalty_weight) * feature_pen
+        for name, value in encoded.aux_losses.items():  # the learned rate's penalty, ...
+            total = total + value
+            out[name] = value.detach()
+        out["squeeze"] = torch.tensor(encoded.stats["squeeze"])
         out.update(loss=total, accuracy=accuracy.detach(), feature_penalty=feature_pen.detach(),
                    masked_fraction=mask.float().sum() / time_mask(out_len, mask.shape[1]).float().sum())  # fmt: skip
         return out
@@ -248,10 +257,10 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         return batch.audio, batch.audio_lens  # lhotse / newer NeMo batch objects
 
     def training_step(self, batch: Any, batch_idx: int):
-        self.encoder.sampler_step = int(self.trainer.global_step)  # same profile draw on every DDP rank
+        step = int(self.trainer.global_step)
         if self.objective == "wav2vec2":
-            self.quantizer.set_num_updates(int(self.trainer.global_step))
-        out = self(*self._batch_audio(batch))
+            self.quantizer.set_num_updates(step)
+        out = self(*self._batch_audio(batch), draw=self.encoder.draw(step))  # the same draw on every DDP rank
         loss = out["loss"]
         if not torch.isfinite(loss):
             log.warning("non-finite training loss at step %d; this batch is skipped", self.trainer.global_step)
@@ -262,8 +271,7 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             self.log("learning_rate", self.trainer.optimizers[0].param_groups[0]["lr"])
         if self.objective == "wav2vec2":
             self.log("codebook_temp", float(self.quantizer.curr_temp))
-        if self.encoder.learned_rate is not None and self.encoder.last_rate_penalty is not None:
-            loss = loss + self.encoder.last_rate_penalty
+        if self.encoder.learned_rate is not None:
             self.log("learned_frame_period_ms", self.encoder.learned_frame_period_ms())
         return {"loss": loss}
 

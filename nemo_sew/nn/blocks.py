@@ -1,16 +1,54 @@
-"""Encoder blocks: attention-only transformer layers (pre/post-LN) and conformer layers.
+"""Encoder blocks as sequences of residual branches, built from a :class:`nemo_sew.arch.BlockSpec`.
 
-Heads and FFN widths are per-layer arguments, so a pruned model is only another configuration.
+A block is a list of :class:`Residual` branches (``Residual(norm, body)``: attention, FFN, conformer conv
+module) plus, for conformers, a final LayerNorm. Pre-LN and post-LN are decided in one place,
+:meth:`Residual.forward`:
+
+* pre-LN:  ``x <- x + scale * dropout(body(norm(x)))``
+* post-LN: ``x <- norm(x + scale * dropout(body(x)))``  (SEW, wav2vec 2.0 base)
+
+A branch that is **switched off** (:class:`LayerPlan`, I3D gates, pruning to width 0) is an exact identity
+``x <- x`` in both layouts. For post-LN that means the branch's LayerNorm is skipped too: normalising
+``x`` without adding anything would change the residual stream, so "off" skips ``norm(x + ...)`` as a
+whole. (With query pooling the identity still pools the residual, so the time axis stays consistent.)
+
+Per forward, the encoder turns its active profile into one :class:`LayerPlan` per layer; blocks read their
+plan and nothing else. Adding a block kind: add it to :data:`nemo_sew.arch.FFNS_PER_BLOCK` and write one
+builder in :data:`BLOCK_BUILDERS` that returns its named branches.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nemo_sew.arch import BlockSpec
 from nemo_sew.nn.frontend import can_overwrite, time_mask
 from nemo_sew.nn.pooling import masked_avg_pool
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The per-forward decisions of one layer, worked out from the active profile once per forward.
+
+    Args:
+        q_stride: query pooling stride of the attention branch (shortens this and every later layer).
+        kv_stride: key/value pooling stride (cuts attention cost only).
+        off: names of branches switched off for this forward (an exact identity; see the module docstring).
+        weight_bits: weight-only quantization of this layer's weights (16 = full precision).
+    """
+
+    q_stride: int = 1
+    kv_stride: int = 1
+    off: frozenset[str] = frozenset()
+    weight_bits: int = 16
+
+    def runs(self, branch: str) -> bool:
+        return branch not in self.off
 
 
 class SelfAttention(nn.Module):
@@ -34,9 +72,7 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, inner)
         self.out_proj = nn.Linear(inner, dim)
 
-    def forward(
-        self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
         """x: queries ``(B, Tq, C)``; kv: keys/values ``(B, Tk, C)`` (default ``x``); key_mask: ``(B, Tk)`` True = valid."""
         kv = x if kv is None else kv
         b, tq, _ = x.shape
@@ -52,6 +88,8 @@ class SelfAttention(nn.Module):
         )  # (B, H, Tq, d)
         y = y.transpose(1, 2).reshape(b, tq, self.num_heads * self.head_dim)  # (B, Tq, H*d)
         return self.out_proj(y)
+
+    forward = attend
 
 
 def pooled_attention_inputs(
@@ -98,116 +136,202 @@ def _activation(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return F.silu(h, inplace=True) if type(act) is nn.SiLU else F.relu(h, inplace=True)
 
 
-class TransformerLayer(nn.Module):
-    """wav2vec 2.0 / SEW transformer layer (fairseq ``TransformerSentenceEncoderLayer``).
+class AttentionBody(SelfAttention):
+    """The attention branch's body: MViT-style pooling of its input, then :class:`SelfAttention`.
 
-    Args:
-        layer_norm_first: False = post-LN (base models, SEW: ``x = LN(x + attn(x)); x = LN(x + ffn(x))``);
-            True = pre-LN (large models: ``x = x + attn(LN(x)); x = x + ffn(LN(x))``).
-        dropout: residual dropout (fairseq ``dropout``); ``attention_dropout``, ``activation_dropout`` as in fairseq.
+    Queries are pooled by ``plan.q_stride`` (the output has the pooled length), keys/values by
+    ``plan.kv_stride``; the residual is pooled with the queries by :class:`Residual`.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_dim: int,
-        head_dim: int = 64,
-        layer_norm_first: bool = False,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation_dropout: float = 0.0,
-        layer_norm_eps: float = 1e-5,
-    ) -> None:
-        super().__init__()
-        self.layer_norm_first = layer_norm_first
-        self.attention = SelfAttention(dim, num_heads, head_dim, attention_dropout)
-        self.attn_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.ffn = FeedForward(dim, ffn_dim, activation_dropout)
-        self.ffn_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+    pools = True
 
-    def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, q_stride: int = 1, kv_stride: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)`` and the new lengths."""
-        if self.layer_norm_first:
-            h, q_len, h_kv, kv_mask = pooled_attention_inputs(self.attn_norm(x), lengths, q_stride, kv_stride)
-            x, _ = masked_avg_pool(x, lengths, q_stride)  # the residual is pooled with the queries
-            x = x + self.dropout(self.attention(h, kv_mask, h_kv))
-            return x + self.dropout(self.ffn(self.ffn_norm(x))), q_len
-        xq, q_len, x_kv, kv_mask = pooled_attention_inputs(x, lengths, q_stride, kv_stride)
-        x = self.attn_norm(xq + self.dropout(self.attention(xq, kv_mask, x_kv)))
-        return self.ffn_norm(x + self.dropout(self.ffn(x))), q_len
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        hq, q_len, h_kv, kv_mask = pooled_attention_inputs(h, lengths, plan.q_stride, plan.kv_stride)
+        return self.attend(hq, kv_mask, h_kv), q_len
+
+
+class FeedForwardBody(FeedForward):
+    """The FFN branch's body (:class:`FeedForward` with the branch signature)."""
+
+    pools = False
+
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(h), lengths
 
 
 class ConvModule(nn.Module):
-    """Conformer convolution module: pointwise (GLU) -> depthwise conv -> norm -> swish -> pointwise.
+    """Conformer convolution module body: pointwise (GLU) -> depthwise conv -> norm -> swish -> pointwise.
 
-    Padded frames are zeroed before the depthwise conv, so they cannot leak into valid frames. The norm is
-    a channel LayerNorm (NeMo's ``conv_norm_type=layer_norm``) rather than BatchNorm, so training
-    statistics do not depend on the padding or the batch either.
+    ``channels`` is the module's inner width (``BlockSpec.conv_channels``; ``d_model`` in a full-size
+    conformer). Padded frames are zeroed before the depthwise conv, so they cannot leak into valid frames.
+    The norm is a channel LayerNorm (NeMo's ``conv_norm_type=layer_norm``) rather than BatchNorm, so
+    training statistics do not depend on the padding or the batch either. Its pre-norm is the
+    :class:`Residual`'s norm.
     """
 
-    def __init__(self, dim: int, kernel: int = 31, dropout: float = 0.0) -> None:
+    pools = False
+
+    def __init__(self, dim: int, channels: int, kernel: int = 31) -> None:
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"expected an odd depthwise kernel, got {kernel}")
-        self.pre_norm = nn.LayerNorm(dim)
-        self.pointwise1 = nn.Conv1d(dim, 2 * dim, 1)
-        self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
-        self.norm = nn.LayerNorm(dim)
-        self.pointwise2 = nn.Conv1d(dim, dim, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.pointwise1 = nn.Conv1d(dim, 2 * channels, 1)
+        self.depthwise = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.pointwise2 = nn.Conv1d(channels, dim, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        y = self.pre_norm(x).transpose(1, 2)  # (B, C, T)
-        y = F.glu(self.pointwise1(y), dim=1)  # (B, C, T)
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = time_mask(lengths, h.shape[1])
+        y = F.glu(self.pointwise1(h.transpose(1, 2)), dim=1)  # (B, C, T)
         y = y.masked_fill(~mask[:, None, :], 0.0)
         y = self.depthwise(y)  # (B, C, T)
         y = F.silu(self.norm(y.transpose(1, 2))).transpose(1, 2)  # (B, C, T)
-        y = self.pointwise2(y).transpose(1, 2)  # (B, T, C)
-        return self.dropout(y)
+        return self.pointwise2(y).transpose(1, 2), lengths  # (B, T, D)
 
 
-class ConformerLayer(nn.Module):
-    """Conformer layer (Gulati et al.): ``x + FFN/2``, ``x + MHSA``, ``x + Conv``, ``x + FFN/2``, LayerNorm.
+class Residual(nn.Module):
+    """One residual branch ``Residual(norm, body)``; pre-LN or post-LN is decided here and nowhere else.
 
-    Every sub-module is pre-normed; positions come from the compressor's convolutional positional
-    embedding, as in wav2vec 2.0-conformer with ``position_embeddings_type=None``.
+    Args:
+        norm: the branch's LayerNorm (before the body in pre-LN, after the sum in post-LN).
+        body: ``body(h, lengths, plan) -> (y, lengths)``; a body whose class sets ``pools = True`` may
+            shorten the time axis (query pooling), and the residual is pooled with it.
+        post_norm: post-LN layout.
+        scale: the branch output's weight (conformer FFNs: 0.5).
+        dropout: residual dropout on the branch output.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_dim: int,
-        head_dim: int = 64,
-        conv_kernel: int = 31,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation_dropout: float = 0.0,
-        layer_norm_eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, norm: nn.Module, body: nn.Module, post_norm: bool, scale: float = 1.0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.ffn1_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.ffn1 = FeedForward(dim, ffn_dim, activation_dropout, activation="swish")
-        self.attn_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.attention = SelfAttention(dim, num_heads, head_dim, attention_dropout)
-        self.conv = ConvModule(dim, conv_kernel, dropout)
-        self.ffn2_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
-        self.ffn2 = FeedForward(dim, ffn_dim, activation_dropout, activation="swish")
-        self.final_norm = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.norm, self.body = norm, body
+        self.post_norm, self.scale = post_norm, scale
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, q_stride: int = 1, kv_stride: int = 1
+        self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, active: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        stride = plan.q_stride if getattr(self.body, "pools", False) else 1
+        if not active:  # an exact identity (only the residual's pooling, when the branch pools)
+            return masked_avg_pool(x, lengths, stride)
+        h = x if self.post_norm else self.norm(x)
+        y, out_len = self.body(h, lengths, plan)
+        skip = x if stride == 1 else masked_avg_pool(x, lengths, stride)[0]
+        y = self.dropout(y)
+        out = skip + (y if self.scale == 1.0 else self.scale * y)
+        return (self.norm(out) if self.post_norm else out), out_len
+
+
+class Block(nn.Module):
+    """One encoder layer: named :class:`Residual` branches run in order, then an optional final norm.
+
+    Branch names (``attn``, ``ffn``, ``ffn1``, ``conv``, ``ffn2``) are what a :class:`LayerPlan` switches off.
+    A branch of width 0 in the spec is absent; an absent attention branch with a query-pooling plan still
+    pools the residual stream.
+    """
+
+    def __init__(self, branches: dict[str, Residual], final_norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.branch_names = tuple(branches)
+        for name, branch in branches.items():
+            self.add_module(name, branch)
+        self.final_norm = final_norm
+
+    def branches(self) -> dict[str, Residual]:
+        return {name: getattr(self, name) for name in self.branch_names}
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)`` and the new lengths."""
-        x = x + 0.5 * self.dropout(self.ffn1(self.ffn1_norm(x)))
-        h, q_len, h_kv, kv_mask = pooled_attention_inputs(self.attn_norm(x), lengths, q_stride, kv_stride)
-        x, _ = masked_avg_pool(x, lengths, q_stride)
-        x = x + self.dropout(self.attention(h, kv_mask, h_kv))
-        x = x + self.conv(x, time_mask(q_len, x.shape[1]))
-        x = x + 0.5 * self.dropout(self.ffn2(self.ffn2_norm(x)))
-        return self.final_norm(x), q_len
+        if plan.q_stride > 1 and "attn" not in self.branch_names:
+            x, lengths = masked_avg_pool(x, lengths, plan.q_stride)
+        for name in self.branch_names:
+            x, lengths = getattr(self, name)(x, lengths, plan, plan.runs(name))
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, lengths
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """What a block needs besides its spec: the model width, the LN layout, dropouts and eps."""
+
+    d_model: int
+    layer_norm_first: bool = False
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+
+    def norm(self, dim: int | None = None) -> nn.LayerNorm:
+        return nn.LayerNorm(self.d_model if dim is None else dim, eps=self.layer_norm_eps)
+
+
+def _attn(spec: BlockSpec, o: BlockOptions, post_norm: bool) -> Residual:
+    body = AttentionBody(o.d_model, spec.heads, spec.head_dim, o.attention_dropout)
+    return Residual(o.norm(), body, post_norm, dropout=o.dropout)
+
+
+def _ffn(width: int, o: BlockOptions, post_norm: bool, activation: str, scale: float = 1.0) -> Residual:
+    body = FeedForwardBody(o.d_model, width, o.activation_dropout, activation)
+    return Residual(o.norm(), body, post_norm, scale=scale, dropout=o.dropout)
+
+
+def transformer_branches(spec: BlockSpec, o: BlockOptions) -> tuple[dict[str, Residual], nn.Module | None]:
+    """wav2vec 2.0 / SEW layer (fairseq ``TransformerSentenceEncoderLayer``): attention, FFN; pre- or post-LN."""
+    post = not o.layer_norm_first
+    branches: dict[str, Residual] = {}
+    if spec.heads:
+        branches["attn"] = _attn(spec, o, post)
+    if spec.ffn_dims[0]:
+        branches["ffn"] = _ffn(spec.ffn_dims[0], o, post, "gelu")
+    return branches, None
+
+
+def conformer_branches(spec: BlockSpec, o: BlockOptions) -> tuple[dict[str, Residual], nn.Module | None]:
+    """Conformer layer (Gulati et al.): ``FFN/2, MHSA, Conv, FFN/2``, each pre-normed, then a LayerNorm.
+
+    Positions come from the compressor's convolutional positional embedding, as in wav2vec 2.0-conformer
+    with ``position_embeddings_type=None``.
+    """
+    branches: dict[str, Residual] = {}
+    if spec.ffn_dims[0]:
+        branches["ffn1"] = _ffn(spec.ffn_dims[0], o, False, "swish", scale=0.5)
+    if spec.heads:
+        branches["attn"] = _attn(spec, o, False)
+    if spec.conv_channels:
+        conv = ConvModule(o.d_model, spec.conv_channels, spec.conv_kernel)
+        branches["conv"] = Residual(nn.LayerNorm(o.d_model), conv, False, dropout=o.dropout)
+    if spec.ffn_dims[1]:
+        branches["ffn2"] = _ffn(spec.ffn_dims[1], o, False, "swish", scale=0.5)
+    return branches, o.norm()
+
+
+BLOCK_BUILDERS: dict[str, Callable[[BlockSpec, BlockOptions], tuple[dict[str, Residual], nn.Module | None]]] = {
+    "transformer": transformer_branches,
+    "conformer": conformer_branches,
+}
+
+
+def build_block(spec: BlockSpec, options: BlockOptions) -> Block:
+    """The module of one :class:`~nemo_sew.arch.BlockSpec`."""
+    if spec.kind not in BLOCK_BUILDERS:
+        raise ValueError(f"no builder for block kind {spec.kind!r}; known: {sorted(BLOCK_BUILDERS)}")
+    branches, final_norm = BLOCK_BUILDERS[spec.kind](spec, options)
+    return Block(branches, final_norm)
+
+
+def legacy_layer_keys(key: str) -> str:
+    """The name of a pre-``EncoderArch`` layer parameter (``attention``, ``attn_norm``, ``ffn_norm``, ...) today.
+
+    ``key`` is relative to one layer (``attention.q_proj.weight``); used to restore ``.nemo`` files and
+    checkpoints written before blocks became residual branches.
+    """
+    renames = (
+        ("attention.", "attn.body."), ("attn_norm.", "attn.norm."),
+        ("ffn_norm.", "ffn.norm."), ("ffn1_norm.", "ffn1.norm."), ("ffn2_norm.", "ffn2.norm."),
+        ("ffn.", "ffn.body."), ("ffn1.", "ffn1.body."), ("ffn2.", "ffn2.body."),
+        ("conv.pre_norm.", "conv.norm."), ("conv.", "conv.body."),
+    )  # fmt: skip
+    for old, new in renames:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key

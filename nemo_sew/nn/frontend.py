@@ -5,36 +5,69 @@ Layout everywhere in ``nemo_sew.nn``: ``(batch, time, channels)`` plus a lengths
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ConvLayer = tuple[int, int, int]  # (out_channels, kernel, stride)
+from nemo_sew.arch import ConvLayer, FrontendSpec, wfe_c_layers, wfe_o_layers  # noqa: F401 (re-exported)
 
 
-def wfe_o_layers(channels: int = 512) -> list[ConvLayer]:
-    """wav2vec 2.0's original wave feature extractor (WFE-O): 7 convs, stride 320, receptive field 400.
-
-    Maps to fairseq ``conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"``.
-    """
-    return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
-
-
-def wfe_c_layers(c: int = 64, extra_1x1: int = 1) -> list[ConvLayer]:
-    """SEW's compact wave feature extractor (WFE-C): channels double each time the rate drops 4x.
+@dataclass(frozen=True)
+class FrontendLayout:
+    """What a front end takes in, in which units, and how much of it one output frame needs.
 
     Args:
-        c: width of the first layer (SEW ``wfe_c``; 64 gives 13 layers ending at 512 channels).
-        extra_1x1: number of 1x1 convs after each strided conv (SEW ``wfe_l``).
+        port: ``waveform`` (``(B, 1, samples)`` from :class:`nemo_sew.WaveformPreprocessor`) or ``spectrogram``
+            (``(B, n_mels, 10 ms frames)`` from NeMo's mel preprocessor).
+        feat_in: input channels (1 or ``n_mels``).
+        unit: the input length unit, for messages (``samples`` or ``feature frames``).
+        receptive_field: input units one 20 ms output frame needs.
+        stride: input units per 20 ms output frame.
     """
-    stages = [(2 * c, 3, 2), (2 * c, 3, 2), (4 * c, 3, 2), (4 * c, 3, 2), (8 * c, 2, 2), (8 * c, 2, 2)]
-    layers: list[ConvLayer] = [(c, 10, 5)]
-    for ch, k, s in stages:
-        layers.append((ch, k, s))
-        layers.extend([(ch, 1, 1)] * extra_1x1)
-    return layers
+
+    port: Literal["waveform", "spectrogram"]
+    feat_in: int
+    unit: str
+    receptive_field: int
+    stride: int
+
+    def min_input_length(self, squeeze: float = 1) -> int:
+        """Shortest input (in :attr:`unit`) that gives at least one frame after squeezing by ``squeeze``."""
+        return self.receptive_field + (math.ceil(float(squeeze)) - 1) * self.stride
+
+    def units_per_second(self, sample_rate: int = 16000, hop_seconds: float = 0.01) -> float:
+        """Input units per second of audio: the sample rate, or feature frames per second (``1 / hop``)."""
+        return float(sample_rate) if self.port == "waveform" else 1.0 / float(hop_seconds)
+
+    def seconds(self, length: float, sample_rate: int = 16000, hop_seconds: float = 0.01) -> float:
+        return float(length) / self.units_per_second(sample_rate, hop_seconds)
+
+    def length(self, seconds: float, sample_rate: int = 16000, hop_seconds: float = 0.01) -> int:
+        """Input length (in :attr:`unit`) of ``seconds`` of audio."""
+        return int(round(float(seconds) * self.units_per_second(sample_rate, hop_seconds)))
+
+
+def frontend_layout(spec: FrontendSpec) -> FrontendLayout:
+    """The :class:`FrontendLayout` of a front-end spec, without building it."""
+    if spec.kind == "mel_stack":
+        return FrontendLayout("spectrogram", spec.n_mels, "feature frames", spec.mel_stack, spec.mel_stack)
+    rf, stride = 1, 1
+    for _, k, s in reversed(spec.conv_layers):
+        rf = (rf - 1) * s + k
+    for _, _, s in spec.conv_layers:
+        stride *= s
+    return FrontendLayout("waveform", 1, "samples", rf, stride)
+
+
+def build_frontend(spec: FrontendSpec) -> "ConvFeatureExtractor | MelStackFrontend":
+    """The front-end module of a spec; the one place that turns a front-end kind into a module."""
+    if spec.kind == "mel_stack":
+        return MelStackFrontend(spec.n_mels, spec.mel_stack)
+    return ConvFeatureExtractor(spec.conv_layers, norm=spec.conv_norm, conv_bias=spec.conv_bias)
 
 
 def conv_out_lengths(lengths: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -236,10 +269,18 @@ class ConvFeatureExtractor(nn.Module):
             rf = (rf - 1) * b.stride + b.kernel
         return rf
 
+    @property
+    def layout(self) -> FrontendLayout:
+        return FrontendLayout("waveform", 1, "samples", self.receptive_field, self.stride)
+
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
             lengths = conv_out_lengths(lengths, b.kernel, b.stride)
         return lengths
+
+    def from_port(self, signal: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input port ``(B, 1, N)`` -> ``(B, T, C)`` frames at 20 ms and their lengths."""
+        return self(signal[:, 0, :], lengths)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if wav.dim() != 2:
@@ -269,6 +310,14 @@ class MelStackFrontend(nn.Module):
     def receptive_field(self) -> int:
         """Input frames needed for one output frame."""
         return self.stack
+
+    @property
+    def layout(self) -> FrontendLayout:
+        return FrontendLayout("spectrogram", self.n_mels, "feature frames", self.stack, self.stack)
+
+    def from_port(self, signal: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input port ``(B, n_mels, T)`` -> ``(B, T // stack, stack * n_mels)`` and lengths."""
+        return self(signal, lengths)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(lengths, self.stack, rounding_mode="floor")
@@ -317,9 +366,13 @@ class FeatureProjection(nn.Module):
         self.projection = nn.Linear(in_dim, out_dim) if project else None
         self.dropout = nn.Dropout(dropout)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The LayerNorm part (identity without one): what wav2vec 2.0 quantizes for its targets."""
+        return self.layer_norm(x) if self.layer_norm is not None else x
+
+    def project(self, normed: torch.Tensor) -> torch.Tensor:
+        """The linear map and dropout on normalized features."""
+        return self.dropout(self.projection(normed) if self.projection is not None else normed)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        if self.projection is not None:
-            x = self.projection(x)
-        return self.dropout(x)
+        return self.project(self.normalize(x))

@@ -109,7 +109,7 @@ class TeacherFeatures(nn.Module):
         self.preprocessor = teacher.preprocessor
         self.encoder = teacher.encoder
         self.layer = layer
-        self.out_dim = int(self.encoder._feat_out)
+        self.out_dim = int(self.encoder.d_model)
 
     def train(self, mode: bool = True) -> "TeacherFeatures":
         return super().train(False)  # always frozen
@@ -117,8 +117,10 @@ class TeacherFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         signal, signal_len = self.preprocessor(input_signal=wave, length=lengths)
-        x, frames = self.encoder.features(signal, signal_len)
-        y, _ = self.encoder.encode(self.encoder.projection(x), frames, num_layers=self.layer)
+        enc = self.encoder
+        x, frames = enc.features(signal, signal_len)
+        draw = enc.draw()  # the teacher's active profile (it is always in eval mode)
+        y = enc.context(enc.squeeze_features(enc.projection(x), frames, draw), draw, num_layers=self.layer).hidden
         return y, frames
 
 
