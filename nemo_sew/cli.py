@@ -98,7 +98,8 @@ def _cmd_pick(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark, bench_squeeze, squeeze_markdown
+    from nemo_sew.bench import append_benchmark
+    from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
 
     rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs)
     section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv))
@@ -109,7 +110,8 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark, bench_stochastic_table
+    from nemo_sew.bench import append_benchmark
+    from nemo_sew.bench.stochastic import bench_stochastic_table
 
     section = bench_stochastic_table(
         args.data, args.out, recipe=args.recipe, steps=args.steps, finetune_steps=args.finetune_steps,
@@ -122,7 +124,8 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_ssl(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark, bench_ssl_table
+    from nemo_sew.bench import append_benchmark
+    from nemo_sew.bench.ssl import bench_ssl_table
 
     section = bench_ssl_table(
         args.data, args.out, objective=args.objective, pretrain_steps=args.pretrain_steps,
@@ -137,7 +140,8 @@ def _cmd_bench_ssl(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_purity(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark, bench_target_purity
+    from nemo_sew.bench import append_benchmark
+    from nemo_sew.bench.purity import bench_target_purity
 
     section = bench_target_purity(
         args.aligner, args.manifest, args.target, args.fit_manifest, args.out, clusters=args.clusters,
@@ -153,7 +157,7 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     import dataclasses
 
     from nemo_sew.bench import append_benchmark
-    from nemo_sew.bench_cpu import CpuBenchSettings, bench_cpu, cpu_markdown
+    from nemo_sew.bench.cpu import CpuBenchSettings, bench_cpu, cpu_markdown
 
     settings = CpuBenchSettings.quick() if args.quick else CpuBenchSettings()
     given = {k: getattr(args, k) for k in ("presets", "seconds", "batches", "warmup", "runs", "threads", "seed")}

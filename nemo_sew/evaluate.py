@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -13,6 +12,7 @@ import torch
 from nemo.collections.asr.metrics.wer import word_error_rate
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from nemo_sew.bench.timing import timed_ms
 from nemo_sew.encoder import SqueezeEncoder
 
 
@@ -109,28 +109,25 @@ class Latency:
 def measure_latency(model, seconds: float = 10.0, batch: int = 1, warmup: int = 2, runs: int = 7) -> Latency:
     """Median wall time of the model's forward (preprocessor + encoder + CTC head) on ``batch`` x ``seconds``.
 
-    RTFx = seconds of audio processed per second of compute (``batch * seconds / median``).
+    Timed by :func:`nemo_sew.bench.timing.timed_ms` (``warmup`` untimed forwards, then ``runs`` timed ones,
+    with a CUDA synchronize inside every timed span on GPU). RTFx = seconds of audio processed per second of
+    compute (``batch * seconds / median``).
     """
     sample_rate = int(model.cfg.get("sample_rate", 16000))
     param = next(model.parameters())
     audio = torch.randn(batch, int(seconds * sample_rate), device=param.device) * 0.1
     lengths = torch.full((batch,), audio.shape[1], dtype=torch.int64, device=param.device)
+    sync = torch.cuda.synchronize if param.device.type == "cuda" else None
     was_training = model.training
     model.eval()
-    times = []
     try:
-        with torch.inference_mode():
-            for i in range(warmup + runs):
-                start = time.perf_counter()
-                model.forward(input_signal=audio, input_signal_length=lengths)
-                if param.device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+        times_ms = timed_ms(lambda: model.forward(input_signal=audio, input_signal_length=lengths), warmup, runs,
+                            sync=sync)  # fmt: skip
     finally:
         model.train(was_training)
-    median = statistics.median(times)
-    return Latency(batch=batch, seconds=seconds, median_ms=median * 1e3, rtfx=batch * seconds / median, runs=runs)
+    median_ms = statistics.median(times_ms)
+    return Latency(batch=batch, seconds=seconds, median_ms=median_ms, rtfx=batch * seconds / (median_ms / 1e3),
+                   runs=len(times_ms))  # fmt: skip
 
 
 @dataclass

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers")
 
-from nemo_sew.bench_cpu import count_macs, transformers_config  # noqa: E402
 from nemo_sew.cli import main  # noqa: E402
+from nemo_sew.convert.transformers import transformers_config  # noqa: E402
+from nemo_sew.evaluate import count_macs  # noqa: E402
 
 TOL = 1e-4
 COLUMNS = ["model", "runtime", "params (M)", "GMACs / s audio", "batch", "median latency (ms)", "RTFx", "GFLOP/s",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nemo_sew.bench import ctc_frame_labels, pnmi
+from nemo_sew.bench.purity import ctc_frame_labels, pnmi
 
 
 def test_pnmi_extremes_and_a_known_value():

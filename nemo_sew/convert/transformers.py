@@ -158,6 +158,58 @@ def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
     ))
 
 
+def transformers_config(preset: str) -> Any:
+    """The inverse of :func:`encoder_config_from_transformers`: a transformers ``SEWConfig`` (``wfe_c`` presets)
+    or ``Wav2Vec2Config`` (``wfe_o``) of the size of our preset ``preset`` (:data:`nemo_sew.presets.PRESETS`).
+
+    The config's defaults are kept except the fields our preset sets: conv layers, extractor norm and bias,
+    width, layers, heads, FFN width, squeeze (SEW), positional conv, pre-/post-LN (wav2vec 2.0), LN epsilon.
+    So ``encoder_config_from_transformers(transformers_config(p))`` gives back the preset's architecture;
+    training-only settings keep transformers' defaults (``activation_dropout`` and ``layerdrop`` 0.1,
+    ``mask_time_prob`` 0.05, which creates ``masked_spec_embed`` and so our ``mask_emb``).
+
+    Raises:
+        ValueError: for presets transformers cannot represent: log-mel front ends, conformer blocks,
+            ``num_heads * head_dim != d_model``, pre-LN SEW, or wav2vec 2.0 with a squeeze.
+    """
+    import transformers
+
+    from nemo_sew.nn.frontend import wfe_c_layers, wfe_o_layers
+    from nemo_sew.presets import encoder_config
+
+    cfg = encoder_config(preset)
+    frontend = cfg["frontend"]
+    if frontend not in ("wfe_c", "wfe_o"):
+        raise ValueError(f"expected a waveform preset (frontend wfe_c or wfe_o), got {preset!r} with {frontend!r}")
+    if cfg.get("block", "transformer") != "transformer":
+        raise ValueError(f"expected a transformer preset (transformers has no conformer SEW), got {preset!r}")
+    heads = int(cfg["num_heads"])
+    if heads * int(cfg.get("head_dim", 64)) != int(cfg["d_model"]):
+        raise ValueError(
+            f"{preset}: transformers needs num_heads * head_dim == d_model, "
+            f"got {heads} x {cfg.get('head_dim', 64)} != {cfg['d_model']}"
+        )
+    layers = cfg.get("conv_layers") or (
+        wfe_c_layers(cfg.get("wfe_c", 64), cfg.get("wfe_l", 1)) if frontend == "wfe_c" else wfe_o_layers()
+    )
+    common = dict(
+        conv_dim=[int(c) for c, _, _ in layers], conv_kernel=[int(k) for _, k, _ in layers],
+        conv_stride=[int(s) for _, _, s in layers],
+        feat_extract_norm="group" if cfg.get("conv_norm", "group_norm") == "group_norm" else "layer",
+        conv_bias=bool(cfg.get("conv_bias", False)), hidden_size=int(cfg["d_model"]),
+        num_hidden_layers=int(cfg["num_layers"]), num_attention_heads=heads, intermediate_size=int(cfg["ffn_dim"]),
+        num_conv_pos_embeddings=int(cfg["pos_conv_kernel"]), num_conv_pos_embedding_groups=int(cfg["pos_conv_groups"]),
+        layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+    )  # fmt: skip
+    if frontend == "wfe_c":
+        if cfg.get("layer_norm_first", False):
+            raise ValueError(f"{preset}: transformers' SEW has post-LN layers only, the preset is pre-LN")
+        return transformers.SEWConfig(**common, squeeze_factor=int(cfg["squeeze"]))
+    if int(cfg.get("squeeze", 1)) != 1:
+        raise ValueError(f"{preset}: transformers' wav2vec 2.0 has no squeeze, the preset has {cfg['squeeze']}")
+    return transformers.Wav2Vec2Config(**common, do_stable_layer_norm=bool(cfg.get("layer_norm_first", False)))
+
+
 def _source_name(ours: str, sew: bool) -> str:
     fill = {"proj_ln": "layer_norm", "proj": "feature_projection"} if sew else {
         "proj_ln": "feature_projection.layer_norm", "proj": "feature_projection.projection"
@@ -355,5 +407,5 @@ def convert_local_dir(local_dir: str | Path, out: str | Path) -> Path:
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES", "convert_local_dir", "encoder_config_from_transformers",
-    "encoder_state_dict_from_transformers", "from_transformers",
+    "encoder_state_dict_from_transformers", "from_transformers", "transformers_config",
 ]  # fmt: skip

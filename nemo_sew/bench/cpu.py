@@ -4,7 +4,8 @@
     nemo-sew bench cpu --quick --json outputs/bench_cpu_quick.json     # tiny configs, 1 s audio (tests)
 
 For every preset (default ``sew_tiny`` and ``w2v2_base``) a randomly initialised transformers model of the
-same size (``SEWModel`` for ``wfe_c`` presets, ``Wav2Vec2Model`` for ``wfe_o``) is built and converted with
+same size (``SEWModel`` for ``wfe_c`` presets, ``Wav2Vec2Model`` for ``wfe_o``; config from
+:func:`nemo_sew.convert.transformers.transformers_config`) is built and converted with
 :func:`nemo_sew.convert.from_transformers`, so our encoder has identical weights; the converted encoder
 runs at its own profile (SEW: squeeze 2, wav2vec 2.0: squeeze 1). On ``seconds`` of 16 kHz audio at every
 batch size it measures, in one process and at one thread count:
@@ -15,16 +16,18 @@ batch size it measures, in one process and at one thread count:
   count) on the same duration of 80-bin log-mel features;
 * the machine's fp32 matmul throughput (median of timed ``n x n`` matmuls), the reference for "% of peak".
 
-The runtimes of one model and batch (and a matmul) are timed in interleaved rounds (:func:`interleaved_ms`),
-so load from other work on the machine affects them alike; the matmul samples pool over the whole run.
+The runtimes of one model and batch (and a matmul) are timed in interleaved rounds
+(:func:`nemo_sew.bench.timing.interleaved_ms`), so load from other work on the machine affects them alike;
+the matmul samples pool over the whole run.
 ``threads`` sets torch's and onnxruntime's intra-op threads (default: torch's current setting). On a machine
 busy with other work, 1 thread is the steadier choice: with 2 threads on 2 busy cores every parallel op
 waits for a descheduled thread, which slows small-op eager code far more than matmuls.
 
 Every row has: parameters, encoder GMACs per second of audio (``torch.utils.flop_counter``, with the CPU
-SDPA kernel counted, see :func:`count_macs`), median latency, RTFx, achieved GFLOP/s (``2 * MACs / latency``),
-its fraction of the matmul throughput and the max abs output difference against our eager encoder on the
-benchmark input. Ratios against the goals of issue 5 are computed within the run (:data:`GOALS`).
+SDPA kernel counted, see :func:`nemo_sew.evaluate.count_macs`), median latency, RTFx, achieved GFLOP/s
+(``2 * MACs / latency``), its fraction of the matmul throughput and the max abs output difference against
+our eager encoder on the benchmark input. Ratios against the goals of issue 5 are computed within the run
+(:data:`GOALS`).
 
 ``profile_ops`` attributes torch.profiler self CPU time of our eager encoder to front end / weight norm /
 squeeze / attention / FFN / expander / other, by module scopes added with hooks for the profiled forward only.
@@ -37,7 +40,6 @@ import dataclasses
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -46,8 +48,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nemo_sew.bench import machine_line
-from nemo_sew.evaluate import count_macs  # noqa: F401  (re-exported: the one MAC counter)
+from nemo_sew.bench.report import machine_line
+from nemo_sew.bench.timing import interleaved_ms, timed_ms
+from nemo_sew.convert.transformers import transformers_config
+from nemo_sew.evaluate import count_macs
 
 SAMPLE_RATE = 16000
 MEL_FRAMES_PER_SECOND = 100  # NeMo's default 10 ms hop
@@ -131,52 +135,7 @@ class CpuBenchResult:
 
 
 # ------------------------------------------------------------------------------------------------------
-# measurement primitives
-
-
-def timed_ms(fn: Callable[[], Any], warmup: int, runs: int, max_timed_s: float = float("inf")) -> list[float]:
-    """Wall times (ms) of ``runs`` calls after ``warmup`` untimed ones; stops early (>= 3 runs) past ``max_timed_s``."""
-    times: list[float] = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        spent = 0.0
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-            spent += times[-1] / 1e3
-            if spent > max_timed_s and len(times) >= min(3, runs):
-                break
-    return times
-
-
-def interleaved_ms(
-    fns: dict[str, Callable[[], Any]], warmup: int, runs: int, max_timed_s: float = float("inf")
-) -> dict[str, list[float]]:
-    """Wall times (ms) of each of ``fns``, timed in rounds that call every function once (order rotated).
-
-    On a machine shared with other work the load changes during a run; interleaving gives every function
-    the same mix of conditions, so the ratios between their medians stay fair. ``warmup`` untimed rounds
-    first; then up to ``runs`` rounds, stopping (after at least 3) once the rounds took more than
-    ``max_timed_s`` per function.
-    """
-    names = list(fns)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for name in names:
-                fns[name]()
-        spent = 0.0
-        for r in range(runs):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                start = time.perf_counter()
-                fns[name]()
-                times[name].append((time.perf_counter() - start) * 1e3)
-                spent += times[name][-1] / 1e3
-            if spent > max_timed_s * len(names) and r + 1 >= min(3, runs):
-                break
-    return times
+# the matmul reference (timing: nemo_sew.bench.timing)
 
 
 class MatmulProbe:
@@ -218,50 +177,6 @@ def _max_abs_diff(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) ->
 
 # ------------------------------------------------------------------------------------------------------
 # models
-
-
-def transformers_config(preset: str) -> Any:
-    """A transformers ``SEWConfig`` (``wfe_c`` presets) or ``Wav2Vec2Config`` (``wfe_o``) of the preset's size.
-
-    The config's defaults are kept except the fields our preset sets: conv layers, extractor norm and bias,
-    width, layers, heads, FFN width, squeeze (SEW), positional conv, pre-/post-LN (wav2vec 2.0), LN epsilon.
-    """
-    import transformers
-
-    from nemo_sew.nn.frontend import wfe_c_layers, wfe_o_layers
-    from nemo_sew.presets import encoder_config
-
-    cfg = encoder_config(preset)
-    frontend = cfg["frontend"]
-    if frontend not in ("wfe_c", "wfe_o"):
-        raise ValueError(f"expected a waveform preset (frontend wfe_c or wfe_o), got {preset!r} with {frontend!r}")
-    if cfg.get("block", "transformer") != "transformer":
-        raise ValueError(f"expected a transformer preset (transformers has no conformer SEW), got {preset!r}")
-    heads = int(cfg["num_heads"])
-    if heads * int(cfg.get("head_dim", 64)) != int(cfg["d_model"]):
-        raise ValueError(
-            f"{preset}: transformers needs num_heads * head_dim == d_model, "
-            f"got {heads} x {cfg.get('head_dim', 64)} != {cfg['d_model']}"
-        )
-    layers = cfg.get("conv_layers") or (
-        wfe_c_layers(cfg.get("wfe_c", 64), cfg.get("wfe_l", 1)) if frontend == "wfe_c" else wfe_o_layers()
-    )
-    common = dict(
-        conv_dim=[int(c) for c, _, _ in layers], conv_kernel=[int(k) for _, k, _ in layers],
-        conv_stride=[int(s) for _, _, s in layers],
-        feat_extract_norm="group" if cfg.get("conv_norm", "group_norm") == "group_norm" else "layer",
-        conv_bias=bool(cfg.get("conv_bias", False)), hidden_size=int(cfg["d_model"]),
-        num_hidden_layers=int(cfg["num_layers"]), num_attention_heads=heads, intermediate_size=int(cfg["ffn_dim"]),
-        num_conv_pos_embeddings=int(cfg["pos_conv_kernel"]), num_conv_pos_embedding_groups=int(cfg["pos_conv_groups"]),
-        layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
-    )  # fmt: skip
-    if frontend == "wfe_c":
-        if cfg.get("layer_norm_first", False):
-            raise ValueError(f"{preset}: transformers' SEW has post-LN layers only, the preset is pre-LN")
-        return transformers.SEWConfig(**common, squeeze_factor=int(cfg["squeeze"]))
-    if int(cfg.get("squeeze", 1)) != 1:
-        raise ValueError(f"{preset}: transformers' wav2vec 2.0 has no squeeze, the preset has {cfg['squeeze']}")
-    return transformers.Wav2Vec2Config(**common, do_stable_layer_norm=bool(cfg.get("layer_norm_first", False)))
 
 
 def random_transformers_model(preset: str, perturb: float = 0.02, seed: int = 0) -> nn.Module:
@@ -567,7 +482,7 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
         result.op_profile = {"preset": s.presets[0], **profile_ops(first[0], x, lengths)}
     result.load_average["end"] = list(os.getloadavg())
     result.notes += [
-        "GMACs counted by torch.utils.flop_counter with CPU SDPA attention included (nemo_sew.bench_cpu.count_macs); "
+        "GMACs counted by torch.utils.flop_counter with CPU SDPA attention included (nemo_sew.evaluate.count_macs); "
         "onnxruntime rows reuse our eager count.",
         "max abs diff: against our eager encoder's output on the same benchmark input, (B, D, T).",
         f"{s.seconds:g} s of 16 kHz audio per item (Conformer: {s.seconds:g} s of 80-bin features, 10 ms hop); "
@@ -636,6 +551,5 @@ def cpu_markdown(result: CpuBenchResult) -> str:
 
 __all__ = [
     "CONFORMER_CTC", "GOALS", "CpuBenchResult", "CpuBenchSettings", "MatmulProbe", "Ratio", "Row", "bench_cpu",
-    "conformer_encoder", "count_macs", "cpu_markdown", "interleaved_ms", "profile_ops", "random_transformers_model",
-    "timed_ms", "transformers_config",
+    "conformer_encoder", "cpu_markdown", "profile_ops", "random_transformers_model",
 ]  # fmt: skip

@@ -1,0 +1,78 @@
+"""The one timing loop of nemo-sew: every latency number (``evaluate``, ``bench squeeze``, ``bench cpu``) comes from here.
+
+:func:`interleaved_ms` times one or more callables in rounds; :func:`timed_ms` is its one-callable case.
+Both share these rules:
+
+* ``warmup`` untimed rounds first (not counted in any sample);
+* then up to ``runs`` timed rounds, each call timed on its own with ``time.perf_counter``;
+* a time cap: once the timed calls took more than ``max_timed_s`` per callable, timing stops after the
+  current round, but never before 3 rounds (or ``runs``, when fewer were asked for);
+* everything under ``torch.inference_mode``; ``sync`` (e.g. ``torch.cuda.synchronize``), when given, is
+  called after every call and inside the timed span, so asynchronous device work is counted.
+
+Quote the median of the samples (:func:`statistics.median`); ratios between callables timed in one
+:func:`interleaved_ms` call are the fairest comparison on a machine shared with other work.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import torch
+
+MIN_RUNS = 3
+"""Fewest timed rounds a time cap can leave (unless fewer ``runs`` were asked for)."""
+
+
+def interleaved_ms(
+    fns: Mapping[str, Callable[[], Any]],
+    warmup: int,
+    runs: int,
+    max_timed_s: float = float("inf"),
+    sync: Callable[[], Any] | None = None,
+) -> dict[str, list[float]]:
+    """Wall times (ms) of each of ``fns``, timed in rounds that call every function once (order rotated).
+
+    On a machine shared with other work the load changes during a run; interleaving gives every function
+    the same mix of conditions, so the ratios between their medians stay fair. ``warmup`` untimed rounds
+    first; then up to ``runs`` rounds, stopping (after at least 3) once the rounds took more than
+    ``max_timed_s`` per function. Returns one list of samples per name, in call order.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    if not names:
+        return times
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                fns[name]()
+                if sync is not None:
+                    sync()
+        spent = 0.0
+        for r in range(runs):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                start = time.perf_counter()
+                fns[name]()
+                if sync is not None:
+                    sync()
+                times[name].append((time.perf_counter() - start) * 1e3)
+                spent += times[name][-1] / 1e3
+            if spent > max_timed_s * len(names) and r + 1 >= min(MIN_RUNS, runs):
+                break
+    return times
+
+
+def timed_ms(
+    fn: Callable[[], Any],
+    warmup: int,
+    runs: int,
+    max_timed_s: float = float("inf"),
+    sync: Callable[[], Any] | None = None,
+) -> list[float]:
+    """Wall times (ms) of ``runs`` calls of ``fn`` after ``warmup`` untimed ones; stops early (after at least 3
+    calls) once the timed calls took more than ``max_timed_s``. :func:`interleaved_ms` with one function."""
+    return interleaved_ms({"fn": fn}, warmup, runs, max_timed_s, sync)["fn"]
+
+
+__all__ = ["MIN_RUNS", "interleaved_ms", "timed_ms"]
