@@ -52,12 +52,9 @@ def transcribe_manifest(model, manifest: str | Path, batch_size: int = 16, profi
 
 
 def _encoder_input(encoder: SqueezeEncoder, seconds: float, batch: int, sample_rate: int, hop_seconds: float):
-    if encoder.frontend_kind == "mel_stack":
-        n = int(round(seconds / hop_seconds))
-    else:
-        n = int(round(seconds * sample_rate))
+    n = encoder.layout.length(seconds, sample_rate, hop_seconds)
     param = next(encoder.parameters())
-    x = torch.randn(batch, encoder._feat_in, n, device=param.device, dtype=param.dtype)
+    x = torch.randn(batch, encoder.layout.feat_in, n, device=param.device, dtype=param.dtype)
     return x, torch.full((batch,), n, dtype=torch.int64, device=param.device)
 
 

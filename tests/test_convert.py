@@ -380,55 +380,52 @@ def test_masked_spec_embed_becomes_our_mask_embedding():
     assert from_transformers(transformers.Wav2Vec2Model(cfg)).mask_emb is None
 
 
-# transformers_config(preset) -> encoder_config_from_transformers gives back the preset, except these keys:
-# transformers' training-time defaults, which transformers_config keeps (it sets the architecture only).
-# The dropouts ``dropout``, ``attention_dropout`` (0.1) and ``feature_dropout`` (0.0) happen to agree.
-ROUND_TRIP_DIFFERS = {
-    "activation_dropout": 0.1,  # transformers' default; ours 0.0
-    "layerdrop": 0.1,  # transformers' default; ours 0.0
+# transformers_config(preset) -> encoder_config_from_transformers gives back the preset's arch; the encoder's
+# other arguments are transformers' training-time defaults, which transformers_config keeps (it sets the
+# architecture only).
+ROUND_TRIP_OPTIONS = {
+    "dropout": {"hidden": 0.1, "attention": 0.1, "activation": 0.1, "feature": 0.0, "layerdrop": 0.1},
     "mask_emb": True,  # transformers' mask_time_prob = 0.05 creates masked_spec_embed; our presets have none
 }
 
 
-from nemo_sew.presets import PRESETS  # noqa: E402
+from nemo_sew.arch import PRESETS  # noqa: E402
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_transformers_config_round_trips_every_representable_preset(preset):
-    """``encoder_config_from_transformers(transformers_config(p))`` is preset ``p``'s encoder configuration
-    (SEW presets as ``SEWConfig``, wav2vec 2.0 presets as ``Wav2Vec2Config``); the others raise."""
-    import inspect
-
+    """``encoder_config_from_transformers(transformers_config(p))`` is preset ``p``'s arch (SEW presets as
+    ``SEWConfig``, wav2vec 2.0 presets as ``Wav2Vec2Config``); the others raise."""
+    from nemo_sew.arch import EncoderArch
     from nemo_sew.convert.transformers import encoder_config_from_transformers, transformers_config
-    from nemo_sew.nn.frontend import wfe_c_layers, wfe_o_layers
 
-    spec = PRESETS[preset]
-    if spec["frontend"] not in ("wfe_c", "wfe_o") or spec.get("block", "transformer") != "transformer":
+    arch = PRESETS[preset]
+    kind = arch.frontend.kind
+    if kind not in ("wfe_c", "wfe_o") or arch.blocks[0].kind != "transformer":
         with pytest.raises(ValueError, match="expected a (waveform|transformer) preset"):
             transformers_config(preset)
         return
     hf_config = transformers_config(preset)
-    assert type(hf_config).__name__ == {"wfe_c": "SEWConfig", "wfe_o": "Wav2Vec2Config"}[spec["frontend"]]
+    assert type(hf_config).__name__ == {"wfe_c": "SEWConfig", "wfe_o": "Wav2Vec2Config"}[kind]
     back = encoder_config_from_transformers(hf_config)
-    defaults = {
-        name: p.default for name, p in inspect.signature(SqueezeEncoder.__init__).parameters.items() if name != "self"
-    }
-    assert set(back) <= set(defaults)
-    expected = {**defaults, **spec}
-    if expected["conv_layers"] is None:  # the preset names its front end by wfe_c / wfe_l (SEW) or wav2vec 2.0's
-        expected["conv_layers"] = (
-            wfe_c_layers(expected["wfe_c"], expected["wfe_l"]) if spec["frontend"] == "wfe_c" else wfe_o_layers()
-        )
-    expected["conv_layers"] = [[int(v) for v in layer] for layer in expected["conv_layers"]]
-    if spec["frontend"] == "wfe_o":
+    expected_arch = arch
+    if kind == "wfe_o":
         # wav2vec 2.0 always projects; ours (None) projects when the conv width differs from d_model, which it
         # does in every wav2vec 2.0 preset: the same module (checked on the built encoders below)
-        expected["feature_projection"] = True
-    expected.update(ROUND_TRIP_DIFFERS)
-    differ = {k: (back[k], expected[k]) for k in back if back[k] != expected[k]}
-    assert not differ, f"{preset}: converted vs expected {differ}"
+        expected_arch = arch.replace(feature_projection=True)
+    assert EncoderArch.from_dict(back["arch"]) == expected_arch
+    assert {k: v for k, v in back.items() if k != "arch"} == ROUND_TRIP_OPTIONS
     # the same weights: identical parameter names and shapes (mask_emb aside)
     with torch.device("meta"):
-        ours = SqueezeEncoder(**spec).state_dict()
+        ours = SqueezeEncoder(arch=arch).state_dict()
         converted = SqueezeEncoder(**{**back, "mask_emb": False}).state_dict()
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def test_transformers_config_rejects_non_uniform_archs():
+    from nemo_sew.arch import build_arch
+    from nemo_sew.convert.transformers import transformers_config
+
+    arch = build_arch("tiny_wfe_c", blocks=[{"heads": 2}, {"heads": 1, "head_dim": 128}])
+    with pytest.raises(ValueError, match="same shape"):
+        transformers_config(arch)

@@ -110,7 +110,9 @@ def _recipe_cfg(tiny_corpus):
         ],
     )
     with open_dict(cfg):
-        cfg.model.encoder.update(num_layers=2, d_model=64, num_heads=2, head_dim=32, ffn_dim=128)
+        cfg.model.encoder.arch.update(
+            num_layers=2, d_model=64, blocks={"heads": 2, "head_dim": 32, "ffn_dims": [128, 128], "conv_kernel": 15}
+        )
     return cfg
 
 

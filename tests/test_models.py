@@ -28,11 +28,9 @@ def _cfg(tiny_corpus, **encoder):
             "model.train_ds.batch_size=4",
             "model.train_ds.num_workers=0",
             "model.validation_ds.num_workers=0",
-            "model.encoder.num_layers=2",
-            "model.encoder.d_model=64",
-            "model.encoder.num_heads=2",
-            "model.encoder.head_dim=32",
-            "model.encoder.ffn_dim=128",
+            "++model.encoder.arch.num_layers=2",
+            "++model.encoder.arch.d_model=64",
+            "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
         ],
     )
     with open_dict(cfg):

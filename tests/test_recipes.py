@@ -46,8 +46,8 @@ def _cpu(cfg, corpus, out: Path, extra=()):
                 ds.pop("min_duration", None)
             else:
                 ds.update(manifest_filepath=str(corpus[split]["manifest"]), num_workers=0, batch_size=4)
-        if "encoder" in cfg.model and "num_layers" in cfg.model.encoder:
-            cfg.model.encoder.num_layers = 2
+        if "encoder" in cfg.model and "preset" in cfg.model.encoder:
+            cfg.model.encoder.arch = {**(cfg.model.encoder.get("arch") or {}), "num_layers": 2}
         if cfg.model.get("hubert") is not None and cfg.model.get("objective") == "hubert":
             cfg.model.hubert.centroids = str(_centroids(corpus, out, int(cfg.model.hubert.num_clusters)))
     for item in extra:
@@ -127,7 +127,7 @@ def test_torchrun_launcher_two_cpu_processes(tiny_corpus, tmp_path):
          f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
          f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
          "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "model.train_ds.batch_size=4",
-         "model.encoder.num_layers=1", "trainer.max_steps=2", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+         "++model.encoder.arch.num_layers=1", "trainer.max_steps=2", "trainer.max_time=null", "trainer.enable_progress_bar=false",
          f"exp_manager.exp_dir={tmp_path}", "exp_manager.create_checkpoint_callback=false", f"save_to={save}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -176,8 +176,8 @@ def test_ssl_training_lowers_the_loss_on_a_fixed_batch():
 # end to end through the CLI: k-means -> pre-training -> fine-tuning from it
 
 SMALL_ENCODER = [
-    "model.encoder.num_layers=2", "model.encoder.d_model=64", "model.encoder.num_heads=2",
-    "model.encoder.head_dim=32", "model.encoder.ffn_dim=128",
+    "++model.encoder.arch.num_layers=2", "++model.encoder.arch.d_model=64",
+    "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
 ]  # fmt: skip
 QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "trainer.max_time=null",
          "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "model.train_ds.batch_size=4"]  # fmt: skip
@@ -231,7 +231,8 @@ def test_finetune_from_ssl_inherits_the_encoder_and_its_weights(pretrained, tiny
     # with a freeze period longer than the run, the encoder must end exactly as pre-trained
     model = _finetune(tiny_corpus, tmp_path, [f"init_from_ssl={path}", "trainer.max_steps=3",
                                               "model.finetune.freeze_encoder_steps=100"])  # fmt: skip
-    assert model.cfg.encoder.d_model == 64 and model.cfg.encoder.num_layers == 2  # from the SSL checkpoint
+    arch = model.cfg.encoder.arch  # from the SSL checkpoint: the full arch
+    assert arch.d_model == 64 and len(arch.blocks) == 2 and arch.blocks[0].heads == 2
     assert model.cfg.encoder.masking.time_prob == 0.5  # the recipe's fine-tuning options on top
     ssl_state = {k: v for k, v in ssl.encoder.state_dict().items()}
     for k, v in model.encoder.state_dict().items():
@@ -247,7 +248,7 @@ def test_finetune_from_ssl_inherits_the_encoder_and_its_weights(pretrained, tiny
     from omegaconf import open_dict
 
     with open_dict(cfg):
-        cfg.model.encoder.d_model = 96
+        cfg.model.encoder.arch.d_model = 96
         cfg.model.train_ds.manifest_filepath = None
         cfg.model.validation_ds.manifest_filepath = None
     with pytest.raises(ValueError, match="does not match"):

@@ -246,8 +246,9 @@ def _our_scopes(encoder: nn.Module) -> dict[str, list[nn.Module]]:
         "front end": [encoder.frontend, encoder.projection],
         "squeeze + pos conv": [encoder.compressor],
         "weight norm": [m for m in encoder.modules() if isinstance(m, ParametrizationList)],
-        "attention": [m for layer in layers for m in [getattr(layer, "attention", None)] if m is not None],
-        "FFN": [m for layer in layers for name in ("ffn", "ffn1", "ffn2") for m in [getattr(layer, name, None)] if m is not None],
+        "attention": [b.body for layer in layers for n, b in layer.branches().items() if n == "attn"],
+        "FFN": [b.body for layer in layers for n, b in layer.branches().items() if n.startswith("ffn")],
+        "conv module": [b.body for layer in layers for n, b in layer.branches().items() if n == "conv"],
         "expander": [expander] if expander is not None else [],
     }  # fmt: skip
 

@@ -18,7 +18,7 @@ import torch
 from nemo_sew.bench.report import machine_line
 from nemo_sew.bench.timing import timed_ms
 from nemo_sew.evaluate import encoder_gmacs_per_second
-from nemo_sew.presets import build_encoder
+from nemo_sew.encoder import build_encoder
 from nemo_sew.profile import CompressionProfile
 
 
@@ -35,11 +35,7 @@ def bench_squeeze(
 ) -> list[SqueezeRow]:  # fmt: skip
     """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors."""
     enc = build_encoder(preset, squeeze_sampler={"low": 1.0, "high": max(4.0, max(factors))}).eval()
-    samples = int(seconds * 16000)
-    if enc.frontend_kind == "mel_stack":
-        x = torch.randn(batch, enc._feat_in, int(seconds * 100))
-    else:
-        x = torch.randn(batch, 1, samples) * 0.1
+    x = torch.randn(batch, enc.layout.feat_in, enc.layout.length(seconds)) * 0.1
     lengths = torch.full((batch,), x.shape[-1], dtype=torch.int64)
     rows = []
     for s in factors:

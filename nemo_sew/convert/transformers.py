@@ -42,6 +42,7 @@ from nemo_sew.convert.common import (
     save_encoder_checkpoint,
     to_nemo_ctc_model,
 )
+from nemo_sew.arch import EncoderArch
 from nemo_sew.encoder import SqueezeEncoder
 from nemo_sew.options import upgrade_encoder_config
 
@@ -158,56 +159,56 @@ def encoder_config_from_transformers(config: Any) -> dict[str, Any]:
     ))
 
 
-def transformers_config(preset: str) -> Any:
-    """The inverse of :func:`encoder_config_from_transformers`: a transformers ``SEWConfig`` (``wfe_c`` presets)
-    or ``Wav2Vec2Config`` (``wfe_o``) of the size of our preset ``preset`` (:data:`nemo_sew.presets.PRESETS`).
+def transformers_config(preset: "str | EncoderArch") -> Any:
+    """The inverse of :func:`encoder_config_from_transformers`: a transformers ``SEWConfig`` (``wfe_c`` archs)
+    or ``Wav2Vec2Config`` (``wfe_o``) of the architecture of ``preset`` (a name in :data:`nemo_sew.arch.PRESETS`
+    or an :class:`~nemo_sew.arch.EncoderArch`).
 
-    The config's defaults are kept except the fields our preset sets: conv layers, extractor norm and bias,
+    The config's defaults are kept except the fields the arch sets: conv layers, extractor norm and bias,
     width, layers, heads, FFN width, squeeze (SEW), positional conv, pre-/post-LN (wav2vec 2.0), LN epsilon.
-    So ``encoder_config_from_transformers(transformers_config(p))`` gives back the preset's architecture;
+    So ``encoder_config_from_transformers(transformers_config(p))["arch"]`` is the preset's arch;
     training-only settings keep transformers' defaults (``activation_dropout`` and ``layerdrop`` 0.1,
     ``mask_time_prob`` 0.05, which creates ``masked_spec_embed`` and so our ``mask_emb``).
 
     Raises:
-        ValueError: for presets transformers cannot represent: log-mel front ends, conformer blocks,
-            ``num_heads * head_dim != d_model``, pre-LN SEW, or wav2vec 2.0 with a squeeze.
+        ValueError: for archs transformers cannot represent: log-mel front ends, conformer blocks, blocks that
+            differ from each other, ``heads * head_dim != d_model``, pre-LN SEW, or wav2vec 2.0 with a squeeze.
     """
     import transformers
 
-    from nemo_sew.nn.frontend import wfe_c_layers, wfe_o_layers
-    from nemo_sew.presets import encoder_config
+    from nemo_sew.arch import build_arch
 
-    cfg = encoder_config(preset)
-    frontend = cfg["frontend"]
+    arch = build_arch(preset)
+    name = preset if isinstance(preset, str) else "this arch"
+    frontend = arch.frontend.kind
     if frontend not in ("wfe_c", "wfe_o"):
-        raise ValueError(f"expected a waveform preset (frontend wfe_c or wfe_o), got {preset!r} with {frontend!r}")
-    if cfg.get("block", "transformer") != "transformer":
-        raise ValueError(f"expected a transformer preset (transformers has no conformer SEW), got {preset!r}")
-    heads = int(cfg["num_heads"])
-    if heads * int(cfg.get("head_dim", 64)) != int(cfg["d_model"]):
+        raise ValueError(f"expected a waveform preset (frontend wfe_c or wfe_o), got {name!r} with {frontend!r}")
+    if any(b.kind != "transformer" for b in arch.blocks):
+        raise ValueError(f"expected a transformer preset (transformers has no conformer SEW), got {name!r}")
+    if len(set(arch.blocks)) != 1:
+        raise ValueError(f"{name}: transformers needs every layer to have the same shape")
+    block = arch.blocks[0]
+    if block.heads * block.head_dim != arch.d_model:
         raise ValueError(
-            f"{preset}: transformers needs num_heads * head_dim == d_model, "
-            f"got {heads} x {cfg.get('head_dim', 64)} != {cfg['d_model']}"
+            f"{name}: transformers needs num_heads * head_dim == d_model, got {block.heads} x {block.head_dim} != {arch.d_model}"
         )
-    layers = cfg.get("conv_layers") or (
-        wfe_c_layers(cfg.get("wfe_c", 64), cfg.get("wfe_l", 1)) if frontend == "wfe_c" else wfe_o_layers()
-    )
+    layers = arch.frontend.conv_layers
+    c = arch.compressor
     common = dict(
-        conv_dim=[int(c) for c, _, _ in layers], conv_kernel=[int(k) for _, k, _ in layers],
-        conv_stride=[int(s) for _, _, s in layers],
-        feat_extract_norm="group" if cfg.get("conv_norm", "group_norm") == "group_norm" else "layer",
-        conv_bias=bool(cfg.get("conv_bias", False)), hidden_size=int(cfg["d_model"]),
-        num_hidden_layers=int(cfg["num_layers"]), num_attention_heads=heads, intermediate_size=int(cfg["ffn_dim"]),
-        num_conv_pos_embeddings=int(cfg["pos_conv_kernel"]), num_conv_pos_embedding_groups=int(cfg["pos_conv_groups"]),
-        layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+        conv_dim=[c_ for c_, _, _ in layers], conv_kernel=[k for _, k, _ in layers], conv_stride=[s for _, _, s in layers],
+        feat_extract_norm="group" if arch.frontend.conv_norm == "group_norm" else "layer",
+        conv_bias=arch.frontend.conv_bias, hidden_size=arch.d_model, num_hidden_layers=arch.num_layers,
+        num_attention_heads=block.heads, intermediate_size=block.ffn_dims[0],
+        num_conv_pos_embeddings=c.pos_conv_kernel, num_conv_pos_embedding_groups=c.pos_conv_groups,
+        layer_norm_eps=arch.layer_norm_eps,
     )  # fmt: skip
     if frontend == "wfe_c":
-        if cfg.get("layer_norm_first", False):
-            raise ValueError(f"{preset}: transformers' SEW has post-LN layers only, the preset is pre-LN")
-        return transformers.SEWConfig(**common, squeeze_factor=int(cfg["squeeze"]))
-    if int(cfg.get("squeeze", 1)) != 1:
-        raise ValueError(f"{preset}: transformers' wav2vec 2.0 has no squeeze, the preset has {cfg['squeeze']}")
-    return transformers.Wav2Vec2Config(**common, do_stable_layer_norm=bool(cfg.get("layer_norm_first", False)))
+        if arch.layer_norm_first:
+            raise ValueError(f"{name}: transformers' SEW has post-LN layers only, the preset is pre-LN")
+        return transformers.SEWConfig(**common, squeeze_factor=c.squeeze)
+    if c.squeeze != 1:
+        raise ValueError(f"{name}: transformers' wav2vec 2.0 has no squeeze, the preset has {c.squeeze}")
+    return transformers.Wav2Vec2Config(**common, do_stable_layer_norm=arch.layer_norm_first)
 
 
 def _source_name(ours: str, sew: bool) -> str:
