@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +14,9 @@ from nemo.collections.asr.metrics.wer import word_error_rate
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nemo_sew.bench.timing import timed_ms
+from nemo_sew.cost import encoder_cost, macs_per_second
 from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.profile import CompressionProfile
 
 
 def read_manifest(path: str | Path) -> list[dict]:
@@ -33,6 +36,17 @@ def read_manifest(path: str | Path) -> list[dict]:
     if not entries:
         raise ValueError(f"{path}: manifest has no entries")
     return entries
+
+
+def manifest_durations(path: str | Path) -> list[float]:
+    """Seconds of audio of every manifest entry: its ``duration`` field, else read from the file's header."""
+    import soundfile
+
+    out = []
+    for entry in read_manifest(path):
+        duration = entry.get("duration")
+        out.append(float(duration) if duration is not None else float(soundfile.info(entry["audio_filepath"]).duration))
+    return out
 
 
 def error_rates(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, float]:
@@ -76,22 +90,27 @@ def count_macs(fn: Callable[[], Any]) -> float:
     return counter.get_total_flops() / 2
 
 
+def active_profile(encoder: SqueezeEncoder) -> CompressionProfile:
+    """The encoder's active profile with the squeeze it really runs (trained, learned or set)."""
+    return dataclasses.replace(encoder.profile, squeeze=float(encoder.squeeze))
+
+
 def encoder_gmacs_per_second(
     encoder: SqueezeEncoder, seconds: float = 10.0, sample_rate: int = 16000, hop_seconds: float = 0.01
 ) -> float:
-    """Encoder multiply-accumulates per second of audio at the active profile (:func:`count_macs`).
+    """Encoder multiply-accumulates per second of audio at the active profile, from the analytic cost model
+    (:func:`nemo_sew.cost.macs_per_second`: matmuls, convolutions and attention, the same ops
+    :func:`count_macs` counts; the mel preprocessor's FFT is not counted) for one ``seconds``-long input."""
+    return macs_per_second(encoder.arch, active_profile(encoder), seconds, sample_rate, hop_seconds)
 
-    Counts matmuls, convolutions and attention; the mel preprocessor (FFT) is not counted. Runs one
-    forward on ``seconds`` of random input.
-    """
-    x, lengths = _encoder_input(encoder, seconds, 1, sample_rate, hop_seconds)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        macs = count_macs(lambda: encoder(audio_signal=x, length=lengths))
-    finally:
-        encoder.train(was_training)
-    return macs / 1e9 / seconds
+
+def utterance_macs(
+    encoder: SqueezeEncoder, durations: Sequence[float], sample_rate: int = 16000, hop_seconds: float = 0.01
+) -> torch.Tensor:
+    """Encoder MACs of each utterance of the given durations (seconds) at the active profile: the real input
+    lengths, not a padded batch (:func:`nemo_sew.cost.encoder_cost`)."""
+    lengths = torch.tensor([encoder.layout.length(d, sample_rate, hop_seconds) for d in durations], dtype=torch.int64)
+    return encoder_cost(encoder.arch, active_profile(encoder), lengths).total
 
 
 @dataclass
@@ -134,10 +153,12 @@ class EvalResult:
     wer: float
     cer: float
     params_m: float
-    encoder_gmacs_per_s: float
+    encoder_gmacs_per_s: float  # encoder MACs of the manifest's utterances (real lengths) / their total seconds
     latency_ms_10s: float
     rtfx: float
     profile: dict
+    encoder_gmacs_per_utterance: list[float] = field(default_factory=list)  # in manifest order
+    encoder_gmacs_mean: float = 0.0  # mean over utterances
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -148,8 +169,9 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
     with model.profile_scope(profile):
         hyps, refs = transcribe_manifest(model, manifest, batch_size=batch_size)
         wer, cer = error_rates(hyps, refs)
-        hop = float(model.cfg.preprocessor.get("window_stride", 0.01))
-        gmacs = encoder_gmacs_per_second(model.encoder, sample_rate=int(model.cfg.sample_rate), hop_seconds=hop)
+        hop = float(model.cfg.preprocessor.get("window_stride", 0.01) or 0.01)
+        durations = manifest_durations(manifest)
+        per_utt = utterance_macs(model.encoder, durations, int(model.cfg.sample_rate), hop) / 1e9
         lat = measure_latency(model)
         active = model.profile.to_dict()
     return EvalResult(
@@ -158,8 +180,10 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
         wer=wer,
         cer=cer,
         params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-        encoder_gmacs_per_s=gmacs,
+        encoder_gmacs_per_s=float(per_utt.sum()) / sum(durations),
         latency_ms_10s=lat.median_ms,
         rtfx=lat.rtfx,
         profile=active,
+        encoder_gmacs_per_utterance=[float(v) for v in per_utt],
+        encoder_gmacs_mean=float(per_utt.mean()),
     )

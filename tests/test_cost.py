@@ -137,28 +137,19 @@ def test_query_pooling_needs_a_factor_agnostic_expander(built: Built):
 # --------------------------------------------------------------------------------------------------
 # options the presets do not cover (small encoders)
 
-OPTIONS = {
-    "feature_projection": ("tiny_wfe_c", dict(feature_projection=True), dict(feature_projection=True)),
-    "no_feature_layer_norm": ("tiny_mel", dict(feature_layer_norm=False), dict(feature_layer_norm=False)),
-    "cif_alpha": ("tiny_wfe_c", dict(cif_alpha=True), dict(expander="phase", compressor={"cif_alpha": True})),
-    "cif_alpha_mel_conformer": (
-        "tiny_mel_conformer", dict(cif_alpha=True), dict(expander="phase", compressor={"cif_alpha": True})
-    ),
-    "layer_norm_extractor": (
-        "tiny_wfe_c",
-        dict(conv_norm="layer_norm", conv_bias=True),
-        dict(frontend={"conv_norm": "layer_norm", "conv_bias": True}),
-    ),
-    "trained_squeeze_3": ("tiny_mel", dict(squeeze=3), dict(compressor={"squeeze": 3})),
-    "even_pos_conv_kernel": (
-        "tiny_wfe_c", dict(pos_conv_kernel=32, expander="phase"), dict(expander="phase", compressor={"pos_conv_kernel": 32})
-    ),
-    "head_dim_32": ("tiny_conformer", dict(head_dim=32), dict(blocks={"head_dim": 32})),
-    "conv_kernel_15": ("tiny_conformer", dict(conv_kernel=15), dict(blocks={"conv_kernel": 15})),
-    "mel_stack_3": ("tiny_mel", dict(mel_stack=3), dict(frontend={"mel_stack": 3})),
+OPTIONS = {  # preset, build_arch overrides
+    "feature_projection": ("tiny_wfe_c", dict(feature_projection=True)),
+    "no_feature_layer_norm": ("tiny_mel", dict(feature_layer_norm=False)),
+    "cif_alpha": ("tiny_wfe_c", dict(expander="phase", compressor={"cif_alpha": True})),
+    "cif_alpha_mel_conformer": ("tiny_mel_conformer", dict(expander="phase", compressor={"cif_alpha": True})),
+    "layer_norm_extractor": ("tiny_wfe_c", dict(frontend={"conv_norm": "layer_norm", "conv_bias": True})),
+    "trained_squeeze_3": ("tiny_mel", dict(compressor={"squeeze": 3})),
+    "even_pos_conv_kernel": ("tiny_wfe_c", dict(expander="phase", compressor={"pos_conv_kernel": 32})),
+    "head_dim_32": ("tiny_conformer", dict(blocks={"head_dim": 32})),
+    "conv_kernel_15": ("tiny_conformer", dict(blocks={"conv_kernel": 15})),
+    "mel_stack_3": ("tiny_mel", dict(frontend={"mel_stack": 3})),
     "per_layer_heads_ffn": (
         "tiny_mel_conformer",
-        dict(num_heads=[1, 3, 2, 3], ffn_dim=[256, 768, 128, 512]),
         dict(blocks=[{"heads": 1, "ffn_dims": [256, 256]}, {"heads": 3, "ffn_dims": [768, 768]},
                      {"heads": 2, "ffn_dims": [128, 128]}, {"heads": 3, "ffn_dims": [512, 512]}]),
     ),  # fmt: skip
@@ -167,9 +158,10 @@ OPTIONS = {
 
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_options_match_module(option: str):
-    name, encoder_kwargs, arch_kwargs = OPTIONS[option]
+    name, arch_kwargs = OPTIONS[option]
     arch = build_arch(name, **arch_kwargs)
-    encoder = build_encoder(name, **encoder_kwargs)
+    encoder = SqueezeEncoder(arch=arch)
+    assert encoder.arch == arch
     n = arch.num_layers
     if arch.expander == "sew":
         profiles = [CompressionProfile(), CompressionProfile(kv_pool=(2,) * n)]
@@ -179,8 +171,6 @@ def test_options_match_module(option: str):
 
 
 def _build_from_arch(arch: EncoderArch) -> SqueezeEncoder:
-    if "arch" not in inspect.signature(SqueezeEncoder.__init__).parameters:
-        pytest.skip("SqueezeEncoder does not build from an EncoderArch yet")
     return SqueezeEncoder(arch=arch.to_dict())
 
 
@@ -341,3 +331,19 @@ def test_profile_arch_overrides_and_macs_per_second():
     assert gmacs == pytest.approx(float(encoder_cost("tiny_mel", None, 400).total) / 4e9, rel=1e-12)
     with pytest.raises(TypeError, match="input_lengths"):
         encoder_cost("tiny_mel")
+
+
+def test_evaluate_reports_macs_of_each_real_utterance():
+    """``evaluate`` and ``sweep`` charge each test utterance its own length: equal to counting that utterance
+    alone (not a padded batch, not a fixed 10 s example)."""
+    from nemo_sew.evaluate import utterance_macs
+
+    encoder = build_encoder("tiny_mel_conformer", squeeze_sampler={"values": [1, 3]}).eval()
+    encoder.set_profile(CompressionProfile(squeeze=3, kv_pool=(2, 1, 2, 1)))
+    durations = [1.37, 0.52, 2.0]
+    per_utt = utterance_macs(encoder, durations)
+    for seconds, macs in zip(durations, per_utt.tolist()):
+        n = encoder.layout.length(seconds)
+        measured = count_macs(lambda: encoder(audio_signal=torch.randn(1, 80, n), length=torch.tensor([n])))
+        assert macs == pytest.approx(measured, rel=1e-12)
+    assert per_utt[2] > per_utt[0] > per_utt[1]

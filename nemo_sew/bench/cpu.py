@@ -51,6 +51,7 @@ from torch import nn
 from nemo_sew.bench.report import machine_line
 from nemo_sew.bench.timing import interleaved_ms, timed_ms
 from nemo_sew.convert.transformers import transformers_config
+from nemo_sew.cost import encoder_cost
 from nemo_sew.evaluate import count_macs
 
 SAMPLE_RATE = 16000
@@ -363,7 +364,7 @@ def _bench_family(
         return audio[:batch, None, :].contiguous(), torch.full((batch,), n, dtype=torch.int64)  # (B, 1, N), (B,)
 
     x1, l1 = inputs(1)
-    our_macs = count_macs(lambda: ours(audio_signal=x1, length=l1))
+    our_macs = float(encoder_cost(ours.arch, None, n).total)  # the analytic cost model (== count_macs, tested)
     hf_macs = count_macs(lambda: hf(input_values=x1[:, 0]))
     our_params, hf_params = _params_m(ours), _params_m(hf)
     rows: list[Row] = []
@@ -483,8 +484,9 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
         result.op_profile = {"preset": s.presets[0], **profile_ops(first[0], x, lengths)}
     result.load_average["end"] = list(os.getloadavg())
     result.notes += [
-        "GMACs counted by torch.utils.flop_counter with CPU SDPA attention included (nemo_sew.evaluate.count_macs); "
-        "onnxruntime rows reuse our eager count.",
+        "GMACs: ours from the analytic cost model (nemo_sew.cost, equal to torch.utils.flop_counter's count in "
+        "tests/test_cost.py); peers counted by torch.utils.flop_counter with CPU SDPA attention included "
+        "(nemo_sew.evaluate.count_macs); onnxruntime rows reuse our eager count.",
         "max abs diff: against our eager encoder's output on the same benchmark input, (B, D, T).",
         f"{s.seconds:g} s of 16 kHz audio per item (Conformer: {s.seconds:g} s of 80-bin features, 10 ms hop); "
         f"median of up to {s.runs} timed forwards (at least 3; fewer once {s.max_timed_s:g} s per runtime are "
