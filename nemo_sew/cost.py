@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from nemo_sew.arch import FFNS_PER_BLOCK, BlockSpec, EncoderArch, build_arch
+from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
 #: the cost components, in data-flow order (``total`` is their sum)
@@ -226,7 +227,7 @@ def frame_lengths(arch: ArchLike, input_lengths: int | torch.Tensor) -> torch.Te
     """20 ms front-end frames for input lengths (samples, or 10 ms frames for ``mel_stack``)."""
     arch = _as_arch(arch)
     t = _lengths(input_lengths)
-    if arch.frontend.kind == "mel_stack":
+    if not arch.frontend.conv_layers:  # mel stacking
         return torch.div(t, arch.frontend.mel_stack, rounding_mode="floor")
     for _, k, s in arch.frontend.conv_layers:
         t = _conv_frames(t, k, s)
@@ -277,7 +278,7 @@ def encoder_cost(
     fe = arch.frontend
 
     # front end -> 20 ms frames
-    if fe.kind == "mel_stack":
+    if not fe.conv_layers:  # mel stacking: no MACs
         frames = torch.div(lengths, fe.mel_stack, rounding_mode="floor")
         frontend = torch.zeros((), dtype=_F64, device=dev)
         front_dim: torch.Tensor | float = float(fe.out_dim)
@@ -383,7 +384,7 @@ def macs_per_second(
     """Encoder GMACs per second of audio on one utterance of ``seconds`` (the analytic
     :func:`nemo_sew.evaluate.encoder_gmacs_per_second`)."""
     arch = _as_arch(arch)
-    n = int(round(seconds / hop_seconds)) if arch.frontend.kind == "mel_stack" else int(round(seconds * sample_rate))
+    n = frontend_layout(arch.frontend).length(seconds, sample_rate, hop_seconds)
     return float(encoder_cost(arch, profile, n).total) / 1e9 / seconds
 
 
@@ -419,7 +420,7 @@ def encoder_params(
     zero = torch.zeros((), dtype=_F64, device=dev)
 
     frontend, front_dim = zero, float(fe.out_dim)
-    if fe.kind != "mel_stack":
+    if fe.conv_layers:
         c_in: torch.Tensor | float = 1.0
         for i, (_, k, _) in enumerate(fe.conv_layers):
             c_out = w["frontend_channels"][..., i]

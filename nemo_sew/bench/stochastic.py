@@ -50,12 +50,12 @@ def bench_stochastic_table(
 
     fixed_wer = {}
     for s in fixed:
-        cfg = load_config(recipe, [*common, f"model.encoder.squeeze={s}", f"model.profile.squeeze={s}",
+        cfg = load_config(recipe, [*common, f"++model.encoder.arch.compressor.squeeze={s}", f"model.profile.squeeze={s}",
                                    f"exp_manager.exp_dir={out_dir / f'fixed_s{s}'}"])  # fmt: skip
         fixed_wer[s] = wer_at(train(cfg), s)
     values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
     stoch_path = out_dir / "stochastic.nemo"
-    cfg = load_config(recipe, [*common, "model.encoder.expander=phase",
+    cfg = load_config(recipe, [*common, "++model.encoder.arch.expander=phase",
                                f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}}}",
                                f"exp_manager.exp_dir={out_dir / 'stochastic'}", f"save_to={stoch_path}"])  # fmt: skip
     stochastic = train(cfg)
