@@ -144,11 +144,113 @@ def test_ssl_model_losses_and_gradients(objective, compressed, tmp_path):
     assert abs(out[key].item() - expected) < 1.0, (out[key], expected)
     out["loss"].backward()
     enc = model.encoder
+    head = next(model.objective.final_proj.parameters())
     for name, p in [("mask_emb", enc.mask_emb), ("first block", next(enc.layers[0].parameters())),
-                    ("front end", next(enc.frontend.parameters())), ("head", next(model.final_proj.parameters()))]:  # fmt: skip
+                    ("front end", next(enc.frontend.parameters())), ("head", head)]:  # fmt: skip
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     if objective == "hubert":
-        assert model.labeler.centroids.grad is None and "labeler.centroids" in model.state_dict()
+        assert model.objective.labeler.centroids.grad is None and "objective.labeler.centroids" in model.state_dict()
+
+
+def test_unknown_objective_is_rejected_with_the_known_ones():
+    from nemo_sew.models.ssl import SqueezeSSLModel
+    from nemo_sew.ssl.objectives import OBJECTIVES, objective_class
+
+    assert set(OBJECTIVES) == {"wav2vec2", "hubert"}
+    for name, cls in OBJECTIVES.items():
+        assert objective_class(name) is cls and cls.name == name
+    with pytest.raises(ValueError, match=r"'bert'.*'wav2vec2'.*'hubert'"):
+        objective_class("bert")
+    with pytest.raises(ValueError, match=r"'bert'.*'wav2vec2'.*'hubert'"):
+        SqueezeSSLModel(_ssl_cfg("bert", sampler=False))
+
+
+# the keys of the objective's parts in a .nemo written before objectives were submodules (at the model's top level)
+LEGACY_OBJECTIVE_KEYS = {
+    "wav2vec2": [
+        "quantizer.vars", "quantizer.weight_proj.weight", "quantizer.weight_proj.bias",
+        *(f"project_q.net.{k}" for k in ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                         "1.num_batches_tracked", "3.weight", "3.bias"]),
+        *(f"final_proj.net.{k}" for k in ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                          "1.num_batches_tracked", "3.weight", "3.bias"]),
+    ],
+    "hubert": ["label_emb", "labeler.centroids", "final_proj.net.weight", "final_proj.net.bias"],
+}  # fmt: skip
+
+
+def _ssl_model(objective, tmp_path, seed=0):
+    from nemo_sew.models.ssl import SqueezeSSLModel
+
+    centroids = tmp_path / "c.npy"
+    np.save(centroids, np.random.default_rng(0).normal(size=(20, 78)).astype(np.float32))
+    torch.manual_seed(seed)
+    return SqueezeSSLModel(_ssl_cfg(objective, centroids=centroids, sampler=False))
+
+
+@pytest.mark.parametrize("objective", ["wav2vec2", "hubert"])
+def test_objective_is_a_submodule_owning_its_parts(objective, tmp_path):
+    model = _ssl_model(objective, tmp_path)
+    keys = list(model.state_dict())
+    expected = [f"objective.{k}" for k in LEGACY_OBJECTIVE_KEYS[objective]]
+    assert [k for k in keys if not k.startswith(("encoder.", "preprocessor."))] == expected
+    assert len(keys) == len(set(keys)) and dict(model.named_children())["objective"] is model.objective
+    assert dict(model.named_modules())["objective.final_proj"] is model.objective.final_proj
+    if objective == "hubert":
+        assert model.objective.train_logs() == {}
+    else:
+        model.objective.on_train_step(1000)
+        assert model.objective.train_logs()["codebook_temp"] == pytest.approx(2.0 * 0.999995**1000)
+
+
+@pytest.mark.parametrize("objective", ["wav2vec2", "hubert"])
+def test_a_state_dict_written_before_the_objective_was_a_submodule_still_loads(objective, tmp_path):
+    import copy
+
+    model = _ssl_model(objective, tmp_path, seed=0)
+    model.train()
+    # an old run: its optimizer saw the parameters in the order they had then (the model's own label_emb first)
+    params = dict(model.named_parameters())
+    legacy_names = [n for n in params if n.count(".") == 1 and n.startswith("objective.")]
+    legacy_names += [n for n in params if n not in legacy_names]
+    opt = torch.optim.Adam([params[n] for n in legacy_names], lr=1e-3)
+    wav, lens = torch.randn(2, 16000), torch.tensor([16000, 12000])
+    model(wav, lens)["loss"].backward()
+    opt.step()
+    legacy = {k.removeprefix("objective."): v.clone() for k, v in model.state_dict().items()}
+    assert [k for k in legacy if not k.startswith(("encoder.", "preprocessor."))] == LEGACY_OBJECTIVE_KEYS[objective]
+
+    fresh = _ssl_model(objective, tmp_path, seed=1)
+    fresh_parts = fresh.objective.state_dict()
+    assert not all(torch.equal(fresh_parts[k], v) for k, v in model.objective.state_dict().items())
+    checkpoint = {"state_dict": dict(legacy), "optimizer_states": [copy.deepcopy(opt.state_dict())]}
+    fresh.on_load_checkpoint(checkpoint)  # what Lightning calls before it restores the weights and the optimizer
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert list(checkpoint["state_dict"]) == list(legacy)  # the caller's dict is left as it was
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    model.eval()
+    fresh.eval()
+    torch.manual_seed(3)
+    expected = model(wav, lens)
+    torch.manual_seed(3)
+    got = fresh(wav, lens)
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
+    # the optimizer state follows each parameter to its place in parameters() now
+    restored = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    restored.load_state_dict(checkpoint["optimizer_states"][0])
+    fresh_params = dict(fresh.named_parameters())
+    with_state = {n for n in fresh_params if fresh_params[n] in restored.state}
+    assert with_state == {n for n in params if params[n] in opt.state}
+    for n, p in params.items():
+        if p in opt.state:
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(restored.state[fresh_params[n]][key], opt.state[p][key]), (n, key)
+    # a model nested in another module (prefix "net.") too
+    nested = torch.nn.ModuleDict({"net": _ssl_model(objective, tmp_path, seed=2)})
+    nested.load_state_dict({f"net.{k}": v for k, v in legacy.items()}, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(nested["net"].state_dict()[k], v), k
 
 
 def test_ssl_training_lowers_the_loss_on_a_fixed_batch():
@@ -209,8 +311,8 @@ def test_pretrained_model_saves_and_restores_with_its_centroids(pretrained):
     path, model = pretrained
     restored = ModelPT.restore_from(str(path), map_location="cpu")
     assert type(restored).__name__ == "SqueezeSSLModel"
-    torch.testing.assert_close(restored.labeler.centroids, model.labeler.centroids)
-    assert restored.labeler.centroids.abs().sum() > 0
+    torch.testing.assert_close(restored.objective.labeler.centroids, model.objective.labeler.centroids)
+    assert restored.objective.labeler.centroids.abs().sum() > 0
 
 
 def _finetune(tiny_corpus, out, extra):

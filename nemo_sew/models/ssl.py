@@ -9,7 +9,7 @@ the encoder and quantizes spectrogram patches inside ``ContrastiveLoss``; SEW ma
 features *inside* the encoder (between the front end and the squeeze) and quantizes those features, so
 the masking, the heads and the losses (:mod:`nemo_sew.ssl`) are ours.
 
-Objectives (``cfg.objective``):
+Objectives (``cfg.objective``, classes in :mod:`nemo_sew.ssl.objectives`, looked up in its ``OBJECTIVES``):
 
 * ``wav2vec2`` (SEW): span masking at 20 ms, the encoder (squeezed, possibly with a stochastic squeeze
   sampler) and its expander back to 20 ms, MLP heads, InfoNCE against Gumbel-quantized unmasked features
@@ -30,47 +30,22 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from nemo.collections.asr.models import EncDecCTCModel
-from nemo.collections.asr.parts.submodules.ssl_quantizers import GumbelVectorQuantizer
 from nemo.core.classes import ModelPT
 from nemo.core.classes.common import PretrainedModelInfo
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from nemo_sew.encoder import Draw, SqueezeEncoder
 from nemo_sew.models.ctc import DataGuardMixin, ProfileAPIMixin, _as_dictconfig, upgraded_model_config
 from nemo_sew.nn.frontend import time_mask
-from nemo_sew.ssl.heads import MLPHead
-from nemo_sew.ssl.losses import contrastive_loss, masked_prediction_loss, sample_negatives
 from nemo_sew.ssl.masking import span_mask
-from nemo_sew.ssl.targets import KMeansLabeler, build_target_features
+from nemo_sew.ssl.objectives import HUBERT_DEFAULTS, OBJECTIVES, W2V2_DEFAULTS, SSLObjective, objective_class
+
+__all__ = ["SqueezeSSLModel", "OBJECTIVES", "W2V2_DEFAULTS", "HUBERT_DEFAULTS"]
 
 log = logging.getLogger("nemo_sew.models")
 
 ENGLISH_CHARS = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
-
-W2V2_DEFAULTS = {
-    "final_dim": 256,
-    "head_hidden": 4096,  # SEW's MLP heads; 0 = wav2vec 2.0's linear heads
-    "num_negatives": 100,
-    "temperature": 0.1,
-    "codebook": {"groups": 2, "num_vars": 320, "dim": 256, "temp": [2.0, 0.5, 0.999995]},
-    "diversity_weight": 0.1,
-    "feature_penalty_weight": 10.0,
-    "target_dropout": 0.1,  # fairseq dropout_features
-}
-HUBERT_DEFAULTS = {
-    "features": "mfcc",  # or the path of a teacher .nemo (iteration 2)
-    "layer": None,  # teacher blocks to run (None = all)
-    "num_clusters": 100,
-    "feature_dim": None,  # filled in from the features
-    "centroids": None,  # .npy from `nemo-sew kmeans`; stored in the state dict afterwards
-    "final_dim": 256,
-    "head_hidden": 0,
-    "temperature": 0.1,
-    "unmasked_weight": 0.0,
-    "feature_penalty_weight": 10.0,
-}
 
 
 class _GradMultiply(torch.autograd.Function):
@@ -95,11 +70,9 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             cfg.setdefault("labels", ENGLISH_CHARS)  # the char dataset parses transcripts; they are unused
             cfg.encoder.mask_emb = True
             cfg.encoder.masking = None
-            objective = cfg.setdefault("objective", "wav2vec2")
-            if objective not in ("wav2vec2", "hubert"):
-                raise ValueError(f"expected objective 'wav2vec2' or 'hubert', got {objective!r}")
-            defaults = W2V2_DEFAULTS if objective == "wav2vec2" else HUBERT_DEFAULTS
-            cfg[objective] = OmegaConf.merge(defaults, cfg.get(objective) or {})
+            name = cfg.setdefault("objective", "wav2vec2")
+            objective_cls = objective_class(name)  # a ValueError listing the known ones
+            cfg[name] = objective_cls.with_defaults(cfg.get(name))
             cfg.setdefault("masking", {"prob": 0.65, "length": 10, "min_masks": 2})
             cfg.setdefault("compressed_targets", False)
             cfg.setdefault("feature_grad_mult", 0.1)
@@ -108,36 +81,16 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         self.encoder = self.from_config_dict(self.cfg.encoder)
         if not isinstance(self.encoder, SqueezeEncoder):
             raise TypeError(f"SqueezeSSLModel needs a nemo_sew.SqueezeEncoder, got {type(self.encoder).__name__}")
-        self.objective = str(self.cfg.objective)
         self.compressed = bool(self.cfg.compressed_targets)
         if not self.compressed and self.encoder.expander is None:
             raise ValueError("SEW-style pre-training scores 20 ms frames: the encoder needs upsample=true "
                              "(or set compressed_targets=true for the once-for-all variant)")
-        d_model = int(self.encoder.d_model)
-        front_dim = int(self.encoder.frontend_dim)
-        if self.objective == "wav2vec2":
-            o = self.cfg.wav2vec2
-            cb = o.codebook
-            self.quantizer = GumbelVectorQuantizer(
-                dim=front_dim, num_vars=int(cb.num_vars), temp=tuple(cb.temp), groups=int(cb.groups),
-                combine_groups=False, vq_dim=int(cb.dim), time_first=True,
-            )  # fmt: skip
-            self.project_q = MLPHead(int(cb.dim), int(o.final_dim), int(o.head_hidden))
-            self.target_dropout = torch.nn.Dropout(float(o.target_dropout))
-        else:
-            o = self.cfg.hubert
-            self.target_features = build_target_features(str(o.features), int(self.cfg.sample_rate), o.layer)
-            with open_dict(self.cfg):
-                self.cfg.hubert.feature_dim = int(self.target_features.out_dim)
-            self.labeler = KMeansLabeler(int(o.num_clusters), int(self.cfg.hubert.feature_dim))
-            if self._is_model_being_restored():
-                pass  # the centroids come with the state dict
-            elif o.centroids:
-                self.labeler.load(str(o.centroids))
-            else:
-                raise ValueError("hubert.centroids is not set: fit them first with `nemo-sew kmeans`")
-            self.label_emb = torch.nn.Parameter(torch.randn(int(o.num_clusters), int(o.final_dim)) * 0.02)
-        self.final_proj = MLPHead(d_model, int(o.final_dim), int(o.head_hidden))
+        name = str(self.cfg.objective)
+        self.objective: SSLObjective = objective_cls(
+            self.cfg[name], frontend_dim=int(self.encoder.frontend_dim), d_model=int(self.encoder.d_model),
+            sample_rate=int(self.cfg.sample_rate), restoring=self._is_model_being_restored(),
+        )  # fmt: skip
+        self._register_load_state_dict_pre_hook(_upgrade_legacy_state_dict)
         self._init_profile()
 
     @classmethod
@@ -191,11 +144,8 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         normed = enc.projection.normalize(feats)
         x = enc.projection.project(normed)  # (B, T, D): the encoder's own projection
 
-        if self.objective == "wav2vec2":
-            target_src = self.target_dropout(normed)  # unmasked features, (B, T, C_front)
-        else:
-            target_src, _ = self.target_features(input_signal, input_signal_length)
-            target_src = _fit_time(target_src, t)
+        objective = self.objective
+        target_src = objective.target_source(normed, input_signal, input_signal_length, t)  # (B, T, F)
         m = self.cfg.masking
         if not self.compressed:
             mask, out_len = span_mask(frames, t, float(m.prob), int(m.length), int(m.get("min_masks", 2))), frames
@@ -219,28 +169,8 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             mask = torch.zeros_like(mask)
             mask[:, 0] = time_mask(out_len, mask.shape[1])[:, 0]
 
-        out: dict[str, torch.Tensor] = {}
-        predictions = self.final_proj(y[mask])  # (N, final_dim)
-        if self.objective == "wav2vec2":
-            o = self.cfg.wav2vec2
-            q, diversity, _ = self.quantizer(target_src[mask][None])  # (1, N, cb_dim)
-            targets = self.project_q(q[0])
-            utterance = mask.nonzero()[:, 0]
-            negatives = sample_negatives(utterance, int(o.num_negatives))
-            loss, accuracy = contrastive_loss(predictions, targets, negatives, float(o.temperature))
-            out.update(contrastive_loss=loss.detach(), diversity_loss=diversity.detach())
-            total = loss + float(o.diversity_weight) * diversity
-        else:
-            o = self.cfg.hubert
-            labels = self.labeler(target_src)  # (B, T or T')
-            loss, accuracy = masked_prediction_loss(predictions, self.label_emb, labels[mask], float(o.temperature))
-            out.update(masked_loss=loss.detach())
-            total = loss
-            if float(o.unmasked_weight) > 0:
-                keep = time_mask(out_len, mask.shape[1]) & ~mask
-                unmasked, _ = masked_prediction_loss(self.final_proj(y[keep]), self.label_emb, labels[keep], float(o.temperature))
-                total = total + float(o.unmasked_weight) * unmasked
-        total = total + float(o.feature_penalty_weight) * feature_pen
+        total, accuracy, out = objective.loss(y, mask, target_src, out_len)
+        total = total + objective.feature_penalty_weight * feature_pen
         for name, value in encoded.aux_losses.items():  # the learned rate's penalty, ...
             total = total + value
             out[name] = value.detach()
@@ -258,8 +188,7 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
 
     def training_step(self, batch: Any, batch_idx: int):
         step = int(self.trainer.global_step)
-        if self.objective == "wav2vec2":
-            self.quantizer.set_num_updates(step)
+        self.objective.on_train_step(step)
         out = self(*self._batch_audio(batch), draw=self.encoder.draw(step))  # the same draw on every DDP rank
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -269,8 +198,8 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         self.log("train_loss", loss.detach(), prog_bar=True)
         if self.trainer.optimizers:
             self.log("learning_rate", self.trainer.optimizers[0].param_groups[0]["lr"])
-        if self.objective == "wav2vec2":
-            self.log("codebook_temp", float(self.quantizer.curr_temp))
+        for name, value in self.objective.train_logs().items():
+            self.log(name, value)
         if self.encoder.learned_rate is not None:
             self.log("learned_frame_period_ms", self.encoder.learned_frame_period_ms())
         return {"loss": loss}
@@ -288,6 +217,33 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
                 self.log(f"val_{key}", torch.stack([o[key] for o in outputs]).mean(), sync_dist=True)
         self.validation_step_outputs.clear()
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if any(k.split(".", 1)[0] in LEGACY_OBJECTIVE_PARTS for k in checkpoint.get("state_dict", {})):
+            # a checkpoint written before objectives were submodules: its weights are renamed on loading,
+            # and the optimizer state it holds follows the order the parameters had then
+            for state in checkpoint.get("optimizer_states", []):
+                self._reorder_legacy_optimizer_state(state)
+
+    def _reorder_legacy_optimizer_state(self, state: dict) -> None:
+        """Map an optimizer state saved when the objective's own parameters (``label_emb``) were the model's
+        (first in ``parameters()``) to the order of ``parameters()`` now (after the encoder's)."""
+        names = [n for n, _ in self.named_parameters()]
+        own = [i for i, n in enumerate(names) if n.startswith("objective.") and n.count(".") == 1]
+        legacy_order = own + [i for i in range(len(names)) if i not in own]  # legacy position -> position now
+        groups = state.get("param_groups", [])
+        if legacy_order == list(range(len(names))) or not groups:
+            return
+        if len(groups) != 1 or len(groups[0]["params"]) != len(names):
+            log.warning("optimizer state of a checkpoint written before objectives were submodules: its "
+                        "parameter groups do not match the model's, left as they are")  # fmt: skip
+            return
+        saved = groups[0]["params"]
+        reordered = [None] * len(saved)
+        for old_pos, new_pos in enumerate(legacy_order):
+            reordered[new_pos] = saved[old_pos]
+        groups[0]["params"] = reordered
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         period = self.encoder.learned_frame_period_ms()
@@ -295,9 +251,14 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             checkpoint["learned_frame_period_ms"] = period
 
 
-def _fit_time(x: torch.Tensor, t: int) -> torch.Tensor:
-    """Trim or pad (repeating the last frame) ``(B, T_x, F)`` to ``t`` frames: target features computed
-    from the waveform may differ from the front end's frame count by a frame."""
-    if x.shape[1] >= t:
-        return x[:, :t]
-    return F.pad(x.transpose(1, 2), (0, t - x.shape[1]), mode="replicate").transpose(1, 2)
+# the top-level names of the objective's parts in state dicts written before the objective was a submodule
+LEGACY_OBJECTIVE_PARTS = ("quantizer", "project_q", "final_proj", "labeler", "label_emb", "target_features")
+
+
+def _upgrade_legacy_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Rename the objective's parts of ``.nemo`` files / checkpoints written before the objective was a
+    submodule: ``quantizer.*`` -> ``objective.quantizer.*``, ``label_emb`` -> ``objective.label_emb``, ..."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        local = key[len(prefix) :]
+        if local.split(".", 1)[0] in LEGACY_OBJECTIVE_PARTS:
+            state_dict[f"{prefix}objective.{local}"] = state_dict.pop(key)
