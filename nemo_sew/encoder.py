@@ -36,8 +36,9 @@ from nemo_sew.arch import EncoderArch, build_arch
 from nemo_sew.nn.blocks import BlockOptions, LayerPlan, build_block, legacy_layer_keys
 from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor
 from nemo_sew.nn.frontend import FeatureProjection, build_frontend, frontend_layout, time_mask
+from nemo_sew.nn.gates import GlobalGatePredictor, gate_decisions
 from nemo_sew.nn.pooling import FrameMap, pooled_lengths
-from nemo_sew.options import Dropout, LearnedRate, Masking, upgrade_encoder_config
+from nemo_sew.options import Dropout, Gates, LearnedRate, Masking, upgrade_encoder_config
 from nemo_sew.profile import CompressionProfile, ProfileLike, ProfileSampler, as_profile
 
 log = logging.getLogger("nemo_sew.encoder")
@@ -89,6 +90,7 @@ class Squeezed:
     frames: torch.Tensor  # 20 ms input lengths (B,)
     num_frames: int  # 20 ms padded length
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_lengths: torch.Tensor | None = None  # the input port's lengths (samples / 10 ms frames), for the cost model
 
 
 def _plain(value: Any) -> Any:
@@ -126,6 +128,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
         mask_emb: keep a learned mask embedding (``d_model``) for masked frames: created by self-supervised
             pre-training and reused by fine-tuning's time masking (wav2vec 2.0 ``mask_emb``).
         masking: :class:`nemo_sew.options.Masking` fields: fine-tuning-time masking (training only).
+        gates: :class:`nemo_sew.options.Gates` fields: I3D input-dependent depth (``{"kind": "local"}`` or
+            ``{"kind": "global"}``, a depth budget); None = every branch always runs.
         **legacy: the flat keyword arguments of configs written before ``EncoderArch`` (``frontend``,
             ``d_model``, ``num_layers``, ..., ``dropout=0.1``); read by
             :func:`nemo_sew.options.upgrade_encoder_config`, so every old ``.nemo`` restores.
@@ -144,6 +148,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         cif_lambda: float = 1.0,
         mask_emb: bool = False,
         masking: Masking | Mapping[str, float] | None = None,
+        gates: Gates | Mapping[str, Any] | None = None,
         **legacy: Any,
     ) -> None:
         super().__init__()
@@ -156,7 +161,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 old["dropout"] = dropout
             new = upgrade_encoder_config(old)
             arch, dropout = new["arch"], new.get("dropout")
-        arch, squeeze_sampler, learned_rate, masking, dropout = map(_plain, (arch, squeeze_sampler, learned_rate, masking, dropout))
+        arch, squeeze_sampler, learned_rate, masking, dropout, gates = map(
+            _plain, (arch, squeeze_sampler, learned_rate, masking, dropout, gates)
+        )
         if preset is not None:
             if isinstance(arch, EncoderArch):
                 raise ValueError("give either a preset (with arch overrides) or a full EncoderArch, not both")
@@ -175,6 +182,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
             self.arch = self.arch.replace(expander="phase")
         self.dropout_options = Dropout.of(dropout)
         self.masking = Masking.of(masking)
+        self.gate_options = Gates.of(gates)
         self.cif_lambda = float(cif_lambda)
         self._build(mask_emb)
         if self.masking is not None and self.masking.time_prob > 0 and self.mask_emb is None:
@@ -198,8 +206,18 @@ class SqueezeEncoder(NeuralModule, Exportable):
             self.rate_logit = nn.Parameter(torch.tensor(math.log(frac / (1 - frac))))
         self.norm = nn.LayerNorm(a.d_model, eps=a.layer_norm_eps)  # post-LN: before the blocks; pre-LN: after
         self.dropout = nn.Dropout(d.hidden)
-        options = BlockOptions(a.d_model, a.layer_norm_first, d.hidden, d.attention, d.activation, a.layer_norm_eps)
+        g = self.gate_options
+        options = BlockOptions(
+            a.d_model, a.layer_norm_first, d.hidden, d.attention, d.activation, a.layer_norm_eps,
+            local_gate_hidden=g.hidden if g is not None and g.kind == "local" else 0,
+            gate_init_logit=g.init_logit if g is not None else 3.0,
+        )  # fmt: skip
         self.layers = nn.ModuleList([build_block(spec, options) for spec in a.blocks])
+        # (layer, branch) of every gate, in the order the global predictor emits them
+        self.gate_slots = [(i, name) for i, layer in enumerate(self.layers) for name in layer.branch_names] if g else []
+        self.gate_predictor = (
+            GlobalGatePredictor(a.d_model, len(self.gate_slots), g.hidden, g.init_logit) if g and g.kind == "global" else None
+        )
         expanders = {"none": lambda: None, "sew": lambda: SEWUpsampler(a.d_model, c.squeeze), "phase": lambda: PhaseExpander(a.d_model)}
         self.expander: nn.Module | None = expanders[a.expander]()
         self.mask_emb = nn.Parameter(torch.empty(a.d_model).uniform_()) if mask_emb else None  # fairseq init
@@ -217,6 +235,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
         out["cif_lambda"] = self.cif_lambda
         out["mask_emb"] = self.mask_emb is not None
         out["masking"] = dataclasses.asdict(self.masking) if self.masking is not None else None
+        if self.gate_options is not None:
+            out["gates"] = dataclasses.asdict(self.gate_options)
         return out
 
     @property
@@ -295,12 +315,17 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 raise ValueError(f"expected {name} to list {n} strides >= 1 (one per layer), got {list(strides)}")
             if name == "q_pool" and self.fixed_factor and max(strides) > 1:
                 raise ValueError("query pooling changes the output rate; SEW's fixed upsampler cannot expand it")
-        unsupported = {name: getattr(p, name) for name in ("depth_threshold", "arch") if getattr(p, name) is not None}
+        if p.depth_threshold is not None and not 0.0 <= float(p.depth_threshold) <= 1.0:
+            raise ValueError(f"expected depth_threshold in [0, 1], got {p.depth_threshold}")
+        unsupported = {name: getattr(p, name) for name in ("arch",) if getattr(p, name) is not None}
+        if p.depth_threshold is not None and self.gate_options is None:
+            unsupported["depth_threshold"] = p.depth_threshold
         if p.weight_bits != 16:
             unsupported["weight_bits"] = p.weight_bits
         if unsupported:
             raise NotImplementedError(
-                f"this encoder cannot act on profile fields {unsupported} yet; it acts on squeeze, q_pool and kv_pool"
+                f"this encoder cannot act on profile fields {unsupported}; it acts on squeeze, q_pool and kv_pool"
+                + (", depth_threshold" if self.gate_options is not None else " (depth_threshold needs an encoder built with gates)")
             )
         self._profile = dataclasses.replace(p, squeeze=None if squeeze is None else float(squeeze))
         return self._profile
@@ -325,12 +350,25 @@ class SqueezeEncoder(NeuralModule, Exportable):
         """Stop drawing training profiles (fine-tuning a stochastic model at one profile)."""
         self.sampler = None
 
-    def plan(self, profile: CompressionProfile) -> list[LayerPlan]:
-        """One :class:`LayerPlan` per layer for ``profile`` (worked out once per forward)."""
+    def depth_threshold(self, profile: CompressionProfile) -> float:
+        """The I3D threshold a forward at ``profile`` uses (the profile's, else the encoder's default)."""
+        if profile.depth_threshold is not None:
+            return float(profile.depth_threshold)
+        return self.gate_options.threshold if self.gate_options is not None else 0.5
+
+    def plan(self, profile: CompressionProfile, gates: list[dict] | None = None) -> list[LayerPlan]:
+        """One :class:`LayerPlan` per layer for ``profile`` (worked out once per forward); ``gates``: the global
+        predictor's decisions per layer."""
         n = len(self.layers)
         q_pool = profile.q_pool or (1,) * n
         kv_pool = profile.kv_pool or (1,) * n
-        return [LayerPlan(int(q), int(kv), weight_bits=profile.weight_bits) for q, kv in zip(q_pool, kv_pool)]
+        threshold = self.depth_threshold(profile)
+        tau = self.gate_options.tau if self.gate_options is not None else 1.0
+        gates = gates or [None] * n
+        return [
+            LayerPlan(int(q), int(kv), weight_bits=profile.weight_bits, depth_threshold=threshold, gate_tau=tau, gates=g)
+            for q, kv, g in zip(q_pool, kv_pool, gates)
+        ]
 
     # ----------------------------------------------------------------------------------------------
     # lengths
@@ -417,7 +455,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         x = self.projection(x)  # (B, T, D)
         if self.training and self.masking is not None:
             x = self.apply_masking(x, frames)
-        return self.context(self.squeeze_features(x, frames, draw), draw)
+        return self.context(self.squeeze_features(x, frames, draw, input_lengths=length), draw)
 
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""
@@ -438,8 +476,11 @@ class SqueezeEncoder(NeuralModule, Exportable):
             x = x.masked_fill(channels[:, None, :], 0.0)
         return x
 
-    def squeeze_features(self, x: torch.Tensor, lengths: torch.Tensor, draw: Draw) -> Squeezed:
-        """The compressor on projected 20 ms features ``(B, T, D)`` at the draw's factor."""
+    def squeeze_features(
+        self, x: torch.Tensor, lengths: torch.Tensor, draw: Draw, input_lengths: torch.Tensor | None = None
+    ) -> Squeezed:
+        """The compressor on projected 20 ms features ``(B, T, D)`` at the draw's factor (``input_lengths``: the
+        input port's lengths, which the gates' MAC budget and stats need)."""
         profile, lam = draw.profile, draw.cif_lambda
         aux: dict[str, torch.Tensor] = {}
         factor: float | torch.Tensor = self.squeeze if profile.squeeze is None else float(profile.squeeze)
@@ -450,7 +491,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if not isinstance(factor, torch.Tensor) and factor == int(factor):
             factor = int(factor)
         h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
-        return Squeezed(h, h_len, frame_map, factor, lam, lengths, x.shape[1], aux)
+        return Squeezed(h, h_len, frame_map, factor, lam, lengths, x.shape[1], aux, input_lengths)
 
     def context(
         self, squeezed: Squeezed, draw: Draw, num_layers: int | None = None, expand: bool = True
@@ -465,13 +506,16 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if not self.arch.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)
-        plans = self.plan(draw.profile)
+        global_gates = self._global_gates(h, h_len, draw.profile) if self.gate_predictor is not None else None
+        plans = self.plan(draw.profile, global_gates)
         layers = list(self.layers) if num_layers is None else list(self.layers)[:num_layers]
         ran = 0
-        for layer, plan in zip(layers, plans):
+        decisions: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, (layer, plan) in enumerate(zip(layers, plans)):
             if self.training and self.layerdrop > 0 and plan.q_stride == 1 and torch.rand(()) < self.layerdrop:
                 continue
-            h, h_len = layer(h, h_len, plan)
+            h, h_len, taken = layer(h, h_len, plan)
+            decisions.update({(i, name): d for name, d in taken.items()})
             frame_map = frame_map.pooled(plan.q_stride, h_len)
             ran += 1
         if self.arch.layer_norm_first and num_layers is None:
@@ -484,11 +528,82 @@ class SqueezeEncoder(NeuralModule, Exportable):
             "kv_pool": tuple(p.kv_stride for p in plans),
             "layers": ran,
         }
+        aux = dict(squeezed.aux_losses)
+        if self.gate_options is not None and decisions:
+            self._gate_outputs(decisions, squeezed, draw, stats, aux)
         if self.expander is None or not expand:
             h = h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0)
-            return EncoderOutput(h, h_len, dict(squeezed.aux_losses), stats)
+            return EncoderOutput(h, h_len, aux, stats)
         y, lengths = self.expander(h, h_len, frame_map, squeezed.frames, squeezed.num_frames)  # (B, T, D) at 20 ms
-        return EncoderOutput(y, lengths, dict(squeezed.aux_losses), stats)
+        return EncoderOutput(y, lengths, aux, stats)
+
+    # ----------------------------------------------------------------------------------------------
+    # I3D gates
+
+    def _global_gates(self, h: torch.Tensor, lengths: torch.Tensor, profile: CompressionProfile) -> list[dict]:
+        """The global predictor's decisions, per layer ``{branch: (gates (B,), probabilities (B,))}``."""
+        g, p = gate_decisions(self.gate_predictor(h, lengths), self.training, self.depth_threshold(profile), self.gate_options.tau)
+        per_layer: list[dict] = [{} for _ in self.layers]
+        for k, (i, name) in enumerate(self.gate_slots):
+            per_layer[i][name] = (g[:, k], p[:, k])
+        return per_layer
+
+    def _gate_outputs(self, decisions: dict, squeezed: Squeezed, draw: Draw, stats: dict, aux: dict) -> None:
+        """Depth and MACs (expected from the probabilities, realised from the decisions), and the budget penalty."""
+        from nemo_sew.cost import encoder_cost
+
+        n = len(self.layers)
+        per_layer = torch.tensor([len(layer.branch_names) for layer in self.layers], dtype=torch.float32)
+        hard = {k: g.detach().float() for k, (g, _) in decisions.items()}
+        probs = {k: p.float() for k, (_, p) in decisions.items()}
+        some = next(iter(probs.values()))
+        weight = torch.stack([1.0 / per_layer[i] for (i, _) in probs]).to(some.device)  # each layer counts 1
+        stacked_p, stacked_g = torch.stack(list(probs.values()), -1), torch.stack(list(hard.values()), -1)  # (B, G)
+        depth_expected, depth = stacked_p @ weight, stacked_g @ weight  # (B,) in layers
+        stats["depth"] = [float(v) for v in depth]
+        stats["depth_expected"] = float(depth_expected.detach().mean())
+        stats["gates_open"] = float(stacked_g.mean())
+        nan = torch.full_like(some, float("nan"))  # a layer that did not run (LayerDrop, num_layers)
+        stats["gate_probs"] = torch.stack([probs.get(k, nan) for k in self.gate_slots], -1).detach().tolist()
+        fraction = stacked_p.mean(-1)  # expected fraction of open branches
+        if squeezed.input_lengths is not None:
+            profile = dataclasses.replace(draw.profile, squeeze=stats["squeeze"], depth_threshold=None)
+
+            def block_macs(keep_values: dict) -> torch.Tensor:
+                keep = self._keep_tensors(keep_values, some.shape[0], n, some.device)
+                cost = encoder_cost(self.arch, profile, squeezed.input_lengths, keep=keep)
+                return cost.attention_proj + cost.attention_scores + cost.ffn + cost.conv_module, cost.total
+
+            full_blocks, _ = block_macs({})
+            expected_blocks, _ = block_macs(probs)
+            _, realised_total = block_macs(hard)
+            stats["macs"] = [float(v) for v in realised_total]
+            stats["macs_expected"] = float((expected_blocks.sum() / full_blocks.sum().clamp_min(1.0)).detach())
+            if self.gate_options.budget == "macs":
+                fraction = expected_blocks / full_blocks.clamp_min(1.0)
+        if self.training and self.gate_options.weight > 0:
+            target = self.gate_options.target
+            aux["gate_budget"] = self.gate_options.weight * (fraction.float().mean() - target) ** 2
+
+    def _keep_tensors(self, values: dict, batch: int, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Per-branch keep values ``{(layer, branch): (B,)}`` -> the cost model's ``keep`` tensors (1 elsewhere)."""
+        attn = [torch.ones(batch, device=device, dtype=torch.float64) for _ in range(n)]
+        conv = [torch.ones(batch, device=device, dtype=torch.float64) for _ in range(n)]
+        ffn = [[torch.ones(batch, device=device, dtype=torch.float64) for _ in range(2)] for _ in range(n)]
+        for (i, name), v in values.items():
+            v = v.to(torch.float64)
+            if name == "attn":
+                attn[i] = v
+            elif name == "conv":
+                conv[i] = v
+            else:
+                ffn[i][1 if name == "ffn2" else 0] = v
+        n_ffn = 2 if any(b.kind == "conformer" for b in self.arch.blocks) else 1
+        return {
+            "attn": torch.stack(attn, -1),
+            "conv": torch.stack(conv, -1),
+            "ffn": torch.stack([torch.stack(f[:n_ffn], -1) for f in ffn], -2),
+        }
 
     def _rate_penalty(self, squeeze: torch.Tensor) -> torch.Tensor:
         r = self.learned_rate
@@ -527,7 +642,7 @@ def encoder_config(preset: str, **overrides: Any) -> dict[str, Any]:
     (``d_model``, ``blocks``, ``compressor``, ``expander``, ...) go under ``arch``; the encoder's other
     arguments (``dropout``, ``squeeze_sampler``, ...) stay at the top level."""
     arch_fields = {f.name for f in dataclasses.fields(EncoderArch)} | {"num_layers", "blocks"}
-    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking"}
+    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking", "gates"}
     unknown = sorted(set(overrides) - arch_fields - options)
     if unknown:
         raise ValueError(f"unknown encoder arguments {unknown}; arch fields: {sorted(arch_fields)}, options: {sorted(options)}")

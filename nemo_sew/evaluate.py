@@ -113,6 +113,31 @@ def utterance_macs(
     return encoder_cost(encoder.arch, active_profile(encoder), lengths).total
 
 
+def gated_utterance_stats(model, manifest: str | Path) -> dict[str, list[float]]:
+    """Realised I3D depth (layers) and encoder MACs of every manifest utterance at the active profile: each
+    utterance runs alone through the preprocessor and the gated encoder (the gates depend on the input)."""
+    from manifests.audio import load_audio
+
+    encoder = model.encoder
+    param = next(model.parameters())
+    depth, macs = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for entry in read_manifest(manifest):
+                wav, _ = load_audio(entry["audio_filepath"], expected_sample_rate=int(model.cfg.get("sample_rate", 16000)))
+                audio = torch.as_tensor(wav, device=param.device)[None]
+                length = torch.tensor([audio.shape[1]], device=param.device)
+                signal, signal_len = model.preprocessor(input_signal=audio, length=length)
+                stats = encoder.run(signal, signal_len).stats
+                depth.append(float(stats["depth"][0]))
+                macs.append(float(stats["macs"][0]))
+    finally:
+        model.train(was_training)
+    return {"depth": depth, "macs": macs}
+
+
 @dataclass
 class Latency:
     batch: int
@@ -159,6 +184,8 @@ class EvalResult:
     profile: dict
     encoder_gmacs_per_utterance: list[float] = field(default_factory=list)  # in manifest order
     encoder_gmacs_mean: float = 0.0  # mean over utterances
+    depth_per_utterance: list[float] = field(default_factory=list)  # realised I3D depth (gated encoders only)
+    depth_mean: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -171,7 +198,12 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
         wer, cer = error_rates(hyps, refs)
         hop = float(model.cfg.preprocessor.get("window_stride", 0.01) or 0.01)
         durations = manifest_durations(manifest)
-        per_utt = utterance_macs(model.encoder, durations, int(model.cfg.sample_rate), hop) / 1e9
+        depth: list[float] = []
+        if getattr(model.encoder, "gate_options", None) is not None:  # I3D: the MACs depend on the input
+            gated = gated_utterance_stats(model, manifest)
+            per_utt, depth = torch.tensor(gated["macs"], dtype=torch.float64) / 1e9, gated["depth"]
+        else:
+            per_utt = utterance_macs(model.encoder, durations, int(model.cfg.sample_rate), hop) / 1e9
         lat = measure_latency(model)
         active = model.profile.to_dict()
     return EvalResult(
@@ -186,4 +218,6 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
         profile=active,
         encoder_gmacs_per_utterance=[float(v) for v in per_utt],
         encoder_gmacs_mean=float(per_utt.mean()),
+        depth_per_utterance=depth,
+        depth_mean=sum(depth) / len(depth) if depth else None,
     )

@@ -151,6 +151,56 @@ class Masking:
         return self.time_prob > 0 or self.channel_prob > 0
 
 
+@dataclass(frozen=True)
+class Gates:
+    """I3D gates on every attention, FFN and conformer-conv branch (:mod:`nemo_sew.nn.gates`).
+
+    Args:
+        kind: ``local`` (one predictor per branch, on the branch's input) or ``global`` (one predictor on the
+            encoder input emits every gate before the blocks run).
+        hidden: the predictors' hidden width (default 32 local, 64 global).
+        threshold: the default inference threshold (``p > threshold`` opens); a profile's ``depth_threshold``
+            overrides it. Stored in the ``.nemo``.
+        tau: Gumbel-sigmoid temperature in training.
+        budget: ``macs`` (default: expected block MACs from :mod:`nemo_sew.cost`, as a fraction of the
+            full-depth blocks' MACs at the same profile and lengths) or ``modules`` (expected fraction of open
+            branches).
+        target: the fraction the budget drives toward, in (0, 1].
+        weight: the penalty's weight: ``weight * (mean_batch(fraction) - target)^2`` in
+            ``EncoderOutput.aux_losses["gate_budget"]``.
+        init_logit: the predictors' initial output bias (+3: p ~ 0.95, every branch starts open).
+    """
+
+    kind: str = "local"
+    hidden: int | None = None
+    threshold: float = 0.5
+    tau: float = 1.0
+    budget: str = "macs"
+    target: float = 0.7
+    weight: float = 1.0
+    init_logit: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "global"):
+            raise ValueError(f"expected gates.kind 'local' or 'global', got {self.kind!r}")
+        if self.budget not in ("macs", "modules"):
+            raise ValueError(f"expected gates.budget 'macs' or 'modules', got {self.budget!r}")
+        if self.hidden is None:
+            object.__setattr__(self, "hidden", 32 if self.kind == "local" else 64)
+        if int(self.hidden) < 1:
+            raise ValueError(f"expected gates.hidden >= 1, got {self.hidden}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"expected gates.threshold in [0, 1], got {self.threshold}")
+        if not 0.0 < float(self.target) <= 1.0:
+            raise ValueError(f"expected gates.target in (0, 1], got {self.target}")
+        if float(self.tau) <= 0 or float(self.weight) < 0:
+            raise ValueError(f"expected gates.tau > 0 and gates.weight >= 0, got {self.tau}, {self.weight}")
+
+    @classmethod
+    def of(cls, data: "Gates | Mapping[str, Any] | None") -> "Gates | None":
+        return None if data is None else _from(cls, data, "gates")
+
+
 # --------------------------------------------------------------------------------------------------
 # the pre-EncoderArch encoder config (flat keyword arguments)
 

@@ -37,19 +37,24 @@ def _markdown(rows: list[dict], command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        "| profile | squeeze | q_pool | kv_pool | WER | CER | encoder GMACs/s | GMACs / utt. | latency 10 s (ms) | RTFx | Pareto |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| profile | squeeze | q_pool | kv_pool | threshold | depth | WER | CER | encoder GMACs/s | GMACs / utt. | "
+        "latency 10 s (ms) | RTFx | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = r["profile"]
         lines.append(
-            f"| {r['name']} | {p['squeeze']} | {p['q_pool'] or '-'} | {p['kv_pool'] or '-'} | {r['wer']:.3f} | "
+            f"| {r['name']} | {p['squeeze']} | {p['q_pool'] or '-'} | {p['kv_pool'] or '-'} | "
+            f"{'-' if p.get('depth_threshold') is None else p['depth_threshold']} | "
+            f"{'-' if r.get('depth_mean') is None else format(r['depth_mean'], '.2f')} | {r['wer']:.3f} | "
             f"{r['cer']:.3f} | {r['encoder_gmacs_per_s']:.3f} | {r.get('encoder_gmacs_mean', 0.0):.3f} | "
             f"{r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} | "
             f"{'*' if r['name'] in front else ''} |"
         )
     lines += ["", "Encoder GMACs from the analytic cost model (nemo_sew.cost) on each test utterance's real length: "
-              "GMACs/s = total MACs / total seconds of test audio; GMACs / utt. = mean per utterance."]
+              "GMACs/s = total MACs / total seconds of test audio; GMACs / utt. = mean per utterance. Gated (I3D) "
+              "models: MACs and depth (layers run, a layer = all its branches) realised per utterance from its own "
+              "gate decisions."]
     return "\n".join(lines) + "\n"
 
 

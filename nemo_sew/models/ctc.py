@@ -171,6 +171,19 @@ class DataGuardMixin:
         return super().setup_test_data(self._validated(_as_dictconfig(test_data_config)))
 
 
+def log_gate_stats(module, stats: dict, prefix: str = "train_") -> None:
+    """Log an I3D encoder's per-step depth and MAC statistics (expected from the gate probabilities, realised
+    from the decisions); nothing for an ungated encoder."""
+    if "depth" not in stats:
+        return
+    module.log(f"{prefix}depth", sum(stats["depth"]) / max(len(stats["depth"]), 1))
+    module.log(f"{prefix}depth_expected", stats["depth_expected"])
+    module.log(f"{prefix}gates_open", stats["gates_open"])
+    if "macs" in stats:
+        module.log(f"{prefix}gmacs", sum(stats["macs"]) / max(len(stats["macs"]), 1) / 1e9)
+        module.log(f"{prefix}block_macs_expected_fraction", stats["macs_expected"])
+
+
 class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
     """The profile API, input guards and training-step additions shared by the char and BPE CTC models."""
 
@@ -239,6 +252,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             self.log("learned_frame_period_ms", self.encoder.learned_frame_period_ms())
         if self.encoder.sampler is not None:
             self.log("train_squeeze", out.stats["squeeze"])
+        log_gate_stats(self, out.stats)
         logs = {"train_loss": loss.detach(), "learning_rate": self._optimizer.param_groups[0]["lr"],
                 "global_step": torch.tensor(step, dtype=torch.float32)}  # fmt: skip
         every = self._trainer.log_every_n_steps if getattr(self, "_trainer", None) is not None else 1

@@ -20,7 +20,7 @@ builder in :data:`BLOCK_BUILDERS` that returns its named branches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,10 @@ from torch import nn
 
 from nemo_sew.arch import BlockSpec
 from nemo_sew.nn.frontend import can_overwrite, time_mask
+from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions
 from nemo_sew.nn.pooling import masked_avg_pool
+
+GateDecision = tuple[torch.Tensor, torch.Tensor]  # (gates (B,) 0/1 with straight-through grads, probabilities (B,))
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,18 @@ class LayerPlan:
         kv_stride: key/value pooling stride (cuts attention cost only).
         off: names of branches switched off for this forward (an exact identity; see the module docstring).
         weight_bits: weight-only quantization of this layer's weights (16 = full precision).
+        depth_threshold: I3D inference threshold of the layer's gate predictors (``p > threshold`` opens).
+        gate_tau: temperature of the Gumbel-sigmoid gate samples in training.
+        gates: per-branch gate decisions made before the blocks ran (the global predictor), else None.
     """
 
     q_stride: int = 1
     kv_stride: int = 1
     off: frozenset[str] = frozenset()
     weight_bits: int = 16
+    depth_threshold: float = 0.5
+    gate_tau: float = 1.0
+    gates: Mapping[str, GateDecision] | None = None
 
     def runs(self, branch: str) -> bool:
         return branch not in self.off
@@ -208,11 +217,43 @@ class Residual(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, active: bool = True
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        plan: LayerPlan,
+        active: bool = True,
+        gate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gate``: per-item I3D decisions ``(B,)`` (1 = run, 0 = identity), or None to run every item.
+
+        In training every item is computed and mixed ``g * branch + (1 - g) * identity`` (straight-through
+        gradients reach the gate). At inference a closed item is not computed: the branch runs on the rows
+        whose gate is open only (gathered and trimmed to their longest length, then scattered back), and not
+        at all when every gate is closed.
+        """
         stride = plan.q_stride if getattr(self.body, "pools", False) else 1
         if not active:  # an exact identity (only the residual's pooling, when the branch pools)
             return masked_avg_pool(x, lengths, stride)
+        if gate is None:
+            return self._run(x, lengths, plan, stride)
+        if self.training or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            out, out_len = self._run(x, lengths, plan, stride)
+            skip = masked_avg_pool(x, lengths, stride)[0]
+            g = gate.to(out.dtype)[:, None, None]
+            return g * out + (1.0 - g) * skip, out_len
+        skip, skip_len = masked_avg_pool(x, lengths, stride)
+        rows = (gate > 0.5).nonzero().flatten()
+        if rows.numel() == 0:
+            return skip, skip_len
+        if rows.numel() == x.shape[0]:
+            return self._run(x, lengths, plan, stride)
+        sub_len = lengths[rows]
+        y, _ = self._run(x[rows, : int(sub_len.max())], sub_len, plan, stride)
+        out = skip.clone()
+        out[rows, : y.shape[1]] = y
+        return out, skip_len
+
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
         h = x if self.post_norm else self.norm(x)
         y, out_len = self.body(h, lengths, plan)
         skip = x if stride == 1 else masked_avg_pool(x, lengths, stride)[0]
@@ -224,30 +265,45 @@ class Residual(nn.Module):
 class Block(nn.Module):
     """One encoder layer: named :class:`Residual` branches run in order, then an optional final norm.
 
-    Branch names (``attn``, ``ffn``, ``ffn1``, ``conv``, ``ffn2``) are what a :class:`LayerPlan` switches off.
-    A branch of width 0 in the spec is absent; an absent attention branch with a query-pooling plan still
-    pools the residual stream.
+    Branch names (``attn``, ``ffn``, ``ffn1``, ``conv``, ``ffn2``) are what a :class:`LayerPlan` switches off
+    and what I3D gates. A branch of width 0 in the spec is absent; an absent attention branch with a
+    query-pooling plan still pools the residual stream. With ``local_gates``, every branch has a
+    :class:`~nemo_sew.nn.gates.LocalGatePredictor` (``gates.<branch>``) on its own input.
     """
 
-    def __init__(self, branches: dict[str, Residual], final_norm: nn.Module | None = None) -> None:
+    def __init__(
+        self, branches: dict[str, Residual], final_norm: nn.Module | None = None, local_gates: nn.ModuleDict | None = None
+    ) -> None:
         super().__init__()
         self.branch_names = tuple(branches)
         for name, branch in branches.items():
             self.add_module(name, branch)
         self.final_norm = final_norm
+        self.gates = local_gates
 
     def branches(self) -> dict[str, Residual]:
         return {name: getattr(self, name) for name in self.branch_names}
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)`` and the new lengths."""
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, GateDecision]]:
+        """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)``, the new lengths, and the gate decisions taken
+        (``{branch: (gates, probabilities)}``, empty for an ungated block)."""
         if plan.q_stride > 1 and "attn" not in self.branch_names:
             x, lengths = masked_avg_pool(x, lengths, plan.q_stride)
+        decisions: dict[str, GateDecision] = {}
         for name in self.branch_names:
-            x, lengths = getattr(self, name)(x, lengths, plan, plan.runs(name))
+            active, gate = plan.runs(name), None
+            if active and self.gates is not None:
+                decisions[name] = gate_decisions(self.gates[name](x, lengths), self.training, plan.depth_threshold, plan.gate_tau)
+            elif active and plan.gates is not None and name in plan.gates:
+                decisions[name] = plan.gates[name]
+            if name in decisions:
+                gate = decisions[name][0]
+            x, lengths = getattr(self, name)(x, lengths, plan, active, gate)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x, lengths
+        return x, lengths, decisions
 
 
 @dataclass(frozen=True)
@@ -260,6 +316,8 @@ class BlockOptions:
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    local_gate_hidden: int = 0  # > 0: an I3D local gate predictor of this hidden width on every branch
+    gate_init_logit: float = 3.0
 
     def norm(self, dim: int | None = None) -> nn.LayerNorm:
         return nn.LayerNorm(self.d_model if dim is None else dim, eps=self.layer_norm_eps)
@@ -316,7 +374,12 @@ def build_block(spec: BlockSpec, options: BlockOptions) -> Block:
     if spec.kind not in BLOCK_BUILDERS:
         raise ValueError(f"no builder for block kind {spec.kind!r}; known: {sorted(BLOCK_BUILDERS)}")
     branches, final_norm = BLOCK_BUILDERS[spec.kind](spec, options)
-    return Block(branches, final_norm)
+    local = None
+    if options.local_gate_hidden > 0:
+        local = nn.ModuleDict({
+            name: LocalGatePredictor(options.d_model, options.local_gate_hidden, options.gate_init_logit) for name in branches
+        })  # fmt: skip
+    return Block(branches, final_norm, local)
 
 
 def legacy_layer_keys(key: str) -> str:
