@@ -25,8 +25,30 @@ ExpanderKind = Literal["sew", "phase", "none"]
 
 ConvLayer = tuple[int, int, int]  # (out_channels, kernel, stride)
 
-# how many FFNs each block kind has (ffn_dims has exactly this many entries; 0 = that FFN is absent)
-FFNS_PER_BLOCK: dict[str, int] = {"transformer": 1, "conformer": 2}
+
+
+@dataclass(frozen=True)
+class BlockTraits:
+    """What the rest of the library needs to know about a block kind (the cost model, validation, pruning).
+
+    Args:
+        ffns: FFNs per block (``BlockSpec.ffn_dims`` has exactly this many entries; 0 = that FFN is absent).
+        ffns_before_attention: how many of them run before the attention branch (before its query pooling).
+        conv_module: the block has a conv module (``BlockSpec.conv_channels``).
+        final_norm: a LayerNorm after the last branch.
+    """
+
+    ffns: int
+    ffns_before_attention: int = 0
+    conv_module: bool = False
+    final_norm: bool = False
+
+
+# Adding a block kind: one entry here and one builder in nemo_sew.nn.blocks.BLOCK_BUILDERS.
+BLOCK_KINDS: dict[str, BlockTraits] = {
+    "transformer": BlockTraits(ffns=1),
+    "conformer": BlockTraits(ffns=2, ffns_before_attention=1, conv_module=True, final_norm=True),
+}
 
 
 def wfe_o_layers(channels: int = 512) -> tuple[ConvLayer, ...]:
@@ -151,17 +173,17 @@ class BlockSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ffn_dims", tuple(int(v) for v in self.ffn_dims))
-        if self.kind not in FFNS_PER_BLOCK:
-            raise ValueError(f"expected block kind in {sorted(FFNS_PER_BLOCK)}, got {self.kind!r}")
-        if len(self.ffn_dims) != FFNS_PER_BLOCK[self.kind]:
+        if self.kind not in BLOCK_KINDS:
+            raise ValueError(f"expected block kind in {sorted(BLOCK_KINDS)}, got {self.kind!r}")
+        if len(self.ffn_dims) != BLOCK_KINDS[self.kind].ffns:
             raise ValueError(
-                f"a {self.kind} block has {FFNS_PER_BLOCK[self.kind]} FFN(s): expected ffn_dims with that many "
+                f"a {self.kind} block has {BLOCK_KINDS[self.kind].ffns} FFN(s): expected ffn_dims with that many "
                 f"entries, got {list(self.ffn_dims)}"
             )
         if self.heads < 0 or self.head_dim < 1 or min(self.ffn_dims) < 0 or self.conv_channels < 0:
             raise ValueError(f"expected heads, ffn_dims, conv_channels >= 0 and head_dim >= 1, got {self}")
-        if self.kind == "transformer" and self.conv_channels:
-            raise ValueError("a transformer block has no conv module: expected conv_channels=0")
+        if self.conv_channels and not BLOCK_KINDS[self.kind].conv_module:
+            raise ValueError(f"a {self.kind} block has no conv module: expected conv_channels=0")
         if self.conv_channels and self.conv_kernel % 2 == 0:
             raise ValueError(f"expected an odd depthwise kernel, got {self.conv_kernel}")
 
@@ -258,8 +280,8 @@ def _checked_fields(cls: type, data: Mapping[str, Any], what: str) -> dict[str, 
 def _blocks(n: int, kind: BlockKind, dim: int, heads: int | None = None, conv_kernel: int = 31) -> tuple[BlockSpec, ...]:
     heads = max(dim // 64, 1) if heads is None else heads
     spec = BlockSpec(
-        kind=kind, heads=heads, head_dim=64, ffn_dims=(4 * dim,) * FFNS_PER_BLOCK[kind],
-        conv_channels=dim if kind == "conformer" else 0, conv_kernel=conv_kernel,
+        kind=kind, heads=heads, head_dim=64, ffn_dims=(4 * dim,) * BLOCK_KINDS[kind].ffns,
+        conv_channels=dim if BLOCK_KINDS[kind].conv_module else 0, conv_kernel=conv_kernel,
     )  # fmt: skip
     return (spec,) * n
 
@@ -393,9 +415,9 @@ def _block_override(block: dict[str, Any], override: Mapping[str, Any], d_model:
     if kind != block["kind"]:  # a kind change: that kind's defaults for what the override does not give
         if "ffn_dims" not in override:
             width = max(block["ffn_dims"]) or 4 * d_model
-            out["ffn_dims"] = [width] * FFNS_PER_BLOCK[kind]
+            out["ffn_dims"] = [width] * BLOCK_KINDS[kind].ffns
         if "conv_channels" not in override:
-            out["conv_channels"] = d_model if kind == "conformer" else 0
+            out["conv_channels"] = d_model if BLOCK_KINDS[kind].conv_module else 0
     return out
 
 

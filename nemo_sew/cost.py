@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from nemo_sew.arch import FFNS_PER_BLOCK, BlockSpec, EncoderArch, build_arch
+from nemo_sew.arch import BLOCK_KINDS, BlockSpec, EncoderArch, build_arch
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
@@ -149,7 +149,7 @@ def _per_layer(arch: EncoderArch, fn: Callable[[BlockSpec], float], dev: torch.d
 
 def _n_ffn(arch: EncoderArch) -> int:
     """Columns of ``ffn_dims`` tensors: the most FFNs a block of ``arch`` has (2 with any conformer block)."""
-    return max((FFNS_PER_BLOCK[b.kind] for b in arch.blocks), default=1)
+    return max((BLOCK_KINDS[b.kind].ffns for b in arch.blocks), default=1)
 
 
 def _per_ffn(arch: EncoderArch, fn: Callable[[BlockSpec, int], float], dev: torch.device) -> torch.Tensor:
@@ -182,7 +182,7 @@ def _widths(arch: EncoderArch, soft: Mapping[str, Any] | None, dev: torch.device
     for name, value in (soft or {}).items():
         out[name] = _checked(value, tuple(out[name].shape), f"soft {name}", dev)
     out["ffn_dims"] = out["ffn_dims"] * _per_ffn(arch, lambda b, j: 1.0, dev)
-    out["conv_channels"] = out["conv_channels"] * _per_layer(arch, lambda b: b.kind == "conformer", dev)
+    out["conv_channels"] = out["conv_channels"] * _per_layer(arch, lambda b: BLOCK_KINDS[b.kind].conv_module, dev)
     return out
 
 
@@ -330,7 +330,7 @@ def encoder_cost(
     attn_proj = 2 * c * attn_dim * (t_q_ + t_k_) * kp["attn"]  # q, out on queries; k, v on keys
     attn_scores = 2 * attn_dim * t_q_ * t_k_ * kp["attn"]  # QK^T and AV
     # FFN lengths: a conformer's first FFN runs before the layer's query pooling, every other FFN after it
-    first_before = _per_layer(arch, lambda b: b.kind == "conformer", dev)
+    first_before = _per_layer(arch, lambda b: BLOCK_KINDS[b.kind].ffns_before_attention > 0, dev)
     t_ffn0 = first_before * t_in_ + (1 - first_before) * t_q_
     t_ffn = torch.stack([t_ffn0] + [t_q_] * (_n_ffn(arch) - 1), dim=-1)  # (..., L, n_ffn)
     ffn = (2 * c * w["ffn_dims"] * t_ffn * kp["ffn"]).sum(-1)  # (..., L)
@@ -460,8 +460,8 @@ def encoder_params(
 
     s = arch.compressor.squeeze
     expander = {"sew": c * s * c + s * c, "phase": c * c + c + c, "none": 0.0}[arch.expander]
-    conformers = sum(b.kind == "conformer" for b in arch.blocks)
-    other = 2 * c + conformers * 2 * c  # the encoder's LayerNorm, conformer final LayerNorms
+    final_norms = sum(BLOCK_KINDS[b.kind].final_norm for b in arch.blocks)
+    other = 2 * c + final_norms * 2 * c  # the encoder's LayerNorm, the blocks' final LayerNorms (conformer)
 
     parts = {
         "frontend": frontend,

@@ -529,7 +529,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
             "layers": ran,
         }
         aux = dict(squeezed.aux_losses)
-        if self.gate_options is not None and decisions:
+        if self.gate_options is not None and decisions and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
             self._gate_outputs(decisions, squeezed, draw, stats, aux)
         if self.expander is None or not expand:
             h = h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0)

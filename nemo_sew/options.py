@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
 from nemo_sew.arch import (
-    FFNS_PER_BLOCK,
+    BLOCK_KINDS,
     BlockSpec,
     CompressorSpec,
     EncoderArch,
@@ -249,11 +249,11 @@ def legacy_arch(config: Mapping[str, Any]) -> EncoderArch:
         frontend = FrontendSpec(kind, tuple(tuple(layer) for layer in layers), c["conv_norm"], bool(c["conv_bias"]))
     n = int(c["num_layers"])
     kind_b = c["block"]
-    if kind_b not in FFNS_PER_BLOCK:
+    if kind_b not in BLOCK_KINDS:
         raise ValueError(f"expected block 'transformer' or 'conformer', got {kind_b!r}")
     d = int(c["d_model"])
     blocks = tuple(
-        BlockSpec(kind_b, h, int(c["head_dim"]), (f,) * FFNS_PER_BLOCK[kind_b], d if kind_b == "conformer" else 0,
+        BlockSpec(kind_b, h, int(c["head_dim"]), (f,) * BLOCK_KINDS[kind_b].ffns, d if kind_b == "conformer" else 0,
                   int(c["conv_kernel"]))
         for h, f in zip(_per_layer(c["num_heads"], n, "num_heads"), _per_layer(c["ffn_dim"], n, "ffn_dim"))
     )  # fmt: skip

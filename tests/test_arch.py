@@ -100,7 +100,8 @@ def test_a_switched_off_branch_is_an_exact_identity(kind, post_norm):
             on, _ = branch(x, lengths, LayerPlan())
             assert not torch.allclose(on, x)  # switched on, it changes the stream
         # every branch off: the block is its final norm (conformer) or nothing (transformer)
-        y, _ = block(x, lengths, LayerPlan(off=frozenset(names)))
+        y, _, taken = block(x, lengths, LayerPlan(off=frozenset(names)))
+        assert taken == {}  # an ungated block takes no gate decisions
         expected = block.final_norm(x) if block.final_norm is not None else x
         assert torch.equal(y, expected)
         # with query pooling, an off attention branch still pools the residual stream
@@ -251,3 +252,32 @@ def test_nemo_file_in_the_pre_arch_layout_restores_with_the_same_outputs(tmp_pat
         a = model(input_signal=wave, input_signal_length=lengths)[0]
         b = restored(input_signal=wave, input_signal_length=lengths)[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_new_block_kind_is_one_traits_entry_and_one_builder(monkeypatch):
+    """A 'macaron' block (FFN/2, attention, FFN/2, final norm: a conformer without its conv module) needs
+    only its BlockTraits and a builder; the encoder, the cost model and the parameter count follow."""
+    from nemo_sew import arch as arch_module
+    from nemo_sew.arch import BlockTraits
+    from nemo_sew.cost import encoder_cost, encoder_params
+    from nemo_sew.evaluate import count_macs
+    from nemo_sew.nn import blocks
+
+    def macaron(spec, o):
+        return {
+            "ffn1": blocks._ffn(spec.ffn_dims[0], o, False, "swish", scale=0.5),
+            "attn": blocks._attn(spec, o, False),
+            "ffn2": blocks._ffn(spec.ffn_dims[1], o, False, "swish", scale=0.5),
+        }, o.norm()
+
+    monkeypatch.setitem(arch_module.BLOCK_KINDS, "macaron", BlockTraits(ffns=2, ffns_before_attention=1, final_norm=True))
+    monkeypatch.setitem(blocks.BLOCK_BUILDERS, "macaron", macaron)
+    arch = build_arch("tiny_mel", num_layers=2, d_model=64, expander="phase", blocks=[{"kind": "macaron", "heads": 1}, {}])
+    assert arch.blocks[0].ffn_dims == (256, 256) and arch.blocks[0].conv_channels == 0
+    enc = SqueezeEncoder(arch=arch).eval()
+    assert enc.layers[0].branch_names == ("ffn1", "attn", "ffn2")
+    assert float(encoder_params(arch)["total"]) == sum(p.numel() for p in enc.parameters())
+    enc.set_profile(CompressionProfile(squeeze=2, q_pool=(2, 1), kv_pool=(1, 2)))
+    x = torch.randn(1, 80, 150)
+    measured = count_macs(lambda: enc(audio_signal=x, length=torch.tensor([150])))
+    assert float(encoder_cost(arch, enc.profile, 150).total) == pytest.approx(measured, rel=1e-9)

@@ -73,7 +73,7 @@ CONFORMER_CTC = dict(
 class CpuBenchSettings:
     """What ``nemo-sew bench cpu`` measures; :meth:`quick` is the tiny version the tests run."""
 
-    presets: tuple[str, ...] = ("sew_tiny", "w2v2_base")  # waveform presets (nemo_sew.presets)
+    presets: tuple[str, ...] = ("sew_tiny", "w2v2_base")  # waveform presets (nemo_sew.arch.PRESETS)
     seconds: float = 10.0  # audio per utterance
     batches: tuple[int, ...] = (1, 8)
     warmup: int = 1  # untimed rounds (for our encoder and its peers: the parity forwards)

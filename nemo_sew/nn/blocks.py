@@ -13,8 +13,8 @@ A branch that is **switched off** (:class:`LayerPlan`, I3D gates, pruning to wid
 whole. (With query pooling the identity still pools the residual, so the time axis stays consistent.)
 
 Per forward, the encoder turns its active profile into one :class:`LayerPlan` per layer; blocks read their
-plan and nothing else. Adding a block kind: add it to :data:`nemo_sew.arch.FFNS_PER_BLOCK` and write one
-builder in :data:`BLOCK_BUILDERS` that returns its named branches.
+plan and nothing else. Adding a block kind: describe it in :data:`nemo_sew.arch.BLOCK_KINDS` (its FFNs, conv
+module, final norm) and write one builder in :data:`BLOCK_BUILDERS` that returns its named branches.
 """
 
 from __future__ import annotations
