@@ -123,6 +123,21 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_i3d(args: argparse.Namespace) -> int:
+    from nemo_sew.bench import append_benchmark
+    from nemo_sew.bench.i3d import bench_i3d_table
+
+    section = bench_i3d_table(
+        args.data, args.out, recipe=args.recipe, i3d_recipe=args.i3d_recipe, steps=args.steps,
+        prune_finetune_steps=args.prune_finetune_steps, thresholds=args.thresholds, prune_to=args.prune_to,
+        hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    print(section)
+    if args.write:
+        append_benchmark(section, args.write)
+    return 0
+
+
 def _cmd_bench_ssl(args: argparse.Namespace) -> int:
     from nemo_sew.bench import append_benchmark
     from nemo_sew.bench.ssl import bench_ssl_table
@@ -252,6 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)
+
+    p = bench_sub.add_parser("i3d", help="I3D local/global vs full depth, layer pruning and a shallow model at equal steps")
+    p.add_argument("--data", "--corpus-dir", dest="data", default="data/synthetic", help="synthetic corpus directory")
+    p.add_argument("--out", default="outputs/bench_i3d", help="models, bench_i3d.json and the pictures")
+    p.add_argument("--recipe", default="recipes/ctc_char_tiny_mel.yaml", help="the full-depth recipe")
+    p.add_argument("--i3d-recipe", default="recipes/i3d_tiny_mel.yaml")
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--steps", type=int, default=1500, help="training steps of every model")
+    p.add_argument("--prune-finetune-steps", type=int, default=300, help="fine-tuning after each removed layer")
+    p.add_argument("--prune-to", type=int, default=None,
+                   help="layers of the pruned and shallow models (default: I3D local's mean depth on dev, rounded)")
+    p.add_argument("--thresholds", type=lambda text: [float(v) for v in text.split(",")], default=[0.3, 0.5, 0.7],
+                   help="comma-separated I3D inference thresholds (default 0.3,0.5,0.7)")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides key=value (every training run)")
+    p.set_defaults(func=_cmd_bench_i3d)
 
     p = bench_sub.add_parser("ssl", help="pre-training vs random init: fine-tune both on a small labelled subset")
     p.add_argument("--data", default="data/synthetic")
