@@ -246,10 +246,10 @@ class EncoderArch:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EncoderArch":
-        data = _checked_fields(cls, data, "encoder arch")
-        frontend = FrontendSpec(**_checked_fields(FrontendSpec, data.pop("frontend", {}) or {}, "frontend"))
-        compressor = CompressorSpec(**_checked_fields(CompressorSpec, data.pop("compressor", {}) or {}, "compressor"))
-        blocks = tuple(BlockSpec(**_checked_fields(BlockSpec, b, "block")) for b in data.pop("blocks", ()) or ())
+        data = checked_fields(cls, data, "encoder arch")
+        frontend = FrontendSpec(**checked_fields(FrontendSpec, data.pop("frontend", {}) or {}, "frontend"))
+        compressor = CompressorSpec(**checked_fields(CompressorSpec, data.pop("compressor", {}) or {}, "compressor"))
+        blocks = tuple(BlockSpec(**checked_fields(BlockSpec, b, "block")) for b in data.pop("blocks", ()) or ())
         return cls(frontend=frontend, compressor=compressor, blocks=blocks, **data)
 
     def replace(self, **changes: Any) -> "EncoderArch":
@@ -264,8 +264,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _checked_fields(cls: type, data: Mapping[str, Any], what: str) -> dict[str, Any]:
-    data = dict(data)
+def checked_fields(cls: type, data: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """``data`` as a dict, after checking that every key is a field of dataclass ``cls`` (a clear error names the
+    unknown ones and the known ones)."""
+    data = dict(data or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -409,7 +411,7 @@ def build_arch(
 
 
 def _block_override(block: dict[str, Any], override: Mapping[str, Any], d_model: int) -> dict[str, Any]:
-    override = _checked_fields(BlockSpec, override, "block")
+    override = checked_fields(BlockSpec, override, "block")
     out = {**block, **override}
     kind = out["kind"]
     if kind != block["kind"]:  # a kind change: that kind's defaults for what the override does not give

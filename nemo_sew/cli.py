@@ -97,34 +97,35 @@ def _cmd_pick(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
+def _emit(section: str, args: argparse.Namespace) -> int:
+    """Print a benchmark section and append it to ``--write`` (e.g. BENCHMARKS.md) when given."""
     from nemo_sew.bench import append_benchmark
-    from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
 
-    rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs)
-    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv))
     print(section)
     if args.write:
         append_benchmark(section, args.write)
     return 0
 
 
+def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
+
+    rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs)
+    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv))
+    return _emit(section, args)
+
+
 def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark
     from nemo_sew.bench.stochastic import bench_stochastic_table
 
     section = bench_stochastic_table(
         args.data, args.out, recipe=args.recipe, steps=args.steps, finetune_steps=args.finetune_steps,
         hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
-    print(section)
-    if args.write:
-        append_benchmark(section, args.write)
-    return 0
+    return _emit(section, args)
 
 
 def _cmd_bench_i3d(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark
     from nemo_sew.bench.i3d import bench_i3d_table
 
     section = bench_i3d_table(
@@ -132,14 +133,10 @@ def _cmd_bench_i3d(args: argparse.Namespace) -> int:
         prune_finetune_steps=args.prune_finetune_steps, thresholds=args.thresholds, prune_to=args.prune_to,
         hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
-    print(section)
-    if args.write:
-        append_benchmark(section, args.write)
-    return 0
+    return _emit(section, args)
 
 
 def _cmd_bench_ssl(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark
     from nemo_sew.bench.ssl import bench_ssl_table
 
     section = bench_ssl_table(
@@ -148,30 +145,22 @@ def _cmd_bench_ssl(args: argparse.Namespace) -> int:
         hours=args.hours, extra_pretrain=args.pretrain_override, extra_finetune=args.finetune_override,
         command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
-    print(section)
-    if args.write:
-        append_benchmark(section, args.write)
-    return 0
+    return _emit(section, args)
 
 
 def _cmd_bench_purity(args: argparse.Namespace) -> int:
-    from nemo_sew.bench import append_benchmark
     from nemo_sew.bench.purity import bench_target_purity
 
     section = bench_target_purity(
         args.aligner, args.manifest, args.target, args.fit_manifest, args.out, clusters=args.clusters,
         fit_hours=args.fit_hours, command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
-    print(section)
-    if args.write:
-        append_benchmark(section, args.write)
-    return 0
+    return _emit(section, args)
 
 
 def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from nemo_sew.bench import append_benchmark
     from nemo_sew.bench.cpu import CpuBenchSettings, bench_cpu, cpu_markdown
 
     settings = CpuBenchSettings.quick() if args.quick else CpuBenchSettings()
@@ -180,14 +169,10 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
                                                 for k, v in given.items() if v is not None})  # fmt: skip
     result = bench_cpu(settings, command="nemo-sew " + " ".join(args.argv), profile=args.profile_ops,
                        log=lambda msg: print(f"[bench cpu] {msg}", file=sys.stderr, flush=True))  # fmt: skip
-    section = cpu_markdown(result)
-    print(section)
-    if args.write:
-        append_benchmark(section, args.write)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
-    return 0
+    return _emit(cpu_markdown(result), args)
 
 
 def _profile_arg(text: str):

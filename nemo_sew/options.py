@@ -19,6 +19,7 @@ from nemo_sew.arch import (
     CompressorSpec,
     EncoderArch,
     FrontendSpec,
+    checked_fields,
     wfe_c_layers,
     wfe_o_layers,
 )
@@ -31,12 +32,7 @@ T = TypeVar("T")
 def _from(cls: type[T], data: Any, what: str) -> T:
     if isinstance(data, cls):
         return data
-    data = dict(data or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} options {unknown}; expected a subset of {sorted(known)}")
-    return cls(**data)
+    return cls(**checked_fields(cls, data, f"{what} options"))
 
 
 @dataclass(frozen=True)

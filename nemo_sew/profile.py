@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from nemo_sew.arch import checked_fields
+
 
 @dataclass(frozen=True)
 class CompressionProfile:
@@ -56,12 +58,7 @@ class CompressionProfile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "CompressionProfile":
-        data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown compression profile fields {unknown}; expected a subset of {sorted(known)}")
-        return cls(**data)
+        return cls(**checked_fields(cls, data, "compression profile"))
 
 
 ProfileLike = CompressionProfile | Mapping[str, Any] | float | int | None

@@ -8,6 +8,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# The demo recipe's conformer at a width the CPU tests train in seconds (overrides of its preset's arch).
+TINY_WIDTH = [
+    "++model.encoder.arch.d_model=64",
+    "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
+]
+TINY_ENCODER = ["++model.encoder.arch.num_layers=2", *TINY_WIDTH]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

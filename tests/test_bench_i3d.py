@@ -11,15 +11,14 @@ import pytest
 import torch
 
 import nemo_sew  # noqa: F401
+from conftest import TINY_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "model.train_ds.batch_size=4",
     "model.train_ds.num_workers=0",
     "model.validation_ds.num_workers=0",
-    "++model.encoder.arch.num_layers=2",
-    "++model.encoder.arch.d_model=64",
-    "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
+    *TINY_ENCODER,
     "trainer.limit_val_batches=1",
 ]
 KINDS = ["full", "i3d_local", "i3d_global", "pruned", "scratch"]

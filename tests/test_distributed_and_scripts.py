@@ -8,15 +8,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import TINY_ENCODER
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "model.train_ds.batch_size=4",
     "model.train_ds.num_workers=0",
     "model.validation_ds.num_workers=0",
-    "++model.encoder.arch.num_layers=2",
-    "++model.encoder.arch.d_model=64",
-    "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
+    *TINY_ENCODER,
     "trainer.enable_progress_bar=false",
     "trainer.num_sanity_val_steps=0",
     "trainer.check_val_every_n_epoch=1",

@@ -15,6 +15,7 @@ import nemo_sew
 from manifests.audio import AudioError
 from nemo_sew import CompressionProfile, SqueezeCTCModel, SqueezeCTCModelBPE
 from nemo_sew.train import load_config
+from conftest import TINY_ENCODER
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "ctc_char_tiny_mel.yaml"
 
@@ -28,9 +29,7 @@ def _cfg(tiny_corpus, **encoder):
             "model.train_ds.batch_size=4",
             "model.train_ds.num_workers=0",
             "model.validation_ds.num_workers=0",
-            "++model.encoder.arch.num_layers=2",
-            "++model.encoder.arch.d_model=64",
-            "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
+            *TINY_ENCODER,
         ],
     )
     with open_dict(cfg):

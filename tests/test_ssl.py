@@ -13,6 +13,7 @@ from nemo_sew.nn.compress import SqueezeCompressor
 from nemo_sew.ssl.losses import contrastive_loss, masked_prediction_loss, sample_negatives
 from nemo_sew.ssl.masking import span_mask
 from nemo_sew.ssl.targets import KMeansLabeler, MFCCFeatures
+from conftest import TINY_ENCODER
 
 
 def test_span_mask_respects_padding_and_rate():
@@ -277,10 +278,7 @@ def test_ssl_training_lowers_the_loss_on_a_fixed_batch():
 # ---------------------------------------------------------------------------------------------------
 # end to end through the CLI: k-means -> pre-training -> fine-tuning from it
 
-SMALL_ENCODER = [
-    "++model.encoder.arch.num_layers=2", "++model.encoder.arch.d_model=64",
-    "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
-]  # fmt: skip
+SMALL_ENCODER = TINY_ENCODER
 QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "trainer.max_time=null",
          "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "model.train_ds.batch_size=4"]  # fmt: skip
 

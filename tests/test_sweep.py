@@ -8,14 +8,14 @@ import pytest
 import nemo_sew  # noqa: F401
 from nemo_sew.sweep import pareto_front, pick
 from nemo_sew.train import load_config, train
+from conftest import TINY_WIDTH
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "model.train_ds.batch_size=4",
     "model.train_ds.num_workers=0",
     "model.validation_ds.num_workers=0",
-    "++model.encoder.arch.d_model=64",
-    "++model.encoder.arch.blocks={heads: 2, head_dim: 32, ffn_dims: [128, 128], conv_kernel: 15}",
+    *TINY_WIDTH,  # four layers: the stochastic profiles list four pooling strides
     "trainer.enable_progress_bar=false",
     "trainer.max_time=null",
     "trainer.limit_val_batches=1",
