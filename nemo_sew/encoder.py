@@ -568,15 +568,12 @@ class SqueezeEncoder(NeuralModule, Exportable):
         fraction = stacked_p.mean(-1)  # expected fraction of open branches
         if squeezed.input_lengths is not None:
             profile = dataclasses.replace(draw.profile, squeeze=stats["squeeze"], depth_threshold=None)
-
-            def block_macs(keep_values: dict) -> torch.Tensor:
-                keep = self._keep_tensors(keep_values, some.shape[0], n, some.device)
-                cost = encoder_cost(self.arch, profile, squeezed.input_lengths, keep=keep)
-                return cost.attention_proj + cost.attention_scores + cost.ffn + cost.conv_module, cost.total
-
-            full_blocks, _ = block_macs({})
-            expected_blocks, _ = block_macs(probs)
-            _, realised_total = block_macs(hard)
+            # one cost-model call for the three keep patterns: every branch (full depth), probabilities, decisions
+            keeps = [self._keep_tensors(v, some.shape[0], n, some.device) for v in ({}, probs, hard)]
+            keep = {name: torch.stack([k[name] for k in keeps]) for name in keeps[0]}  # (3, B, L[, n_ffn])
+            cost = encoder_cost(self.arch, profile, squeezed.input_lengths, keep=keep)
+            blocks = cost.attention_proj + cost.attention_scores + cost.ffn + cost.conv_module  # (3, B)
+            full_blocks, expected_blocks, realised_total = blocks[0], blocks[1], cost.total[2]
             stats["macs"] = [float(v) for v in realised_total]
             stats["macs_expected"] = float((expected_blocks.sum() / full_blocks.sum().clamp_min(1.0)).detach())
             if self.gate_options.budget == "macs":

@@ -113,29 +113,36 @@ def utterance_macs(
     return encoder_cost(encoder.arch, active_profile(encoder), lengths).total
 
 
-def gated_utterance_stats(model, manifest: str | Path) -> dict[str, list[float]]:
-    """Realised I3D depth (layers) and encoder MACs of every manifest utterance at the active profile: each
-    utterance runs alone through the preprocessor and the gated encoder (the gates depend on the input)."""
+def gated_utterance_stats(model, manifest: str | Path) -> dict[str, Any]:
+    """Each utterance of ``manifest`` alone through the preprocessor and the gated (I3D) encoder, eval mode, at
+    the active profile (the gates depend on the input): realised ``depth`` (layers), encoder ``macs``, every
+    gate's open probability (``gate_probs``: one list per utterance in the order of ``slots`` =
+    ``encoder.gate_slots``), ``duration`` (seconds) and ``chars`` (reference characters without spaces)."""
     from manifests.audio import load_audio
 
     encoder = model.encoder
     param = next(model.parameters())
-    depth, macs = [], []
+    sample_rate = int(model.cfg.get("sample_rate", 16000))
+    out: dict[str, Any] = {"slots": [[i, name] for i, name in encoder.gate_slots], "depth": [], "macs": [],
+                           "gate_probs": [], "duration": [], "chars": []}  # fmt: skip
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for entry in read_manifest(manifest):
-                wav, _ = load_audio(entry["audio_filepath"], expected_sample_rate=int(model.cfg.get("sample_rate", 16000)))
+                wav, _ = load_audio(entry["audio_filepath"], expected_sample_rate=sample_rate)
                 audio = torch.as_tensor(wav, device=param.device)[None]
                 length = torch.tensor([audio.shape[1]], device=param.device)
                 signal, signal_len = model.preprocessor(input_signal=audio, length=length)
                 stats = encoder.run(signal, signal_len).stats
-                depth.append(float(stats["depth"][0]))
-                macs.append(float(stats["macs"][0]))
+                out["depth"].append(float(stats["depth"][0]))
+                out["macs"].append(float(stats["macs"][0]))
+                out["gate_probs"].append([float(p) for p in stats["gate_probs"][0]])
+                out["duration"].append(audio.shape[1] / sample_rate)
+                out["chars"].append(len(str(entry.get("text", "")).replace(" ", "")))
     finally:
         model.train(was_training)
-    return {"depth": depth, "macs": macs}
+    return out
 
 
 @dataclass

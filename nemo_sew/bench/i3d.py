@@ -154,39 +154,13 @@ def prune_layers(
 
 
 def utterance_gate_stats(model, manifest: str | Path, profile=None) -> dict[str, Any]:
-    """Each utterance of ``manifest`` alone through the preprocessor and the gated encoder (eval mode, at
-    ``profile``; None = the active one): realised depth (layers), encoder MACs, every gate's open probability
-    (``gate_probs``: one list of ``len(slots)`` per utterance, ``slots`` = ``encoder.gate_slots``), duration
-    (seconds) and characters (without spaces) of the reference."""
-    from manifests.audio import load_audio
+    """:func:`nemo_sew.evaluate.gated_utterance_stats` at ``profile`` (None = the active one)."""
+    from nemo_sew.evaluate import gated_utterance_stats
 
-    from nemo_sew.evaluate import read_manifest
-
-    encoder = model.encoder
-    if getattr(encoder, "gate_options", None) is None:
+    if getattr(model.encoder, "gate_options", None) is None:
         raise ValueError("utterance_gate_stats needs an encoder built with I3D gates")
-    param = next(model.parameters())
-    sample_rate = int(model.cfg.get("sample_rate", 16000))
-    out: dict[str, Any] = {"slots": [[i, name] for i, name in encoder.gate_slots], "depth": [], "macs": [],
-                           "gate_probs": [], "duration": [], "chars": []}  # fmt: skip
-    was_training = model.training
-    model.eval()
-    try:
-        with model.profile_scope(profile), torch.no_grad():
-            for entry in read_manifest(manifest):
-                wav, _ = load_audio(entry["audio_filepath"], expected_sample_rate=sample_rate)
-                audio = torch.as_tensor(wav, device=param.device)[None]
-                length = torch.tensor([audio.shape[1]], device=param.device)
-                signal, signal_len = model.preprocessor(input_signal=audio, length=length)
-                stats = encoder.run(signal, signal_len).stats
-                out["depth"].append(float(stats["depth"][0]))
-                out["macs"].append(float(stats["macs"][0]))
-                out["gate_probs"].append([float(p) for p in stats["gate_probs"][0]])
-                out["duration"].append(audio.shape[1] / sample_rate)
-                out["chars"].append(len(str(entry.get("text", "")).replace(" ", "")))
-    finally:
-        model.train(was_training)
-    return out
+    with model.profile_scope(profile):
+        return gated_utterance_stats(model, manifest)
 
 
 def gate_matrix(stats: Mapping[str, Any]) -> tuple[list[list[float]], list[str]]:
