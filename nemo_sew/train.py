@@ -194,6 +194,11 @@ def train(cfg: DictConfig) -> ModelPT:
     config and weights (see :func:`inherit_encoder_config`, :func:`init_encoder_from`);
     ``model.encoder_overrides`` is merged into the encoder config either way.
     """
+    if cfg.get("seed") is not None:
+        # python, numpy and torch RNGs, and each data-loader worker's: model init, shuffling, NeMo's semi-sorted
+        # batching, SpecAugment and masking all draw from these (with trainer.deterministic=true, fp32 CPU
+        # training is then repeatable to the bit; tests/test_recipes.py)
+        pl.seed_everything(int(cfg.seed), workers=True)
     trainer_kwargs = cpu_precision(resolve_trainer_cfg(cfg.trainer))
     every = cfg.get("progress_log_every", 25)
     if every:
