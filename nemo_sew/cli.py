@@ -107,6 +107,13 @@ def _emit(section: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_gates(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.gates import bench_gates, gates_markdown
+
+    result = bench_gates(args.preset, args.seconds, args.close, warmup=args.warmup, runs=args.runs)
+    return _emit(gates_markdown(result, "nemo-sew " + " ".join(args.argv)), args)
+
+
 def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
     from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
 
@@ -241,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_squeeze)
+
+    p = bench_sub.add_parser("gates", help="I3D: eager latency vs MACs with a fraction of the branches skipped")
+    p.add_argument("--preset", default="sew_small")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--close", type=float, default=0.4, help="fraction of the branches closed")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_gates)
 
     p = bench_sub.add_parser("stochastic", help="mini paper table: stochastic vs fixed squeeze at equal steps")
     p.add_argument("--data", default="data/synthetic")

@@ -8,7 +8,7 @@ One module per benchmark, imported only by the ``nemo-sew bench`` subcommand tha
 * :mod:`nemo_sew.bench.squeeze` (``bench squeeze``), :mod:`nemo_sew.bench.cpu` (``bench cpu``);
 * drivers that train models: :mod:`nemo_sew.bench.stochastic` (``bench stochastic``),
   :mod:`nemo_sew.bench.ssl` (``bench ssl``), :mod:`nemo_sew.bench.purity` (``bench purity``),
-  :mod:`nemo_sew.bench.i3d` (``bench i3d``).
+  :mod:`nemo_sew.bench.i3d` (``bench i3d``); :mod:`nemo_sew.bench.gates` (``bench gates``, no training).
 
 The library core never imports the benchmark modules; this package itself only re-exports the report helpers.
 """
