@@ -634,6 +634,13 @@ def _upgrade_legacy_state_dict(state_dict, prefix, local_metadata, strict, missi
         state_dict[f"{layer_prefix}{index}.{legacy_layer_keys(local)}"] = value
 
 
+def upgrade_legacy_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An encoder state dict (keys relative to the encoder) in today's parameter names (a copy)."""
+    state = dict(state)
+    _upgrade_legacy_state_dict(state, "", {}, True, [], [], [])
+    return state
+
+
 def encoder_config(preset: str, **overrides: Any) -> dict[str, Any]:
     """The ``encoder:`` config (without ``_target_``) of preset ``preset`` with ``overrides``: arch fields
     (``d_model``, ``blocks``, ``compressor``, ``expander``, ...) go under ``arch``; the encoder's other

@@ -149,14 +149,23 @@ def init_encoder_from(model: ModelPT, path: str | Path) -> None:
 
     Strict: every encoder tensor must be there with the same shape (a clear error otherwise), so an
     architecture mismatch cannot silently leave a randomly initialised encoder. The mask embedding is
-    optional (a model pre-trained without one).
+    optional (a model pre-trained without one), and so are I3D gate predictors (gates added for fine-tuning
+    start from their own initialisation). Checkpoints written before blocks were residual branches are read
+    in today's parameter names.
     """
+    from nemo_sew.encoder import upgrade_legacy_encoder_state
+
     _, state = _load_checkpoint(path)
-    encoder_state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    encoder_state = upgrade_legacy_encoder_state({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
     if not encoder_state:
         raise ValueError(f"{path}: no encoder weights in this checkpoint")
     own = model.encoder.state_dict()
-    missing = sorted(k for k in own if k not in encoder_state and not k.startswith("mask_emb"))
+    new_here = ("mask_emb", "gate_predictor.")  # also every layer's gates.<branch>.*
+
+    def optional(key: str) -> bool:
+        return key.startswith(new_here) or ".gates." in key
+
+    missing = sorted(k for k in own if k not in encoder_state and not optional(k))
     shape = sorted(k for k in own if k in encoder_state and encoder_state[k].shape != own[k].shape)
     if missing or shape:
         raise ValueError(

@@ -281,3 +281,29 @@ def test_a_new_block_kind_is_one_traits_entry_and_one_builder(monkeypatch):
     x = torch.randn(1, 80, 150)
     measured = count_macs(lambda: enc(audio_signal=x, length=torch.tensor([150])))
     assert float(encoder_cost(arch, enc.profile, 150).total) == pytest.approx(measured, rel=1e-9)
+
+
+def test_fine_tuning_reads_a_pre_arch_checkpoint_and_adds_gates(tmp_path):
+    """init_from_ssl on a Lightning .ckpt with the old parameter names: the weights land in today's names,
+    and I3D gate predictors added for fine-tuning may be missing from it."""
+    from omegaconf import OmegaConf
+
+    from nemo_sew.train import init_encoder_from
+
+    torch.manual_seed(0)
+    source = SqueezeEncoder(**{k: v for k, v in LEGACY_DEMO_ENCODER.items() if k != "_target_"})
+    state = {f"encoder.{k}": v for k, v in _legacy_state_dict(source.state_dict()).items()}
+    path = tmp_path / "pre_arch.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"cfg": OmegaConf.create({"encoder": LEGACY_DEMO_ENCODER})}}, path)
+
+    class Holder(torch.nn.Module):  # what init_encoder_from reads: model.encoder
+        def __init__(self):
+            super().__init__()
+            self.encoder = SqueezeEncoder(
+                **{k: v for k, v in LEGACY_DEMO_ENCODER.items() if k != "_target_"}, gates={"kind": "local"}
+            )
+
+    model = Holder()
+    init_encoder_from(model, path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
