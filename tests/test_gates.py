@@ -181,3 +181,24 @@ def test_onnx_keeps_the_input_dependence(kind, tmp_path):
             ref = out.hidden.transpose(1, 2).numpy()
             assert abs(got - ref).max() <= 1e-4
     assert len(depths) > 1, "the inputs should open different gates"
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_ssl_pretraining_with_gates_adds_the_mac_budget(compressed):
+    """Pre-training a gated encoder: the budget joins the SSL loss (from the MACs of the real input lengths)."""
+    from omegaconf import OmegaConf
+
+    from nemo_sew import encoder_config
+    from nemo_sew.models.ssl import SqueezeSSLModel
+
+    enc = {"_target_": "nemo_sew.SqueezeEncoder", **encoder_config("tiny_wfe_c", squeeze_sampler={"values": [1, 2]}),
+           "gates": {"kind": "global", "budget": "macs", "target": 0.5}}  # fmt: skip
+    cfg = OmegaConf.create({"sample_rate": 16000, "preprocessor": {"_target_": "nemo_sew.WaveformPreprocessor"},
+                            "encoder": enc, "objective": "wav2vec2", "compressed_targets": compressed,
+                            "wav2vec2": {"head_hidden": 64, "num_negatives": 10}})  # fmt: skip
+    model = SqueezeSSLModel(cfg).train()
+    wav, lens = torch.randn(3, 32000), torch.tensor([32000, 20000, 9000])
+    out = model(wav, lens, draw=model.encoder.draw(3))
+    assert "gate_budget" in out and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert model.encoder.gate_predictor.fc2.bias.grad.abs().sum() > 0

@@ -150,9 +150,10 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         if not self.compressed:
             mask, out_len = span_mask(frames, t, float(m.prob), int(m.length), int(m.get("min_masks", 2))), frames
             x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
-            encoded = enc.context(enc.squeeze_features(x, frames, draw), draw)  # (B, T, D) back at 20 ms
+            squeezed = enc.squeeze_features(x, frames, draw, input_lengths=signal_len)
+            encoded = enc.context(squeezed, draw)  # (B, T, D) back at 20 ms
         else:
-            squeezed = enc.squeeze_features(x, frames, draw)
+            squeezed = enc.squeeze_features(x, frames, draw, input_lengths=signal_len)
             h, out_len = squeezed.hidden, squeezed.lengths
             mask = span_mask(out_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
             squeezed = dataclasses.replace(squeezed, hidden=torch.where(mask[..., None], enc.mask_emb.to(h.dtype), h))
