@@ -211,12 +211,15 @@ class SqueezeEncoder(NeuralModule, Exportable):
             a.d_model, a.layer_norm_first, d.hidden, d.attention, d.activation, a.layer_norm_eps,
             local_gate_hidden=g.hidden if g is not None and g.kind == "local" else 0,
             gate_init_logit=g.init_logit if g is not None else 3.0,
+            gate_max_logit=g.max_logit if g is not None else None,
         )  # fmt: skip
         self.layers = nn.ModuleList([build_block(spec, options) for spec in a.blocks])
         # (layer, branch) of every gate, in the order the global predictor emits them
         self.gate_slots = [(i, name) for i, layer in enumerate(self.layers) for name in layer.branch_names] if g else []
         self.gate_predictor = (
-            GlobalGatePredictor(a.d_model, len(self.gate_slots), g.hidden, g.init_logit) if g and g.kind == "global" else None
+            GlobalGatePredictor(a.d_model, len(self.gate_slots), g.hidden, g.init_logit, g.max_logit)
+            if g and g.kind == "global"
+            else None
         )
         expanders = {"none": lambda: None, "sew": lambda: SEWUpsampler(a.d_model, c.squeeze), "phase": lambda: PhaseExpander(a.d_model)}
         self.expander: nn.Module | None = expanders[a.expander]()

@@ -165,6 +165,8 @@ class Gates:
         weight: the penalty's weight: ``weight * (mean_batch(fraction) - target)^2`` in
             ``EncoderOutput.aux_losses["gate_budget"]``.
         init_logit: the predictors' initial output bias (+3: p ~ 0.95, every branch starts open).
+        max_logit: bound the predictors' logits to ``(-max_logit, max_logit)`` (``max * tanh(logit / max)``), so
+            that gates cannot saturate and stop learning; None = unbounded.
     """
 
     kind: str = "local"
@@ -175,8 +177,11 @@ class Gates:
     target: float = 0.7
     weight: float = 1.0
     init_logit: float = 3.0
+    max_logit: float | None = None
 
     def __post_init__(self) -> None:
+        if self.max_logit is not None and float(self.max_logit) <= 0:
+            raise ValueError(f"expected gates.max_logit > 0 or None, got {self.max_logit}")
         if self.kind not in ("local", "global"):
             raise ValueError(f"expected gates.kind 'local' or 'global', got {self.kind!r}")
         if self.budget not in ("macs", "modules"):

@@ -202,3 +202,13 @@ def test_ssl_pretraining_with_gates_adds_the_mac_budget(compressed):
     assert "gate_budget" in out and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert model.encoder.gate_predictor.fc2.bias.grad.abs().sum() > 0
+
+
+def test_bounded_logits_keep_gates_from_saturating():
+    enc = build_encoder("tiny_mel", num_layers=2, gates={"kind": "local", "max_logit": 2.0, "init_logit": 50.0}).eval()
+    x, lengths = _inputs(enc)
+    probs = _probs(enc, x, lengths)
+    bound = torch.sigmoid(torch.tensor(2.0))
+    assert float(probs.max()) <= float(bound) + 1e-6  # 50 -> 2 * tanh(25) ~ 2
+    with pytest.raises(ValueError, match="max_logit"):
+        Gates(max_logit=0.0)

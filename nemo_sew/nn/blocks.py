@@ -318,6 +318,7 @@ class BlockOptions:
     layer_norm_eps: float = 1e-5
     local_gate_hidden: int = 0  # > 0: an I3D local gate predictor of this hidden width on every branch
     gate_init_logit: float = 3.0
+    gate_max_logit: float | None = None
 
     def norm(self, dim: int | None = None) -> nn.LayerNorm:
         return nn.LayerNorm(self.d_model if dim is None else dim, eps=self.layer_norm_eps)
@@ -377,7 +378,8 @@ def build_block(spec: BlockSpec, options: BlockOptions) -> Block:
     local = None
     if options.local_gate_hidden > 0:
         local = nn.ModuleDict({
-            name: LocalGatePredictor(options.d_model, options.local_gate_hidden, options.gate_init_logit) for name in branches
+            name: LocalGatePredictor(options.d_model, options.local_gate_hidden, options.gate_init_logit, options.gate_max_logit)
+            for name in branches
         })  # fmt: skip
     return Block(branches, final_norm, local)
 

@@ -51,6 +51,12 @@ def gate_decisions(
     return (p > threshold).to(p.dtype), p
 
 
+def bounded(logits: torch.Tensor, max_logit: float | None) -> torch.Tensor:
+    """``max_logit * tanh(logits / max_logit)`` (None: unchanged). Bounded logits keep the gates from saturating,
+    so the relaxed samples (and the budget) keep a gradient in training."""
+    return logits if max_logit is None else max_logit * torch.tanh(logits / max_logit)
+
+
 class LocalGatePredictor(nn.Module):
     """``Linear(C, H) -> GELU -> Linear(H, 1)`` on the masked mean of one branch's input -> one logit per item.
 
@@ -58,26 +64,30 @@ class LocalGatePredictor(nn.Module):
     gates added to a trained model, begin with every branch (almost always) open.
     """
 
-    def __init__(self, dim: int, hidden: int = 32, init_logit: float = 3.0) -> None:
+    def __init__(self, dim: int, hidden: int = 32, init_logit: float = 3.0, max_logit: float | None = None) -> None:
         super().__init__()
+        self.max_logit = max_logit
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, 1)
         nn.init.normal_(self.fc2.weight, std=0.01)
         nn.init.constant_(self.fc2.bias, init_logit)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(masked_mean(x, lengths).float().to(self.fc1.weight.dtype))))[:, 0]  # (B,)
+        return bounded(self.fc2(F.gelu(self.fc1(masked_mean(x, lengths).to(self.fc1.weight.dtype))))[:, 0], self.max_logit)
 
 
 class GlobalGatePredictor(nn.Module):
     """``Linear(C, H) -> GELU -> Linear(H, n_gates)`` on the masked mean of the encoder input -> ``(B, n_gates)``."""
 
-    def __init__(self, dim: int, num_gates: int, hidden: int = 64, init_logit: float = 3.0) -> None:
+    def __init__(
+        self, dim: int, num_gates: int, hidden: int = 64, init_logit: float = 3.0, max_logit: float | None = None
+    ) -> None:
         super().__init__()
+        self.max_logit = max_logit
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, num_gates)
         nn.init.normal_(self.fc2.weight, std=0.01)
         nn.init.constant_(self.fc2.bias, init_logit)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(masked_mean(x, lengths).to(self.fc1.weight.dtype))))  # (B, n_gates)
+        return bounded(self.fc2(F.gelu(self.fc1(masked_mean(x, lengths).to(self.fc1.weight.dtype)))), self.max_logit)
