@@ -423,16 +423,14 @@ def _block_override(block: dict[str, Any], override: Mapping[str, Any], d_model:
     return out
 
 
-def blocks_summary(arch: EncoderArch) -> str:
-    """A short human-readable description, e.g. ``12 x transformer(h=8, ffn=2048)``, per run of equal blocks."""
-    runs: list[tuple[BlockSpec, int]] = []
-    for b in arch.blocks:
-        if runs and runs[-1][0] == b:
-            runs[-1] = (b, runs[-1][1] + 1)
-        else:
-            runs.append((b, 1))
-    parts = []
-    for b, n in runs:
-        extra = f", conv={b.conv_channels}" if b.conv_channels else ""
-        parts.append(f"{n} x {b.kind}(h={b.heads}, ffn={'/'.join(map(str, b.ffn_dims))}{extra})")
-    return " + ".join(parts) or "no blocks"
+def resolve_arch(preset: str | None, arch: "EncoderArch | Mapping[str, Any] | None") -> EncoderArch:
+    """The arch an encoder config names: ``preset`` plus ``arch`` overrides, or a full ``arch`` (an
+    :class:`EncoderArch` or its dict) without a preset. What :class:`nemo_sew.SqueezeEncoder` builds and what
+    the data guard reads before the encoder exists."""
+    if preset is not None:
+        if isinstance(arch, EncoderArch):
+            raise ValueError("give either a preset (with arch overrides) or a full EncoderArch, not both")
+        return build_arch(preset, **dict(arch or {}))
+    if arch is None:
+        raise ValueError("an encoder config needs a preset name or an arch")
+    return arch if isinstance(arch, EncoderArch) else build_arch(arch)

@@ -38,7 +38,6 @@ COMPONENTS: tuple[str, ...] = (
     "frontend", "projection", "compressor", "attention_proj", "attention_scores", "ffn", "conv_module", "expander",
 )  # fmt: skip
 #: extra parameter-only components of :func:`encoder_params`
-PARAM_EXTRAS: tuple[str, ...] = ("mask_emb", "other")
 SOFT_KEYS: tuple[str, ...] = ("heads", "ffn_dims", "conv_channels", "frontend_channels")
 KEEP_KEYS: tuple[str, ...] = ("attn", "ffn", "conv")
 ALPHA_KERNEL = 5  # conv kernel of the once-for-all CIF weight predictor
@@ -147,14 +146,14 @@ def _per_layer(arch: EncoderArch, fn: Callable[[BlockSpec], float], dev: torch.d
     return torch.tensor([float(fn(b)) for b in arch.blocks], dtype=_F64, device=dev)
 
 
-def _n_ffn(arch: EncoderArch) -> int:
+def ffn_columns(arch: EncoderArch) -> int:
     """Columns of ``ffn_dims`` tensors: the most FFNs a block of ``arch`` has (2 with any conformer block)."""
     return max((BLOCK_KINDS[b.kind].ffns for b in arch.blocks), default=1)
 
 
 def _per_ffn(arch: EncoderArch, fn: Callable[[BlockSpec, int], float], dev: torch.device) -> torch.Tensor:
     """``(L, n_ffn)`` float64 matrix of ``fn(block, j)`` for the FFNs a block has, 0 for those it has not."""
-    n_ffn = _n_ffn(arch)
+    n_ffn = ffn_columns(arch)
     rows = [[float(fn(b, j)) if j < len(b.ffn_dims) else 0.0 for j in range(n_ffn)] for b in arch.blocks]
     return torch.tensor(rows, dtype=_F64, device=dev).reshape(arch.num_layers, n_ffn)
 
@@ -191,7 +190,7 @@ def _keep(arch: EncoderArch, keep: Mapping[str, Any] | None, dev: torch.device) 
     if unknown:
         raise ValueError(f"unknown keep probabilities {unknown}; expected a subset of {list(KEEP_KEYS)}")
     n = arch.num_layers
-    shapes = {"attn": (n,), "ffn": (n, _n_ffn(arch)), "conv": (n,)}
+    shapes = {"attn": (n,), "ffn": (n, ffn_columns(arch)), "conv": (n,)}
     out: dict[str, torch.Tensor | float] = {name: 1.0 for name in KEEP_KEYS}
     for name, value in (keep or {}).items():
         out[name] = _checked(value, shapes[name], f"keep {name}", dev)
@@ -332,7 +331,7 @@ def encoder_cost(
     # FFN lengths: a conformer's first FFN runs before the layer's query pooling, every other FFN after it
     first_before = _per_layer(arch, lambda b: BLOCK_KINDS[b.kind].ffns_before_attention > 0, dev)
     t_ffn0 = first_before * t_in_ + (1 - first_before) * t_q_
-    t_ffn = torch.stack([t_ffn0] + [t_q_] * (_n_ffn(arch) - 1), dim=-1)  # (..., L, n_ffn)
+    t_ffn = torch.stack([t_ffn0] + [t_q_] * (ffn_columns(arch) - 1), dim=-1)  # (..., L, n_ffn)
     ffn = (2 * c * w["ffn_dims"] * t_ffn * kp["ffn"]).sum(-1)  # (..., L)
     cc = w["conv_channels"]
     conv_kernel = _per_layer(arch, lambda b: b.conv_kernel, dev)

@@ -32,10 +32,11 @@ from nemo.core.neural_types import (
 )
 from torch import nn
 
-from nemo_sew.arch import EncoderArch, build_arch
-from nemo_sew.nn.blocks import BlockOptions, LayerPlan, build_block, legacy_layer_keys
+from nemo_sew.arch import EncoderArch, resolve_arch
+from nemo_sew.nn.blocks import BRANCH_COST, BlockOptions, LayerPlan, build_block, legacy_layer_keys
 from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor
-from nemo_sew.nn.frontend import FeatureProjection, build_frontend, frontend_layout, time_mask
+from nemo_sew.cost import encoder_cost, ffn_columns
+from nemo_sew.nn.frontend import FeatureProjection, _tracing, build_frontend, frontend_layout, time_mask
 from nemo_sew.nn.gates import GlobalGatePredictor, gate_decisions
 from nemo_sew.nn.pooling import FrameMap, pooled_lengths
 from nemo_sew.options import Dropout, Gates, LearnedRate, Masking, upgrade_encoder_config
@@ -164,14 +165,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         arch, squeeze_sampler, learned_rate, masking, dropout, gates = map(
             _plain, (arch, squeeze_sampler, learned_rate, masking, dropout, gates)
         )
-        if preset is not None:
-            if isinstance(arch, EncoderArch):
-                raise ValueError("give either a preset (with arch overrides) or a full EncoderArch, not both")
-            self.arch = build_arch(preset, **dict(arch or {}))
-        elif arch is not None:
-            self.arch = arch if isinstance(arch, EncoderArch) else build_arch(arch)
-        else:
-            raise ValueError("SqueezeEncoder needs a preset name or an arch")
+        self.arch = resolve_arch(preset, arch)
         if squeeze_sampler is not None and not ({"squeeze", "q_pool", "kv_pool", "cif_lambda", "seed"} & set(squeeze_sampler)):
             squeeze_sampler = {"squeeze": dict(squeeze_sampler)}  # a bare squeeze spec
         self.sampler = ProfileSampler(**squeeze_sampler) if squeeze_sampler is not None else None
@@ -436,8 +430,6 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 f"need at least {need}"
             )
 
-    _check_inputs = check_inputs  # the name before the contract existed
-
     @typecheck()
     def forward(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.run(audio_signal, length)
@@ -446,9 +438,13 @@ class SqueezeEncoder(NeuralModule, Exportable):
     # ----------------------------------------------------------------------------------------------
     # stages (library layout)
 
-    def run(self, audio_signal: torch.Tensor, length: torch.Tensor, draw: Draw | None = None) -> EncoderOutput:
+    def run(
+        self, audio_signal: torch.Tensor, length: torch.Tensor, draw: Draw | None = None, measure: bool = False
+    ) -> EncoderOutput:
         """The whole encoder on the input port ``(B, C, T)``: features, projection, fine-tuning masking
-        (training), squeeze, blocks, expander. ``draw`` None: :meth:`draw` without a step."""
+        (training), squeeze, blocks, expander. ``draw`` None: :meth:`draw` without a step. ``measure``: a gated
+        encoder also reports each item's realised MACs (``stats["macs"]``; training with a MAC budget always
+        does), which costs a cost-model call, so inference skips it unless asked."""
         if draw is None:
             draw = self.draw()
             if self.training and self.sampler is not None:
@@ -458,7 +454,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         x = self.projection(x)  # (B, T, D)
         if self.training and self.masking is not None:
             x = self.apply_masking(x, frames)
-        return self.context(self.squeeze_features(x, frames, draw, input_lengths=length), draw)
+        return self.context(self.squeeze_features(x, frames, draw, input_lengths=length), draw, measure=measure)
 
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""
@@ -497,13 +493,14 @@ class SqueezeEncoder(NeuralModule, Exportable):
         return Squeezed(h, h_len, frame_map, factor, lam, lengths, x.shape[1], aux, input_lengths)
 
     def context(
-        self, squeezed: Squeezed, draw: Draw, num_layers: int | None = None, expand: bool = True
+        self, squeezed: Squeezed, draw: Draw, num_layers: int | None = None, expand: bool = True, measure: bool = False
     ) -> EncoderOutput:
         """The blocks (with their :class:`LayerPlan`) and the expander on a :class:`Squeezed` sequence.
 
         Args:
             num_layers: run only the first ``num_layers`` blocks (HuBERT's targets from an inner layer).
             expand: False returns the squeezed (and pooled) sequence without the expander.
+            measure: report a gated encoder's realised MACs (see :meth:`run`).
         """
         h, h_len, frame_map = squeezed.hidden, squeezed.lengths, squeezed.frame_map
         if not self.arch.layer_norm_first:
@@ -532,8 +529,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
             "layers": ran,
         }
         aux = dict(squeezed.aux_losses)
-        if self.gate_options is not None and decisions and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-            self._gate_outputs(decisions, squeezed, draw, stats, aux)
+        if self.gate_options is not None and decisions and not _tracing():
+            self._gate_outputs(decisions, squeezed, draw, stats, aux, measure)
         if self.expander is None or not expand:
             h = h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0)
             return EncoderOutput(h, h_len, aux, stats)
@@ -551,11 +548,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
             per_layer[i][name] = (g[:, k], p[:, k])
         return per_layer
 
-    def _gate_outputs(self, decisions: dict, squeezed: Squeezed, draw: Draw, stats: dict, aux: dict) -> None:
+    def _gate_outputs(self, decisions: dict, squeezed: Squeezed, draw: Draw, stats: dict, aux: dict, measure: bool) -> None:
         """Depth and MACs (expected from the probabilities, realised from the decisions), and the budget penalty."""
-        from nemo_sew.cost import encoder_cost
-
-        n = len(self.layers)
         per_layer = torch.tensor([len(layer.branch_names) for layer in self.layers], dtype=torch.float32)
         hard = {k: g.detach().float() for k, (g, _) in decisions.items()}
         probs = {k: p.float() for k, (_, p) in decisions.items()}
@@ -569,10 +563,12 @@ class SqueezeEncoder(NeuralModule, Exportable):
         nan = torch.full_like(some, float("nan"))  # a layer that did not run (LayerDrop, num_layers)
         stats["gate_probs"] = torch.stack([probs.get(k, nan) for k in self.gate_slots], -1).detach().tolist()
         fraction = stacked_p.mean(-1)  # expected fraction of open branches
-        if squeezed.input_lengths is not None:
+        g = self.gate_options
+        mac_budget = self.training and g.weight > 0 and g.budget == "macs"
+        if squeezed.input_lengths is not None and (measure or mac_budget):
             profile = dataclasses.replace(draw.profile, squeeze=stats["squeeze"], depth_threshold=None)
             # one cost-model call for the three keep patterns: every branch (full depth), probabilities, decisions
-            keeps = [self._keep_tensors(v, some.shape[0], n, some.device) for v in ({}, probs, hard)]
+            keeps = [self._keep_tensors(v, some.shape[0], some.device) for v in ({}, probs, hard)]
             keep = {name: torch.stack([k[name] for k in keeps]) for name in keeps[0]}  # (3, B, L[, n_ffn])
             cost = encoder_cost(self.arch, profile, squeezed.input_lengths, keep=keep)
             blocks = cost.attention_proj + cost.attention_scores + cost.ffn + cost.conv_module  # (3, B)
@@ -585,25 +581,21 @@ class SqueezeEncoder(NeuralModule, Exportable):
             target = self.gate_options.target
             aux["gate_budget"] = self.gate_options.weight * (fraction.float().mean() - target) ** 2
 
-    def _keep_tensors(self, values: dict, batch: int, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def _keep_tensors(self, values: dict, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Per-branch keep values ``{(layer, branch): (B,)}`` -> the cost model's ``keep`` tensors (1 elsewhere)."""
-        attn = [torch.ones(batch, device=device, dtype=torch.float64) for _ in range(n)]
-        conv = [torch.ones(batch, device=device, dtype=torch.float64) for _ in range(n)]
-        ffn = [[torch.ones(batch, device=device, dtype=torch.float64) for _ in range(2)] for _ in range(n)]
-        for (i, name), v in values.items():
-            v = v.to(torch.float64)
-            if name == "attn":
-                attn[i] = v
-            elif name == "conv":
-                conv[i] = v
-            else:
-                ffn[i][1 if name == "ffn2" else 0] = v
-        n_ffn = 2 if any(b.kind == "conformer" for b in self.arch.blocks) else 1
-        return {
-            "attn": torch.stack(attn, -1),
-            "conv": torch.stack(conv, -1),
-            "ffn": torch.stack([torch.stack(f[:n_ffn], -1) for f in ffn], -2),
+        n = len(self.layers)
+        keep = {
+            "attn": torch.ones(batch, n, device=device, dtype=torch.float64),
+            "conv": torch.ones(batch, n, device=device, dtype=torch.float64),
+            "ffn": torch.ones(batch, n, ffn_columns(self.arch), device=device, dtype=torch.float64),
         }
+        for (i, name), v in values.items():
+            key, column = BRANCH_COST[name]
+            if key == "ffn":
+                keep[key][:, i, column] = v
+            else:
+                keep[key][:, i] = v
+        return keep
 
     def _rate_penalty(self, squeeze: torch.Tensor) -> torch.Tensor:
         r = self.learned_rate

@@ -72,12 +72,12 @@ def bench_gates(
     lengths = torch.tensor([n])
     full, gated = CompressionProfile(depth_threshold=0.0), CompressionProfile(depth_threshold=0.5)
 
-    def run(profile: CompressionProfile):
+    def run(profile: CompressionProfile, measure: bool = False):
         encoder.set_profile(profile)
-        return encoder.run(x, lengths)
+        return encoder.run(x, lengths, measure=measure)
 
     with torch.inference_mode():
-        macs = {name: run(p).stats["macs"][0] for name, p in (("full", full), ("gated", gated))}
+        macs = {name: run(p, measure=True).stats["macs"][0] for name, p in (("full", full), ("gated", gated))}
     times = interleaved_ms({"full": lambda: run(full), "gated": lambda: run(gated)}, warmup, runs)
     return GateLatency(
         preset=preset, seconds=seconds, closed=len(closed), branches=len(encoder.gate_slots),

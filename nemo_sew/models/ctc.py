@@ -17,7 +17,7 @@ import torch
 from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from nemo_sew.arch import build_arch
+from nemo_sew.arch import resolve_arch
 from nemo_sew.encoder import EncoderOutput, SqueezeEncoder
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.options import upgrade_encoder_config
@@ -117,7 +117,7 @@ class DataGuardMixin:
             layout, need = encoder.layout, encoder.min_input_length()
         elif _is_ours(self.cfg.get("encoder")):
             enc_cfg = upgrade_encoder_config(OmegaConf.to_container(self.cfg.encoder, resolve=True))
-            arch = build_arch(enc_cfg["preset"], **(enc_cfg.get("arch") or {})) if enc_cfg.get("preset") else build_arch(enc_cfg["arch"])
+            arch = resolve_arch(enc_cfg.get("preset"), enc_cfg.get("arch"))
             squeeze = (self.cfg.get("profile") or {}).get("squeeze") or arch.compressor.squeeze
             layout = frontend_layout(arch.frontend)
             need = layout.min_input_length(squeeze)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import BlockSpec
-from nemo_sew.nn.frontend import can_overwrite, time_mask
+from nemo_sew.nn.frontend import _tracing, can_overwrite, time_mask
 from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions
 from nemo_sew.nn.pooling import masked_avg_pool
 
@@ -236,7 +236,7 @@ class Residual(nn.Module):
             return masked_avg_pool(x, lengths, stride)
         if gate is None:
             return self._run(x, lengths, plan, stride)
-        if self.training or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if self.training or _tracing():  # traced graphs keep the input dependence by masking
             out, out_len = self._run(x, lengths, plan, stride)
             skip = masked_avg_pool(x, lengths, stride)[0]
             g = gate.to(out.dtype)[:, None, None]
@@ -363,6 +363,12 @@ def conformer_branches(spec: BlockSpec, o: BlockOptions) -> tuple[dict[str, Resi
         branches["ffn2"] = _ffn(spec.ffn_dims[1], o, False, "swish", scale=0.5)
     return branches, o.norm()
 
+
+# Where each branch name's compute sits in the cost model's keep tensors (nemo_sew.cost.encoder_cost):
+# (keep key, FFN column). A builder that introduces a new branch name adds it here.
+BRANCH_COST: dict[str, tuple[str, int]] = {
+    "attn": ("attn", 0), "ffn": ("ffn", 0), "ffn1": ("ffn", 0), "ffn2": ("ffn", 1), "conv": ("conv", 0),
+}  # fmt: skip
 
 BLOCK_BUILDERS: dict[str, Callable[[BlockSpec, BlockOptions], tuple[dict[str, Residual], nn.Module | None]]] = {
     "transformer": transformer_branches,
