@@ -1,6 +1,7 @@
 """I3D gates: gradients reach the predictors, closed branches are exact identities, padding never changes a
 gate, batched equals one-at-a-time with mixed decisions, threshold 0 is the ungated model, realised MACs
-from nemo_sew.cost equal the flop counter's on a gated forward, and the budget works with the squeeze sampler."""
+from nemo_sew.cost equal the flop counter's on a gated forward, and the budget works with the squeeze sampler
+(ONNX export of gates: test_export_conditional.py)."""
 
 import pytest
 import torch
@@ -154,34 +155,6 @@ def test_budget_with_the_squeeze_sampler_and_profile_errors():
         Gates(kind="layer")
     with pytest.raises(ValueError, match="gates.target"):
         Gates(target=0.0)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_onnx_keeps_the_input_dependence(kind, tmp_path):
-    """The exported graph decides its gates from the input (it computes every branch and masks the closed ones;
-    conditional If-node branches are future work): onnxruntime equals eager within 1e-4 on inputs whose gates
-    differ."""
-    import onnxruntime as ort
-
-    from nemo_sew.export import export_onnx
-
-    enc = _encoder("tiny_mel", kind, num_layers=3).eval()
-    x, lengths = _inputs(enc, (1.2, 0.9, 0.6, 0.5))
-    threshold = _splitting_threshold(_probs(enc, x, lengths))
-    profile = CompressionProfile(depth_threshold=threshold)
-    result = export_onnx(enc, tmp_path / "gated.onnx", profile=profile, cases=2)
-    enc.set_profile(profile)
-    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    depths = set()
-    with torch.no_grad():
-        for i, n in enumerate(lengths.tolist()):
-            xi, li = x[i : i + 1, :, :n], lengths[i : i + 1]
-            out = enc.run(xi, li)
-            depths.add(round(out.stats["depth"][0], 3))
-            got = session.run(None, {"audio_signal": xi.numpy(), "length": li.numpy()})[0]
-            ref = out.hidden.transpose(1, 2).numpy()
-            assert abs(got - ref).max() <= 1e-4
-    assert len(depths) > 1, "the inputs should open different gates"
 
 
 @pytest.mark.parametrize("compressed", [False, True])

@@ -51,6 +51,7 @@ from nemo.core.classes.common import is_typecheck_enabled, typecheck
 from torch import nn
 
 from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.export.conditional import MARKER_DOMAIN, conditional_branches, node_reads
 from nemo_sew.nn.frontend import time_mask
 from nemo_sew.preprocessor import WaveformPreprocessor
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
@@ -315,6 +316,16 @@ def _metadata(plan: _Plan, precision: str, opset: int) -> dict[str, str]:
     return meta
 
 
+def _gate_metadata(encoder: SqueezeEncoder, conditional: int) -> dict[str, str]:
+    """``gates``: ``conditional`` (input-dependent: one ``If`` per gated branch) or ``static`` (frozen by the
+    profile's ``static_gates``: a fixed graph without predictors); ``gate_kind``, ``conditional_branches``."""
+    profile = encoder.profile
+    threshold = encoder.depth_threshold(profile)
+    mode = "static" if getattr(profile, "static_gates", None) is not None else "conditional"
+    return {"gates": mode, "gate_kind": encoder.gate_options.kind, "conditional_branches": str(conditional),
+            "depth_threshold": str(threshold)}  # fmt: skip
+
+
 def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -331,7 +342,7 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
     users: dict[int, list[int]] = {i: [] for i in range(len(graph.node))}
     waiting = [0] * len(graph.node)
     for i, n in enumerate(graph.node):
-        deps = {producer[name] for name in n.input if name in producer}
+        deps = {producer[name] for name in node_reads(n) if name in producer}  # If branches read outer values
         waiting[i] = len(deps)
         for d in deps:
             users[d].append(i)
@@ -394,12 +405,21 @@ def export_onnx(
         x, lengths = _example(plan)
         inputs, outputs, axes = _names(plan.kind, x.dim())
         plan.graph.eval()
+        gated = plan.encoder.gate_options is not None  # I3D gate mixes are exported as markers, then as If nodes
         torch.onnx.export(
             plan.graph, (x, lengths), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
             opset_version=opset, do_constant_folding=True, dynamo=False,
+            **({"custom_opsets": {MARKER_DOMAIN: 1}} if gated else {}),
         )  # fmt: skip
         metadata = _metadata(plan, precision, opset)
     proto = onnx.load(str(path))
+    if gated:
+        metadata.update(_gate_metadata(plan.encoder, conditional_branches(proto)))
+        if precision == "fp16" and metadata["gates"] == "conditional":
+            raise NotImplementedError(
+                "fp16 export of input-dependent I3D gates is not supported (onnxruntime's float16 converter "
+                "misplaces casts around If subgraphs): export fp32, or a static profile (gates frozen, no If) in fp16"
+            )
     if precision == "fp16":
         proto = _to_fp16(proto)
     _save(proto, path, metadata)
@@ -441,7 +461,7 @@ def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
     for key in ("profile", "vocabulary", "feature_config"):
         if key in out:
             out[key] = json.loads(out[key])
-    for key in ("sample_rate", "min_input_length", "opset"):
+    for key in ("sample_rate", "min_input_length", "opset", "conditional_branches"):
         if key in out:
             out[key] = int(out[key])
     if "input_rate" in out:

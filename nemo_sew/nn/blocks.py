@@ -28,7 +28,7 @@ from torch import nn
 
 from nemo_sew.arch import BlockSpec
 from nemo_sew.nn.frontend import _tracing, can_overwrite, time_mask
-from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions
+from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions, gate_mix
 from nemo_sew.nn.pooling import masked_avg_pool
 
 GateDecision = tuple[torch.Tensor, torch.Tensor]  # (gates (B,) 0/1 with straight-through grads, probabilities (B,))
@@ -236,11 +236,10 @@ class Residual(nn.Module):
             return masked_avg_pool(x, lengths, stride)
         if gate is None:
             return self._run(x, lengths, plan, stride)
-        if self.training or _tracing():  # traced graphs keep the input dependence by masking
+        if self.training or _tracing():  # traced: masked; the ONNX export turns the mix into an If (export/conditional.py)
             out, out_len = self._run(x, lengths, plan, stride)
             skip = masked_avg_pool(x, lengths, stride)[0]
-            g = gate.to(out.dtype)[:, None, None]
-            return g * out + (1.0 - g) * skip, out_len
+            return gate_mix(gate, out, skip), out_len
         skip, skip_len = masked_avg_pool(x, lengths, stride)
         rows = (gate > 0.5).nonzero().flatten()
         if rows.numel() == 0:

@@ -91,3 +91,29 @@ class GlobalGatePredictor(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return bounded(self.fc2(F.gelu(self.fc1(masked_mean(x, lengths).to(self.fc1.weight.dtype)))), self.max_logit)
+
+
+class _GateMix(torch.autograd.Function):
+    """``g * out + (1 - g) * skip`` per item; in the TorchScript ONNX exporter one ``nemo_sew::GateMix`` node,
+    which :func:`nemo_sew.export.conditional.conditional_branches` turns into an ``If`` over the branch."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, out: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        g = gate.to(out.dtype)[:, None, None]
+        return g * out + (1.0 - g) * skip
+
+    @staticmethod
+    def symbolic(g, gate, out, skip):  # noqa: ANN001, ANN205  (ONNX graph context and values)
+        return g.op("nemo_sew::GateMix", gate, out, skip).setType(out.type())
+
+
+def gate_mix(gate: torch.Tensor, out: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` gates mixing a branch output and its identity ``(B, T, C)``: ``g * out + (1 - g) * skip``.
+
+    Under the ONNX exporter the mix is a marker node (the graph is rewritten into a conditional branch);
+    elsewhere (training, ``torch.jit.trace``) it is the plain formula, with gradients to ``gate``.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return _GateMix.apply(gate, out, skip)
+    g = gate.to(out.dtype)[:, None, None]
+    return g * out + (1.0 - g) * skip
