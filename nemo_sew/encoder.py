@@ -315,8 +315,13 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if p.depth_threshold is not None and not 0.0 <= float(p.depth_threshold) <= 1.0:
             raise ValueError(f"expected depth_threshold in [0, 1], got {p.depth_threshold}")
         unsupported = {name: getattr(p, name) for name in ("arch",) if getattr(p, name) is not None}
-        if p.depth_threshold is not None and self.gate_options is None:
-            unsupported["depth_threshold"] = p.depth_threshold
+        for name in ("depth_threshold", "static_gates"):
+            if getattr(p, name) is not None and self.gate_options is None:
+                unsupported[name] = getattr(p, name)
+        if p.static_gates is not None and self.gate_options is not None:
+            slots = {f"{i}.{name}" for i, name in self.gate_slots}
+            if set(p.static_gates) - slots:
+                raise ValueError(f"static_gates names unknown gates {sorted(set(p.static_gates) - slots)}; known: {sorted(slots)}")
         if p.weight_bits != 16:
             unsupported["weight_bits"] = p.weight_bits
         if unsupported:
@@ -362,9 +367,14 @@ class SqueezeEncoder(NeuralModule, Exportable):
         threshold = self.depth_threshold(profile)
         tau = self.gate_options.tau if self.gate_options is not None else 1.0
         gates = gates or [None] * n
+        off: list[frozenset[str]] = [frozenset()] * n
+        if profile.static_gates is not None and self.gate_options is not None:  # frozen: closed = off, no predictors
+            closed = [k.split(".", 1) for k, v in profile.static_gates.items() if not v]
+            off = [frozenset(name for layer, name in closed if int(layer) == i) for i in range(n)]
+            gates = [{}] * n
         return [
-            LayerPlan(int(q), int(kv), weight_bits=profile.weight_bits, depth_threshold=threshold, gate_tau=tau, gates=g)
-            for q, kv, g in zip(q_pool, kv_pool, gates)
+            LayerPlan(int(q), int(kv), o, weight_bits=profile.weight_bits, depth_threshold=threshold, gate_tau=tau, gates=g)
+            for q, kv, o, g in zip(q_pool, kv_pool, off, gates)
         ]
 
     # ----------------------------------------------------------------------------------------------
@@ -506,7 +516,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if not self.arch.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)
-        global_gates = self._global_gates(h, h_len, draw.profile) if self.gate_predictor is not None else None
+        static = draw.profile.static_gates is not None
+        global_gates = self._global_gates(h, h_len, draw.profile) if self.gate_predictor is not None and not static else None
         plans = self.plan(draw.profile, global_gates)
         layers = list(self.layers) if num_layers is None else list(self.layers)[:num_layers]
         ran = 0
@@ -516,6 +527,10 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 continue
             h, h_len, taken = layer(h, h_len, plan)
             decisions.update({(i, name): d for name, d in taken.items()})
+            if static and self.gate_options is not None:  # frozen gates: constant decisions, for the stats
+                for name in layer.branch_names:
+                    g = torch.full((h.shape[0],), float(plan.runs(name)), device=h.device)
+                    decisions[(i, name)] = (g, g)
             frame_map = frame_map.pooled(plan.q_stride, h_len)
             ran += 1
         if self.arch.layer_norm_first and num_layers is None:

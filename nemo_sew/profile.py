@@ -25,6 +25,9 @@ class CompressionProfile:
         depth_threshold: I3D gate threshold, None = run all layers.
         arch: the (possibly pruned) per-layer architecture (heads, FFN widths, conv channels), None = as built.
         weight_bits: weight-only quantization (16, 8, 4 or 1 bits).
+        static_gates: I3D gates frozen to a fixed depth, ``{"<layer>.<branch>": 1 open | 0 closed}`` (gates not
+            listed stay open); the predictors do not run, so the graph is static (TensorRT). None = input-dependent.
+            :func:`nemo_sew.export.static_gates.freeze_gates` makes one from the mean decisions over inputs.
         name: optional label (the key in a profiles YAML).
     """
 
@@ -34,6 +37,7 @@ class CompressionProfile:
     depth_threshold: float | None = None
     arch: Mapping[str, Any] | None = None
     weight_bits: int = 16
+    static_gates: Mapping[str, int] | None = None
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -45,6 +49,11 @@ class CompressionProfile:
             value = getattr(self, field)
             if value is not None:
                 object.__setattr__(self, field, tuple(int(v) for v in value))
+        if self.static_gates is not None:
+            bad = {k: v for k, v in dict(self.static_gates).items() if v not in (0, 1) or str(k).count(".") != 1}
+            if bad:
+                raise ValueError(f"expected static_gates as {{'<layer>.<branch>': 0 or 1}}, got {bad}")
+            object.__setattr__(self, "static_gates", {str(k): int(v) for k, v in dict(self.static_gates).items()})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, for YAML and OmegaConf model configs."""
@@ -52,8 +61,9 @@ class CompressionProfile:
         for field in ("q_pool", "kv_pool"):
             if out[field] is not None:
                 out[field] = list(out[field])
-        if out["arch"] is not None:
-            out["arch"] = dict(out["arch"])
+        for field in ("arch", "static_gates"):
+            if out[field] is not None:
+                out[field] = dict(out[field])
         return out
 
     @classmethod

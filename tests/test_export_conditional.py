@@ -81,3 +81,44 @@ def test_ungated_export_has_no_conditionals(tmp_path):
     enc = build_encoder("tiny_mel", num_layers=2).eval()
     result = export_onnx(enc, tmp_path / "plain.onnx", cases=1)
     assert not if_nodes(onnx.load(str(result.path))) and "gates" not in result.metadata
+
+
+@pytest.mark.parametrize("kind", ["local", "global"])
+def test_static_profile_freezes_the_mean_decisions(kind, tmp_path):
+    """A static profile: gates frozen at their mean decisions; eager runs it without predictors, the ONNX graph
+    has neither If nodes nor predictors, fp16 works, and parity holds."""
+    from nemo_sew.export.static_gates import freeze_gates, gate_open_rates
+
+    enc = _encoder("tiny_mel", kind, num_layers=3).eval()
+    x, lengths = _inputs(enc, (1.2, 0.9, 0.6, 0.5))
+    threshold = _splitting_threshold(_probs(enc, x, lengths))
+    base = CompressionProfile(depth_threshold=threshold, name="t")
+    batches = [(x[i : i + 1, :, :n], lengths[i : i + 1]) for i, n in enumerate(lengths.tolist())]
+    rates = gate_open_rates(enc, batches, profile=base)
+    static = freeze_gates(enc, batches, profile=base)
+    assert static.name == "t_static" and set(static.static_gates) == {f"{i}.{b}" for i, b in enc.gate_slots}
+    assert static.static_gates == {k: int(r >= 0.5) for k, r in rates.items()}
+    assert 0 < sum(static.static_gates.values()) < len(enc.gate_slots)  # a fixed depth between none and all
+    assert any(0 < r < 1 for r in rates.values())  # the frozen depth is a real compromise between inputs
+    assert CompressionProfile.from_dict(static.to_dict()) == static  # YAML / metadata round trip
+
+    enc.set_profile(static)
+    with torch.no_grad():
+        out = enc.run(x, lengths)
+        expected_depth = sum(v / len(enc.layers[int(k.split(".")[0])].branch_names) for k, v in static.static_gates.items())
+        assert out.stats["depth"] == pytest.approx([expected_depth] * 4)
+        # the predictors do not run: poisoning them changes nothing
+        for p in (p for n, p in enc.named_parameters() if "gate" in n):
+            p.data.fill_(float("nan"))  # the predictors must not run at all
+        torch.testing.assert_close(enc.run(x, lengths).hidden, out.hidden)
+    result = export_onnx(enc, tmp_path / "static.onnx", profile=static, cases=2)
+    model = onnx.load(str(result.path))
+    assert result.metadata["gates"] == "static" and not if_nodes(model)
+    assert not [n.name for n in model.graph.node if "gate" in n.name]
+    assert result.metadata["profile"]["static_gates"] == static.static_gates
+    fp16 = export_onnx(enc, tmp_path / "static16.onnx", profile=static, cases=1, precision="fp16")
+    assert fp16.parity.passed
+    with pytest.raises(NotImplementedError, match="fp16"):
+        export_onnx(enc, tmp_path / "dyn16.onnx", profile=base, precision="fp16")
+    with pytest.raises(ValueError, match="unknown gates"):
+        enc.set_profile(CompressionProfile(static_gates={"9.attn": 0}))

@@ -112,7 +112,40 @@ def test_markdown_table(trt_scripts):
     assert "| 6666.7 |" in table[4] and "skipped: outside the profile" in table[5]
 
 
+def _gated_exports(tmp_path):
+    """A tiny I3D encoder exported input-dependent (If nodes) and as its static profile."""
+    from nemo_sew import CompressionProfile, build_encoder
+    from nemo_sew.export import to_onnx
+    from nemo_sew.export.static_gates import freeze_gates
+
+    torch.manual_seed(0)
+    enc = build_encoder("tiny_wfe_c", gates={"kind": "global", "init_logit": 0.0}).eval()
+    base = CompressionProfile(depth_threshold=0.5, name="t0.5")
+    x, lengths = torch.randn(2, 1, 16000), torch.tensor([16000, 11000])
+    static = freeze_gates(enc, [(x, lengths)], profile=base)
+    return to_onnx(enc, tmp_path / "t0.5.onnx", profile=base, cases=1), to_onnx(enc, tmp_path / "s.onnx", profile=static, cases=1)
+
+
+def test_build_skips_input_dependent_gates_for_the_static_profile(trt_scripts, tmp_path):
+    conditional, static = _gated_exports(tmp_path)
+    read, skip = trt_scripts.common.read_onnx_metadata, trt_scripts.common.conditional_skip
+    reason = skip(read(conditional))
+    assert reason is not None and "t0.5_static" in reason and "--static-gates" in reason
+    assert skip(read(conditional), allow_conditional=True) is None
+    assert skip(read(static)) is None and read(static)["gates"] == "static"
+
+
 # ---------------------------------------------------------------------------------------------- real engines (GPU)
+
+
+def test_static_gates_profile_builds_an_engine(trt_scripts, tmp_path):
+    reason = _missing()
+    if reason is not None:
+        pytest.skip(reason)
+    _, static = _gated_exports(tmp_path)
+    trt = trt_scripts.common.require_tensorrt()
+    info = trt_scripts.build.build_engine(trt, static, tmp_path, "fp32", (1, 2, 4), (0.5, 1.0, 2.0), workspace_gb=1)
+    assert (tmp_path / info["engine"]).is_file() and info["metadata"]["gates"] == "static"
 
 
 def test_build_and_bench_engine_matches_onnxruntime(trt_scripts, tmp_path):

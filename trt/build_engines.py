@@ -9,6 +9,10 @@ ONNX metadata) and ``engines/engines.json``. The optimisation profile covers bot
 (``audio_signal`` and ``length``) for ``--batch`` and ``--seconds`` (min,opt,max); seconds become samples
 or 10 ms feature frames through the graph's metadata.
 
+I3D models: a graph with input-dependent gates (``If`` per branch) is skipped with a line saying so; build its
+static profile (``<name>_static``: gates frozen at their mean decisions, ``nemo-sew export --static-gates``),
+or pass ``--conditional`` to try TensorRT's If conditionals.
+
 Precision: on TensorRT 10, fp16/bf16 from an fp32 ONNX use the builder flags (weak typing); an ONNX
 already in the asked precision builds strongly typed. TensorRT 11 has only strongly typed networks:
 the ONNX must hold the precision (``nemo-sew export --precision fp16``) or ModelOpt AutoCast converts it
@@ -26,6 +30,7 @@ from typing import Any, Sequence
 
 from common import (  # trt/ is on sys.path as the script dir
     autocast_onnx,
+    conditional_skip,
     have_modelopt,
     parse_triple,
     precision_plan,
@@ -37,7 +42,7 @@ from common import (  # trt/ is on sys.path as the script dir
 )
 
 
-METADATA_KEYS = ("graph", "input", "profile", "input_rate", "sample_rate", "min_input_length")
+METADATA_KEYS = ("graph", "input", "profile", "input_rate", "sample_rate", "min_input_length", "gates")
 
 
 def build_engine(
@@ -133,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 kernels in fp32 engines")
     parser.add_argument("--timing-cache", type=Path, default=None, help="shared timing cache file (faster rebuilds)")
+    parser.add_argument(
+        "--conditional", action="store_true",
+        help="also build I3D graphs with input-dependent gates (If nodes); default: skip them for their static profile",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         batch, seconds = parse_triple(args.batch, int), parse_triple(args.seconds, float)
@@ -145,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     built = []
     for path in args.onnx:
+        reason = conditional_skip(read_onnx_metadata(path), args.conditional)
+        if reason is not None:
+            print(f"{path.name}: skipped: {reason}")
+            built.append({"onnx": path.name, "skipped": reason})
+            continue
         info = build_engine(
             trt, path, args.out, args.precision, batch, seconds, args.workspace_gb, args.opt_level, args.tf32,
             args.timing_cache,

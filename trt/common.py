@@ -75,6 +75,23 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+def conditional_skip(meta: dict[str, Any], allow_conditional: bool = False) -> str | None:
+    """Why not to build an engine from a graph (None: build it).
+
+    An I3D graph whose gates depend on the input (``gates: conditional``: one ONNX ``If`` per gated branch)
+    is skipped unless asked for: TensorRT wants a fixed graph, which is the graph's static profile
+    (``<name>_static``: gates frozen at their mean decisions; ``nemo-sew export --static-gates MANIFEST``).
+    """
+    if meta.get("gates") != "conditional" or allow_conditional:
+        return None
+    name = (meta.get("profile") or {}).get("name") or "this profile"
+    return (
+        f"input-dependent I3D gates ({meta.get('conditional_branches', '?')} If branches); build the static "
+        f"profile instead ({name}_static, from `nemo-sew export --static-gates MANIFEST`), or pass --conditional "
+        "to try TensorRT's If conditionals"
+    )
+
+
 def input_frames(meta: dict[str, Any], seconds: float) -> int:
     """Input length (samples or 10 ms feature frames) for ``seconds`` of audio, at least the graph's minimum."""
     rate = float(meta.get("input_rate") or (16000.0 if meta.get("input") == "waveform" else 100.0))

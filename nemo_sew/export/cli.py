@@ -2,12 +2,15 @@
 
     nemo-sew export model.nemo --profiles recipes/profiles/fixed_s2.yaml --out exported/   # exported/s2.onnx
     nemo-sew export model.nemo --out exported/ --precision fp16 --encoder-only
+    nemo-sew export i3d.nemo --profiles recipes/profiles/i3d_thresholds.yaml --static-gates dev.json --out exported/
     nemo-sew transcribe exported/s2.onnx --backend onnxruntime --manifest test.json --out hyps.jsonl
     nemo-sew transcribe model.nemo a.wav b.wav --backend torch --profile s2
 
 ``export`` writes one ONNX file per named profile (``DIR/<profile>.onnx``, each parity-checked against
 PyTorch in onnxruntime) and an index ``DIR/export.json`` with the parity results. Without ``--profiles``
 it exports the model's own named profiles (``cfg.profiles``), or its active profile as ``default``.
+An I3D model's graphs decide their gates from the input (one ``If`` per gated branch); ``--static-gates``
+adds ``<name>_static`` profiles with the gates frozen at their mean decisions over a manifest (fixed depth).
 ``transcribe`` writes one JSON line per utterance with ``pred_text`` (manifest lines keep their fields).
 """
 
@@ -54,6 +57,23 @@ def _profiles(model: Any, profiles_yaml: str | None) -> dict[str, Any]:
     return profiles
 
 
+def _with_static(model: Any, profiles: dict[str, Any], manifest: str) -> dict[str, Any]:
+    """Each profile, then (gated models) its static twin ``<name>_static``: the gates frozen at their mean
+    decisions over ``manifest`` (TensorRT wants a fixed graph; see trt/README.md)."""
+    from nemo_sew.export.static_gates import freeze_gates
+
+    if model.encoder.gate_options is None:
+        raise ValueError("--static-gates needs a model with I3D gates; this model has none")
+    out = {}
+    for name, profile in profiles.items():
+        out[name] = profile
+        if profile.static_gates is None:
+            static = freeze_gates(model, manifest=manifest, profile=profile, name=f"{name}_static")
+            out[static.name] = static
+            log.info("profile %s: gates frozen at their mean decisions over %s -> %s", name, manifest, static.static_gates)
+    return out
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import onnxruntime
     import torch
@@ -63,6 +83,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     model = _restore(args.model)
     profiles = _profiles(model, args.profiles)
+    if args.static_gates:
+        profiles = _with_static(model, profiles, args.static_gates)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {
@@ -165,6 +187,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-only", action="store_true", help="export the encoder alone (no CTC head)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument(
+        "--static-gates", metavar="MANIFEST", default=None,
+        help="I3D models: also export each profile with its gates frozen at their mean decisions over MANIFEST "
+        "(<name>_static.onnx: a fixed graph for TensorRT)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
     p = subparsers.add_parser(

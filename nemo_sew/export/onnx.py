@@ -316,14 +316,13 @@ def _metadata(plan: _Plan, precision: str, opset: int) -> dict[str, str]:
     return meta
 
 
-def _gate_metadata(encoder: SqueezeEncoder, conditional: int) -> dict[str, str]:
+def _gate_metadata(encoder: SqueezeEncoder) -> dict[str, str]:
     """``gates``: ``conditional`` (input-dependent: one ``If`` per gated branch) or ``static`` (frozen by the
     profile's ``static_gates``: a fixed graph without predictors); ``gate_kind``, ``conditional_branches``."""
     profile = encoder.profile
     threshold = encoder.depth_threshold(profile)
-    mode = "static" if getattr(profile, "static_gates", None) is not None else "conditional"
-    return {"gates": mode, "gate_kind": encoder.gate_options.kind, "conditional_branches": str(conditional),
-            "depth_threshold": str(threshold)}  # fmt: skip
+    mode = "static" if profile.static_gates is not None else "conditional"
+    return {"gates": mode, "gate_kind": encoder.gate_options.kind, "depth_threshold": str(threshold)}
 
 
 def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -406,20 +405,22 @@ def export_onnx(
         inputs, outputs, axes = _names(plan.kind, x.dim())
         plan.graph.eval()
         gated = plan.encoder.gate_options is not None  # I3D gate mixes are exported as markers, then as If nodes
+        if gated and precision == "fp16" and plan.encoder.profile.static_gates is None:
+            raise NotImplementedError(
+                "fp16 export of input-dependent I3D gates is not supported (onnxruntime's float16 converter "
+                "misplaces casts around If subgraphs): export fp32, or a static profile (freeze_gates) in fp16"
+            )
         torch.onnx.export(
             plan.graph, (x, lengths), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
             opset_version=opset, do_constant_folding=True, dynamo=False,
             **({"custom_opsets": {MARKER_DOMAIN: 1}} if gated else {}),
         )  # fmt: skip
         metadata = _metadata(plan, precision, opset)
+        gate_meta = _gate_metadata(plan.encoder) if gated else {}
     proto = onnx.load(str(path))
     if gated:
-        metadata.update(_gate_metadata(plan.encoder, conditional_branches(proto)))
-        if precision == "fp16" and metadata["gates"] == "conditional":
-            raise NotImplementedError(
-                "fp16 export of input-dependent I3D gates is not supported (onnxruntime's float16 converter "
-                "misplaces casts around If subgraphs): export fp32, or a static profile (gates frozen, no If) in fp16"
-            )
+        gate_meta["conditional_branches"] = str(conditional_branches(proto))
+        metadata.update(gate_meta)
     if precision == "fp16":
         proto = _to_fp16(proto)
     _save(proto, path, metadata)

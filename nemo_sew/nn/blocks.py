@@ -45,7 +45,8 @@ class LayerPlan:
         weight_bits: weight-only quantization of this layer's weights (16 = full precision).
         depth_threshold: I3D inference threshold of the layer's gate predictors (``p > threshold`` opens).
         gate_tau: temperature of the Gumbel-sigmoid gate samples in training.
-        gates: per-branch gate decisions made before the blocks ran (the global predictor), else None.
+        gates: per-branch gate decisions made before the blocks ran (the global predictor; ``{}`` when a static
+            profile froze them), else None (local predictors decide).
     """
 
     q_stride: int = 1
@@ -293,10 +294,11 @@ class Block(nn.Module):
         decisions: dict[str, GateDecision] = {}
         for name in self.branch_names:
             active, gate = plan.runs(name), None
-            if active and self.gates is not None:
+            if active and plan.gates is not None:  # decided before the blocks (global predictor, frozen gates: {})
+                if name in plan.gates:
+                    decisions[name] = plan.gates[name]
+            elif active and self.gates is not None:
                 decisions[name] = gate_decisions(self.gates[name](x, lengths), self.training, plan.depth_threshold, plan.gate_tau)
-            elif active and plan.gates is not None and name in plan.gates:
-                decisions[name] = plan.gates[name]
             if name in decisions:
                 gate = decisions[name][0]
             x, lengths = getattr(self, name)(x, lengths, plan, active, gate)
