@@ -143,6 +143,20 @@ def _cmd_bench_i3d(args: argparse.Namespace) -> int:
     return _emit(section, args)
 
 
+def _cmd_bench_i3d_analysis(args: argparse.Namespace) -> int:
+    import nemo_sew  # noqa: F401
+    from nemo.collections.asr.models import ASRModel
+
+    from nemo_sew.bench.i3d_analysis import analyse_i3d, analysis_markdown
+
+    model = ASRModel.restore_from(args.model, map_location="cpu")
+    result = analyse_i3d(
+        model, args.manifest, args.out, threshold=args.threshold, snrs=args.snr, noise_utterances=args.noise_utterances,
+        model_name=Path(args.model).name,
+    )  # fmt: skip
+    return _emit(analysis_markdown(result, "nemo-sew " + " ".join(args.argv), Path(args.model).name), args)
+
+
 def _cmd_bench_ssl(args: argparse.Namespace) -> int:
     from nemo_sew.bench.ssl import bench_ssl_table
 
@@ -284,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value (every training run)")
     p.set_defaults(func=_cmd_bench_i3d)
+
+    p = bench_sub.add_parser(
+        "i3d-analysis", help="I3D: gate-open heat map and realised depth vs duration, speaking rate and added noise",
+    )  # fmt: skip
+    p.add_argument("model", metavar="MODEL.nemo", help="a trained model with I3D gates")
+    p.add_argument("--manifest", required=True, help="utterances to analyse (e.g. the synthetic test split)")
+    p.add_argument("--out", default="benchmarks/i3d_analysis", help="the pictures and analysis.json")
+    p.add_argument("--threshold", type=float, default=None, help="inference threshold (default: the model's profile)")
+    p.add_argument("--snr", type=lambda text: [float(v) for v in text.split(",")], default=[20.0, 10.0, 5.0, 0.0],
+                   help="comma-separated SNRs (dB) of the added white noise (default 20,10,5,0)")
+    p.add_argument("--noise-utterances", type=int, default=60, help="utterances run at each noise level")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_i3d_analysis)
 
     p = bench_sub.add_parser("ssl", help="pre-training vs random init: fine-tune both on a small labelled subset")
     p.add_argument("--data", default="data/synthetic")

@@ -59,6 +59,7 @@ class Draw:
 
     profile: CompressionProfile
     cif_lambda: float = 1.0
+    step: int | None = None  # the training step it was drawn for (I3D temperature annealing), if known
 
 
 @dataclass
@@ -340,13 +341,13 @@ class SqueezeEncoder(NeuralModule, Exportable):
         is what stock NeMo models get (they call ``forward`` without a draw). Otherwise: the active profile.
         """
         if not (self.training and self.sampler is not None):
-            return Draw(self._profile, self.cif_lambda)
+            return Draw(self._profile, self.cif_lambda, step)
         if step is None:
             step = self._train_forwards
         drawn, lam = self.sampler.sample(int(step))
         if drawn.squeeze is None:
             drawn = dataclasses.replace(drawn, squeeze=self._profile.squeeze)
-        return Draw(drawn, lam)
+        return Draw(drawn, lam, int(step))
 
     def disable_sampler(self) -> None:
         """Stop drawing training profiles (fine-tuning a stochastic model at one profile)."""
@@ -358,14 +359,27 @@ class SqueezeEncoder(NeuralModule, Exportable):
             return float(profile.depth_threshold)
         return self.gate_options.threshold if self.gate_options is not None else 0.5
 
-    def plan(self, profile: CompressionProfile, gates: list[dict] | None = None) -> list[LayerPlan]:
+    def gate_tau(self, step: int | None = None) -> float:
+        """The Gumbel-sigmoid temperature at training ``step``: ``gates.tau``, annealed geometrically to
+        ``gates.tau_final`` over ``gates.anneal_steps`` when set (``step`` None: the start)."""
+        g = self.gate_options
+        if g is None:
+            return 1.0
+        if g.tau_final is None or step is None:
+            return float(g.tau)
+        done = min(1.0, max(0, int(step)) / int(g.anneal_steps))
+        return float(g.tau) * (float(g.tau_final) / float(g.tau)) ** done
+
+    def plan(
+        self, profile: CompressionProfile, gates: list[dict] | None = None, tau: float | None = None
+    ) -> list[LayerPlan]:
         """One :class:`LayerPlan` per layer for ``profile`` (worked out once per forward); ``gates``: the global
-        predictor's decisions per layer."""
+        predictor's decisions per layer; ``tau``: the gates' training temperature (default :meth:`gate_tau`)."""
         n = len(self.layers)
         q_pool = profile.q_pool or (1,) * n
         kv_pool = profile.kv_pool or (1,) * n
         threshold = self.depth_threshold(profile)
-        tau = self.gate_options.tau if self.gate_options is not None else 1.0
+        tau = self.gate_tau() if tau is None else tau
         gates = gates or [None] * n
         off: list[frozenset[str]] = [frozenset()] * n
         if profile.static_gates is not None and self.gate_options is not None:  # frozen: closed = off, no predictors
@@ -517,8 +531,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
             h = self.norm(h)
         h = self.dropout(h)
         static = draw.profile.static_gates is not None
-        global_gates = self._global_gates(h, h_len, draw.profile) if self.gate_predictor is not None and not static else None
-        plans = self.plan(draw.profile, global_gates)
+        tau = self.gate_tau(draw.step if self.training else None)
+        global_gates = self._global_gates(h, h_len, draw.profile, tau) if self.gate_predictor is not None and not static else None
+        plans = self.plan(draw.profile, global_gates, tau)
         layers = list(self.layers) if num_layers is None else list(self.layers)[:num_layers]
         ran = 0
         decisions: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -555,9 +570,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
     # ----------------------------------------------------------------------------------------------
     # I3D gates
 
-    def _global_gates(self, h: torch.Tensor, lengths: torch.Tensor, profile: CompressionProfile) -> list[dict]:
+    def _global_gates(self, h: torch.Tensor, lengths: torch.Tensor, profile: CompressionProfile, tau: float) -> list[dict]:
         """The global predictor's decisions, per layer ``{branch: (gates (B,), probabilities (B,))}``."""
-        g, p = gate_decisions(self.gate_predictor(h, lengths), self.training, self.depth_threshold(profile), self.gate_options.tau)
+        g, p = gate_decisions(self.gate_predictor(h, lengths), self.training, self.depth_threshold(profile), tau)
         per_layer: list[dict] = [{} for _ in self.layers]
         for k, (i, name) in enumerate(self.gate_slots):
             per_layer[i][name] = (g[:, k], p[:, k])
@@ -592,9 +607,14 @@ class SqueezeEncoder(NeuralModule, Exportable):
             stats["macs_expected"] = float((expected_blocks.sum() / full_blocks.sum().clamp_min(1.0)).detach())
             if self.gate_options.budget == "macs":
                 fraction = expected_blocks / full_blocks.clamp_min(1.0)
-        if self.training and self.gate_options.weight > 0:
-            target = self.gate_options.target
-            aux["gate_budget"] = self.gate_options.weight * (fraction.float().mean() - target) ** 2
+        if self.training:
+            stats["gate_tau"] = self.gate_tau(draw.step)
+        if self.training and g.weight > 0:
+            excess = fraction.float() - g.target  # (B,): each utterance's expected fraction over the target
+            if not g.per_utterance:
+                excess = excess.mean()
+            penalty = excess.pow(2) if g.penalty == "square" else excess.clamp_min(0.0)
+            aux["gate_budget"] = g.weight * penalty.mean()
 
     def _keep_tensors(self, values: dict, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Per-branch keep values ``{(layer, branch): (B,)}`` -> the cost model's ``keep`` tensors (1 elsewhere)."""

@@ -157,13 +157,21 @@ class Gates:
         hidden: the predictors' hidden width (default 32 local, 64 global).
         threshold: the default inference threshold (``p > threshold`` opens); a profile's ``depth_threshold``
             overrides it. Stored in the ``.nemo``.
-        tau: Gumbel-sigmoid temperature in training.
+        tau: Gumbel-sigmoid temperature in training (the start of the annealing when ``tau_final`` is set).
+        tau_final: anneal the temperature geometrically from ``tau`` to ``tau_final`` over ``anneal_steps``
+            training steps (then hold it); None = a constant ``tau``. A hot start explores gate patterns per
+            utterance before the samples harden.
+        anneal_steps: the annealing's length in training steps (the trainer's global step).
         budget: ``macs`` (default: expected block MACs from :mod:`nemo_sew.cost`, as a fraction of the
             full-depth blocks' MACs at the same profile and lengths) or ``modules`` (expected fraction of open
             branches).
         target: the fraction the budget drives toward, in (0, 1].
         weight: the penalty's weight: ``weight * (mean_batch(fraction) - target)^2`` in
-            ``EncoderOutput.aux_losses["gate_budget"]``.
+            ``EncoderOutput.aux_losses["gate_budget"]`` (the default ``penalty`` and ``per_utterance``).
+        penalty: ``square`` (``(fraction - target)^2``) or ``hinge`` (``max(0, fraction - target)``: only spending
+            more than the target costs, so an utterance may use less).
+        per_utterance: apply the penalty to each utterance's own fraction and average (instead of to the batch
+            mean): with ``hinge``, a per-utterance compute cap rather than a batch average.
         init_logit: the predictors' initial output bias (+3: p ~ 0.95, every branch starts open).
         max_logit: bound the predictors' logits to ``(-max_logit, max_logit)`` (``max * tanh(logit / max)``), so
             that gates cannot saturate and stop learning; None = unbounded.
@@ -178,8 +186,18 @@ class Gates:
     weight: float = 1.0
     init_logit: float = 3.0
     max_logit: float | None = None
+    tau_final: float | None = None
+    anneal_steps: int = 0
+    penalty: str = "square"
+    per_utterance: bool = False
 
     def __post_init__(self) -> None:
+        if self.penalty not in ("square", "hinge"):
+            raise ValueError(f"expected gates.penalty 'square' or 'hinge', got {self.penalty!r}")
+        if self.tau_final is not None and (float(self.tau_final) <= 0 or int(self.anneal_steps) < 1):
+            raise ValueError(
+                f"expected gates.tau_final > 0 with gates.anneal_steps >= 1, got {self.tau_final}, {self.anneal_steps}"
+            )
         if self.max_logit is not None and float(self.max_logit) <= 0:
             raise ValueError(f"expected gates.max_logit > 0 or None, got {self.max_logit}")
         if self.kind not in ("local", "global"):

@@ -186,3 +186,29 @@ def test_bounded_logits_keep_gates_from_saturating():
     assert float(probs.max()) <= float(bound) + 1e-6  # 50 -> 2 * tanh(25) ~ 2
     with pytest.raises(ValueError, match="max_logit"):
         Gates(max_logit=0.0)
+
+
+def test_temperature_annealing_and_per_utterance_hinge_budget():
+    gates = {"kind": "local", "budget": "modules", "target": 0.6, "weight": 2.0, "init_logit": 0.0,
+             "tau": 2.0, "tau_final": 0.5, "anneal_steps": 100, "penalty": "hinge", "per_utterance": True}  # fmt: skip
+    enc = build_encoder("tiny_mel", num_layers=2, gates=gates, dropout={"hidden": 0.0, "attention": 0.0}).train()
+    assert [enc.gate_tau(s) for s in (None, 0, 50, 100, 1000)] == pytest.approx([2.0, 2.0, 1.0, 0.5, 0.5])
+    with torch.no_grad():
+        for name, p in enc.named_parameters():
+            if "gate" in name and name.endswith("fc2.weight"):
+                p.normal_(0.0, 2.0)  # utterances on both sides of the target
+    x, lengths = _inputs(enc)
+    out = enc.run(x, lengths, enc.draw(50))
+    assert out.stats["gate_tau"] == pytest.approx(1.0)
+    fraction = torch.tensor(out.stats["gate_probs"]).mean(-1)  # (B,) expected fraction of open branches
+    expected = 2.0 * (fraction - 0.6).clamp_min(0.0).mean()
+    assert float(out.aux_losses["gate_budget"]) == pytest.approx(float(expected), rel=1e-5)
+    # the batch-mean square (the default) differs on the same probabilities
+    enc.gate_options = Gates(**{**gates, "penalty": "square", "per_utterance": False})
+    out = enc.run(x, lengths, enc.draw(50))
+    fraction = torch.tensor(out.stats["gate_probs"]).mean(-1)
+    assert float(out.aux_losses["gate_budget"]) == pytest.approx(float(2.0 * (fraction.mean() - 0.6) ** 2), rel=1e-5)
+    with pytest.raises(ValueError, match="gates.penalty"):
+        Gates(penalty="abs")
+    with pytest.raises(ValueError, match="anneal_steps"):
+        Gates(tau_final=0.5)

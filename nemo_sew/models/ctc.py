@@ -178,6 +178,8 @@ def log_gate_stats(module, stats: dict, prefix: str = "train_") -> None:
     module.log(f"{prefix}depth", sum(stats["depth"]) / max(len(stats["depth"]), 1))
     module.log(f"{prefix}depth_expected", stats["depth_expected"])
     module.log(f"{prefix}gates_open", stats["gates_open"])
+    if "gate_tau" in stats:
+        module.log(f"{prefix}gate_tau", stats["gate_tau"])
     if "macs" in stats:
         module.log(f"{prefix}gmacs", sum(stats["macs"]) / max(len(stats["macs"]), 1) / 1e9)
         module.log(f"{prefix}block_macs_expected_fraction", stats["macs_expected"])
