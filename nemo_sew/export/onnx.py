@@ -6,7 +6,10 @@
 
 The profile is baked into the graph (it decides the squeeze and the pooling strides, which are Python
 numbers at trace time): it is set on the encoder for the export and the previous one is restored
-after. TorchScript exporter (``dynamo=False``), batch and time axes dynamic, lengths int64. Graphs:
+after. TorchScript exporter (``dynamo=False``), batch and time axes dynamic, lengths int64. An I3D model's
+graph keeps its gates input-dependent with one ``If`` node per gated branch (:mod:`nemo_sew.export.conditional`;
+metadata ``gates: conditional``), or, at a profile with ``static_gates``, is a fixed graph (``gates: static``;
+:mod:`nemo_sew.export.static_gates`). Graphs:
 
 - **encoder** (a ``SqueezeEncoder``, or a model with ``encoder_only=True``): inputs ``audio_signal
   (B, C, T)`` float32 (``C = 1`` and ``T`` in samples for the waveform front ends, ``C = n_mels`` and ``T``
@@ -25,7 +28,8 @@ after. TorchScript exporter (``dynamo=False``), batch and time axes dynamic, len
 ``input_rate`` (input frames per second: samples or 10 ms feature frames), ``min_input_length``,
 ``frontend``, ``feature_config`` (JSON: the model's NeMo preprocessor config, wherever the graph does
 not contain the preprocessor), ``vocabulary`` (JSON list, CTC only; blank = ``len(vocabulary)``),
-``tokenizer`` (``char`` | ``bpe``), ``precision``, ``opset``, ``nemo_sew_version``.
+``tokenizer`` (``char`` | ``bpe``), ``precision``, ``opset``, ``nemo_sew_version``; I3D models also ``gates``,
+``gate_kind``, ``depth_threshold`` and ``conditional_branches`` (the number of ``If`` nodes).
 
 Precision: ``fp32``, or ``fp16`` (the fp32 graph converted with onnxruntime's float16 converter; inputs and
 outputs stay float32, LayerNorm and LogSoftmax stay float32; the graph TensorRT 11 needs for FP16).
