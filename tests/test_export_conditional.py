@@ -122,3 +122,50 @@ def test_static_profile_freezes_the_mean_decisions(kind, tmp_path):
         export_onnx(enc, tmp_path / "dyn16.onnx", profile=base, precision="fp16")
     with pytest.raises(ValueError, match="unknown gates"):
         enc.set_profile(CompressionProfile(static_gates={"9.attn": 0}))
+
+
+def test_cli_exports_each_profile_and_its_static_twin(tiny_corpus, tmp_path, capsys):
+    """``nemo-sew export --static-gates MANIFEST``: ``t.onnx`` (If branches) and ``t_static.onnx`` (gates frozen over
+    the manifest), both parity-checked; onnxruntime's transcripts of the If graph equal PyTorch's."""
+    import argparse
+
+    from omegaconf import open_dict
+
+    from nemo_sew.export import OnnxCTCRunner, read_metadata
+    from nemo_sew.export.cli import register
+    from nemo_sew.models.ctc import SqueezeCTCModel
+    from nemo_sew.train import load_config
+
+    cfg = load_config("recipes/i3d_tiny_mel.yaml", [
+        f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
+        "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "model.encoder.gates.init_logit=0.0",
+    ])  # fmt: skip
+    with open_dict(cfg):
+        cfg.model.encoder.arch.update(num_layers=2, d_model=64, blocks={"heads": 2, "head_dim": 32, "ffn_dims": [128, 128], "conv_kernel": 15})
+    torch.manual_seed(0)
+    model = SqueezeCTCModel(cfg=cfg.model).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "gate" in name and name.endswith("fc2.weight"):
+                p.normal_(0.0, 2.0)
+    nemo_path = tmp_path / "i3d.nemo"
+    model.save_to(str(nemo_path))
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("t: {depth_threshold: 0.5}\n")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "exported"
+    manifest = str(tiny_corpus["test"]["manifest"])
+    args = parser.parse_args(["export", str(nemo_path), "--profiles", str(profiles), "--out", str(out), "--static-gates", manifest])
+    assert args.func(args) == 0
+    index = json.loads((out / "export.json").read_text())
+    assert set(index["profiles"]) == {"t", "t_static"} and all(e["parity"]["passed"] for e in index["profiles"].values())
+    dynamic, static = read_metadata(out / "t.onnx"), read_metadata(out / "t_static.onnx")
+    assert dynamic["gates"] == "conditional" and dynamic["conditional_branches"] == len(model.encoder.gate_slots)
+    assert static["gates"] == "static" and set(static["profile"]["static_gates"]) == {f"{i}.{b}" for i, b in model.encoder.gate_slots}
+    capsys.readouterr()
+    files = [json.loads(line)["audio_filepath"] for line in open(manifest)][:3]
+    model.encoder.set_profile(CompressionProfile(depth_threshold=0.5))
+    expected = [h.text for h in model.transcribe(files, batch_size=2, verbose=False)]
+    assert OnnxCTCRunner(out / "t.onnx").transcribe(files, batch_size=2) == expected
