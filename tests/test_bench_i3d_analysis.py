@@ -36,6 +36,7 @@ def test_cli_parses_bench_i3d_analysis():
     assert args.func is _cmd_bench_i3d_analysis and args.snr == [10.0, 0.0] and args.out == "benchmarks/i3d_analysis"
 
 
+@pytest.mark.slow
 def test_analysis_draws_the_pictures(tiny_corpus, tmp_path):
     from nemo_sew.bench.i3d_analysis import analyse_i3d, analysis_markdown
     from nemo_sew.train import load_config, train

@@ -124,6 +124,7 @@ def test_static_profile_freezes_the_mean_decisions(kind, tmp_path):
         enc.set_profile(CompressionProfile(static_gates={"9.attn": 0}))
 
 
+@pytest.mark.slow
 def test_cli_exports_each_profile_and_its_static_twin(tiny_corpus, tmp_path, capsys):
     """``nemo-sew export --static-gates MANIFEST``: ``t.onnx`` (If branches) and ``t_static.onnx`` (gates frozen over
     the manifest), both parity-checked; onnxruntime's transcripts of the If graph equal PyTorch's."""
