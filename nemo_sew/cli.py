@@ -152,7 +152,7 @@ def _cmd_bench_i3d_analysis(args: argparse.Namespace) -> int:
     model = ASRModel.restore_from(args.model, map_location="cpu")
     result = analyse_i3d(
         model, args.manifest, args.out, threshold=args.threshold, snrs=args.snr, noise_utterances=args.noise_utterances,
-        model_name=Path(args.model).name,
+        model_name=Path(args.model).name, max_utterances=args.max_utterances,
     )  # fmt: skip
     return _emit(analysis_markdown(result, "nemo-sew " + " ".join(args.argv), Path(args.model).name), args)
 
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=lambda text: [float(v) for v in text.split(",")], default=[20.0, 10.0, 5.0, 0.0],
                    help="comma-separated SNRs (dB) of the added white noise (default 20,10,5,0)")
     p.add_argument("--noise-utterances", type=int, default=60, help="utterances run at each noise level")
+    p.add_argument("--max-utterances", type=int, default=None, help="analyse only the manifest's first N utterances")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_i3d_analysis)
 

@@ -64,5 +64,9 @@ def test_analysis_draws_the_pictures(tiny_corpus, tmp_path):
     assert saved["depth_std"] == pytest.approx(float(np.std(saved["depth"])))
     assert saved["noise"][0]["depth"] == pytest.approx(saved["depth"][:n])  # "clean" is the same forward
     assert np.array(saved["gate_matrix"]).shape == (2, len(saved["branches"]))
+    first = analyse_i3d(model, tiny_corpus["test"]["manifest"], tmp_path / "first", threshold=0.5, snrs=(), noise_utterances=1,
+                        max_utterances=1)  # fmt: skip
+    assert first["utterances"] == 1 and first["depth"] == pytest.approx(saved["depth"][:1])
+    assert first["manifest"] == str(tiny_corpus["test"]["manifest"])
     section = analysis_markdown(result, "nemo-sew bench i3d-analysis m.nemo", "m.nemo")
     assert "depth_noise.png" in section and f"std **{result['depth_std']:.3f}**" in section

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -119,8 +120,10 @@ def analyse_i3d(
     noise_utterances: int = 60,
     seed: int = 0,
     model_name: str = "",
+    max_utterances: int | None = None,
 ) -> dict[str, Any]:
-    """The pictures and numbers of the module docstring for ``model`` on ``manifest``; writes ``out_dir``."""
+    """The pictures and numbers of the module docstring for ``model`` on ``manifest`` (its first
+    ``max_utterances`` utterances, if given); writes ``out_dir``."""
     from nemo_sew.profile import CompressionProfile
 
     encoder = model.encoder
@@ -129,6 +132,16 @@ def analyse_i3d(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if max_utterances is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            from nemo_sew.evaluate import read_manifest
+
+            subset = Path(tmp) / "subset.json"  # audio paths resolved, so the copy may live anywhere
+            subset.write_text("".join(json.dumps(e) + "\n" for e in read_manifest(manifest)[: int(max_utterances)]))
+            result = analyse_i3d(model, subset, out_dir, threshold, snrs, noise_utterances, seed, model_name)
+        result.update(manifest=str(manifest), max_utterances=int(max_utterances))
+        (out_dir / "analysis.json").write_text(json.dumps(result, indent=2))
+        return result
     profile = None if threshold is None else {**encoder.profile.to_dict(), "depth_threshold": float(threshold)}
     with model.profile_scope(None if profile is None else CompressionProfile.from_dict(profile)):
         t = encoder.depth_threshold(encoder.profile)
@@ -192,7 +205,8 @@ def analysis_markdown(result: Mapping[str, Any], command: str = "", model_name: 
         f"Command: `{command}`  ",
         f"Machine: {machine_line()}; one run, {result['seconds']:.0f} s  ",
         f"Gates: {g['kind']}, tau {g['tau']:g}, budget {g['budget']} target {g['target']:g}; "
-        f"{result['utterances']} utterances of `{result['manifest']}`, each alone",
+        f"{result['utterances']} utterances of `{result['manifest']}`"
+        + (" (the first ones)" if result.get("max_utterances") else "") + ", each alone",
         "",
         f"- Realised depth: mean {result['depth_mean']:.2f} of {result['layers']} layers, std **{result['depth_std']:.3f}** "
         f"(range {result['depth_min']:.2f}-{result['depth_max']:.2f}); issue 11's goal std > 0.5 layer: **{verdict}**.",
