@@ -167,12 +167,12 @@ class PruningMasks(nn.Module):
         self._current: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []
         self._attach(encoder)
-        groups = GROUPS[options.budget]
-        self.group_names = groups
-        self.lambda1 = nn.Parameter(torch.zeros(len(groups)))
-        self.lambda2 = nn.Parameter(torch.zeros(len(groups)))
         self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long), persistent=False)
         self._dense = {k: float(v) for k, v in self.group_costs(expected=False).items()}
+        # a group without cost (sepmac on a mel front end: no front-end MACs) has no constraint
+        self.group_names = tuple(g for g in GROUPS[options.budget] if self._dense[g] > 0)
+        self.lambda1 = nn.Parameter(torch.zeros(len(self.group_names)))
+        self.lambda2 = nn.Parameter(torch.zeros(len(self.group_names)))
 
     # ----------------------------------------------------------------------------------------- masks
 

@@ -119,6 +119,8 @@ def materialize_state(encoder) -> tuple[EncoderArch, dict[str, torch.Tensor]]:
     data = arch.to_dict()
     data["frontend"]["conv_layers"] = fe_layers
     data["blocks"] = blocks
+    if encoder.projection.projection is not None:  # pruned channels may equal d_model: keep the Linear explicitly
+        data["feature_projection"] = True
     return EncoderArch.from_dict(data), state
 
 
@@ -147,7 +149,8 @@ def materialize_model(model, name: str | None = None) -> Any:
     with open_dict(cfg):
         cfg.encoder = {"_target_": cfg.encoder._target_, **_plain_config(pruned_encoder.config_dict())}
         if name:
-            profiles = OmegaConf.to_container(cfg.get("profiles") or {}) or {}
+            profiles = cfg.get("profiles")
+            profiles = OmegaConf.to_container(profiles, resolve=True) if profiles is not None else {}
             profiles[name] = {"arch": pruned_encoder.arch.to_dict()}
             cfg.profiles = profiles
         for split in ("train_ds", "validation_ds", "test_ds"):  # data is not needed to build the model
