@@ -32,10 +32,11 @@ def pruning_model(cfg: DictConfig, trainer):
         for key in ("train_ds", "validation_ds", "optim", "finetune"):
             if key in cfg.model:
                 override = OmegaConf.to_container(cfg.model[key], resolve=True)
-                if key.endswith("_ds"):
-                    override.pop("labels", None)  # the vocabulary is the pruned model's own
+                if key.endswith("_ds") and "labels" in override:  # the vocabulary is the pruned model's own
+                    override["labels"] = list(source.decoder.vocabulary)
                 model_cfg[key] = OmegaConf.merge(model_cfg.get(key) or {}, override)
-        overrides = OmegaConf.to_container(cfg.model.get("encoder_overrides") or {}, resolve=True)
+        overrides = cfg.model.get("encoder_overrides")
+        overrides = OmegaConf.to_container(overrides, resolve=True) if overrides is not None else {}
         if "dropout" in overrides:
             model_cfg.encoder.dropout = OmegaConf.merge(model_cfg.encoder.get("dropout") or {}, overrides["dropout"])
         if overrides.get("masking") and model_cfg.encoder.get("mask_emb"):  # time masking needs the model's mask_emb
