@@ -303,3 +303,13 @@ def test_nemo_round_trip_cli_profile_arch_and_onnx(tmp_path):
     result = export_onnx(pruned, tmp_path / "pruned.onnx", profile="mac60", cases=2)
     assert result.parity.passed
     check_parity(pruned, result.path, cases=1)
+
+
+def test_bench_prune_on_a_tiny_preset():
+    from nemo_sew.bench.prune import bench_prune, prune_markdown
+
+    r = bench_prune("tiny_wfe_o", target=0.6, budget="mac", seconds=10.0, warmup=0, runs=1, max_steps=200)
+    assert r.pruned_gmacs < r.dense_gmacs and r.pruned_params < r.dense_params and r.pruned_ms > 0
+    assert r.mac_ratio == pytest.approx(r.fractions["total"], rel=1e-9)  # the table's MACs are the budget's (10 s)
+    text = prune_markdown(r, "nemo-sew bench prune --preset tiny_wfe_o", goal=None)
+    assert "| pruned |" in text and "one run" in text
