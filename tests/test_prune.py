@@ -146,6 +146,17 @@ def test_gradients_reach_mask_logits_and_multipliers(budget):
     assert [g.get("name") for g in groups[-2:]] == ["prune_masks", "prune_multipliers"] and groups[-1]["maximize"]
 
 
+def test_dense_cost_is_the_unpruned_archs():
+    """Regression: the denominator is the unpruned arch's cost, not the initial masks' (FFN units start at
+    p(keep) ~ 0.83, so their deterministic mask drops units before any training)."""
+    for budget in ("mac", "size"):
+        encoder = _encoder(budget=budget)
+        n = encoder.pruning.reference_length()
+        exact = encoder_cost(encoder.arch, None, n).total if budget == "mac" else encoder_params(encoder.arch)["total"]
+        assert encoder.pruning.dense_costs()["total"] == pytest.approx(float(exact), rel=1e-12)
+        assert float(encoder.pruning.group_costs(expected=False)["total"]) < float(exact)
+
+
 def test_target_warmup():
     encoder = _encoder(budget="mac", target=0.6, warmup_steps=100)
     assert encoder.pruning.target_sparsity(0)["total"] == 0.0

@@ -168,7 +168,7 @@ class PruningMasks(nn.Module):
         self._handles: list[Any] = []
         self._attach(encoder)
         self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long), persistent=False)
-        self._dense = {k: float(v) for k, v in self.group_costs(expected=False).items()}
+        self._dense = {k: float(v) for k, v in self._costs(None, None).items()}
         # a group without cost (sepmac on a mel front end: no front-end MACs) has no constraint
         self.group_names = tuple(g for g in GROUPS[options.budget] if self._dense[g] > 0)
         self.lambda1 = nn.Parameter(torch.zeros(len(self.group_names)))
@@ -359,7 +359,13 @@ class PruningMasks(nn.Module):
         """The budget's cost per group (``total``, or ``frontend`` and ``transformer``): MACs at the reference
         length, or parameters for ``size``; expected from the masks (differentiable), or with
         ``expected=False`` the deterministic masks' counts (what the materialised model has)."""
-        soft, keep = self.soft_widths(expected)
+        return self._costs(*self.soft_widths(expected))
+
+    def _costs(self, soft: Mapping[str, torch.Tensor] | None, keep: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        if soft is None:  # the unpruned arch
+            soft, keep = {}, {}
+            if self.options.budget == "size":
+                return {"total": encoder_params(self.arch)["total"]}
         if self.options.budget == "size":
             # parameters are linear in each width: a branch's keep probability scales its widths
             scaled = dict(soft)
