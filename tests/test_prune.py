@@ -165,29 +165,19 @@ def test_target_warmup():
 
 
 @pytest.mark.slow
-def test_lagrangian_drives_the_expected_cost_to_the_budget():
-    """The controller alone (no task loss) on a wav2vec 2.0 base-shaped model, sepmac at 60%: both groups move
-    from 100% to the budget (it oscillates around it without a task loss to balance it), and the deterministic
-    masks' cost, i.e. the materialised model's, is within 2% of the expected cost the controller sees."""
-    flush = torch.set_flush_denormal(True)  # tiny Adam moments of saturated logits are denormal: 50x slower sqrt
-    try:
-        encoder = build_encoder("w2v2_base", pruning={"budget": "sepmac", "target": 0.6, "warmup_steps": 50})
-        pruning = encoder.pruning
-        opt = torch.optim.AdamW(optimizer_groups(encoder, [], pruning), lr=1.0)  # the groups bring reg_lr
-        for step in range(400):
-            opt.zero_grad()
-            penalty, stats = pruning.penalty(step)
-            penalty.backward()
-            opt.step()
-    finally:
-        torch.set_flush_denormal(False)
-    assert flush is not None
-    realised = pruning.group_costs(expected=False)
+def test_lagrangian_reaches_the_budget_within_2_percent():
+    """The controller alone (no task loss) on a wav2vec 2.0 base-shaped model (4 layers), sepmac at 60%: both
+    groups' realised cost (the deterministic masks', i.e. the materialised model's) reaches the budget within 2%
+    (without a task loss to balance it the controller oscillates around the target, so the run stops there)."""
+    from nemo_sew.bench.prune import controller_shape
+
+    encoder = build_encoder("w2v2_base", num_layers=4, pruning={"budget": "sepmac", "target": 0.6, "warmup_steps": 50})
+    fractions = controller_shape(encoder, max_steps=1500, tolerance=0.02)
+    _, stats = encoder.pruning.penalty(1500)
     for g in ("frontend", "transformer"):
-        expected = stats[f"prune_{g}_expected"]
-        fraction = float(realised[g]) / pruning.dense_costs()[g]
-        assert abs(fraction - 0.6) <= 0.1 * 0.6, (g, fraction, stats)
-        assert abs(fraction - expected) <= 0.02 * expected, (g, fraction, expected)
+        assert abs(fractions[g] - 0.6) <= 0.02 * 0.6, fractions
+        # rounding E||z||_0 to whole heads and units: the materialised cost is near the expected one
+        assert abs(fractions[g] - stats[f"prune_{g}_expected"]) <= 0.05 * 0.6, (fractions, stats)
     assert stats["prune_frontend_lambda2"] > 0 and stats["prune_transformer_lambda2"] > 0
 
 
