@@ -114,6 +114,14 @@ def _cmd_bench_gates(args: argparse.Namespace) -> int:
     return _emit(gates_markdown(result, "nemo-sew " + " ".join(args.argv)), args)
 
 
+def _cmd_bench_prune(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.prune import bench_prune, prune_markdown
+
+    result = bench_prune(args.preset, args.target, args.budget, args.seconds, warmup=args.warmup, runs=args.runs)
+    goal = 0.55 if args.target == 0.5 else None
+    return _emit(prune_markdown(result, "nemo-sew " + " ".join(args.argv), goal), args)
+
+
 def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
     from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
 
@@ -210,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifests_cli.register(sub)
-    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli"):
+    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli"):
         importlib.import_module(module).register(sub)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
@@ -271,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_gates)
+
+    p = bench_sub.add_parser("prune", help="pruned vs unpruned encoder: eager CPU latency vs MACs (random weights)")
+    p.add_argument("--preset", default="w2v2_base")
+    p.add_argument("--target", type=float, default=0.5, help="kept fraction of the budget's cost")
+    p.add_argument("--budget", default="sepmac", choices=["size", "mac", "sepmac"])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_prune)
 
     p = bench_sub.add_parser("stochastic", help="mini paper table: stochastic vs fixed squeeze at equal steps")
     p.add_argument("--data", default="data/synthetic")

@@ -59,7 +59,7 @@ class Draw:
 
     profile: CompressionProfile
     cif_lambda: float = 1.0
-    step: int | None = None  # the training step it was drawn for (I3D temperature annealing), if known
+    step: int | None = None  # the training step it was drawn for (I3D temperature annealing, pruning warm-up), if known
 
 
 @dataclass
@@ -132,6 +132,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
         masking: :class:`nemo_sew.options.Masking` fields: fine-tuning-time masking (training only).
         gates: :class:`nemo_sew.options.Gates` fields: I3D input-dependent depth (``{"kind": "local"}`` or
             ``{"kind": "global"}``, a depth budget); None = every branch always runs.
+        pruning: :class:`nemo_sew.prune.Pruning` fields: HardConcrete masks for structured pruning to a budget
+            (``encoder.pruning``, penalty in ``aux_losses["prune_budget"]``); None = no masks.
         **legacy: the flat keyword arguments of configs written before ``EncoderArch`` (``frontend``,
             ``d_model``, ``num_layers``, ..., ``dropout=0.1``); read by
             :func:`nemo_sew.options.upgrade_encoder_config`, so every old ``.nemo`` restores.
@@ -151,6 +153,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         mask_emb: bool = False,
         masking: Masking | Mapping[str, float] | None = None,
         gates: Gates | Mapping[str, Any] | None = None,
+        pruning: Mapping[str, Any] | None = None,
         **legacy: Any,
     ) -> None:
         super().__init__()
@@ -163,8 +166,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 old["dropout"] = dropout
             new = upgrade_encoder_config(old)
             arch, dropout = new["arch"], new.get("dropout")
-        arch, squeeze_sampler, learned_rate, masking, dropout, gates = map(
-            _plain, (arch, squeeze_sampler, learned_rate, masking, dropout, gates)
+        arch, squeeze_sampler, learned_rate, masking, dropout, gates, pruning = map(
+            _plain, (arch, squeeze_sampler, learned_rate, masking, dropout, gates, pruning)
         )
         self.arch = resolve_arch(preset, arch)
         if squeeze_sampler is not None and not ({"squeeze", "q_pool", "kv_pool", "cif_lambda", "seed"} & set(squeeze_sampler)):
@@ -180,6 +183,11 @@ class SqueezeEncoder(NeuralModule, Exportable):
         self.gate_options = Gates.of(gates)
         self.cif_lambda = float(cif_lambda)
         self._build(mask_emb)
+        self.pruning = None
+        if pruning is not None:  # hooks on the modules just built (nemo_sew.prune.masks)
+            from nemo_sew.prune.masks import Pruning, PruningMasks
+
+            self.pruning = PruningMasks(self, Pruning.of(pruning))
         if self.masking is not None and self.masking.time_prob > 0 and self.mask_emb is None:
             raise ValueError("time masking replaces frames by the mask embedding: set mask_emb=True")
         self._train_forwards = 0  # draws for stock NeMo models, which call forward() without a draw
@@ -235,6 +243,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
         out["masking"] = dataclasses.asdict(self.masking) if self.masking is not None else None
         if self.gate_options is not None:
             out["gates"] = dataclasses.asdict(self.gate_options)
+        if self.pruning is not None:
+            out["pruning"] = self.pruning.options.to_dict()
         return out
 
     @property
@@ -315,7 +325,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 raise ValueError("query pooling changes the output rate; SEW's fixed upsampler cannot expand it")
         if p.depth_threshold is not None and not 0.0 <= float(p.depth_threshold) <= 1.0:
             raise ValueError(f"expected depth_threshold in [0, 1], got {p.depth_threshold}")
-        unsupported = {name: getattr(p, name) for name in ("arch",) if getattr(p, name) is not None}
+        unsupported = {}
+        if p.arch is not None:
+            self._check_profile_arch(p.arch)
         for name in ("depth_threshold", "static_gates"):
             if getattr(p, name) is not None and self.gate_options is None:
                 unsupported[name] = getattr(p, name)
@@ -332,6 +344,21 @@ class SqueezeEncoder(NeuralModule, Exportable):
             )
         self._profile = dataclasses.replace(p, squeeze=None if squeeze is None else float(squeeze))
         return self._profile
+
+    def _check_profile_arch(self, arch: Any) -> None:
+        """A profile's ``arch`` must name the arch these weights have (a pruned size is its own ``.nemo``)."""
+        from nemo_sew.arch import build_arch
+
+        try:
+            wanted = arch if isinstance(arch, EncoderArch) else build_arch(self.arch, **dict(_plain(arch)))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"profile arch {arch!r} is not an arch or arch overrides: {err}") from err
+        if wanted != self.arch:
+            raise ValueError(
+                "profile arch differs from the arch this model's weights have; weight shapes cannot change at run "
+                "time, so each pruned size is a separate .nemo (see README: shipping pruned sizes). This model: "
+                f"{self.arch.to_dict()}, profile: {wanted.to_dict()}"
+            )
 
     def draw(self, step: int | None = None) -> Draw:
         """The profile one forward runs at.
@@ -482,6 +509,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
 
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""
+        if self.pruning is not None:
+            self.pruning.new_forward()  # one mask sample for the whole forward
         return self.frontend.from_port(audio_signal, length)
 
     def apply_masking(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -561,6 +590,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
         aux = dict(squeezed.aux_losses)
         if self.gate_options is not None and decisions and not _tracing():
             self._gate_outputs(decisions, squeezed, draw, stats, aux, measure)
+        if self.pruning is not None and self.training:
+            aux["prune_budget"], prune_stats = self.pruning.penalty(draw.step)
+            stats.update(prune_stats)
         if self.expander is None or not expand:
             h = h.masked_fill(~time_mask(h_len, h.shape[1])[..., None], 0.0)
             return EncoderOutput(h, h_len, aux, stats)
@@ -676,7 +708,7 @@ def encoder_config(preset: str, **overrides: Any) -> dict[str, Any]:
     (``d_model``, ``blocks``, ``compressor``, ``expander``, ...) go under ``arch``; the encoder's other
     arguments (``dropout``, ``squeeze_sampler``, ...) stay at the top level."""
     arch_fields = {f.name for f in dataclasses.fields(EncoderArch)} | {"num_layers", "blocks"}
-    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking", "gates"}
+    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking", "gates", "pruning"}
     unknown = sorted(set(overrides) - arch_fields - options)
     if unknown:
         raise ValueError(f"unknown encoder arguments {unknown}; arch fields: {sorted(arch_fields)}, options: {sorted(options)}")

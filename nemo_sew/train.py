@@ -160,7 +160,7 @@ def init_encoder_from(model: ModelPT, path: str | Path) -> None:
     if not encoder_state:
         raise ValueError(f"{path}: no encoder weights in this checkpoint")
     own = model.encoder.state_dict()
-    new_here = ("mask_emb", "gate_predictor.")  # also every layer's gates.<branch>.*
+    new_here = ("mask_emb", "gate_predictor.", "pruning.")  # also every layer's gates.<branch>.*
 
     def optional(key: str) -> bool:
         return key.startswith(new_here) or ".gates." in key
@@ -217,7 +217,11 @@ def train(cfg: DictConfig) -> ModelPT:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), TimeBudgetAnnealing(budget)]
     trainer = pl.Trainer(**trainer_kwargs)
     exp_manager(trainer, cfg.get("exp_manager", None))
-    if cfg.get("init_from_nemo"):
+    if cfg.get("pruning") is not None:  # prune a fine-tuned CTC model (nemo_sew.prune.train)
+        from nemo_sew.prune.train import pruning_model
+
+        model = pruning_model(cfg, trainer)
+    elif cfg.get("init_from_nemo"):
         model = finetune_model(cfg, trainer)
     else:
         if cfg.get("init_from_ssl"):
@@ -233,4 +237,8 @@ def train(cfg: DictConfig) -> ModelPT:
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
         model.save_to(str(save_to))
         log.info("saved %s", save_to)
+    if cfg.get("pruned_save_to") and trainer.is_global_zero:
+        from nemo_sew.prune.train import save_pruned
+
+        save_pruned(cfg, model)
     return model

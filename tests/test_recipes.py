@@ -20,6 +20,8 @@ RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "profiles" not
 # recipes that need a checkpoint made by another recipe first
 NEEDS_SSL = {"ctc_char_finetune_ll10h", "ctc_char_finetune_ls100h", "i3d_ctc_ls100h"}
 NEEDS_STOCHASTIC_CTC = {"finetune_profile"}
+NEEDS_CTC = {"prune_ctc_tiny_mel"}
+NEEDS_IMPORTED_CTC = {"prune_imported_w2v2", "prune_w2v2_base_ls100h_mac60", "prune_w2v2_base_ls100h_mac50"}
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,10 @@ def _cpu(cfg, corpus, out: Path, extra=()):
     return cfg
 
 
+def corpus_manifest(corpus) -> Path:
+    return Path(corpus["test"]["manifest"])
+
+
 def _centroids(corpus, out: Path, clusters: int) -> Path:
     from nemo_sew.ssl.targets import kmeans_from_manifest
 
@@ -85,6 +91,29 @@ def _checkpoint_fixture(recipe: str, name: str):
 
 ssl_checkpoint = _checkpoint_fixture("recipes/librispeech/ssl_sew_tiny.yaml", "ssl.nemo")
 stochastic_ctc = _checkpoint_fixture("recipes/ctc_char_stochastic_tiny_mel.yaml", "stochastic.nemo")
+ctc_checkpoint = _checkpoint_fixture("recipes/ctc_char_tiny_mel.yaml", "ctc.nemo")
+
+
+@pytest.fixture(scope="module")
+def imported_ctc(tmp_path_factory):
+    """A small random transformers Wav2Vec2ForCTC (wav2vec 2.0 base layout), converted with nemo-sew convert."""
+    transformers = pytest.importorskip("transformers")
+    from nemo_sew.convert import convert_local_dir
+
+    out = tmp_path_factory.mktemp("imported")
+    tokens = ["<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyz", "'"]
+    vocab = out / "vocab.json"
+    vocab.write_text(__import__("json").dumps({t: i for i, t in enumerate(tokens)}))
+    tokenizer = transformers.Wav2Vec2CTCTokenizer(str(vocab))
+    config = transformers.Wav2Vec2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, vocab_size=len(tokens),
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(out / "hf")
+    tokenizer.save_pretrained(out / "hf")
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(out / "hf")
+    return convert_local_dir(out / "hf", out / "w2v2.nemo")
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(ROOT / "recipes")) for p in RECIPES])
@@ -94,11 +123,27 @@ def test_recipe_runs_a_few_steps(recipe, tiny_corpus, tmp_path, request):
         extra.append(f"init_from_ssl={request.getfixturevalue('ssl_checkpoint')}")
     if recipe.stem in NEEDS_STOCHASTIC_CTC:
         extra.append(f"init_from_nemo={request.getfixturevalue('stochastic_ctc')}")
+    if recipe.stem in NEEDS_CTC:
+        extra += [f"init_from_nemo={request.getfixturevalue('ctc_checkpoint')}", f"pruned_save_to={tmp_path / 'pruned.nemo'}"]
+    if recipe.stem in NEEDS_IMPORTED_CTC:
+        extra.append(f"init_from_nemo={request.getfixturevalue('imported_ctc')}")
     model = _train(recipe, tiny_corpus, tmp_path, extra)
     assert model.trainer.global_step == 2
     metrics = model.trainer.callback_metrics
     loss = metrics.get("train_loss", metrics.get("train_loss_step"))
     assert loss is not None and np.isfinite(float(loss)), dict(metrics)
+    if recipe.stem in NEEDS_CTC | NEEDS_IMPORTED_CTC:  # pruning recipes: masks trained, budget logged
+        assert model.encoder.pruning is not None and "prune_budget" in metrics
+        assert [g.get("name") for g in model._optimizer.param_groups[-2:]] == ["prune_masks", "prune_multipliers"]
+        assert model._optimizer.param_groups[-1]["maximize"]
+        assert any(k.startswith("train_prune_") for k in metrics), sorted(metrics)
+        if recipe.stem in NEEDS_CTC:  # the materialised model runs in NeMo's transcribe_speech flow
+            pred = tmp_path / "pred.json"
+            proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "transcribe_speech_flow.py"), str(tmp_path / "pruned.nemo"),
+                                   str(corpus_manifest(tiny_corpus)), str(pred)], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=600)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            assert all("pred_text" in line for line in pred.read_text().splitlines())
 
 
 def test_launchers_dry_run():

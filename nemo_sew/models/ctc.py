@@ -185,6 +185,21 @@ def log_gate_stats(module, stats: dict, prefix: str = "train_") -> None:
         module.log(f"{prefix}block_macs_expected_fraction", stats["macs_expected"])
 
 
+def log_prune_stats(module, stats: dict, prefix: str = "train_") -> None:
+    """Log a pruning encoder's per-step budget state: expected and target kept fraction and the multipliers per
+    budget group, and the expected kept units per unit kind (nothing without masks)."""
+    for key, value in stats.items():
+        if key.startswith("prune_") and key != "prune_kept":
+            module.log(prefix + key, float(value))
+    pruning = getattr(module.encoder, "pruning", None)
+    if "prune_kept" in stats and pruning is not None:
+        totals: dict[str, float] = {}
+        for slot in pruning.slots:
+            totals[slot.unit] = totals.get(slot.unit, 0.0) + stats["prune_kept"][slot.key]
+        for unit, value in totals.items():
+            module.log(f"{prefix}prune_kept_{unit}", value)
+
+
 class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
     """The profile API, input guards and training-step additions shared by the char and BPE CTC models."""
 
@@ -254,6 +269,13 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         if self.encoder.sampler is not None:
             self.log("train_squeeze", out.stats["squeeze"])
         log_gate_stats(self, out.stats)
+        log_prune_stats(self, out.stats)
+        if getattr(self, "_prune_teacher", None) is not None:
+            from nemo_sew.prune.train import teacher_distillation
+
+            distill = teacher_distillation(self, signal, signal_len, log_probs, encoded_len)
+            loss = loss + distill
+            self.log("prune_distill", distill.detach())
         logs = {"train_loss": loss.detach(), "learning_rate": self._optimizer.param_groups[0]["lr"],
                 "global_step": torch.tensor(step, dtype=torch.float32)}  # fmt: skip
         every = self._trainer.log_every_n_steps if getattr(self, "_trainer", None) is not None else 1
@@ -268,6 +290,16 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             log.warning("non-finite training loss at step %d; this batch is skipped", step)
             loss = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         return {"loss": loss, "log": logs}  # the form NeMo's training_step returns
+
+    def setup_optimizer_param_groups(self):
+        """NeMo's param groups; with pruning masks, the mask logits and the Lagrange multipliers get their own
+        groups (``reg_lr``, no weight decay; the multipliers' group maximises: gradient ascent)."""
+        super().setup_optimizer_param_groups()
+        pruning = getattr(self.encoder, "pruning", None) if isinstance(self.encoder, SqueezeEncoder) else None
+        if pruning is not None and self._optimizer_param_groups is not None:
+            from nemo_sew.prune.masks import optimizer_groups
+
+            self._optimizer_param_groups = optimizer_groups(self, self._optimizer_param_groups, pruning)
 
     # ---------------------------------------------------------------------------------- fine-tuning
 

@@ -1,0 +1,448 @@
+"""HardConcrete masks on a built :class:`~nemo_sew.SqueezeEncoder` (HJ-Pruning), their expected cost and the
+Lagrangian budget (research notes, part A).
+
+What is masked, and where (always after a nonlinearity, so the surviving soft values are a per-unit scale
+on the *next linear map* and fold into it exactly; see :mod:`nemo_sew.prune.materialize`):
+
+========================  ==========================================  ============================
+unit                      mask multiplies                             folded into
+========================  ==========================================  ============================
+front-end conv channels   the conv block's output (after norm, GELU)  the next conv's input channels
+last front-end layer      the feature LayerNorm's output              the projection's input columns
+attention heads           each head's context, before ``out_proj``    ``out_proj`` input columns
+FFN units                 after the activation, before ``fc2``        ``fc2`` input columns
+conformer conv channels   after norm + swish, before ``pointwise2``   ``pointwise2`` input channels
+whole branch (optional)   the branch body's output                    its output weight and bias
+========================  ==========================================  ============================
+
+The masks attach through forward hooks on the encoder's own modules (nothing in ``nemo_sew.nn`` knows
+about pruning); an encoder without pruning has no hooks and is unchanged.
+
+**Channel norms (notes A7, A10.5).** A LayerNorm over channels that sees pruned channels would normalise
+over a different set than the materialised model. Every channel LayerNorm whose channels are masked is
+made *support-aware*: its statistics are taken over the channels whose current mask value is non-zero
+(exact zeros happen in HardConcrete samples and in the deterministic mask). That covers the conformer conv
+module's norm, the front-end norms of ``layer_norm`` extractors, and the feature LayerNorm after the last
+front-end layer; for that last layer the mask moves *after* the feature LayerNorm (a LayerNorm is not
+per-channel linear, so a soft scale before it could not be folded). The per-channel norm of
+``group_norm`` extractors (layer 0) is exact under slicing as it is. With these rules the masked model at
+its deterministic masks equals the materialised model (tested to 1e-4).
+
+**Empty branches.** A branch whose every unit (or whose branch mask) is 0 is switched off, i.e. it is the
+exact identity the arch gives a width-0 branch (its output bias and post-LN norm are skipped too), so a
+fully pruned attention branch materialises as ``heads=0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nemo_sew.arch import checked_fields
+from nemo_sew.cost import encoder_cost, encoder_params, ffn_columns
+from nemo_sew.nn.blocks import BRANCH_COST
+from nemo_sew.nn.frontend import ChannelLayerNorm, frontend_layout
+from nemo_sew.prune.hardconcrete import HardConcrete
+
+UNITS = ("frontend", "heads", "ffn", "conv", "branches")
+Budget = Literal["size", "mac", "sepmac"]
+GROUPS = {"size": ("total",), "mac": ("total",), "sepmac": ("frontend", "transformer")}
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """HJ-Pruning options (``encoder.pruning`` in a config).
+
+    Args:
+        units: what is masked: ``frontend`` (conv output channels per layer), ``heads``, ``ffn`` (intermediate
+            units), ``conv`` (conformer conv-module channels), ``branches`` (whole attention / FFN / conv
+            branches; off by default, as in the released DPHuBERT recipe).
+        budget: ``size`` (parameters), ``mac`` (total MACs at ``reference_seconds``) or ``sepmac`` (front end
+            and the rest as two MAC budgets, each with its own multipliers).
+        target: fraction of the dense cost to keep (``mac``: 0.6 = 60% of the MACs).
+        target_frontend, target_transformer: ``sepmac`` targets of the front end and of everything after it
+            (projection, positional conv, blocks, expander); default ``target``.
+        warmup_steps: the target sparsity ramps linearly from 0 over this many steps (notes A5).
+        reference_seconds: the utterance length the MACs are counted at (the budget is a property of the arch,
+            not of the batch).
+        init_drop: initial drop rate of channel, head and branch masks (0.01).
+        ffn_init_drop: initial drop rate of FFN units (0.5, as DPHuBERT).
+        reg_lr: learning rate of the mask logits and of the multipliers (their own optimizer groups; the
+            multipliers' group maximises).
+    """
+
+    units: tuple[str, ...] = ("frontend", "heads", "ffn", "conv")
+    budget: Budget = "sepmac"
+    target: float = 0.6
+    target_frontend: float | None = None
+    target_transformer: float | None = None
+    warmup_steps: int = 1000
+    reference_seconds: float = 10.0
+    init_drop: float = 0.01
+    ffn_init_drop: float = 0.5
+    reg_lr: float = 0.02
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", tuple(self.units))
+        bad = sorted(set(self.units) - set(UNITS))
+        if bad or not self.units:
+            raise ValueError(f"expected pruning.units a non-empty subset of {list(UNITS)}, got {list(self.units)}")
+        if self.budget not in GROUPS:
+            raise ValueError(f"expected pruning.budget in {sorted(GROUPS)}, got {self.budget!r}")
+        for name in ("target", "target_frontend", "target_transformer"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"expected pruning.{name} in (0, 1], got {value}")
+        if self.warmup_steps < 0 or self.reference_seconds <= 0 or self.reg_lr <= 0:
+            raise ValueError(f"expected warmup_steps >= 0, reference_seconds > 0 and reg_lr > 0, got {self}")
+
+    @classmethod
+    def of(cls, data: "Pruning | Mapping[str, Any] | None") -> "Pruning | None":
+        if data is None or isinstance(data, cls):
+            return data
+        return cls(**checked_fields(cls, data, "pruning options"))
+
+    def targets(self) -> dict[str, float]:
+        """The kept fraction per budget group."""
+        if self.budget != "sepmac":
+            return {"total": float(self.target)}
+        return {
+            "frontend": float(self.target if self.target_frontend is None else self.target_frontend),
+            "transformer": float(self.target if self.target_transformer is None else self.target_transformer),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["units"] = list(self.units)
+        return out
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One mask: its key, what it masks (``frontend``, ``heads``, ``ffn``, ``conv``, ``branch``), the layer index
+    (front-end layer or block) and the branch name."""
+
+    key: str
+    unit: str
+    layer: int
+    branch: str = ""
+
+
+def support_layer_norm(x: torch.Tensor, support: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm`` over the last axis of ``x`` with statistics over the channels where ``support`` is True only.
+
+    What the materialised LayerNorm over the kept channels computes (the other channels' outputs are
+    masked to 0 afterwards). Written by hand: torch's layer_norm has no channel mask.
+    """
+    if bool(support.all()):
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    s = support.to(x.dtype)
+    n = s.sum().clamp_min(1.0)
+    mean = (x * s).sum(-1, keepdim=True) / n
+    d = (x - mean) * s
+    var = (d * d).sum(-1, keepdim=True) / n
+    return (x - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+class PruningMasks(nn.Module):
+    """The masks of one encoder (``encoder.pruning``), the hooks that apply them, their expected cost and the
+    Lagrangian (multipliers ``lambda1``, ``lambda2``, one per budget group).
+
+    Built by :class:`~nemo_sew.SqueezeEncoder` when its config has ``pruning``; the hooks hold no reference to
+    the encoder's modules beyond their registration. Call :meth:`new_forward` once per encoder forward (the
+    encoder does), so every hook of that forward sees the same sample.
+    """
+
+    def __init__(self, encoder: nn.Module, options: Pruning) -> None:
+        super().__init__()
+        self.options = options
+        self.arch = encoder.arch
+        self.gates = nn.ModuleDict()
+        self.slots: list[Slot] = []
+        self._current: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._attach(encoder)
+        self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long), persistent=False)
+        self._dense = {k: float(v) for k, v in self._costs(None, None).items()}
+        # a group without cost (sepmac on a mel front end: no front-end MACs) has no constraint
+        self.group_names = tuple(g for g in GROUPS[options.budget] if self._dense[g] > 0)
+        self.lambda1 = nn.Parameter(torch.zeros(len(self.group_names)))
+        self.lambda2 = nn.Parameter(torch.zeros(len(self.group_names)))
+
+    # ----------------------------------------------------------------------------------------- masks
+
+    def _add(self, slot: Slot, n: int, init_drop: float, min_keep: int = 0) -> None:
+        self.gates[slot.key] = HardConcrete(n, init_drop, min_keep)
+        self.slots.append(slot)
+
+    def mask(self, key: str) -> torch.Tensor:
+        """The current value of mask ``key`` (one sample per forward in training, deterministic at inference)."""
+        if key not in self._current:
+            self._current[key] = self.gates[key]()
+        return self._current[key]
+
+    def new_forward(self) -> None:
+        """Forget the masks of the previous forward (the next hooks draw new samples)."""
+        self._current = {}
+        if self.training:
+            self.train_forwards += 1
+
+    @torch.no_grad()
+    def deterministic(self) -> dict[str, torch.Tensor]:
+        """Every mask's inference value."""
+        return {key: gate.deterministic() for key, gate in self.gates.items()}
+
+    def _attach(self, encoder: nn.Module) -> None:
+        units, o = set(self.options.units), self.options
+        fe = encoder.arch.frontend
+        if "frontend" in units and fe.conv_layers:
+            proj = encoder.projection
+            n_conv = len(fe.conv_layers)
+            # the last layer's channels are the projection's input: maskable only when a Linear follows
+            last = n_conv - 1 if proj.projection is not None else n_conv - 2
+            for i, block in enumerate(encoder.frontend.blocks):
+                if i > last:
+                    break
+                key = f"fe{i}"
+                self._add(Slot(key, "frontend", i), fe.conv_layers[i][0], o.init_drop, min_keep=1)
+                if isinstance(block.norm, ChannelLayerNorm):
+                    self._hook_norm(block.norm, key, channels_last=False)
+                if i == n_conv - 1 and proj.layer_norm is not None:  # after the feature LayerNorm (see above)
+                    self._hook_norm(proj.layer_norm, key, channels_last=True, scale=True)
+                else:
+                    self._handles.append(block.register_forward_hook(self._scale_output(key, channel_dim=1)))
+        for li, layer in enumerate(encoder.layers):
+            for name in layer.branch_names:
+                residual = getattr(layer, name)
+                body = residual.body
+                kind = BRANCH_COST[name][0]
+                keys = []
+                if kind == "attn" and "heads" in units:
+                    key = f"l{li}_{name}"
+                    self._add(Slot(key, "heads", li, name), body.num_heads, o.init_drop)
+                    self._handles.append(body.out_proj.register_forward_pre_hook(self._scale_input(key, repeat=body.head_dim)))
+                    keys.append(key)
+                elif kind == "ffn" and "ffn" in units:
+                    key = f"l{li}_{name}"
+                    self._add(Slot(key, "ffn", li, name), body.fc1.out_features, o.ffn_init_drop)
+                    self._handles.append(body.fc2.register_forward_pre_hook(self._scale_input(key)))
+                    keys.append(key)
+                elif kind == "conv" and "conv" in units:
+                    key = f"l{li}_{name}"
+                    self._add(Slot(key, "conv", li, name), body.depthwise.out_channels, o.init_drop)
+                    self._hook_norm(body.norm, key, channels_last=True)
+                    self._handles.append(body.pointwise2.register_forward_pre_hook(self._scale_input(key, channel_dim=1)))
+                    keys.append(key)
+                if "branches" in units:
+                    key = f"l{li}_{name}_branch"
+                    self._add(Slot(key, "branch", li, name), 1, o.init_drop)
+                    self._handles.append(body.register_forward_hook(self._scale_output(key, channel_dim=None)))
+                    keys.append(key)
+                if keys:
+                    self._handles.append(residual.register_forward_pre_hook(self._empty_is_identity(keys)))
+
+    def _scale_input(self, key: str, repeat: int = 1, channel_dim: int = -1):
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            m = self.mask(key).to(args[0].dtype)
+            if repeat > 1:
+                m = m.repeat_interleave(repeat)  # one value per head -> per channel of its context
+            shape = [1] * args[0].dim()
+            shape[channel_dim] = -1
+            return (args[0] * m.view(shape),) + tuple(args[1:])
+
+        return hook
+
+    def _scale_output(self, key: str, channel_dim: int | None):
+        def hook(module: nn.Module, args: tuple, output: tuple) -> tuple:
+            y, rest = output[0], output[1:]
+            m = self.mask(key).to(y.dtype)
+            if channel_dim is not None:
+                shape = [1] * y.dim()
+                shape[channel_dim] = -1
+                m = m.view(shape)
+            return (y * m,) + tuple(rest)
+
+        return hook
+
+    def _hook_norm(self, norm: nn.LayerNorm, key: str, channels_last: bool, scale: bool = False) -> None:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            m = self.mask(key)
+            x = args[0] if channels_last else args[0].transpose(1, 2)  # channels last
+            y = support_layer_norm(x, m != 0, module)
+            if scale:
+                y = y * m.to(y.dtype)
+            return y if channels_last else y.transpose(1, 2)
+
+        self._handles.append(norm.register_forward_hook(hook))
+
+    def _empty_is_identity(self, keys: list[str]):
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            if len(args) < 4 or not args[3]:
+                return None
+            if any(not bool((self.mask(k) != 0).any()) for k in keys):
+                return args[:3] + (False,) + tuple(args[4:])  # the arch's width-0 branch: an exact identity
+            return None
+
+        return hook
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # ------------------------------------------------------------------------------------------ cost
+
+    def kept(self, expected: bool = True) -> dict[str, torch.Tensor]:
+        """Kept units per mask: the expected L0 norm (differentiable) or, with ``expected=False``, the
+        deterministic mask's non-zero count."""
+        if expected:
+            return {key: gate.expected_l0() for key, gate in self.gates.items()}
+        return {key: (m != 0).sum().to(torch.float64) for key, m in self.deterministic().items()}
+
+    def soft_widths(self, expected: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(soft, keep)`` for :func:`nemo_sew.cost.encoder_cost`: the arch's widths with each masked group
+        replaced by its kept count, and branch keep probabilities."""
+        arch = self.arch
+        n, cols = arch.num_layers, ffn_columns(arch)
+        dev = next(iter(self.gates.values())).log_alpha.device if len(self.gates) else torch.device("cpu")
+        f64 = torch.float64
+        kept = self.kept(expected)
+        fe = [torch.tensor(float(c), dtype=f64, device=dev) for c, _, _ in arch.frontend.conv_layers]
+        heads = [torch.tensor(float(b.heads), dtype=f64, device=dev) for b in arch.blocks]
+        conv = [torch.tensor(float(b.conv_channels), dtype=f64, device=dev) for b in arch.blocks]
+        ffn = [[torch.tensor(float(b.ffn_dims[j]) if j < len(b.ffn_dims) else 0.0, dtype=f64, device=dev)
+                for j in range(cols)] for b in arch.blocks]  # fmt: skip
+        keep = {"attn": [torch.ones((), dtype=f64, device=dev)] * n, "conv": [torch.ones((), dtype=f64, device=dev)] * n,
+                "ffn": [[torch.ones((), dtype=f64, device=dev)] * cols for _ in range(n)]}  # fmt: skip
+        for slot in self.slots:
+            value = kept[slot.key].to(f64)
+            if slot.unit == "frontend":
+                fe[slot.layer] = value
+                continue
+            kind, col = BRANCH_COST[slot.branch]
+            if slot.unit == "branch":
+                p = value if expected else (value > 0).to(f64)
+                if kind == "ffn":
+                    keep["ffn"][slot.layer][col] = p
+                else:
+                    keep[kind][slot.layer] = p
+            elif slot.unit == "heads":
+                heads[slot.layer] = value
+            elif slot.unit == "ffn":
+                ffn[slot.layer][col] = value
+            else:
+                conv[slot.layer] = value
+        soft: dict[str, torch.Tensor] = {
+            "heads": torch.stack(heads) if n else torch.zeros(0, dtype=f64, device=dev),
+            "conv_channels": torch.stack(conv) if n else torch.zeros(0, dtype=f64, device=dev),
+            "ffn_dims": torch.stack([torch.stack(r) for r in ffn]) if n else torch.zeros(0, cols, dtype=f64, device=dev),
+        }
+        if fe:
+            soft["frontend_channels"] = torch.stack(fe)
+        keeps = {
+            "attn": torch.stack(keep["attn"]) if n else torch.zeros(0, dtype=f64, device=dev),
+            "conv": torch.stack(keep["conv"]) if n else torch.zeros(0, dtype=f64, device=dev),
+            "ffn": torch.stack([torch.stack(r) for r in keep["ffn"]]) if n else torch.zeros(0, cols, dtype=f64, device=dev),
+        }
+        return soft, keeps
+
+    def reference_length(self) -> int:
+        """Input length (samples or 10 ms frames) of ``reference_seconds`` of audio."""
+        return frontend_layout(self.arch.frontend).length(self.options.reference_seconds)
+
+    def group_costs(self, expected: bool = True) -> dict[str, torch.Tensor]:
+        """The budget's cost per group (``total``, or ``frontend`` and ``transformer``): MACs at the reference
+        length, or parameters for ``size``; expected from the masks (differentiable), or with
+        ``expected=False`` the deterministic masks' counts (what the materialised model has)."""
+        return self._costs(*self.soft_widths(expected))
+
+    def _costs(self, soft: Mapping[str, torch.Tensor] | None, keep: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        if soft is None:  # the unpruned arch
+            soft, keep = {}, {}
+            if self.options.budget == "size":
+                return {"total": encoder_params(self.arch)["total"]}
+        if self.options.budget == "size":
+            # parameters are linear in each width: a branch's keep probability scales its widths
+            scaled = dict(soft)
+            scaled["heads"] = soft["heads"] * keep["attn"]
+            scaled["conv_channels"] = soft["conv_channels"] * keep["conv"]
+            scaled["ffn_dims"] = soft["ffn_dims"] * keep["ffn"]
+            return {"total": encoder_params(self.arch, soft=scaled)["total"]}
+        cost = encoder_cost(self.arch, None, self.reference_length(), soft=soft, keep=keep)
+        if self.options.budget == "mac":
+            return {"total": cost.total}
+        return {"frontend": cost.frontend, "transformer": cost.total - cost.frontend}
+
+    def dense_costs(self) -> dict[str, float]:
+        return dict(self._dense)
+
+    # ------------------------------------------------------------------------------------ Lagrangian
+
+    def target_sparsity(self, step: int) -> dict[str, float]:
+        """Per group, ``t(step) = (1 - target) * min(1, step / warmup_steps)``."""
+        w = self.options.warmup_steps
+        ramp = 1.0 if w == 0 else min(1.0, max(step, 0) / w)
+        return {g: (1.0 - keep) * ramp for g, keep in self.options.targets().items()}
+
+    def penalty(self, step: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``sum_g lambda1_g (s_g - t_g) + lambda2_g (s_g - t_g)^2`` with the expected sparsity ``s_g = 1 -
+        cost_g / dense_g`` (minimised over the masks, maximised over the multipliers), and what to log."""
+        step = int(self.train_forwards) if step is None else int(step)
+        costs = self.group_costs(expected=True)
+        targets = self.target_sparsity(step)
+        total = torch.zeros((), dtype=torch.float32, device=self.lambda1.device)
+        stats: dict[str, Any] = {}
+        for i, g in enumerate(self.group_names):
+            fraction = (costs[g] / max(self._dense[g], 1.0)).float()
+            gap = (1.0 - fraction) - targets[g]
+            total = total + self.lambda1[i] * gap + self.lambda2[i] * gap * gap
+            stats[f"prune_{g}_expected"] = float(fraction.detach())
+            stats[f"prune_{g}_target"] = 1.0 - targets[g]
+            stats[f"prune_{g}_lambda1"] = float(self.lambda1[i].detach())
+            stats[f"prune_{g}_lambda2"] = float(self.lambda2[i].detach())
+        stats["prune_kept"] = {key: float(v.detach()) for key, v in self.kept(expected=True).items()}
+        return total, stats
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [gate.log_alpha for gate in self.gates.values()]
+
+    def multiplier_parameters(self) -> list[nn.Parameter]:
+        return [self.lambda1, self.lambda2]
+
+
+def optimizer_groups(model: nn.Module, groups: list[dict], pruning: PruningMasks) -> list[dict]:
+    """``groups`` (an optimizer's param groups) without the pruning parameters, plus two groups: the mask
+    logits (``lr = reg_lr``, no weight decay) and the multipliers (same, ``maximize=True``: gradient ascent)."""
+    special = {id(p) for p in pruning.mask_parameters() + pruning.multiplier_parameters()}
+    out = []
+    for group in groups:
+        params = [p for p in group["params"] if id(p) not in special]
+        if params:
+            out.append({**group, "params": params})
+    lr = pruning.options.reg_lr
+    out.append({"params": pruning.mask_parameters(), "lr": lr, "weight_decay": 0.0, "name": "prune_masks"})
+    out.append({"params": pruning.multiplier_parameters(), "lr": lr, "weight_decay": 0.0, "maximize": True,
+                "name": "prune_multipliers"})  # fmt: skip
+    return out
+
+
+def realised_fraction(arch_pruned, arch_dense, options: Pruning) -> dict[str, float]:
+    """The budget groups' kept fraction of a materialised arch (integer widths) against the dense one."""
+
+    def costs(arch):
+        n = frontend_layout(arch.frontend).length(options.reference_seconds)
+        if options.budget == "size":
+            return {"total": float(encoder_params(arch)["total"])}
+        c = encoder_cost(arch, None, n)
+        if options.budget == "mac":
+            return {"total": float(c.total)}
+        return {"frontend": float(c.frontend), "transformer": float(c.total - c.frontend)}
+
+    a, b = costs(arch_pruned), costs(arch_dense)
+    return {g: a[g] / max(b[g], 1.0) for g in a}
+
