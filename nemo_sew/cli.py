@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifests_cli.register(sub)
-    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli"):
+    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.quant.model"):
         importlib.import_module(module).register(sub)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
