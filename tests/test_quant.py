@@ -1,5 +1,6 @@
 """Low-bit weight quantization: schemes, coverage of every weight, QAT gradients, BiT 1-bit, .nemo round trips."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -212,3 +213,54 @@ def test_cli_quantize(tmp_path, capsys):
     assert "q8.nemo" in capsys.readouterr().out and (tmp_path / "q8.nemo").is_file()
     with pytest.raises(FileNotFoundError, match="no such .nemo"):
         main(["quantize", str(tmp_path / "missing.nemo"), "--bits", "4", "--out", str(tmp_path / "x.nemo")])
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("preset,bits", [("tiny_conformer", 4), ("tiny_conformer", 1), ("tiny_wfe_c", 8), ("tiny_wfe_c", 2)])
+def test_onnx_qdq_parity_and_int_initializers(tmp_path, preset, bits):
+    import onnx
+
+    from nemo_sew.quant.onnx import QDQ_OPSET, QDQ_TOLERANCE, export_quantized_onnx
+
+    enc = build_encoder(preset, num_layers=1).eval()
+    quantize_encoder(enc, bits, keep_fp=False)
+    result = export_quantized_onnx(enc, tmp_path / "q.onnx", "qdq", cases=2)
+    assert result.parity.passed and result.parity.max_abs_diff <= QDQ_TOLERANCE == 1e-4
+    assert sorted(result.replaced) == sorted(n for n, *_ in weight_bits_table(enc)), "every quantized weight is a QDQ"
+    proto = onnx.load(str(result.path))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [QDQ_OPSET]
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    inits = {t.name: t for t in proto.graph.initializer}
+    want = onnx.TensorProto.INT8 if bits == 8 else onnx.TensorProto.INT4
+    assert len(dq) == len(result.replaced) and all(inits[n.input[0]].data_type == want for n in dq)
+    if bits == 4:
+        assert any(a.name == "block_size" and a.i == 32 for n in dq for a in n.attribute)
+    sizes = {int(np.prod(shape)) for _, shape, _ in weight_bits_table(enc)}
+    fp = [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and not t.name.endswith("_scale")
+          and int(np.prod(t.dims)) in sizes and int(np.prod(t.dims)) > 256]  # fmt: skip
+    assert not fp, f"fp32 weights left in the graph: {fp}"
+
+
+def test_onnx_fast_cpu_forms(tmp_path):
+    import onnx
+
+    from nemo_sew.quant.model import build_tiny_ctc, quantize_model
+    from nemo_sew.quant.onnx import ORT_TOLERANCE, export_quantized_onnx
+
+    model = build_tiny_ctc("tiny_mel", num_layers=1)
+    quantize_model(model, (8, 4), keep_fp=True)
+    exact = export_quantized_onnx(model, tmp_path / "n0.onnx", "matmul_nbits", accuracy_level=0, cases=2)
+    assert exact.parity.max_abs_diff <= 1e-4, "MatMulNBits built from our codes holds exactly our weights"
+    ops = [n.op_type for n in onnx.load(str(exact.path)).graph.node]
+    assert ops.count("MatMulNBits") == 8  # every Linear: projection, q/k/v/out, fc1, fc2, expander
+    fast = export_quantized_onnx(model, tmp_path / "n4.onnx", "matmul_nbits", cases=2)
+    assert 0 < fast.parity.max_abs_diff <= ORT_TOLERANCE["matmul_nbits"]
+    with pytest.raises(ValueError, match="runs 8-bit weights; the model runs 4-bit"):
+        export_quantized_onnx(model, tmp_path / "x.onnx", "int8_dynamic")
+    model.set_profile({"weight_bits": 8})
+    int8 = export_quantized_onnx(model, tmp_path / "i8.onnx", "int8_dynamic", cases=2)
+    assert int8.parity.max_abs_diff <= ORT_TOLERANCE["int8_dynamic"]
+    ops = {n.op_type for n in onnx.load(str(int8.path)).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger"}, ops

@@ -146,7 +146,13 @@ class HeldWeight(nn.Module):
     def set_active(self, bits: int) -> None:
         if bits != 16 and bits not in self.specs:
             raise ValueError(f"this weight holds bit widths {sorted(self.specs)} (and fp), not {bits}")
-        self.active, self._cache = bits, None
+        if bits != self.active:
+            self.active, self._cache = bits, None
+        if bits != 16 and self._cache is None:  # dequantize now: a traced forward (ONNX) then sees a constant
+            self._cache = (self._key(torch.float32), self.weight(bits))
+
+    def _key(self, dtype: torch.dtype) -> tuple:
+        return (self.active, dtype, getattr(self, f"scale_{self.active}").device)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
         if self.active == 16:
@@ -154,7 +160,7 @@ class HeldWeight(nn.Module):
                 raise RuntimeError("the fp weights are not held (the encoder was saved with quantized weights only)")
             return original
         dtype = original.dtype if original.is_floating_point() else torch.float32
-        key = (self.active, dtype, getattr(self, f"scale_{self.active}").device)
+        key = self._key(dtype)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.weight(self.active, dtype))
         return self._cache[1]
@@ -289,8 +295,7 @@ def quantize_encoder(
     for m in weight_targets(encoder).values():
         _register_held(m, config, values=True)
     set_weight_bits(encoder, config.active, config)
-    if hasattr(encoder, "quant_config"):
-        encoder.quant_config = config
+    _adopt(encoder, config)
     return config
 
 
@@ -300,9 +305,15 @@ def prepare_qat(encoder: nn.Module, bits: int, group_size: int | None = 32, meth
         raise ValueError("QAT starts from an fp encoder without quantization state")
     config = QuantConfig(qat=bits, group_size=group_size, method=method, active=bits)
     apply_config(encoder, config)
+    _adopt(encoder, config)
+    return config
+
+
+def _adopt(encoder: nn.Module, config: QuantConfig) -> None:
+    """Store ``config`` in a :class:`nemo_sew.SqueezeEncoder` and make its profile run at ``config.active``."""
     if hasattr(encoder, "quant_config"):
         encoder.quant_config = config
-    return config
+        encoder.set_profile({**encoder.profile.to_dict(), "weight_bits": config.active})
 
 
 def held_weights(encoder: nn.Module) -> Iterator[tuple[str, nn.Module, HeldWeight]]:
