@@ -264,3 +264,14 @@ def test_onnx_fast_cpu_forms(tmp_path):
     assert int8.parity.max_abs_diff <= ORT_TOLERANCE["int8_dynamic"]
     ops = {n.op_type for n in onnx.load(str(int8.path)).graph.node}
     assert ops & {"DynamicQuantizeMatMul", "MatMulInteger"}, ops
+
+
+def test_quantizing_a_deepcopy_leaves_the_original_working():
+    """Regression: torch's remove_parametrizations deletes the property from a class deepcopy shares."""
+    import copy
+
+    enc = build_encoder("tiny_wfe_c", num_layers=1).eval()
+    x, lengths = _example(enc, batch=1)
+    ref = _out(enc, x, lengths)
+    quantize_encoder(copy.deepcopy(enc), 4, keep_fp=False)
+    torch.testing.assert_close(_out(enc, x, lengths), ref, rtol=0, atol=0)

@@ -227,7 +227,16 @@ def _bake(m: nn.Module) -> None:
             if isinstance(p, FakeQuant):
                 p.enabled = False  # bake the fp (latent) weight, not its fake-quantized value
         with torch.no_grad():
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+            value = m.weight.detach().clone()
+        if set(m.parametrizations.keys()) != {"weight"}:
+            with torch.no_grad():
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+            return
+        # by hand rather than remove_parametrizations, which deletes the property from the module's class, a
+        # class deepcopy shares between copies (it would break the encoder a copy was made from)
+        del m.parametrizations
+        m.__class__ = m.__class__.__bases__[0]
+        m.weight = nn.Parameter(value)
 
 
 def _register_held(m: nn.Module, config: QuantConfig, values: bool) -> HeldWeight:
