@@ -275,3 +275,21 @@ def test_quantizing_a_deepcopy_leaves_the_original_working():
     ref = _out(enc, x, lengths)
     quantize_encoder(copy.deepcopy(enc), 4, keep_fp=False)
     torch.testing.assert_close(_out(enc, x, lengths), ref, rtol=0, atol=0)
+
+
+def test_branch_errors_and_plot(tmp_path):
+    """The study's hypothesis measurement: per-layer relative error of each branch (attention, conv, FFN)."""
+    from nemo_sew.bench.quant import branch_errors, plot_layer_errors
+    from nemo_sew.quant.model import build_tiny_ctc, quantize_model
+
+    fp = build_tiny_ctc("tiny_mel_conformer", num_layers=2)
+    q = build_tiny_ctc("tiny_mel_conformer", num_layers=2)
+    q.load_state_dict(fp.state_dict())
+    audio, lengths = torch.randn(2, 16000), torch.tensor([16000, 9000])
+    assert all(max(v) < 1e-6 for v in branch_errors(fp, q, audio, lengths).values()), "same weights: no error"
+    quantize_model(q, 2)
+    errors = branch_errors(fp, q, audio, lengths)
+    assert set(errors) == {"attn", "conv", "ffn", "block"} and all(len(v) == 2 for v in errors.values())
+    assert all(0 < e < 10 for v in errors.values() for e in v)
+    plot_layer_errors({"conformer": errors}, tmp_path / "e.png", 2)
+    assert (tmp_path / "e.png").stat().st_size > 1000
