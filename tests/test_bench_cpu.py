@@ -106,6 +106,11 @@ def test_quantized_rows_and_int8_peak(quick_run):
     assert any("MatMulNBits 4-bit" in r["runtime"] for r in ptq) and any("int8 dynamic" in r["runtime"] for r in ptq)
     for r in ptq:  # the quantization error shows, but the output is the same encoder's
         assert 0 < r["max_abs_diff"] < 10 and r["latency_ms"] > 0  # random weights: 4-bit error is O(1)
-    assert data["matmul"]["int8"]["gflops"] > 0 and "int8 matmul (torch._int_mm" in markdown
+    assert data["matmul"]["int8"]["gflops"] > 0 and data["matmul"]["int8"]["ratio"] > 0 and "int8 matmul (torch._int_mm" in markdown
     names = [q["name"] for q in data["ratios"]]
     assert sum("vs transformers" in n and "PTQ" not in n and "onnxruntime" in n and "batch 1" in n for n in names) >= 3
+    # regression: the fp32 ratios use the fp32 onnxruntime row, not a quantized one
+    for preset in data["settings"]["presets"]:
+        fp_ort = next(r for r in data["rows"] if r["preset"] == preset and r["runtime"] == "onnxruntime fp32" and r["batch"] == 1)
+        ratio = next(q for q in data["ratios"] if q["name"] == f"{preset}: onnxruntime vs ours eager, batch 1")
+        assert ratio["detail"].endswith(f"/ {fp_ort['latency_ms']:.1f} ms")

@@ -427,7 +427,7 @@ def _ratios(rows: list[Row], presets: Sequence[str], batches: Sequence[int]) -> 
     out: list[Ratio] = []
     big = max(batches)
     for preset in presets:
-        mine = [r for r in rows if r.preset == preset]
+        mine = [r for r in rows if r.preset == preset and not r.model.endswith("PTQ")]  # PTQ rows: quant_ratios
         ours = {r.batch: r for r in mine if r.model.startswith("ours") and r.runtime == "PyTorch eager"}
         ort = {r.batch: r for r in mine if r.runtime.startswith("onnxruntime")}
         peer = {r.batch: r for r in mine if r.model.startswith("transformers")}
@@ -486,7 +486,7 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
     if s.quant:
         from nemo_sew.bench.quant_cpu import int8_matmul_peak, quant_ratios
 
-        result.matmul["int8"] = int8_matmul_peak(s.matmul_n)
+        result.matmul["int8"] = int8_matmul_peak(probe, s.runs)
         result.ratios += quant_ratios(result.rows, s.presets)
     if profile and first is not None:
         log("profiling our eager encoder")
@@ -534,8 +534,9 @@ def cpu_markdown(result: CpuBenchResult) -> str:
         f"{load.get('end', [float('nan')])[0]:.2f} at end  ",
         f"Matmul peak: {mm['gflops']:.1f} GFLOP/s (median of {mm['samples']} fp32 {mm['n']}x{mm['n']} matmuls "
         f"timed through the run, best {mm['best_gflops']:.1f}; {result.threads} threads)"
-        + (f"; int8 matmul (torch._int_mm, same n) {mm['int8']['gflops']:.1f} GOP/s = "
-           f"{mm['int8']['gflops'] / mm['gflops']:.2f}x the fp32 peak" if (mm.get("int8") or {}).get("gflops") else ""),
+        + (f"; int8 matmul (torch._int_mm, same n) {mm['int8']['gflops']:.1f} GOP/s vs fp32 {mm['int8']['fp32_gflops']:.1f} "
+           f"GFLOP/s timed in the same interleaved rounds: {mm['int8']['ratio']:.2f}x"
+           if (mm.get("int8") or {}).get("gflops") else ""),
         "",
         "| model | runtime | params (M) | GMACs / s audio | batch | median latency (ms) | RTFx | GFLOP/s "
         "| % of matmul peak | max abs diff vs ours eager |",

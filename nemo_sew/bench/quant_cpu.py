@@ -11,7 +11,7 @@ channel and 4-bit groups of 32, every weight) and exported in the onnxruntime-na
 * ``matmul_nbits`` 4-bit: ``MatMulNBits`` built from our codes, int8 compute (``accuracy_level=4``).
 
 Batch 1, timed in the same interleaved rounds as the matmul probes. The int8 matmul peak is
-``torch._int_mm`` on ``n x n`` int8 matrices, measured in the same run as the fp32 one.
+``torch._int_mm`` on ``n x n`` int8 matrices, timed in rounds interleaved with the fp32 matmul.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from nemo_sew.bench.timing import interleaved_ms, timed_ms
+from nemo_sew.bench.timing import interleaved_ms
 
 QUANT_FORMS = (
     ("onnxruntime int8 dynamic (W8 per channel, A8 per batch)", "int8_dynamic", 8),
@@ -33,8 +33,10 @@ QUANT_FORMS = (
 QUANT_GOAL = 2.0  # issue 13: a quantized CPU path >= 2x faster than transformers' fp32 model, batch 1
 
 
-def int8_matmul_peak(n: int, warmup: int = 3, runs: int = 10) -> dict[str, Any]:
-    """GFLOP/s (2 n^3 per product) of int8 x int8 -> int32 ``torch._int_mm``; None where torch lacks it."""
+def int8_matmul_peak(probe: Any, runs: int = 10) -> dict[str, Any]:
+    """int8 x int8 -> int32 ``torch._int_mm`` on the fp32 probe's ``n x n`` shapes, timed in rounds interleaved
+    with the fp32 probe (same load): GOP/s (2 n^3 per product), the fp32 GFLOP/s of those rounds, their ratio."""
+    n = probe.n
     gen = torch.Generator().manual_seed(0)
     a = torch.randint(-127, 128, (n, n), generator=gen, dtype=torch.int8)
     b = torch.randint(-127, 128, (n, n), generator=gen, dtype=torch.int8)
@@ -42,10 +44,12 @@ def int8_matmul_peak(n: int, warmup: int = 3, runs: int = 10) -> dict[str, Any]:
         torch._int_mm(a, b)
     except (RuntimeError, AttributeError) as err:  # pragma: no cover - depends on the torch build
         return {"n": n, "gflops": None, "error": str(err)}
-    times = timed_ms(lambda: torch._int_mm(a, b), warmup, runs)
-    median = statistics.median(times)
-    return {"n": n, "gflops": 2 * n**3 / (median / 1e3) / 1e9, "best_gflops": 2 * n**3 / (min(times) / 1e3) / 1e9,
-            "median_ms": median, "samples": len(times)}  # fmt: skip
+    t = interleaved_ms({"int8": lambda: torch._int_mm(a, b), "fp32": probe}, 2, max(runs, 5), 30.0)
+    probe.times_ms += t["fp32"]
+    ops = 2 * n**3
+    int8, fp32 = ops / (statistics.median(t["int8"]) / 1e3) / 1e9, ops / (statistics.median(t["fp32"]) / 1e3) / 1e9
+    return {"n": n, "gflops": int8, "best_gflops": ops / (min(t["int8"]) / 1e3) / 1e9, "fp32_gflops": fp32,
+            "ratio": int8 / fp32, "samples": len(t["int8"])}  # fmt: skip
 
 
 def quant_rows(ours: torch.nn.Module, inputs: Callable, preset: str, s: Any, probe: Any, threads: int, work_dir: Path,
