@@ -162,6 +162,9 @@ class BlockSpec:
         ffn_dims: intermediate width of each FFN of the block (0 = absent).
         conv_channels: channels of the conformer conv module (0 = absent; transformer blocks have none).
         conv_kernel: depthwise kernel of the conformer conv module.
+        window: local (banded) self-attention: each query attends to keys within ``window // 2`` frames of
+            this layer's input on either side (``nemo_sew.nn.blocks.band_mask``); 0 = full attention. The
+            mask does not skip compute (SDPA runs ``T x T``), so the cost model counts full attention.
     """
 
     kind: BlockKind = "transformer"
@@ -170,6 +173,7 @@ class BlockSpec:
     ffn_dims: tuple[int, ...] = (1024,)
     conv_channels: int = 0
     conv_kernel: int = 31
+    window: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ffn_dims", tuple(int(v) for v in self.ffn_dims))
@@ -186,6 +190,8 @@ class BlockSpec:
             raise ValueError(f"a {self.kind} block has no conv module: expected conv_channels=0")
         if self.conv_channels and self.conv_kernel % 2 == 0:
             raise ValueError(f"expected an odd depthwise kernel, got {self.conv_kernel}")
+        if self.window < 0:
+            raise ValueError(f"expected window >= 0 (0 = full attention), got {self.window}")
 
     @property
     def attn_dim(self) -> int:
@@ -314,6 +320,13 @@ def _tiny_mel(layers: int, dim: int, kind: BlockKind = "transformer") -> Encoder
     )  # fmt: skip
 
 
+def _quant_study(layers: int, dim: int, heads: int, kind: BlockKind, window: int = 0) -> EncoderArch:
+    # issue 13 (arXiv 2311.02772): attention-only "Sparseformer" (local-window attention, deep-narrow or
+    # shallow-wide) vs a conformer at matched parameters (+-10%) and MACs (+-15%, nemo_sew.cost; tests/test_arch.py)
+    arch = _tiny_mel(layers, dim, kind)
+    return build_arch(arch, blocks={"heads": heads, "head_dim": dim // heads, "window": window})
+
+
 PRESETS: dict[str, EncoderArch] = {
     "sew_tiny": _sew(12, 512),
     "sew_small": _sew(12, 768),
@@ -328,6 +341,12 @@ PRESETS: dict[str, EncoderArch] = {
     "tiny_wfe_c": _sew(2, 128, wfe_c=16, heads=2),
     "tiny_wfe_o": _w2v2(2, 128, large=False, conv_layers=((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2),
     "tiny_conformer": _sew(2, 128, wfe_c=16, heads=2, kind="conformer"),
+}
+# the quantization study's three families (built after PRESETS: build_arch is defined below)
+_QUANT_STUDY = {
+    "study_conformer": (4, 192, 3, "conformer", 0),
+    "study_attn_deep_narrow": (11, 160, 4, "transformer", 33),
+    "study_attn_shallow_wide": (3, 304, 4, "transformer", 33),
 }
 
 
@@ -434,3 +453,6 @@ def resolve_arch(preset: str | None, arch: "EncoderArch | Mapping[str, Any] | No
     if arch is None:
         raise ValueError("an encoder config needs a preset name or an arch")
     return arch if isinstance(arch, EncoderArch) else build_arch(arch)
+
+
+PRESETS.update({name: _quant_study(*args) for name, args in _QUANT_STUDY.items()})

@@ -177,6 +177,17 @@ def _cmd_bench_ssl(args: argparse.Namespace) -> int:
     return _emit(section, args)
 
 
+def _cmd_bench_quant(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.quant import bench_quant
+
+    section, _ = bench_quant(
+        args.data, args.out, families=args.families, bits=args.bits, pretrain_steps=args.pretrain_steps,
+        finetune_steps=args.finetune_steps, qat_steps=args.qat_steps, hours=args.hours, clusters=args.clusters,
+        extra=args.override, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    return _emit(section, args)
+
+
 def _cmd_bench_purity(args: argparse.Namespace) -> int:
     from nemo_sew.bench.purity import bench_target_purity
 
@@ -218,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifests_cli.register(sub)
-    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli"):
+    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli", "nemo_sew.quant.model"):
         importlib.import_module(module).register(sub)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
@@ -356,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/bench_purity")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_purity)
+
+    p = bench_sub.add_parser("quant", help="attention-only vs conformer under 8/4/2/1-bit PTQ and QAT (trains models)")
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--out", default="outputs/bench_quant")
+    p.add_argument("--families", nargs="+", default=["study_conformer", "study_attn_deep_narrow", "study_attn_shallow_wide"])
+    p.add_argument("--bits", type=int, nargs="+", default=[16, 8, 4, 2, 1])
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=300)
+    p.add_argument("--qat-steps", type=int, default=100, help="0 = PTQ only")
+    p.add_argument("--clusters", type=int, default=50)
+    p.add_argument("--override", nargs="*", default=[], help="overrides for every training run key=value")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_quant)
 
     p = bench_sub.add_parser("cpu", help="CPU inference: our encoder (eager, onnxruntime) vs transformers and NeMo Conformer")
     p.add_argument("--presets", nargs="+", default=None, help="waveform presets (default sew_tiny w2v2_base)")

@@ -41,6 +41,7 @@ from nemo_sew.nn.gates import GlobalGatePredictor, gate_decisions
 from nemo_sew.nn.pooling import FrameMap, pooled_lengths
 from nemo_sew.options import Dropout, Gates, LearnedRate, Masking, upgrade_encoder_config
 from nemo_sew.profile import CompressionProfile, ProfileLike, ProfileSampler, as_profile
+from nemo_sew.quant.weights import apply_config as apply_quant_config, set_weight_bits
 
 log = logging.getLogger("nemo_sew.encoder")
 
@@ -134,6 +135,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
             ``{"kind": "global"}``, a depth budget); None = every branch always runs.
         pruning: :class:`nemo_sew.prune.Pruning` fields: HardConcrete masks for structured pruning to a budget
             (``encoder.pruning``, penalty in ``aux_losses["prune_budget"]``); None = no masks.
+        quant: :class:`nemo_sew.quant.QuantConfig` fields: the packed low-bit weights this encoder holds (and
+            whether it holds fp weights), or QAT fake quantization; None = fp only. Written by
+            ``nemo-sew quantize`` and :func:`nemo_sew.quant.prepare_qat`; a profile's ``weight_bits`` picks one.
         **legacy: the flat keyword arguments of configs written before ``EncoderArch`` (``frontend``,
             ``d_model``, ``num_layers``, ..., ``dropout=0.1``); read by
             :func:`nemo_sew.options.upgrade_encoder_config`, so every old ``.nemo`` restores.
@@ -154,6 +158,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         masking: Masking | Mapping[str, float] | None = None,
         gates: Gates | Mapping[str, Any] | None = None,
         pruning: Mapping[str, Any] | None = None,
+        quant: Mapping[str, Any] | None = None,
         **legacy: Any,
     ) -> None:
         super().__init__()
@@ -191,7 +196,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if self.masking is not None and self.masking.time_prob > 0 and self.mask_emb is None:
             raise ValueError("time masking replaces frames by the mask embedding: set mask_emb=True")
         self._train_forwards = 0  # draws for stock NeMo models, which call forward() without a draw
-        self._profile = CompressionProfile()  # squeeze None = the trained (or learned) factor
+        self.quant_config = apply_quant_config(self, _plain(quant))  # parametrizations only; a state dict fills them
+        # squeeze None = the trained (or learned) factor
+        self._profile = CompressionProfile(weight_bits=self.quant_config.active if self.quant_config else 16)
         self._register_load_state_dict_pre_hook(_upgrade_legacy_state_dict)
 
     def _build(self, mask_emb: bool) -> None:
@@ -245,6 +252,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
             out["gates"] = dataclasses.asdict(self.gate_options)
         if self.pruning is not None:
             out["pruning"] = self.pruning.options.to_dict()
+        if self.quant_config is not None:
+            out["quant"] = self.quant_config.to_dict()
         return out
 
     @property
@@ -335,13 +344,16 @@ class SqueezeEncoder(NeuralModule, Exportable):
             slots = {f"{i}.{name}" for i, name in self.gate_slots}
             if set(p.static_gates) - slots:
                 raise ValueError(f"static_gates names unknown gates {sorted(set(p.static_gates) - slots)}; known: {sorted(slots)}")
-        if p.weight_bits != 16:
-            unsupported["weight_bits"] = p.weight_bits
+        if p.weight_bits not in (self.quant_config.available if self.quant_config else (16,)):
+            set_weight_bits(self, p.weight_bits, self.quant_config)  # raises: says what this encoder holds
         if unsupported:
             raise NotImplementedError(
                 f"this encoder cannot act on profile fields {unsupported}; it acts on squeeze, q_pool and kv_pool"
                 + (", depth_threshold" if self.gate_options is not None else " (depth_threshold needs an encoder built with gates)")
             )
+        if self.quant_config is not None:
+            set_weight_bits(self, p.weight_bits, self.quant_config)
+            self.quant_config = dataclasses.replace(self.quant_config, active=p.weight_bits)
         self._profile = dataclasses.replace(p, squeeze=None if squeeze is None else float(squeeze))
         return self._profile
 
@@ -708,7 +720,7 @@ def encoder_config(preset: str, **overrides: Any) -> dict[str, Any]:
     (``d_model``, ``blocks``, ``compressor``, ``expander``, ...) go under ``arch``; the encoder's other
     arguments (``dropout``, ``squeeze_sampler``, ...) stay at the top level."""
     arch_fields = {f.name for f in dataclasses.fields(EncoderArch)} | {"num_layers", "blocks"}
-    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking", "gates", "pruning"}
+    options = {"dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking", "gates", "pruning", "quant"}
     unknown = sorted(set(overrides) - arch_fields - options)
     if unknown:
         raise ValueError(f"unknown encoder arguments {unknown}; arch fields: {sorted(arch_fields)}, options: {sorted(options)}")

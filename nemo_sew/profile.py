@@ -24,7 +24,8 @@ class CompressionProfile:
         kv_pool: per-layer key/value pooling strides, None = no pooling.
         depth_threshold: I3D gate threshold, None = run all layers.
         arch: the (possibly pruned) per-layer architecture (heads, FFN widths, conv channels), None = as built.
-        weight_bits: weight-only quantization (16, 8, 4 or 1 bits).
+        weight_bits: weight-only quantization (16 = fp, 8, 4, 2 or 1 bits); the encoder must hold those weights
+            (``nemo-sew quantize``, :mod:`nemo_sew.quant`).
         static_gates: I3D gates frozen to a fixed depth, ``{"<layer>.<branch>": 1 open | 0 closed}`` (gates not
             listed stay open); the predictors do not run, so the graph is static (TensorRT). None = input-dependent.
             :func:`nemo_sew.export.static_gates.freeze_gates` makes one from the mean decisions over inputs.
@@ -43,8 +44,8 @@ class CompressionProfile:
     def __post_init__(self) -> None:
         if self.squeeze is not None and not float(self.squeeze) >= 1.0:
             raise ValueError(f"expected squeeze >= 1, got {self.squeeze}")
-        if self.weight_bits not in (16, 8, 4, 1):
-            raise ValueError(f"expected weight_bits in (16, 8, 4, 1), got {self.weight_bits}")
+        if self.weight_bits not in (16, 8, 4, 2, 1):
+            raise ValueError(f"expected weight_bits in (16, 8, 4, 2, 1), got {self.weight_bits}")
         for field in ("q_pool", "kv_pool"):
             value = getattr(self, field)
             if value is not None:

@@ -77,8 +77,14 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
 
     model = ASRModel.restore_from(str(cfg.init_from_nemo), map_location="cpu")
     model.encoder.disable_sampler()  # the stored arch keeps the factor-agnostic expander
+    if cfg.get("qat"):  # QAT: fake-quantize every encoder weight (straight-through); `nemo-sew quantize` packs after
+        from nemo_sew.quant import prepare_qat
+
+        prepare_qat(model.encoder, **OmegaConf.to_container(cfg.qat, resolve=True))
     with open_dict(model.cfg):
         model.cfg.encoder.squeeze_sampler = None
+        if model.encoder.quant_config is not None:
+            model.cfg.encoder.quant = model.encoder.quant_config.to_dict()
         for key in ("train_ds", "validation_ds", "optim"):
             if key in cfg.model:
                 override = OmegaConf.to_container(cfg.model[key], resolve=True)  # resolve ${model.*} here
@@ -198,7 +204,8 @@ def cpu_precision(trainer_kwargs: dict, bf16_supported: bool | None = None) -> d
 def train(cfg: DictConfig) -> ModelPT:
     """Fit ``cfg.model`` with ``cfg.trainer`` and ``cfg.exp_manager``; write ``cfg.save_to`` (.nemo) if set.
 
-    With ``init_from_nemo`` set, fine-tunes that model at ``cfg.profile`` instead (see :func:`finetune_model`);
+    With ``init_from_nemo`` set, fine-tunes that model at ``cfg.profile`` instead (see :func:`finetune_model`;
+    ``cfg.qat: {bits: 4, group_size: 32}`` makes it quantization-aware training);
     with ``init_from_ssl`` (a pre-trained ``.nemo`` or ``.ckpt``), builds ``cfg.model`` with that encoder's
     config and weights (see :func:`inherit_encoder_config`, :func:`init_encoder_from`);
     ``model.encoder_overrides`` is merged into the encoder config either way.

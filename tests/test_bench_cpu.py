@@ -39,9 +39,10 @@ def test_quick_run_writes_every_row_and_column(quick_run):
     assert rc == 0
     settings = data["settings"]
     rows = data["rows"]
-    # per preset: ours eager, ours onnxruntime, transformers, at every batch; then the Conformer at every batch
-    assert len(rows) == (3 * len(settings["presets"]) + 1) * len(settings["batches"])
-    runtimes = {(r["model"].split(" ")[0], r["runtime"]) for r in rows}
+    # per preset: ours eager, ours onnxruntime, transformers, at every batch, and 3 quantized forms at batch 1;
+    # then the Conformer at every batch
+    assert len(rows) == (3 * len(settings["presets"]) + 1) * len(settings["batches"]) + 3 * len(settings["presets"])
+    runtimes = {(r["model"].split(" ")[0], r["runtime"]) for r in rows if not r["model"].endswith("PTQ")}
     assert runtimes == {("ours", "PyTorch eager"), ("ours", "onnxruntime fp32"), ("transformers", "PyTorch eager"),
                         ("NeMo", "PyTorch eager")}  # fmt: skip
     for r in rows:
@@ -63,7 +64,8 @@ def test_quick_run_writes_every_row_and_column(quick_run):
 
 def test_quick_run_parity_with_transformers_and_onnxruntime(quick_run):
     _, data, _ = quick_run
-    compared = [r for r in data["rows"] if r["model"].startswith("transformers") or r["runtime"].startswith("onnx")]
+    compared = [r for r in data["rows"] if not r["model"].endswith("PTQ")
+                and (r["model"].startswith("transformers") or r["runtime"].startswith("onnx"))]  # fmt: skip
     assert len(compared) == 2 * len(data["settings"]["presets"]) * len(data["settings"]["batches"])
     for r in compared:
         assert r["max_abs_diff"] <= TOL, (r["model"], r["runtime"], r["batch"], r["max_abs_diff"])
@@ -95,3 +97,20 @@ def test_count_macs_includes_cpu_attention():
 def test_transformers_config_rejects_mel_presets():
     with pytest.raises(ValueError, match="expected a waveform preset"):
         transformers_config("tiny_mel")
+
+
+def test_quantized_rows_and_int8_peak(quick_run):
+    _, data, markdown = quick_run
+    ptq = [r for r in data["rows"] if r["model"].endswith("PTQ")]
+    assert {r["batch"] for r in ptq} == {1} and len(ptq) == 3 * len(data["settings"]["presets"])
+    assert any("MatMulNBits 4-bit" in r["runtime"] for r in ptq) and any("int8 dynamic" in r["runtime"] for r in ptq)
+    for r in ptq:  # the quantization error shows, but the output is the same encoder's
+        assert 0 < r["max_abs_diff"] < 10 and r["latency_ms"] > 0  # random weights: 4-bit error is O(1)
+    assert data["matmul"]["int8"]["gflops"] > 0 and data["matmul"]["int8"]["ratio"] > 0 and "int8 matmul (torch._int_mm" in markdown
+    names = [q["name"] for q in data["ratios"]]
+    assert sum("vs transformers" in n and "PTQ" not in n and "onnxruntime" in n and "batch 1" in n for n in names) >= 3
+    # regression: the fp32 ratios use the fp32 onnxruntime row, not a quantized one
+    for preset in data["settings"]["presets"]:
+        fp_ort = next(r for r in data["rows"] if r["preset"] == preset and r["runtime"] == "onnxruntime fp32" and r["batch"] == 1)
+        ratio = next(q for q in data["ratios"] if q["name"] == f"{preset}: onnxruntime vs ours eager, batch 1")
+        assert ratio["detail"].endswith(f"/ {fp_ort['latency_ms']:.1f} ms")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "profiles" not in p.parts)
 # recipes that need a checkpoint made by another recipe first
 NEEDS_SSL = {"ctc_char_finetune_ll10h", "ctc_char_finetune_ls100h", "i3d_ctc_ls100h"}
-NEEDS_STOCHASTIC_CTC = {"finetune_profile"}
+NEEDS_STOCHASTIC_CTC = {"finetune_profile", "qat_finetune"}
 NEEDS_CTC = {"prune_ctc_tiny_mel"}
 NEEDS_IMPORTED_CTC = {"prune_imported_w2v2", "prune_w2v2_base_ls100h_mac60", "prune_w2v2_base_ls100h_mac50"}
 

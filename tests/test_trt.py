@@ -100,6 +100,16 @@ def test_precision_rules_tensorrt_10_and_11(trt_scripts):
         plan(10, "fp32", "fp16", False)
 
 
+def test_weight_only_qdq_is_built_strongly_typed(trt_scripts):
+    plan = trt_scripts.common.precision_plan
+    for major in (10, 11):  # no FP16/INT8 flags: the Q/DQ types decide
+        assert plan(major, "fp32", "fp32", False, "qdq") == trt_scripts.common.PrecisionPlan(True)
+    with pytest.raises(ValueError, match="onnxruntime-only 'matmul_nbits' form"):
+        plan(11, "fp32", "fp32", False, "matmul_nbits")
+    with pytest.raises(ValueError, match="built as exported"):
+        plan(10, "fp16", "fp32", False, "qdq")
+
+
 def test_markdown_table(trt_scripts):
     rows = [
         {"engine": "s2.fp16.plan", "profile": "s2", "precision": "fp16", "batch": 1, "seconds": 10.0, "p50_ms": 1.5,

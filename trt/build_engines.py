@@ -62,7 +62,7 @@ def build_engine(
 
     meta = read_onnx_metadata(onnx_path)
     major = trt_major(trt)
-    plan = precision_plan(major, precision, meta.get("precision", "fp32"), have_modelopt())
+    plan = precision_plan(major, precision, meta.get("precision", "fp32"), have_modelopt(), meta.get("quant_form"))
     source = onnx_path
     if plan.convert_to:
         source = autocast_onnx(onnx_path, out_dir / f"{onnx_path.stem}.{precision}.onnx", plan.convert_to)
@@ -115,6 +115,8 @@ def build_engine(
         "strongly_typed": plan.strongly_typed,
         "builder_flag": plan.builder_flag,
         "autocast": plan.convert_to,
+        "quant_form": meta.get("quant_form"),
+        "weight_bits": meta.get("weight_bits"),
         "tensorrt": trt.__version__,
         "gpu": torch.cuda.get_device_name(),
         "build_seconds": round(time.perf_counter() - start, 2),

@@ -128,11 +128,28 @@ class PrecisionPlan:
     convert_to: str | None = None  # "fp16" / "bf16": ModelOpt AutoCast the fp32 ONNX first (TensorRT 11)
 
 
-def precision_plan(major: int, requested: str, onnx_precision: str, have_modelopt: bool) -> PrecisionPlan:
+def precision_plan(
+    major: int, requested: str, onnx_precision: str, have_modelopt: bool, quant_form: str | None = None
+) -> PrecisionPlan:
     """TensorRT 10 keeps the weak-typing flags; TensorRT 11 has only strongly typed networks, so the
-    precision must be in the ONNX (``nemo-sew export --precision fp16`` or ModelOpt AutoCast)."""
+    precision must be in the ONNX (``nemo-sew export --precision fp16`` or ModelOpt AutoCast).
+
+    A weight-only QDQ graph (``quant_form=qdq`` from :mod:`nemo_sew.quant.onnx`: INT8/INT4 weights behind
+    ``DequantizeLinear``, fp32 activations) is built strongly typed on both 10.x and 11.x, with no precision
+    flag: the Q/DQ types decide. The ORT-only forms (``MatMulNBits``, dynamic int8) are refused."""
     if requested not in ("fp32", "fp16", "bf16"):
         raise ValueError(f"expected precision fp32, fp16 or bf16, got {requested!r}")
+    if quant_form is not None:
+        if quant_form != "qdq":
+            raise ValueError(
+                f"the ONNX file holds the onnxruntime-only {quant_form!r} form; TensorRT builds the weight-only "
+                "QDQ form (nemo_sew.quant.onnx.export_quantized_onnx(..., form='qdq'))"
+            )
+        if major < 10:
+            raise RequirementError(f"TensorRT {major}.x is too old: these scripts need TensorRT 10 or 11")
+        if requested != onnx_precision:
+            raise ValueError(f"a QDQ graph is built as exported ({onnx_precision} activations), not as {requested}")
+        return PrecisionPlan(strongly_typed=True)
     if onnx_precision == requested:
         return PrecisionPlan(strongly_typed=True)  # the graph already holds the types
     if onnx_precision != "fp32":

@@ -84,6 +84,7 @@ class CpuBenchSettings:
     conformer_d_model: int = 256  # Conformer-CTC medium width; heads = d_model / 64
     perturb: float = 0.02  # std of noise added to every random weight (exercises constant-initialised ones)
     seed: int = 0
+    quant: bool = True  # batch-1 rows of the quantized onnxruntime forms + the int8 matmul peak (issue 13)
 
     @classmethod
     def quick(cls) -> "CpuBenchSettings":
@@ -390,6 +391,10 @@ def _bench_family(
             _row(hf_name, "PyTorch eager", preset, hf_params, hf_macs, s.seconds, batch, t["hf"],
                  _max_abs_diff(hf_out, ref)),
         ]  # fmt: skip
+    if s.quant and 1 in s.batches:
+        from nemo_sew.bench.quant_cpu import quant_rows
+
+        rows += quant_rows(ours, inputs, preset, s, probe, threads, work_dir, log, our_macs)
     return rows, ours, inputs
 
 
@@ -422,7 +427,7 @@ def _ratios(rows: list[Row], presets: Sequence[str], batches: Sequence[int]) -> 
     out: list[Ratio] = []
     big = max(batches)
     for preset in presets:
-        mine = [r for r in rows if r.preset == preset]
+        mine = [r for r in rows if r.preset == preset and not r.model.endswith("PTQ")]  # PTQ rows: quant_ratios
         ours = {r.batch: r for r in mine if r.model.startswith("ours") and r.runtime == "PyTorch eager"}
         ort = {r.batch: r for r in mine if r.runtime.startswith("onnxruntime")}
         peer = {r.batch: r for r in mine if r.model.startswith("transformers")}
@@ -478,6 +483,11 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
     for row in result.rows:
         row.peak_fraction = row.gflops / result.matmul["gflops"]
     result.ratios = _ratios(result.rows, s.presets, s.batches)
+    if s.quant:
+        from nemo_sew.bench.quant_cpu import int8_matmul_peak, quant_ratios
+
+        result.matmul["int8"] = int8_matmul_peak(probe, s.runs)
+        result.ratios += quant_ratios(result.rows, s.presets)
     if profile and first is not None:
         log("profiling our eager encoder")
         x, lengths = first[1](max(s.batches))
@@ -495,6 +505,12 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
         "% of matmul peak: achieved GFLOP/s over the median of all matmul samples of the run (taken inside the "
         "same rounds, so under the same load).",
     ]
+    if s.quant:
+        result.notes.append(
+            "PTQ rows (nemo_sew.bench.quant_cpu): our encoder with every weight quantized (8-bit per channel, 4-bit "
+            "groups of 32), batch 1; % of matmul peak is against the fp32 peak; max abs diff is against our fp32 "
+            "eager (the quantization error, not a runtime mismatch)."
+        )
     return result
 
 
@@ -517,7 +533,10 @@ def cpu_markdown(result: CpuBenchResult) -> str:
         f"Machine: {result.machine}; load average (1 min) {load['start'][0]:.2f} at start, "
         f"{load.get('end', [float('nan')])[0]:.2f} at end  ",
         f"Matmul peak: {mm['gflops']:.1f} GFLOP/s (median of {mm['samples']} fp32 {mm['n']}x{mm['n']} matmuls "
-        f"timed through the run, best {mm['best_gflops']:.1f}; {result.threads} threads)",
+        f"timed through the run, best {mm['best_gflops']:.1f}; {result.threads} threads)"
+        + (f"; int8 matmul (torch._int_mm, same n) {mm['int8']['gflops']:.1f} GOP/s vs fp32 {mm['int8']['fp32_gflops']:.1f} "
+           f"GFLOP/s timed in the same interleaved rounds: {mm['int8']['ratio']:.2f}x"
+           if (mm.get("int8") or {}).get("gflops") else ""),
         "",
         "| model | runtime | params (M) | GMACs / s audio | batch | median latency (ms) | RTFx | GFLOP/s "
         "| % of matmul peak | max abs diff vs ours eager |",
@@ -528,7 +547,7 @@ def cpu_markdown(result: CpuBenchResult) -> str:
             f"| {r.model} | {r.runtime} | {r.params_m:.2f} | {r.gmacs_per_s:.3f} | {r.batch} | {r.latency_ms:.1f} | "
             f"{r.rtfx:.1f} | {r.gflops:.1f} | {100 * r.peak_fraction:.1f}% | {_fmt_diff(r.max_abs_diff)} |"
         )
-    lines += ["", "Ratios (same run; goals from issue 5):", ""]
+    lines += ["", "Ratios (same run; goals from issue 5, and issue 13 for the PTQ rows):", ""]
     for q in result.ratios:
         if "peak" in q.name:
             shown = f"{100 * q.value:.1f}% (goal >= {100 * q.goal:.0f}%)"

@@ -188,6 +188,8 @@ def transformers_config(preset: "str | EncoderArch") -> Any:
     if len(set(arch.blocks)) != 1:
         raise ValueError(f"{name}: transformers needs every layer to have the same shape")
     block = arch.blocks[0]
+    if block.window:
+        raise ValueError(f"{name}: transformers has no local-window attention (window={block.window})")
     if block.heads * block.head_dim != arch.d_model:
         raise ValueError(
             f"{name}: transformers needs num_heads * head_dim == d_model, got {block.heads} x {block.head_dim} != {arch.d_model}"

@@ -474,12 +474,15 @@ def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _session(path: Path, providers: Sequence[str] | None = None, threads: int | None = None):
+def _session(path: Path, providers: Sequence[str] | None = None, threads: int | None = None,
+             config: dict[str, str] | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
+    for key, value in (config or {}).items():  # e.g. session.qdq_matmulnbits_accuracy_level (nemo_sew.quant.onnx)
+        options.add_session_config_entry(key, value)
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
@@ -502,12 +505,14 @@ def check_parity(
     seed: int = 0,
     encoder_only: bool | None = None,
     providers: Sequence[str] | None = None,
+    session_config: dict[str, str] | None = None,
 ) -> ParityReport:
     """Run random padded batches through PyTorch (fp32) and onnxruntime; raise :class:`ParityError` above tolerance.
 
     The profile, the graph kind and the precision are read from the file's metadata, so this checks an
     exported file against the model it came from (or a changed one). Output lengths must match exactly;
-    outputs are compared on valid frames only (padding frames are not specified).
+    outputs are compared on valid frames only (padding frames are not specified). ``session_config``:
+    onnxruntime session config entries (``SessionOptions.add_session_config_entry``).
     """
     path = Path(path)
     meta = read_metadata(path)
@@ -521,7 +526,7 @@ def check_parity(
             f"{path} holds a {meta.get('graph')!r} graph on {meta.get('input')!r} input, but the model gives a "
             f"{plan.kind!r} graph on {plan.input_kind!r} input"
         )
-    session = _session(path, providers)
+    session = _session(path, providers, config=session_config)
     time_axis = 1 if plan.kind == "ctc" else 2
     report = ParityReport(precision=precision, tolerance=tol, max_abs_diff=0.0, passed=True,
                           provider=session.get_providers()[0])  # fmt: skip

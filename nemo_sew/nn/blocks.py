@@ -83,7 +83,8 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(inner, dim)
 
     def attend(self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
-        """x: queries ``(B, Tq, C)``; kv: keys/values ``(B, Tk, C)`` (default ``x``); key_mask: ``(B, Tk)`` True = valid."""
+        """x: queries ``(B, Tq, C)``; kv: keys/values ``(B, Tk, C)`` (default ``x``); key_mask: ``(B, Tk)`` True = valid,
+        or ``(B, Tq, Tk)`` per query."""
         kv = x if kv is None else kv
         b, tq, _ = x.shape
         tk = kv.shape[1]
@@ -92,7 +93,8 @@ class SelfAttention(nn.Module):
             return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
 
         q, k, v = heads(self.q_proj(x), tq), heads(self.k_proj(kv), tk), heads(self.v_proj(kv), tk)
-        attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, Tk) broadcast over heads and queries
+        # (B, 1, 1, Tk) broadcast over heads and queries, or a per-query mask (B, 1, Tq, Tk) (local attention)
+        attn_mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, Tq, d)
@@ -146,17 +148,41 @@ def _activation(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return F.silu(h, inplace=True) if type(act) is nn.SiLU else F.relu(h, inplace=True)
 
 
+def band_mask(tq: int, tk: int, q_stride: int, kv_stride: int, window: int, device: torch.device) -> torch.Tensor:
+    """``(Tq, Tk)`` True where query ``i`` may attend key ``j`` in local attention of width ``window``.
+
+    Positions are in frames of the layer's input: query ``i`` covers ``[i*q_stride, (i+1)*q_stride)``, key ``j``
+    ``[j*kv_stride, (j+1)*kv_stride)``; a key is in the band when its span comes within ``window // 2``
+    frames of the query's (without pooling: ``|i - j| <= window // 2``). Built from ``arange`` on the traced
+    shapes, so it exports to ONNX with dynamic lengths.
+    """
+    half = window // 2
+    qi = torch.arange(tq, device=device)[:, None]  # (Tq, 1)
+    kj = torch.arange(tk, device=device)[None, :]  # (1, Tk)
+    return (kj * kv_stride < (qi + 1) * q_stride + half) & ((kj + 1) * kv_stride > qi * q_stride - half)
+
+
 class AttentionBody(SelfAttention):
     """The attention branch's body: MViT-style pooling of its input, then :class:`SelfAttention`.
 
     Queries are pooled by ``plan.q_stride`` (the output has the pooled length), keys/values by
-    ``plan.kv_stride``; the residual is pooled with the queries by :class:`Residual`.
+    ``plan.kv_stride``; the residual is pooled with the queries by :class:`Residual`. With ``window > 0`` the
+    attention is local (:func:`band_mask`); padded queries see every valid key (their output is not used),
+    so no softmax row is empty.
     """
 
     pools = True
 
+    def __init__(self, dim: int, num_heads: int, head_dim: int = 64, dropout: float = 0.0, window: int = 0) -> None:
+        super().__init__(dim, num_heads, head_dim, dropout)
+        self.window = int(window)
+
     def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
         hq, q_len, h_kv, kv_mask = pooled_attention_inputs(h, lengths, plan.q_stride, plan.kv_stride)
+        if self.window:
+            band = band_mask(hq.shape[1], h_kv.shape[1], plan.q_stride, plan.kv_stride, self.window, h.device)
+            q_pad = ~time_mask(q_len, hq.shape[1])  # (B, Tq)
+            kv_mask = kv_mask[:, None, :] & (band[None] | q_pad[:, :, None])  # (B, Tq, Tk)
         return self.attend(hq, kv_mask, h_kv), q_len
 
 
@@ -326,7 +352,7 @@ class BlockOptions:
 
 
 def _attn(spec: BlockSpec, o: BlockOptions, post_norm: bool) -> Residual:
-    body = AttentionBody(o.d_model, spec.heads, spec.head_dim, o.attention_dropout)
+    body = AttentionBody(o.d_model, spec.heads, spec.head_dim, o.attention_dropout, spec.window)
     return Residual(o.norm(), body, post_norm, dropout=o.dropout)
 
 

@@ -1,0 +1,117 @@
+"""Quantizing whole NeMo models: ``nemo-sew quantize MODEL.nemo --bits 4 --out q.nemo`` (PTQ), QAT conversion.
+
+The encoder's :class:`~nemo_sew.quant.QuantConfig` goes into ``cfg.encoder.quant`` and the active bit width
+into ``cfg.profile.weight_bits``, so ``ASRModel.restore_from`` rebuilds the packed parametrizations and
+runs at that width. The CTC head stays fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import open_dict
+
+from nemo_sew.quant.weights import QuantConfig, quantize_encoder, storage_bytes
+
+log = logging.getLogger(__name__)
+
+
+def sync_model_config(model: Any) -> None:
+    """Write the encoder's config (with its ``quant`` state) and active profile into ``model.cfg``."""
+    with open_dict(model._cfg):
+        model._cfg.encoder = {"_target_": model.cfg.encoder._target_, **model.encoder.config_dict()}
+    model._write_profile_to_cfg(model.encoder.profile)
+
+
+def quantize_model(model: Any, bits: int | tuple[int, ...], keep_fp: bool = False, group_size: int | None = 32,
+                   method: str = "minmax") -> QuantConfig:
+    """PTQ of a :class:`nemo_sew.SqueezeCTCModel`'s encoder (or convert a QAT model: its latent weights are
+    packed); afterwards the model runs at the lowest of ``bits``."""
+    enc = model.encoder
+    old = enc.quant_config
+    if old is not None and old.qat is not None:  # QAT -> packed: the fake-quant parametrizations are baked away
+        enc.quant_config = None
+    config = quantize_encoder(enc, bits, keep_fp=keep_fp, group_size=group_size, method=method)
+    enc.set_profile({**enc.profile.to_dict(), "weight_bits": config.active})
+    sync_model_config(model)
+    return config
+
+
+def quantize_nemo(src: str | Path, out: str | Path, bits: int | tuple[int, ...], keep_fp: bool = False,
+                  group_size: int | None = 32, method: str = "minmax") -> dict[str, Any]:
+    """Restore ``src``, quantize, save ``out``; returns the file sizes."""
+    from nemo.collections.asr.models import ASRModel
+
+    import nemo_sew  # noqa: F401  (registers our classes for restore_from)
+
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise FileNotFoundError(f"no such .nemo file: {src}")
+    model = ASRModel.restore_from(str(src), map_location="cpu").eval()
+    if not hasattr(model.encoder, "quant_config"):
+        raise ValueError(f"{src} does not hold a nemo_sew SqueezeEncoder (got {type(model.encoder).__name__})")
+    fp_bytes = storage_bytes(model)
+    config = quantize_model(model, bits, keep_fp, group_size, method)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save_to(str(out))
+    info = {
+        "bits": list(config.held), "keep_fp": keep_fp, "group_size": group_size, "method": method,
+        "src_bytes": src.stat().st_size, "out_bytes": out.stat().st_size,
+        "state_bytes_fp": fp_bytes, "state_bytes_quantized": storage_bytes(model),
+    }  # fmt: skip
+    info["file_ratio"] = info["out_bytes"] / info["src_bytes"]
+    return info
+
+
+def register(sub: Any) -> None:
+    """Add the ``quantize`` subcommand to the ``nemo-sew`` parser."""
+    p = sub.add_parser("quantize", help="PTQ: pack a .nemo's encoder weights at 8/4/2/1 bits (CTC head stays fp)")
+    p.add_argument("model", help="the fp (or QAT-trained) .nemo")
+    p.add_argument("--bits", type=int, nargs="+", required=True, choices=(8, 4, 2, 1),
+                   help="bit widths to hold (several: set_profile(weight_bits=...) switches between them)")
+    p.add_argument("--out", required=True, help="the quantized .nemo")
+    p.add_argument("--keep-fp", action="store_true", help="also keep the fp weights (weight_bits=16 stays available)")
+    p.add_argument("--group-size", type=int, default=32, help="4-bit columns per scale (32, 64, 128; 0 = per channel)")
+    p.add_argument("--method", choices=("minmax", "mse"), default="minmax", help="8/4-bit scale choice")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: Any) -> int:
+    info = quantize_nemo(args.model, args.out, tuple(args.bits), args.keep_fp, args.group_size or None, args.method)
+    print(f"wrote {args.out}: {info['out_bytes'] / 1e6:.2f} MB ({info['file_ratio']:.3f} x {args.model}); "
+          f"bits {info['bits']}, fp kept: {info['keep_fp']}")
+    return 0
+
+
+def tiny_ctc_config(preset: str = "tiny_mel", labels: str = "abcdefghijklmnopqrstuvwxyz' ", **encoder: Any) -> dict:
+    """A data-free :class:`nemo_sew.SqueezeCTCModel` config (log-mel preprocessor, char head) for tests/benches."""
+    from nemo_sew.encoder import encoder_config
+
+    return {
+        "sample_rate": 16000,
+        "labels": list(labels),
+        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+                         "sample_rate": 16000, "features": 80, "dither": 0.0, "pad_to": 0},
+        "spec_augment": None,
+        "encoder": {"_target_": "nemo_sew.SqueezeEncoder", **encoder_config(preset, **encoder)},
+        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": 0, "num_classes": len(labels),
+                    "vocabulary": list(labels)},
+    }  # fmt: skip
+
+
+def build_tiny_ctc(preset: str = "tiny_mel", **encoder: Any):
+    from omegaconf import OmegaConf
+
+    from nemo_sew import SqueezeCTCModel, build_encoder
+
+    cfg = tiny_ctc_config(preset, **encoder)
+    cfg["decoder"]["feat_in"] = build_encoder(preset, **encoder).d_model
+    return SqueezeCTCModel(cfg=OmegaConf.create(cfg)).eval()
+
+
+def logprobs(model: Any, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_signal=audio, input_signal_length=lengths)[0]

@@ -1,0 +1,263 @@
+"""ONNX of a quantized encoder or CTC model, in three forms.
+
+* ``qdq`` -- weight-only QDQ (opset 21): each quantized weight is an INT8 (8-bit) or INT4 (4/2/1-bit codes)
+  initializer feeding ``DequantizeLinear`` (per output channel: 1-D scales, ``axis``; per group: scales of the
+  weight's rank with ``block_size``), then the original consumer. What TensorRT builds strongly typed
+  (``trt/build_engines.py --qdq``) and onnxruntime runs on CPU. Parity with the eager (fake-quant / held)
+  model: :data:`QDQ_TOLERANCE` (the weights are bit-identical; only fp32 summation order differs).
+* ``matmul_nbits`` -- onnxruntime's 4-bit ``MatMulNBits`` (com.microsoft) for every MatMul whose weight is a
+  held 4-bit weight with power-of-two groups >= 16, built from *our* codes and scales (``q = code + 8``, the
+  op's default zero-point 8), so the weights are exactly the eager ones. (``onnxruntime.quantization``'s
+  ``MatMulNBitsQuantizer`` re-quantizes with its own scales -- ``amax / 8`` -- which moves weights that already
+  lie on our grid; hand-written packing avoids that.) Convs and the other weights keep QDQ.
+  ``accuracy_level=4`` computes with int8 activations (the fast kernel, :data:`ORT_TOLERANCE`), 0 in fp32.
+* ``int8_dynamic`` -- ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per channel, int8
+  activations quantized per batch): the int8 CPU fast path; compared with the int8 eager model at
+  :data:`ORT_TOLERANCE` (activation quantization adds error).
+
+How the QDQ pass finds the weights (hand-written; no library rewrites existing initializers into QDQ): the
+TorchScript exporter folds every parametrized weight into an fp32 initializer, possibly transposed (MatMul)
+or sliced (the 1x1 convs run as bmm). Each held weight's dequantized value is matched bit for bit against the
+initializers, as is, reshaped or transposed; every held weight must be found.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from nemo_sew.export.onnx import ExportResult, check_parity, export_onnx, read_metadata
+from nemo_sew.quant.weights import held_weights
+
+log = logging.getLogger("nemo_sew.quant")
+
+Form = Literal["qdq", "matmul_nbits", "int8_dynamic"]
+QDQ_OPSET = 21
+QDQ_TOLERANCE = 1e-4
+ORT_TOLERANCE = {"matmul_nbits": 0.15, "int8_dynamic": 0.15}
+"""Max abs difference on valid frames vs the eager quantized model (log-probs / encoder outputs)."""
+EXACT_QDQ_SESSION = {"session.qdq_matmulnbits_accuracy_level": "0"}
+"""onnxruntime fuses ``DequantizeLinear -> MatMul`` into ``MatMulNBits``; at its default accuracy level (4) that
+quantizes activations to int8 (fast, not exact). Level 0 keeps fp32 activations: the QDQ parity check uses it,
+so :data:`QDQ_TOLERANCE` holds; the default session is the int8-activation fast path (:data:`ORT_TOLERANCE`)."""
+
+
+@dataclass
+class QuantExport:
+    path: Path
+    form: str
+    bits: int
+    replaced: list[str] = field(default_factory=list)  # weights turned into QDQ (qdq form)
+    parity: Any = None
+
+
+def _encoder(obj: Any) -> Any:
+    return obj.encoder if hasattr(obj, "encoder") and hasattr(obj.encoder, "quant_config") else obj
+
+
+def _int_tensor(name: str, codes: np.ndarray, bits: int) -> TensorProto:
+    if bits == 8:
+        return numpy_helper.from_array(codes.astype(np.int8), name)
+    return helper.make_tensor(name, TensorProto.INT4, list(codes.shape), codes.astype(np.int8).flatten().tolist())
+
+
+def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset()) -> list[str]:
+    """Replace the fp32 initializers holding ``encoder``'s active quantized weights by INT8/INT4 + DQ nodes."""
+    bits = encoder.quant_config.active if encoder.quant_config is not None else 16
+    if bits == 16:
+        raise ValueError("the encoder runs fp weights: set_profile(weight_bits=...) to a held bit width first")
+    graph = proto.graph
+    # fp32 weights sit in initializers or in Constant nodes (what the exporter left unfolded)
+    holders: dict[str, Any] = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            if node.attribute[0].t.data_type == TensorProto.FLOAT and len(node.attribute[0].t.dims) >= 2:
+                holders[node.output[0]] = node
+    by_bytes: dict[tuple[int, bytes], str] = {}
+    for name, h in holders.items():
+        arr = numpy_helper.to_array(h if isinstance(h, TensorProto) else h.attribute[0].t)
+        if arr.ndim >= 2:
+            by_bytes[(arr.size, np.ascontiguousarray(arr).tobytes())] = name
+    new_nodes, replaced = [], []
+    for mod_name, _, held in held_weights(encoder):
+        if mod_name in skip:
+            continue
+        codes, scale = held.codes(bits)
+        out = codes.shape[0]
+        w2 = held.weight(bits).reshape(out, -1).numpy()  # what the forward reads, as (out, cols)
+        found = None
+        for transposed, cand in ((False, w2), (True, w2.T)):
+            name = by_bytes.get((cand.size, np.ascontiguousarray(cand).tobytes()))
+            if name is not None:
+                found = (name, transposed)
+                break
+        if found is None:
+            raise ValueError(f"quantized weight {mod_name}.weight was not found among the exported initializers")
+        name, transposed = found
+        holder = holders.pop(name)
+        target = holder if isinstance(holder, TensorProto) else holder.attribute[0].t
+        c2 = codes.reshape(out, -1).numpy()
+        s = scale.numpy().astype(np.float32)  # (out, groups)
+        base = f"{name}_q{bits}"
+        graph.initializer.append(_int_tensor(f"{base}_codes", c2, bits))
+        attrs: dict[str, int] = {"axis": 0}
+        if s.shape[1] == 1:
+            graph.initializer.append(numpy_helper.from_array(s[:, 0], f"{base}_scale"))
+        else:
+            graph.initializer.append(numpy_helper.from_array(s, f"{base}_scale"))
+            attrs = {"axis": 1, "block_size": c2.shape[1] // s.shape[1]}
+        y = f"{base}_dq"
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_codes", f"{base}_scale"], [y], name=f"{base}_DQ", **attrs))
+        if transposed:
+            new_nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], name=f"{base}_T", perm=[1, 0]))
+            y = f"{y}_t"
+        shape = list(target.dims)
+        (graph.initializer if isinstance(holder, TensorProto) else graph.node).remove(holder)
+        if shape != list(np.shape(w2.T if transposed else w2)):
+            graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{base}_shape"))
+            new_nodes.append(helper.make_node("Reshape", [y, f"{base}_shape"], [name], name=f"{base}_R"))
+        else:
+            new_nodes.append(helper.make_node("Identity", [y], [name], name=f"{base}_I"))
+        replaced.append(f"{mod_name}.weight")
+    for i, node in enumerate(new_nodes):  # producers first
+        graph.node.insert(i, node)
+    return replaced
+
+
+def matmul_nbits_weights(proto: onnx.ModelProto, encoder: Any, accuracy_level: int = 4) -> list[str]:
+    """Replace ``MatMul(A, W)`` by ``MatMulNBits`` where ``W`` is a held 4-bit weight (QDQ for the rest)."""
+    if encoder.quant_config is None or encoder.quant_config.active != 4:
+        raise ValueError("MatMulNBits needs an encoder running held 4-bit weights")
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_bytes = {}
+    for mod_name, _, held in held_weights(encoder):
+        codes, scale = held.codes(4)
+        out, cols = codes.shape[0], codes.numel() // codes.shape[0]
+        block = cols // scale.shape[1]
+        if scale.shape[1] == 1 or block < 16 or block & (block - 1):
+            continue  # per-channel fallback or a block MatMulNBits does not take: left to QDQ
+        wt = held.weight(4).reshape(out, -1).numpy().T  # (K, N): what MatMul's B holds
+        by_bytes[np.ascontiguousarray(wt).tobytes()] = (mod_name, codes.reshape(out, cols).numpy(), scale.numpy(), block)
+    replaced = []
+    for i, node in enumerate(list(graph.node)):
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            continue
+        t = inits[node.input[1]]
+        key = np.ascontiguousarray(numpy_helper.to_array(t)).tobytes() if len(t.dims) == 2 else None
+        if key not in by_bytes:
+            continue
+        mod_name, c, sc, block = by_bytes.pop(key)
+        n, k = c.shape
+        u = (c.astype(np.int16) + 8).astype(np.uint8).reshape(n, k // block, block)  # (N, blocks, block)
+        packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)  # low nibble first: (N, blocks, block/2)
+        base = f"{node.input[1]}_nbits"
+        graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_B"),
+                                  numpy_helper.from_array(sc.astype(np.float32).reshape(-1), f"{base}_scales")])
+        new = helper.make_node("MatMulNBits", [node.input[0], f"{base}_B", f"{base}_scales"], list(node.output),
+                               name=f"{base}_MatMulNBits", domain="com.microsoft", K=k, N=n, bits=4, block_size=block,
+                               accuracy_level=accuracy_level)  # fmt: skip
+        idx = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(idx, new)
+        if not any(t.name in n2.input for n2 in graph.node):
+            graph.initializer.remove(t)
+        replaced.append(f"{mod_name}.weight")
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    replaced_qdq = qdq_weights(proto, encoder, skip={r.removesuffix(".weight") for r in replaced})
+    return replaced + replaced_qdq
+
+
+def constants_to_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Move the fp tensors of ``Constant`` nodes (2+ dims: weights the exporter left unfolded) into initializers,
+    where ORT's quantizers look for weights."""
+    graph = proto.graph
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            if t.data_type == TensorProto.FLOAT and len(t.dims) >= 2:
+                init = TensorProto()
+                init.CopyFrom(t)
+                init.name = node.output[0]
+                graph.initializer.append(init)
+                graph.node.remove(node)
+    return proto
+
+
+def export_quantized_onnx(
+    model_or_encoder: Any,
+    path: str | Path,
+    form: Form = "qdq",
+    check: bool = True,
+    cases: int = 3,
+    encoder_only: bool = False,
+    tolerance: float | None = None,
+    accuracy_level: int = 4,
+) -> QuantExport:
+    """Export the active quantized profile of a model (or encoder) in ``form``; see the module docstring.
+
+    ``accuracy_level`` (``matmul_nbits``): 4 = int8 activations inside ``MatMulNBits`` (the fast CPU kernel),
+    0 = fp32 activations (exact: parity within :data:`QDQ_TOLERANCE`)."""
+    from onnx import version_converter
+
+    enc = _encoder(model_or_encoder)
+    cfg = enc.quant_config
+    bits = cfg.active if cfg is not None else 16
+    if bits == 16:
+        raise ValueError("the model runs fp weights: set_profile(weight_bits=8/4/2/1) to a held width first")
+    if form == "matmul_nbits" and bits != 4 or form == "int8_dynamic" and bits != 8:
+        raise ValueError(f"form {form!r} runs {4 if form == 'matmul_nbits' else 8}-bit weights; the model runs {bits}-bit")
+    path = Path(path)
+    fp_path = path.with_name(path.stem + ".dequantized.onnx")
+    base: ExportResult = export_onnx(model_or_encoder, fp_path, check=False, encoder_only=encoder_only)
+    proto = constants_to_initializers(onnx.load(str(fp_path)))
+    onnx.save(proto, str(fp_path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    result = QuantExport(path=path, form=form, bits=bits)
+    if form == "qdq":
+        proto = version_converter.convert_version(proto, QDQ_OPSET)
+        result.replaced = qdq_weights(proto, enc)
+        meta["opset"] = str(QDQ_OPSET)
+        tol = QDQ_TOLERANCE if tolerance is None else tolerance
+    elif form == "matmul_nbits":
+        proto = version_converter.convert_version(proto, QDQ_OPSET)
+        meta["opset"] = str(QDQ_OPSET)
+        result.replaced = matmul_nbits_weights(proto, enc, accuracy_level)
+        tol = (QDQ_TOLERANCE if accuracy_level == 0 else ORT_TOLERANCE[form]) if tolerance is None else tolerance
+    elif form == "int8_dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp_path), str(path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        proto = onnx.load(str(path))
+        tol = ORT_TOLERANCE[form] if tolerance is None else tolerance
+    else:
+        raise ValueError(f"expected form in ('qdq', 'matmul_nbits', 'int8_dynamic'), got {form!r}")
+    meta.update(quant_form=form, weight_bits=str(bits), precision="fp32")
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(path))
+    fp_path.unlink(missing_ok=True)
+    if check:
+        config = EXACT_QDQ_SESSION if form == "qdq" else None
+        result.parity = check_parity(model_or_encoder, path, tolerance=tol, cases=cases, encoder_only=encoder_only,
+                                     session_config=config)  # fmt: skip
+    log.info("exported %s (%s, %d-bit)", path, form, bits)
+    return result
+
+
+def initializer_bytes(path: str | Path) -> int:
+    """Bytes of a graph's initializers (INT4 packed two per byte)."""
+    proto = onnx.load(str(path))
+    return sum(len(t.raw_data) or t.ByteSize() for t in proto.graph.initializer)
+
+
+__all__ = ["QDQ_OPSET", "QDQ_TOLERANCE", "ORT_TOLERANCE", "QuantExport", "export_quantized_onnx", "qdq_weights",
+           "initializer_bytes", "read_metadata"]  # fmt: skip
