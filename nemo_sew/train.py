@@ -20,7 +20,8 @@ from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
-from nemo_sew.callbacks import ProgressLogger, TimeBudgetAnnealing, parse_max_time
+from nemo_sew.callbacks import ProgressLogger, StepRecorder, TimeBudgetAnnealing, parse_max_time
+from nemo_sew.resume import StepSeed
 
 log = logging.getLogger("nemo_sew.train")
 DEFAULT_TARGET = "nemo_sew.models.ctc.SqueezeCTCModel"
@@ -212,6 +213,10 @@ def train(cfg: DictConfig) -> ModelPT:
     every = cfg.get("progress_log_every", 25)
     if every:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ProgressLogger(int(every))]
+    if cfg.get("seed") is not None:  # each step's draws depend on (seed, step, rank) only: exact resume
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepSeed(int(cfg.seed))]
+    if cfg.get("step_log"):
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepRecorder(cfg.step_log)]
     budget = parse_max_time(cfg.trainer.get("max_time"))
     if cfg.get("anneal_to_max_time") and budget:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), TimeBudgetAnnealing(budget)]

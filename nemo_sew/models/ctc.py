@@ -159,9 +159,30 @@ class DataGuardMixin:
             config.manifest_filepath = checked if len(checked) > 1 else checked[0]
         return config
 
+    def _make_train_resumable(self, config: DictConfig | None) -> None:
+        """Swap NeMo's training loader for a resumable one (same batches; the order fixed by ``seed`` and the
+        epoch, the position stored in checkpoints): see :mod:`nemo_sew.resume`."""
+        from nemo_sew.resume import make_resumable
+
+        if getattr(self, "_train_dl", None) is None or config is None or not config.get("resumable", True):
+            return
+        seed = config.get("seed")
+        seed = int(seed) if seed is not None else torch.initial_seed()  # seed_everything's seed in `nemo-sew train`
+        self._train_dl = make_resumable(self._train_dl, seed=seed, rank=self.global_rank, world=self.world_size)
+
+    def on_train_batch_start(self, batch, batch_idx, unused: int = 0):
+        from nemo_sew.resume import consumed_one_batch
+
+        trainer = getattr(self, "_trainer", None)
+        consumed_one_batch(trainer.train_dataloader if trainer is not None else self._train_dl)
+        return super().on_train_batch_start(batch, batch_idx)
+
     # training, validation and test data are validated; transcription inputs are checked in transcribe()
     def setup_training_data(self, train_data_config: DictConfig | dict | None):
-        return super().setup_training_data(self._validated(_as_dictconfig(train_data_config)))
+        config = self._validated(_as_dictconfig(train_data_config))
+        out = super().setup_training_data(config)
+        self._make_train_resumable(config)
+        return out
 
     def setup_validation_data(self, val_data_config: DictConfig | dict | None):
         return super().setup_validation_data(self._validated(_as_dictconfig(val_data_config)))
@@ -254,6 +275,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         log_gate_stats(self, out.stats)
         logs = {"train_loss": loss.detach(), "learning_rate": self._optimizer.param_groups[0]["lr"],
                 "global_step": torch.tensor(step, dtype=torch.float32)}  # fmt: skip
+        self.last_step_stats = out.stats  # what this rank ran at this step (read by callbacks.StepRecorder)
         every = self._trainer.log_every_n_steps if getattr(self, "_trainer", None) is not None else 1
         if (batch_nb + 1) % every == 0:  # NeMo's training WER, on the same schedule as its training_step
             self.wer.update(predictions=log_probs, targets=transcript, targets_lengths=transcript_len,
