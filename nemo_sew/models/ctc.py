@@ -82,6 +82,20 @@ class ProfileAPIMixin:
     def profile(self) -> CompressionProfile:
         return self.encoder.profile
 
+    def save_to(self, save_path: str) -> None:
+        """NeMo's ``save_to``, atomic: the ``.nemo`` is written to a temporary file beside ``save_path`` and
+        renamed over it, so a kill during the save leaves the previous file intact (NeMo writes the tar in place)."""
+        import os
+
+        path = Path(save_path).expanduser().resolve()
+        partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.nemo")
+        try:
+            super().save_to(str(partial))
+            if partial.exists():  # NeMo writes on global rank 0 only
+                os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
     def set_profile(self, profile: ProfileLike | str, default: bool = True) -> CompressionProfile:
         """Run the encoder at ``profile`` (a CompressionProfile, a dict, a squeeze factor or a named profile).
 
