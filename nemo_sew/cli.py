@@ -27,12 +27,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import nemo_sew  # noqa: F401
-    from nemo.collections.asr.models import ASRModel
-
     from nemo_sew.evaluate import evaluate
+    from nemo_sew.safe_load import restore
 
-    model = ASRModel.restore_from(args.model, map_location="cpu")
+    model = restore(args.model)
     result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile)
     print(result.to_json())
     return 0
@@ -55,13 +53,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import nemo_sew  # noqa: F401
-    from nemo.collections.asr.models import ASRModel
-
     from nemo_sew.profile import load_profiles
+    from nemo_sew.safe_load import restore
     from nemo_sew.sweep import sweep
 
-    model = ASRModel.restore_from(args.model, map_location="cpu")
+    model = restore(args.model)
     rows = sweep(
         model, args.manifest, load_profiles(args.profiles), args.out, batch_size=args.batch_size,
         command="nemo-sew " + " ".join(args.argv),

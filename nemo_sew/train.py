@@ -73,10 +73,11 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
     For a stochastic checkpoint: the sampler is switched off (and removed from the saved config), the
     weights and the factor-agnostic expander are kept, data and optimiser come from ``cfg.model``.
     """
-    from nemo.collections.asr.models import ASRModel
     from omegaconf import open_dict
 
-    model = ASRModel.restore_from(str(cfg.init_from_nemo), map_location="cpu")
+    from nemo_sew.safe_load import restore
+
+    model = restore(cfg.init_from_nemo)
     model.encoder.disable_sampler()  # the stored arch keeps the factor-agnostic expander
     with open_dict(model.cfg):
         model.cfg.encoder.squeeze_sampler = None
@@ -94,16 +95,15 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
 
 def _load_checkpoint(path: str | Path) -> tuple[DictConfig, dict]:
     """(model config, state dict) of a ``.nemo`` file or a Lightning ``.ckpt``."""
-    import torch
-    from nemo.core.classes import ModelPT as _ModelPT
+    from nemo_sew.safe_load import load_checkpoint, restore
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pre-trained checkpoint not found: {path}")
     if path.suffix == ".nemo":
-        model = _ModelPT.restore_from(str(path), map_location="cpu")
+        model = restore(path)
         return model.cfg, model.state_dict()
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)  # weights_only=True with the plain-data globals of Lightning checkpoints
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict / hyper_parameters)")
     hp = ckpt["hyper_parameters"]
