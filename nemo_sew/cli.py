@@ -333,14 +333,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user's input causes (a missing or bad file, a wrong option or override): one line, no traceback."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from manifests.audio import AudioError
+
+    return (OSError, ValueError, KeyError, AudioError, OmegaConfBaseException, MisconfigurationException)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    verbose = "--verbose" in argv  # accepted after the command too
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
+    args.verbose = args.verbose or verbose
     args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        if args.verbose:
+            raise
+        message = " ".join(str(err).split()) if not isinstance(err, KeyError) else f"missing key {err}"
+        print(f"nemo-sew {args.command}: error: {message} ({type(err).__name__}; --verbose for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -235,7 +235,8 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             for path in paths:
                 if str(path).endswith((".json", ".jsonl")):
                     continue  # a manifest: NeMo reads it
-                wav, sr = load_audio(path, expected_sample_rate=None)
+                # mono at the model's rate, as training and evaluation require (AudioError naming the file)
+                wav, sr = load_audio(path, expected_sample_rate=int(self.cfg.get("sample_rate", 16000)))
                 if len(wav) / sr < min_seconds:
                     raise ValueError(
                         f"{path}: {len(wav) / sr:.3f} s is shorter than this model's minimum input "

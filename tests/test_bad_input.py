@@ -1,0 +1,102 @@
+"""Bad input through every entry point (issue 14, items 5 and 6): the README's "Bad input" statements.
+
+- evaluate / sweep / onnxruntime transcribe skip bad manifest lines the way training does, and count them;
+- a CLI error a user causes is one line naming the file (``--verbose`` gives the traceback);
+- stereo and wrong-rate audio are refused naming the file, in ``transcribe()`` as in manifests;
+- silence transcribes to an empty transcript; text outside the vocabulary never crashes evaluation.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from manifests.audio import AudioError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_corpus, tmp_path_factory):
+    from test_models import _cfg
+
+    from nemo_sew.train import build_model
+
+    path = tmp_path_factory.mktemp("bad_input") / "tiny.nemo"
+    build_model(_cfg(tiny_corpus)).save_to(str(path))
+    return path
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "nemo_sew.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def _manifest_with_bad_lines(tiny_corpus, tmp_path) -> tuple[Path, int]:
+    lines = Path(tiny_corpus["train"]["manifest"]).read_text().splitlines()[:3]
+    good = [json.loads(x) for x in lines]
+    for entry in good:
+        entry["audio_filepath"] = str(Path(tiny_corpus["train"]["manifest"]).parent / entry["audio_filepath"])
+    odd = dict(good[0], text="café 東京 ☃ ½")  # characters outside the vocabulary: evaluated, not a crash
+    out = tmp_path / "bad.json"
+    out.write_text("\n".join([json.dumps(good[0]), '{"audio_filepath": "x.wav", "duration": 1.0,', json.dumps(good[1]),
+                              json.dumps(dict(good[2], audio_filepath=str(tmp_path / "missing.wav"))), json.dumps(odd)]) + "\n")  # fmt: skip
+    return out, 3
+
+
+def test_evaluate_skips_malformed_lines_and_counts_them(tiny_model, tiny_corpus, tmp_path):
+    manifest, kept = _manifest_with_bad_lines(tiny_corpus, tmp_path)
+    proc = _cli("evaluate", tiny_model, "--manifest", manifest, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["utterances"] == kept and result["skipped"] == 2
+    assert [line for line, _, _ in result["skipped_lines"]] == [2, 4]
+    assert "malformed JSON" in result["skipped_lines"][0][2] and "missing.wav" in result["skipped_lines"][1][1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_sweep_counts_skips_per_profile(tiny_model, tiny_corpus, tmp_path):
+    from nemo_sew.safe_load import restore
+    from nemo_sew.sweep import sweep
+
+    manifest, kept = _manifest_with_bad_lines(tiny_corpus, tmp_path)
+    rows = sweep(restore(tiny_model), manifest, {"s2": {"squeeze": 2}}, tmp_path / "sweep", batch_size=4, command="test")
+    assert rows[0]["skipped"] == 2 and rows[0]["utterances"] == kept
+
+
+def test_cli_errors_are_one_line_naming_the_file(tiny_model, tmp_path):
+    proc = _cli("evaluate", tmp_path / "nowhere.nemo", "--manifest", tmp_path / "m.json", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("nemo-sew evaluate: error:")]
+    assert len(errors) == 1 and "nowhere.nemo" in errors[0]
+    proc = _cli("evaluate", tiny_model, "--manifest", tmp_path / "m.json", cwd=tmp_path)  # a missing manifest
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "m.json" in proc.stderr
+    proc = _cli("train", tmp_path / "no_recipe.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "no_recipe.yaml" in proc.stderr
+    verbose = _cli("evaluate", tmp_path / "nowhere.nemo", "--manifest", tmp_path / "m.json", "--verbose", cwd=tmp_path)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_stereo_and_wrong_rate_are_refused_naming_the_file_silence_is_empty(tiny_model, tmp_path):
+    from nemo_sew.safe_load import restore
+
+    model = restore(tiny_model).eval()
+    rng = np.random.default_rng(0)
+    stereo, slow = tmp_path / "stereo.wav", tmp_path / "rate8k.wav"
+    sf.write(stereo, rng.standard_normal((16000, 2)) * 0.1, 16000)
+    sf.write(slow, rng.standard_normal(8000) * 0.1, 8000)
+    with pytest.raises(AudioError, match="stereo.wav.*channel"):
+        model.transcribe([str(stereo)])
+    with pytest.raises(AudioError, match="rate8k.wav.*16000"):
+        model.transcribe([str(slow)])
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(40 * 16000, dtype=np.float32), 16000)
+    (hyp,) = model.transcribe([str(silence)], verbose=False)
+    assert hyp.text.strip() == "" or set(hyp.text) <= set(model.cfg.labels)  # blank-only or labels, never an error
