@@ -6,6 +6,7 @@
     nemo-sew train recipes/ctc_char_tiny_mel.yaml model.train_ds.manifest_filepath=... save_to=model.nemo
     nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--profile 2]
     nemo-sew demo
+    nemo-sew doctor [manifests...]
 """
 
 from __future__ import annotations
@@ -178,6 +179,15 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     return _emit(cpu_markdown(result), args)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from nemo_sew.doctor import doctor
+
+    findings = doctor(args.manifests, sample_rate=args.sample_rate)
+    for finding in findings:
+        print(finding.line())
+    return 1 if any(f.level == "FAIL" for f in findings) else 0
+
+
 def _profile_arg(text: str):
     try:
         return float(text)
@@ -194,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     manifests_cli.register(sub)
     for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli"):
         importlib.import_module(module).register(sub)
+
+    p = sub.add_parser("doctor", help="check the environment (packages, CUDA, bf16, corpus tools) and manifests")
+    p.add_argument("manifests", nargs="*", help="NeMo manifests to validate as training would")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
     p.add_argument("recipe")
