@@ -104,3 +104,25 @@ def test_stereo_and_wrong_rate_are_refused_naming_the_file_silence_is_empty(tiny
     sf.write(silence, np.zeros(40 * 16000, dtype=np.float32), 16000)
     (hyp,) = model.transcribe([str(silence)], verbose=False)
     assert hyp.text.strip() == "" or set(hyp.text) <= set(model.cfg.labels)  # blank-only or labels, never an error
+
+
+def test_training_skips_text_outside_the_vocabulary_with_a_log_line(tiny_corpus, tmp_path, caplog):
+    from test_models import _cfg
+
+    from nemo_sew.train import build_model
+
+    source = Path(tiny_corpus["train"]["manifest"])
+    entries = [json.loads(x) for x in source.read_text().splitlines()[:4]]
+    for e in entries:
+        e["audio_filepath"] = str(source.parent / e["audio_filepath"])
+    entries[1]["text"] = "ein café in 東京"
+    entries[2]["text"] = "snow man ☃ here"
+    manifest = tmp_path / "oov.json"
+    manifest.write_text("\n".join(json.dumps(e) for e in entries) + "\n")
+    cfg = _cfg(tiny_corpus)
+    cfg.model.train_ds.manifest_filepath = str(manifest)
+    with caplog.at_level("WARNING", logger="nemo_sew.manifests"):
+        model = build_model(cfg)
+    assert len(model._train_dl.dataset) == 2
+    skips = [r.getMessage() for r in caplog.records if "outside the vocabulary" in r.getMessage()]
+    assert len(skips) == 2 and ":2:" in skips[0] and "é" in skips[0] and "東" in skips[0] and ":3:" in skips[1]

@@ -167,7 +167,13 @@ class DataGuardMixin:
             report.raise_if_empty()
             if report.skipped:
                 log.warning("%s: skipped %d bad entries (see warnings above)", path, len(report.skipped))
-            checked.append(str(report.out_path))
+            out_path = report.out_path
+            labels = config.get("labels") or self.cfg.get("labels")
+            if labels and config.get("check_vocabulary", True):  # char models: transcripts the labels can spell
+                from nemo_sew.vocab_check import drop_out_of_vocabulary
+
+                out_path, _ = drop_out_of_vocabulary(out_path, list(labels), str(config.get("parser", "en") or "en"))
+            checked.append(str(out_path))
         config = config.copy()
         with open_dict(config):
             config.manifest_filepath = checked if len(checked) > 1 else checked[0]
