@@ -17,6 +17,7 @@ their epoch from the first batch. The batches are still NeMo's (its semi-sorted 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from typing import Any, Iterator
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 log = logging.getLogger("nemo_sew.resume")
+_END = object()
 
 
 def _seed_all(seed_words: list[int]) -> None:
@@ -97,14 +99,22 @@ class ResumableBatchSampler(DistributedSampler):
 
     # ------------------------------------------------------------------------------------------ order
 
-    def _epoch_order(self) -> list:
-        """All of this rank's batches of the current epoch: the inner sampler run with RNGs seeded by (seed, epoch)."""
-        if hasattr(self.inner, "set_epoch"):
-            self.inner.set_epoch(self.epoch)
+    def _inner_batches(self) -> Iterator:
+        """The inner batch sampler's batches of this epoch, lazily (a lhotse sampler may be long or unbounded).
+        Its first batch is drawn with RNGs seeded by (seed, epoch): NeMo's semi-sorted sampler draws its
+        duration noise from numpy's global RNG there; lhotse samplers seed themselves from their seed and epoch."""
+        iterator = iter(self.inner)
         with _SeededRNG([self.seed, self.epoch]):
-            items = list(iter(self.inner))  # indices or index lists: no audio is read here
-        if self.batches_from_inner:
-            return items
+            first = next(iterator, _END)
+        if first is not _END:
+            yield first
+            yield from iterator
+
+    def _epoch_order(self) -> list:
+        """All of this rank's batches of the current epoch (per-sample inner samplers: indices only, no audio),
+        the inner sampler run with RNGs seeded by (seed, epoch)."""
+        with _SeededRNG([self.seed, self.epoch]):
+            items = list(iter(self.inner))
         world, b = self.num_replicas, int(self.batch_size)
         if world > 1:
             pad = (-len(items)) % world
@@ -116,12 +126,14 @@ class ResumableBatchSampler(DistributedSampler):
         return batches
 
     def __iter__(self) -> Iterator:
-        batches = self._epoch_order()
+        if hasattr(self.inner, "set_epoch"):
+            self.inner.set_epoch(self.epoch)
+        batches = self._inner_batches() if self.batches_from_inner else iter(self._epoch_order())
         skip, self._skip = self._skip, 0
         if skip:
-            log.info("resuming epoch %d at batch %d of %d", self.epoch, skip, len(batches))
+            log.info("resuming epoch %d at batch %d", self.epoch, skip)
         self.consumed = skip
-        return iter(batches[skip:])
+        return itertools.islice(batches, skip, None)  # the skipped batches are index lists or cut metadata only
 
     def __len__(self) -> int:
         if self.batches_from_inner:

@@ -97,6 +97,7 @@ def test_kill_9_after_a_checkpoint_and_resume_equals_an_uninterrupted_run(tiny_c
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
     done_before = max(_steps(killed))
+    records_before = len((killed / "steps.rank0.jsonl").read_text().splitlines())
     saved = max(int(p.name.split("step=")[1].split("-")[0].split(".")[0]) for p in _checkpoints(killed))
     assert saved < STEPS and done_before < STEPS
 
@@ -107,9 +108,8 @@ def test_kill_9_after_a_checkpoint_and_resume_equals_an_uninterrupted_run(tiny_c
 
     # the second run started after the last checkpoint, not from step 1
     records = [json.loads(x) for x in (killed / "steps.rank0.jsonl").read_text().splitlines()]
-    steps_run = [r["step"] for r in records]
-    restart = next(i for i in range(1, len(steps_run)) if steps_run[i] <= steps_run[i - 1])
-    assert steps_run[restart] == saved + 1, f"resumed at step {steps_run[restart]}, last checkpoint at {saved}"
+    first_resumed = records[records_before]["step"]
+    assert first_resumed == saved + 1, f"resumed at step {first_resumed}, last checkpoint at {saved}"
 
     # the same batches, squeeze draws, losses and learning rates, step by step
     a, b = _steps(straight), _steps(killed)
@@ -171,3 +171,27 @@ def test_ranks_split_the_batches_of_one_process():
     assert len(ranks[0]) == len(ranks[1]) == len(single)
     for k, batch in enumerate(single):
         assert sorted(ranks[0][k] + ranks[1][k]) == sorted(batch)
+
+
+def test_a_lhotse_sampler_resumes_with_the_next_batch(tiny_corpus):
+    from lhotse import CutSet
+    from lhotse.dataset import DynamicBucketingSampler
+
+    cuts = CutSet.from_file(tiny_corpus["train"]["cuts"])
+
+    def sampler():
+        inner = DynamicBucketingSampler(cuts, max_duration=12.0, num_buckets=2, shuffle=True, seed=0)
+        return ResumableBatchSampler(inner, seed=4, batches_from_inner=True)
+
+    run = sampler()
+    run.set_epoch(1)
+    seen = []
+    for batch in run:
+        run.mark_consumed()
+        seen.append([c.id for c in batch])
+        if len(seen) == 2:
+            state = run.state_dict()
+    assert len(seen) > 3
+    resumed = sampler()
+    resumed.load_state_dict(state)
+    assert [[c.id for c in batch] for batch in resumed] == seen[2:]
