@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import lightning.pytorch as pl
@@ -59,13 +61,27 @@ class TimeBudgetAnnealing(pl.Callback):
     when that comes first), so the learning rate reaches its minimum when training stops, on a fast
     machine or a slow one.
     Written by hand: neither Lightning nor NeMo anneals to a time budget.
+
+    The time already spent travels in checkpoints (``state_dict``): a run killed after 10 minutes of an
+    18-minute budget and resumed has 8 minutes left, not 18 (the rate is global steps over all the time spent).
     """
 
     def __init__(self, max_seconds: float, every_n_steps: int = 50, clock: Callable[[], float] = time.perf_counter) -> None:
         self.max_seconds = max_seconds
         self.every_n_steps = every_n_steps
         self.clock = clock
-        self._start = 0.0
+        self._start: float | None = None
+        self._spent_before = 0.0  # seconds spent by earlier runs of a resumed training (from the checkpoint)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier (killed) runs included."""
+        return self._spent_before + (self.clock() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed": self.elapsed()}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._spent_before = float(state.get("elapsed", 0.0))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self.clock()
@@ -74,8 +90,8 @@ class TimeBudgetAnnealing(pl.Callback):
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps:
             return
-        elapsed = self.clock() - self._start
-        total = int(step + max(self.max_seconds - elapsed, 0.0) * step / elapsed)
+        elapsed = self.elapsed()
+        total = int(step + max(self.max_seconds - elapsed, 0.0) * step / max(elapsed, 1e-9))
         if trainer.max_steps > 0:  # trainer.max_steps stops the run first: anneal by then
             total = min(total, trainer.max_steps)
         for config in trainer.lr_scheduler_configs:
@@ -85,3 +101,35 @@ class TimeBudgetAnnealing(pl.Callback):
             fixed = getattr(sched, "warmup_steps", 0) + getattr(sched, "constant_steps", 0)
             sched.max_steps = max(total, fixed + 1)
             sched.decay_steps = sched.max_steps - fixed
+
+
+class StepRecorder(pl.Callback):
+    """Appends one JSON line per training step to ``<path stem>.rank<r><suffix>``: the rank, global step, the
+    squeeze the encoder ran, the batch (audio lengths and transcript sums, which identify its utterances),
+    the loss and the learning rate. A resumed run appends to the killed run's file.
+
+    ``nemo-sew train ... step_log=outputs/steps.jsonl``; the resume and DDP tests compare these records.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def rank_path(self, rank: int) -> Path:
+        return self.path.with_name(f"{self.path.stem}.rank{rank}{self.path.suffix}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stats = getattr(pl_module, "last_step_stats", None) or {}
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        record = {
+            "rank": trainer.global_rank,
+            "step": trainer.global_step,  # after this batch's optimizer step
+            "squeeze": stats.get("squeeze"),
+            "lengths": [int(x) for x in batch[1].tolist()] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None,
+            "targets": [int(x) for x in batch[2].sum(dim=-1).tolist()] if isinstance(batch, (list, tuple)) and len(batch) > 2 else None,
+            "loss": float(loss) if loss is not None else None,
+            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+        }
+        path = self.rank_path(trainer.global_rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")

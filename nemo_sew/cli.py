@@ -6,6 +6,7 @@
     nemo-sew train recipes/ctc_char_tiny_mel.yaml model.train_ds.manifest_filepath=... save_to=model.nemo
     nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--profile 2]
     nemo-sew demo
+    nemo-sew doctor [manifests...]
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import nemo_sew  # noqa: F401
-    from nemo.collections.asr.models import ASRModel
-
     from nemo_sew.evaluate import evaluate
+    from nemo_sew.safe_load import restore
 
-    model = ASRModel.restore_from(args.model, map_location="cpu")
+    model = restore(args.model)
     result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile)
     print(result.to_json())
     return 0
@@ -55,13 +54,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import nemo_sew  # noqa: F401
-    from nemo.collections.asr.models import ASRModel
-
     from nemo_sew.profile import load_profiles
+    from nemo_sew.safe_load import restore
     from nemo_sew.sweep import sweep
 
-    model = ASRModel.restore_from(args.model, map_location="cpu")
+    model = restore(args.model)
     rows = sweep(
         model, args.manifest, load_profiles(args.profiles), args.out, batch_size=args.batch_size,
         command="nemo-sew " + " ".join(args.argv),
@@ -215,6 +212,15 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     return _emit(cpu_markdown(result), args)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from nemo_sew.doctor import doctor
+
+    findings = doctor(args.manifests, sample_rate=args.sample_rate)
+    for finding in findings:
+        print(finding.line())
+    return 1 if any(f.level == "FAIL" for f in findings) else 0
+
+
 def _profile_arg(text: str):
     try:
         return float(text)
@@ -231,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     manifests_cli.register(sub)
     for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli", "nemo_sew.quant.model"):
         importlib.import_module(module).register(sub)
+
+    p = sub.add_parser("doctor", help="check the environment (packages, CUDA, bf16, corpus tools) and manifests")
+    p.add_argument("manifests", nargs="*", help="NeMo manifests to validate as training would")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
     p.add_argument("recipe")
@@ -408,14 +419,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user's input causes (a missing or bad file, a wrong option or override): one line, no traceback."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from manifests.audio import AudioError
+
+    return (OSError, ValueError, KeyError, AudioError, OmegaConfBaseException, MisconfigurationException)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    verbose = "--verbose" in argv  # accepted after the command too
+    args = build_parser().parse_args([a for a in argv if a != "--verbose"])
+    args.verbose = args.verbose or verbose
     args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as err:
+        if args.verbose:
+            raise
+        message = " ".join(str(err).split()) if not isinstance(err, KeyError) else f"missing key {err}"
+        print(f"nemo-sew {args.command}: error: {message} ({type(err).__name__}; --verbose for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

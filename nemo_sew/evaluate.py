@@ -57,6 +57,19 @@ def error_rates(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[f
     )
 
 
+def checked_manifest(model, manifest: str | Path) -> tuple[Path, list]:
+    """Validate ``manifest`` the way training does (:func:`manifests.validate.validate_manifest`: malformed
+    lines, missing or unreadable audio, multi-channel or wrong-rate audio, clips too short for the model's
+    active profile are logged skips); the checked manifest's path and the skipped lines.
+    Raises ``ValueError`` naming the manifest when no line is usable."""
+    from manifests.validate import validate_manifest
+
+    min_seconds = model.min_input_seconds() if hasattr(model, "min_input_seconds") else 0.0
+    report = validate_manifest(manifest, sample_rate=int(model.cfg.get("sample_rate", 16000)), min_duration=min_seconds)
+    report.raise_if_empty()
+    return report.out_path, list(report.skipped)
+
+
 def transcribe_manifest(model, manifest: str | Path, batch_size: int = 16, profile=None) -> tuple[list[str], list[str]]:
     """Greedy CTC transcripts of every manifest entry (through NeMo's ``transcribe``) and the references."""
     entries = read_manifest(manifest)
@@ -193,6 +206,8 @@ class EvalResult:
     encoder_gmacs_mean: float = 0.0  # mean over utterances
     depth_per_utterance: list[float] = field(default_factory=list)  # realised I3D depth (gated encoders only)
     depth_mean: float | None = None
+    skipped: int = 0  # manifest lines skipped by validation (logged with their reason)
+    skipped_lines: list = field(default_factory=list)  # [line number, file, reason]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -200,7 +215,9 @@ class EvalResult:
 
 def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) -> EvalResult:
     """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``."""
+    source = manifest
     with model.profile_scope(profile):
+        manifest, skipped = checked_manifest(model, source)  # bad lines: logged skips, counted in the result
         hyps, refs = transcribe_manifest(model, manifest, batch_size=batch_size)
         wer, cer = error_rates(hyps, refs)
         hop = float(model.cfg.preprocessor.get("window_stride", 0.01) or 0.01)
@@ -214,7 +231,7 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
         lat = measure_latency(model)
         active = model.profile.to_dict()
     return EvalResult(
-        manifest=str(manifest),
+        manifest=str(source),
         utterances=len(refs),
         wer=wer,
         cer=cer,
@@ -227,4 +244,6 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
         encoder_gmacs_mean=float(per_utt.mean()),
         depth_per_utterance=depth,
         depth_mean=sum(depth) / len(depth) if depth else None,
+        skipped=len(skipped),
+        skipped_lines=[list(skip) for skip in skipped],
     )

@@ -129,10 +129,9 @@ def pick(sweep_json: str | Path, max_latency_ms: float | None = None, min_rtfx: 
 
 def write_default_profile(model_path: str | Path, row: dict, out_path: str | Path) -> Path:
     """Save a copy of the model whose default profile (``cfg.profile``) is the picked row's."""
-    import nemo_sew  # noqa: F401
-    from nemo.collections.asr.models import ASRModel
+    from nemo_sew.safe_load import restore
 
-    model = ASRModel.restore_from(str(model_path), map_location="cpu")
+    model = restore(model_path)
     fields = {k: v for k, v in row["profile"].items() if k != "name"}
     model.set_profile(CompressionProfile.from_dict({**fields, "name": row["name"]}))
     model.save_to(str(out_path))

@@ -20,7 +20,8 @@ from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
-from nemo_sew.callbacks import ProgressLogger, TimeBudgetAnnealing, parse_max_time
+from nemo_sew.callbacks import ProgressLogger, StepRecorder, TimeBudgetAnnealing, parse_max_time
+from nemo_sew.resume import StepSeed
 
 log = logging.getLogger("nemo_sew.train")
 DEFAULT_TARGET = "nemo_sew.models.ctc.SqueezeCTCModel"
@@ -72,10 +73,11 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
     For a stochastic checkpoint: the sampler is switched off (and removed from the saved config), the
     weights and the factor-agnostic expander are kept, data and optimiser come from ``cfg.model``.
     """
-    from nemo.collections.asr.models import ASRModel
     from omegaconf import open_dict
 
-    model = ASRModel.restore_from(str(cfg.init_from_nemo), map_location="cpu")
+    from nemo_sew.safe_load import restore
+
+    model = restore(cfg.init_from_nemo)
     model.encoder.disable_sampler()  # the stored arch keeps the factor-agnostic expander
     if cfg.get("qat"):  # QAT: fake-quantize every encoder weight (straight-through); `nemo-sew quantize` packs after
         from nemo_sew.quant import prepare_qat
@@ -99,16 +101,15 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
 
 def _load_checkpoint(path: str | Path) -> tuple[DictConfig, dict]:
     """(model config, state dict) of a ``.nemo`` file or a Lightning ``.ckpt``."""
-    import torch
-    from nemo.core.classes import ModelPT as _ModelPT
+    from nemo_sew.safe_load import load_checkpoint, restore
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pre-trained checkpoint not found: {path}")
     if path.suffix == ".nemo":
-        model = _ModelPT.restore_from(str(path), map_location="cpu")
+        model = restore(path)
         return model.cfg, model.state_dict()
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)  # weights_only=True with the plain-data globals of Lightning checkpoints
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path}: not a Lightning checkpoint (no state_dict / hyper_parameters)")
     hp = ckpt["hyper_parameters"]
@@ -219,6 +220,10 @@ def train(cfg: DictConfig) -> ModelPT:
     every = cfg.get("progress_log_every", 25)
     if every:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ProgressLogger(int(every))]
+    if cfg.get("seed") is not None:  # each step's draws depend on (seed, step, rank) only: exact resume
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepSeed(int(cfg.seed))]
+    if cfg.get("step_log"):
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepRecorder(cfg.step_log)]
     budget = parse_max_time(cfg.trainer.get("max_time"))
     if cfg.get("anneal_to_max_time") and budget:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), TimeBudgetAnnealing(budget)]

@@ -48,3 +48,46 @@ def test_time_budget_never_plans_past_max_steps():
     trainer.global_step = 100
     cb.on_train_batch_end(trainer, None, None, None, 99)
     assert sched.max_steps == 150 and sched.decay_steps == 140
+
+
+class _Tiny(__import__("lightning.pytorch", fromlist=["LightningModule"]).LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.w(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        data = torch.utils.data.TensorDataset(torch.randn(8, 2))
+        return torch.utils.data.DataLoader(data, batch_size=2)
+
+
+def test_time_budget_counts_the_time_spent_before_a_resume(tmp_path):
+    """A resumed run continues the budget: the time of the killed run comes back from the checkpoint."""
+    import lightning.pytorch as pl
+
+    now = [0.0]
+
+    def clock():
+        now[0] += 10.0  # every call: 10 s later
+        return now[0]
+
+    def trainer(cb, steps):
+        return pl.Trainer(max_steps=steps, callbacks=[cb], logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+
+    first = TimeBudgetAnnealing(max_seconds=1000.0, every_n_steps=1000, clock=clock)
+    run = trainer(first, 3)
+    run.fit(_Tiny())
+    spent = first.elapsed()
+    assert spent > 0
+    run.save_checkpoint(tmp_path / "a.ckpt")
+
+    second = TimeBudgetAnnealing(max_seconds=1000.0, every_n_steps=1000, clock=clock)
+    trainer(second, 4).fit(_Tiny(), ckpt_path=tmp_path / "a.ckpt")
+    assert second.elapsed() > spent + 10.0  # what the first run spent, plus this run's time so far
+    assert second._spent_before >= spent

@@ -205,13 +205,16 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, A
 
     ``allow_pickle=True`` runs ``torch.load(weights_only=False)``: only use it on files you trust.
     """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as err:  # torch raises UnpicklingError (or others) for non-allowlisted objects
-        if allow_pickle:
-            raise
-        raise ValueError(
-            f"{path}: cannot read with torch.load(weights_only=True) ({type(err).__name__}); if you trust the file, "
+    if allow_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    from nemo_sew.safe_load import UnsafeCheckpointError
+    from nemo_sew.safe_load import load_checkpoint as safe_load
+
+    try:  # weights_only=True with the plain-data globals of fairseq checkpoints (OmegaConf, argparse.Namespace)
+        return safe_load(path)
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(
+            f"{err}; if you trust the file, "
             f"pass allow_pickle=True (older fairseq checkpoints store Python objects)"
         ) from err
 

@@ -125,9 +125,12 @@ def _inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.manifest and args.audio:
         raise ValueError("give either --manifest or audio files, not both")
     if args.manifest:
+        from manifests.validate import validate_manifest
         from nemo_sew.evaluate import read_manifest
 
-        return read_manifest(args.manifest)
+        report = validate_manifest(args.manifest, sample_rate=None)  # bad lines: logged skips, as in training
+        report.raise_if_empty()
+        return read_manifest(report.out_path)
     if not args.audio:
         raise ValueError("nothing to transcribe: give --manifest M or audio files")
     return [{"audio_filepath": str(p)} for p in args.audio]

@@ -82,6 +82,20 @@ class ProfileAPIMixin:
     def profile(self) -> CompressionProfile:
         return self.encoder.profile
 
+    def save_to(self, save_path: str) -> None:
+        """NeMo's ``save_to``, atomic: the ``.nemo`` is written to a temporary file beside ``save_path`` and
+        renamed over it, so a kill during the save leaves the previous file intact (NeMo writes the tar in place)."""
+        import os
+
+        path = Path(save_path).expanduser().resolve()
+        partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.nemo")
+        try:
+            super().save_to(str(partial))
+            if partial.exists():  # NeMo writes on global rank 0 only
+                os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+
     def set_profile(self, profile: ProfileLike | str, default: bool = True) -> CompressionProfile:
         """Run the encoder at ``profile`` (a CompressionProfile, a dict, a squeeze factor or a named profile).
 
@@ -153,15 +167,42 @@ class DataGuardMixin:
             report.raise_if_empty()
             if report.skipped:
                 log.warning("%s: skipped %d bad entries (see warnings above)", path, len(report.skipped))
-            checked.append(str(report.out_path))
+            out_path = report.out_path
+            labels = config.get("labels") or self.cfg.get("labels")
+            if labels and config.get("check_vocabulary", True):  # char models: transcripts the labels can spell
+                from nemo_sew.vocab_check import drop_out_of_vocabulary
+
+                out_path, _ = drop_out_of_vocabulary(out_path, list(labels), str(config.get("parser", "en") or "en"))
+            checked.append(str(out_path))
         config = config.copy()
         with open_dict(config):
             config.manifest_filepath = checked if len(checked) > 1 else checked[0]
         return config
 
+    def _make_train_resumable(self, config: DictConfig | None) -> None:
+        """Swap NeMo's training loader for a resumable one (same batches; the order fixed by ``seed`` and the
+        epoch, the position stored in checkpoints): see :mod:`nemo_sew.resume`."""
+        from nemo_sew.resume import make_resumable
+
+        if getattr(self, "_train_dl", None) is None or config is None or not config.get("resumable", True):
+            return
+        seed = config.get("seed")
+        seed = int(seed) if seed is not None else torch.initial_seed()  # seed_everything's seed in `nemo-sew train`
+        self._train_dl = make_resumable(self._train_dl, seed=seed, rank=self.global_rank, world=self.world_size)
+
+    def on_train_batch_start(self, batch, batch_idx, unused: int = 0):
+        from nemo_sew.resume import consumed_one_batch
+
+        trainer = getattr(self, "_trainer", None)
+        consumed_one_batch(trainer.train_dataloader if trainer is not None else self._train_dl)
+        return super().on_train_batch_start(batch, batch_idx)
+
     # training, validation and test data are validated; transcription inputs are checked in transcribe()
     def setup_training_data(self, train_data_config: DictConfig | dict | None):
-        return super().setup_training_data(self._validated(_as_dictconfig(train_data_config)))
+        config = self._validated(_as_dictconfig(train_data_config))
+        out = super().setup_training_data(config)
+        self._make_train_resumable(config)
+        return out
 
     def setup_validation_data(self, val_data_config: DictConfig | dict | None):
         return super().setup_validation_data(self._validated(_as_dictconfig(val_data_config)))
@@ -217,7 +258,8 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             for path in paths:
                 if str(path).endswith((".json", ".jsonl")):
                     continue  # a manifest: NeMo reads it
-                wav, sr = load_audio(path, expected_sample_rate=None)
+                # mono at the model's rate, as training and evaluation require (AudioError naming the file)
+                wav, sr = load_audio(path, expected_sample_rate=int(self.cfg.get("sample_rate", 16000)))
                 if len(wav) / sr < min_seconds:
                     raise ValueError(
                         f"{path}: {len(wav) / sr:.3f} s is shorter than this model's minimum input "
@@ -278,6 +320,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             self.log("prune_distill", distill.detach())
         logs = {"train_loss": loss.detach(), "learning_rate": self._optimizer.param_groups[0]["lr"],
                 "global_step": torch.tensor(step, dtype=torch.float32)}  # fmt: skip
+        self.last_step_stats = out.stats  # what this rank ran at this step (read by callbacks.StepRecorder)
         every = self._trainer.log_every_n_steps if getattr(self, "_trainer", None) is not None else 1
         if (batch_nb + 1) % every == 0:  # NeMo's training WER, on the same schedule as its training_step
             self.wer.update(predictions=log_probs, targets=transcript, targets_lengths=transcript_len,

@@ -112,6 +112,8 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
             config.setdefault("shuffle", shuffle)
         self._update_dataset_config(dataset_name=name, config=config)
         setattr(self, f"_{name}_dl", self._setup_dataloader_from_config(config))
+        if name == "train":
+            self._make_train_resumable(config)
 
     def setup_training_data(self, train_data_config: DictConfig | dict | None):
         self._setup_split(train_data_config, "train", shuffle=True)
