@@ -17,6 +17,7 @@ import torch
 from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+import nemo_sew.augment  # noqa: F401  (registers the nemo_sew_speed perturbation a train_ds.augmentor may name)
 from nemo_sew.arch import resolve_arch
 from nemo_sew.encoder import EncoderOutput, SqueezeEncoder
 from nemo_sew.nn.frontend import frontend_layout
