@@ -4,7 +4,7 @@
     nemo-sew prepare librispeech /data/LibriSpeech-root data/librispeech -p train-clean-100 -p dev-clean
     nemo-sew validate-manifest data/synthetic/train.json
     nemo-sew train recipes/ctc_char_tiny_mel.yaml model.train_ds.manifest_filepath=... save_to=model.nemo
-    nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--profile 2]
+    nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--cross data/synthetic/cross.json] [--profile 2]
     nemo-sew demo
 """
 
@@ -33,8 +33,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nemo_sew.evaluate import evaluate
 
     model = ASRModel.restore_from(args.model, map_location="cpu")
-    result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile)
+    result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile, cross_manifest=args.cross)
     print(result.to_json())
+    if result.cross_cer is not None:
+        print(f"in-domain CER {result.cer:.4f}, cross-engine CER {result.cross_cer:.4f} "
+              f"({result.cross_ratio:.2f}x; goal <= 2x)", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -207,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="WER, CER, GMACs/s, latency and RTFx of a .nemo model on a manifest")
     p.add_argument("model")
     p.add_argument("--manifest", required=True)
+    p.add_argument("--cross", default=None, metavar="MANIFEST",
+                   help="cross-engine test (the synthetic corpus's cross.json): also its WER and CER")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--profile", type=_profile_arg, default=None, help="squeeze factor or named profile")
     p.set_defaults(func=_cmd_evaluate)
