@@ -126,8 +126,15 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
-    from nemo_sew.bench.stochastic import bench_stochastic_table
+    from nemo_sew.bench.stochastic import bench_stochastic_methods, bench_stochastic_table
 
+    if args.methods:
+        section = bench_stochastic_methods(
+            args.data, args.out, recipe=args.recipe, methods=args.methods, steps=args.steps, seeds=args.seeds,
+            factors=args.factors, equal_time=not args.no_equal_time, fixed=not args.no_fixed, hours=args.hours,
+            extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
+        )  # fmt: skip
+        return _emit(section, args)
     section = bench_stochastic_table(
         args.data, args.out, recipe=args.recipe, steps=args.steps, finetune_steps=args.finetune_steps,
         hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
@@ -270,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="compare training methods (uniform sandwich inplace_distill weighted) at equal steps and time")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="--methods: seeds per cell (0 1)")
+    p.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4], help="--methods: squeeze factors evaluated")
+    p.add_argument("--no-equal-time", action="store_true", help="--methods: equal steps only")
+    p.add_argument("--no-fixed", action="store_true", help="--methods: no fixed-squeeze models")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)
