@@ -48,7 +48,7 @@ def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
     for name, per_seed in raw.items():
         run = per_seed["0"]
         assert set(run["wer"]) == ({name[-1]} if name.startswith("fixed") else {"1", "2"})
-        assert all(0 <= w <= 5 for w in run["wer"].values())
+        assert all(0 <= w <= 5 for w in [*run["wer"].values(), *run["cer"].values()])
         assert run["steps"] == 2 or name == "sandwich, equal time"
     assert raw["sandwich, equal time"]["0"]["seconds"] < 100 * raw["uniform, equal steps"]["0"]["seconds"]
     for needle in ("| fixed s=1 |", "| sandwich, equal time |", "Equal time", "nemo-sew bench stochastic --methods"):

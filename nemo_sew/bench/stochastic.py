@@ -117,7 +117,7 @@ def bench_stochastic_methods(
     - with ``equal_time``, every method but ``uniform`` trains again for the wall-clock time the ``uniform``
       run of the same seed took (``trainer.max_time``, the LR schedule fitted to it), as many steps as fit.
 
-    Each cell is the test WER at one factor, the mean over seeds ± half their range. Raw numbers go to
+    Each cell is the test WER (then CER) at one factor, the mean over seeds ± half their range. Raw numbers go to
     ``out_dir/bench_stochastic_methods.json``. ``splits``: an already prepared corpus
     (:func:`manifests.synthetic.prepare_synthetic`'s return value) instead of ``data_dir``.
     """
@@ -151,11 +151,11 @@ def bench_stochastic_methods(
         start = time.perf_counter()
         model = train(cfg)
         seconds = time.perf_counter() - start
-        wer = {}
+        wer, cer = {}, {}
         for s in at:
             hyps, refs = transcribe_manifest(model, test, profile=s)
-            wer[s] = error_rates(hyps, refs)[0]
-        return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer}
+            wer[s], cer[s] = error_rates(hyps, refs)
+        return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
 
     results: dict[str, dict[int, dict]] = {}
     for seed in seeds:
@@ -188,7 +188,8 @@ def bench_stochastic_methods(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_stochastic_methods.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
-    fixed_mean = {s: sum(r["wer"][s] for r in results[f"fixed s={s}"].values()) / len(seeds) for s in factors} if fixed else {}
+    fixed_mean = {(m, s): sum(r[m][s] for r in results[f"fixed s={s}"].values()) / len(seeds)
+                  for m in ("wer", "cer") for s in factors} if fixed else {}  # fmt: skip
     lines = [
         f"### Stochastic training methods vs fixed squeeze (synthetic corpus, {steps} steps; seeds {list(seeds)})",
         "",
@@ -196,23 +197,26 @@ def bench_stochastic_methods(
         f"Machine: {machine_line()}  ",
         f"Recipe: `{recipe}`; sampler squeeze ~ U{values}; test = held-out voices and sentences. Equal steps: every "
         f"model {steps} steps. Equal time: the wall-clock time of the uniform run of the same seed "
-        "(`trainer.max_time`, LR schedule fitted to it). Cells: test WER, mean over seeds ± half their range"
+        "(`trainer.max_time`, LR schedule fitted to it). Cells: test WER and CER, mean over seeds ± half their range"
         + ("; in brackets: relative to the fixed model at that factor." if fixed else "."),
         "",
-        "| model | budget (steps, wall-clock min: mean over seeds) | " + " | ".join(f"WER s={s}" for s in factors) + " |",
-        "|---|---|" + "---|" * len(factors),
+        "| model | budget (steps, wall-clock min: mean over seeds) | " + " | ".join(f"WER s={s}" for s in factors)
+        + " | " + " | ".join(f"CER s={s}" for s in factors) + " |",
+        "|---|---|" + "---|" * (2 * len(factors)),
     ]
     for name, per_seed in results.items():
         runs = list(per_seed.values())
         budget_cell = f"{sum(r['steps'] for r in runs) / len(runs):.0f} steps, {sum(r['seconds'] for r in runs) / len(runs) / 60:.1f} min"
         cells = []
-        for s in factors:
-            if name.startswith("fixed") and name != f"fixed s={s}":
-                cells.append("-")
-                continue
-            wers = [r["wer"][s] for r in runs]
-            rel = f" ({sum(wers) / len(wers) / fixed_mean[s] - 1:+.1%})" if fixed and not name.startswith("fixed") and fixed_mean[s] else ""
-            cells.append(_spread(wers) + rel)
+        for metric in ("wer", "cer"):
+            for s in factors:
+                if name.startswith("fixed") and name != f"fixed s={s}":
+                    cells.append("-")
+                    continue
+                got = [r[metric][s] for r in runs]
+                ref = fixed_mean.get((metric, s))
+                rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref and not name.startswith("fixed") else ""
+                cells.append(_spread(got) + rel)
         lines.append(f"| {name} | {budget_cell} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
