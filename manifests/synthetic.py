@@ -24,8 +24,9 @@ one of its voices a new speaker too).
 The plan (which sentence, speaker, speed and pitch per utterance) depends
 only on ``seed``, ``hours`` and the installed fortunes and voices. Splits are
 disjoint by sentence (cross repeats test's), the training engines are drawn
-equally often, and each training engine holds out its own test speakers
-that never occur in train or dev.
+equally often, and each training engine holds out its share of the test
+speakers, who never occur in train or dev; an engine too small for a share
+(flite) says test sentences with the voices it trains with.
 Synthesis runs in a process pool; every wav is named after a hash of what it
 contains, written under a temporary name and renamed, and skipped when it
 already exists and is valid, so an interrupted run resumes and a repeated
@@ -542,24 +543,34 @@ def _plan_train(
 
 def _held_out_speakers(
     rng: random.Random, speakers: Sequence[Speaker], test_speakers: int
-) -> list[Speaker]:
-    """Test speakers: ``test_speakers`` of one engine; with several engines, each holds out its
-    share of ``test_speakers`` (by its number of speakers), at least one."""
+) -> tuple[list[Speaker], list[Speaker]]:
+    """``(held out, test)`` speakers. One engine: ``test_speakers`` held out, who are the test speakers.
+    Several engines: each holds out its share of ``test_speakers`` (by its number of speakers, rounded;
+    the largest engine at least one); an engine whose share rounds to none (flite's 4 voices beside
+    espeak-ng's ~140) holds out no voice, and all its voices say test sentences too (new sentences and
+    speeds from voices heard in training)."""
     by_engine: dict[str, list[Speaker]] = {}
     for speaker in speakers:
         by_engine.setdefault(speaker.engine, []).append(speaker)
     if len(by_engine) == 1:
-        return sorted(rng.sample(list(speakers), test_speakers))
+        held = sorted(rng.sample(list(speakers), test_speakers))
+        return held, held
+    largest = max(by_engine, key=lambda e: (len(by_engine[e]), e))
     held: list[Speaker] = []
+    test: list[Speaker] = []
     for engine, group in sorted(by_engine.items()):
-        count = max(1, round(test_speakers * len(group) / len(speakers))) if test_speakers else 0
+        count = round(test_speakers * len(group) / len(speakers))
+        if engine == largest and test_speakers:
+            count = max(1, count)
         if count >= len(group):
             raise ValueError(
                 f"test_speakers: engine {engine} would hold out {count} of its {len(group)} speakers, "
                 "expected some left for train and dev"
             )
-        held += rng.sample(group, count)
-    return sorted(held)
+        chosen = rng.sample(group, count)
+        held += chosen
+        test += chosen if count else group
+    return sorted(held), sorted(test)
 
 
 def plan_corpus(
@@ -575,7 +586,8 @@ def plan_corpus(
     """Plan every utterance of the corpus; deterministic in all arguments.
 
     ``test_speakers`` speakers (chosen by ``seed``; per engine, see :func:`_held_out_speakers`)
-    are used only by test; train and dev share the others, each engine drawn equally often.
+    are used only by test; train and dev share the others, each engine drawn equally often (an
+    engine too small to hold out a voice says test sentences with its training voices).
     Test, then dev, take distinct sentences; train uses only the remaining ones, repeated with
     other speakers, speeds and pitches when one pass does not reach its share of ``hours``.
     With ``cross_speakers`` (an engine not among ``speakers``), the ``cross`` split says every
@@ -590,12 +602,12 @@ def plan_corpus(
     if shared:
         raise ValueError(f"cross_speakers: expected an engine not in training, got {sorted(shared)}")
     rng = random.Random(seed)
-    held_out = _held_out_speakers(rng, ordered_speakers, test_speakers)
+    held_out, test_voices = _held_out_speakers(rng, ordered_speakers, test_speakers)
     train_speakers = [s for s in ordered_speakers if s not in held_out]
     remaining = sorted(set(sentences))
     rng.shuffle(remaining)
     targets = split_targets(hours, dev_fraction, test_fraction)
-    test = _plan_held_out(rng, "test", remaining, held_out, targets["test"])
+    test = _plan_held_out(rng, "test", remaining, test_voices, targets["test"])
     dev = _plan_held_out(rng, "dev", remaining, train_speakers, targets["dev"])
     train = _plan_train(rng, remaining, train_speakers, targets["train"])
     cross: list[Utterance] = []
@@ -827,8 +839,14 @@ def check_plan(utterances: Sequence[Utterance]) -> None:
     for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"), ("train", "cross"), ("dev", "cross")):
         if texts[a] & texts[b]:
             raise RuntimeError(f"plan: {a} and {b} share sentences, expected disjoint splits")
-    if speakers["test"] & (speakers["train"] | speakers["dev"]):
-        raise RuntimeError("plan: test speakers also occur in train/dev, expected held out")
+    for engine in {s.engine for s in speakers["test"]}:
+        # an engine holds out its test voices, or (too few voices to hold one out) has none held out
+        test = {s for s in speakers["test"] if s.engine == engine}
+        shared = test & (speakers["train"] | speakers["dev"])
+        if shared and shared != test:
+            raise RuntimeError(f"plan: some {engine} test speakers also occur in train/dev, expected held out")
+        if shared and {s for s in speakers["train"] if s.engine == engine} - test:
+            raise RuntimeError(f"plan: {engine} holds out no test voice but not all its voices are in test")
     seen = {s.engine for split in ("train", "dev", "test") for s in speakers[split]}
     if {s.engine for s in speakers["cross"]} & seen:
         raise RuntimeError("plan: the cross split's engine also occurs in train/dev/test, expected held out")

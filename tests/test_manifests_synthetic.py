@@ -191,15 +191,31 @@ FESTIVAL = [Speaker(voice, "", "festival") for voice in ("ked_diphone", "cmu_us_
 
 
 def test_plan_two_engines_balanced_with_held_out_speakers_per_engine() -> None:
-    plan = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.3, seed=1, test_speakers=2)
+    plan = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.3, seed=1, test_speakers=3)  # 2 of espeak-ng's, 1 of flite's
     train = [u for u in plan if u.split == "train"]
     flite_share = sum(u.speaker.engine == "flite" for u in train) / len(train)
     assert 0.35 < flite_share < 0.65  # 4 flite speakers vs 8 espeak-ng ones, drawn per engine
     test = {u.speaker for u in plan if u.split == "test"}
     rest = {u.speaker for u in plan if u.split != "test"}
     assert {s.engine for s in test} == {"espeak-ng", "flite"} and not test & rest
+    synthetic.check_plan(plan)
     for u in plan:  # flite has no pitch control: no made-up pitch in the plan
         assert (u.pitch is None) == (u.speaker.engine == "flite")
+
+
+def test_plan_small_engine_holds_out_no_voice_but_says_test_sentences() -> None:
+    plan = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.3, seed=1, test_speakers=1)  # flite's share rounds to 0
+    by_split = {split: {u.speaker for u in plan if u.split == split} for split in ("train", "test")}
+    flite_test = {s for s in by_split["test"] if s.engine == "flite"}
+    espeak_test = {s for s in by_split["test"] if s.engine == "espeak-ng"}
+    assert flite_test and flite_test <= by_split["train"]  # heard in training, new sentences
+    assert len(espeak_test) == 1 and not espeak_test & by_split["train"]  # held out
+    synthetic.check_plan(plan)
+    leaky = [synthetic.Utterance("test", SPEAKERS[0], 150, 50, "x y z")] + [
+        synthetic.Utterance("train", s, 150, 50, "a b c") for s in SPEAKERS[:2]
+    ]
+    with pytest.raises(RuntimeError, match="not all its voices"):
+        synthetic.check_plan(leaky)
 
 
 def test_plan_cross_engine_says_test_sentences_and_leaves_the_rest_alone() -> None:
@@ -214,7 +230,7 @@ def test_plan_cross_engine_says_test_sentences_and_leaves_the_rest_alone() -> No
     with pytest.raises(ValueError, match="engine not in training"):
         plan_corpus(POOL, SPEAKERS + FLITE, hours=0.1, cross_speakers=FLITE[:1])
     with pytest.raises(ValueError, match="would hold out"):
-        plan_corpus(POOL, SPEAKERS + FLITE[:1], hours=0.1, test_speakers=2)
+        plan_corpus(POOL, SPEAKERS + FLITE[:1], hours=0.1, test_speakers=8)
 
 
 def test_engine_commands_carry_voice_and_speed(tmp_path: Path) -> None:
