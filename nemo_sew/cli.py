@@ -128,6 +128,12 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
 def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     from nemo_sew.bench.stochastic import bench_stochastic_methods, bench_stochastic_table
 
+    if args.methods and args.step_cost:
+        from nemo_sew.bench.stochastic import method_step_costs
+
+        section = method_step_costs(args.data, recipe=args.recipe, methods=args.methods, rounds=args.step_cost,
+                                    hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv))  # fmt: skip
+        return _emit(section, args)
     if args.methods:
         section = bench_stochastic_methods(
             args.data, args.out, recipe=args.recipe, methods=args.methods, steps=args.steps, seeds=args.seeds,
@@ -283,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4], help="--methods: squeeze factors evaluated")
     p.add_argument("--no-equal-time", action="store_true", help="--methods: equal steps only")
     p.add_argument("--no-fixed", action="store_true", help="--methods: no fixed-squeeze models")
+    p.add_argument("--step-cost", type=int, default=0, metavar="ROUNDS",
+                   help="--methods: only time one training step of each method (ROUNDS interleaved steps), no training")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)

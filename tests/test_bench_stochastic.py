@@ -23,6 +23,17 @@ def test_cli_parses_bench_stochastic_methods():
     assert (args.steps, args.seeds, args.factors, args.no_fixed, args.no_equal_time) == (9, [3, 4], [1, 2, 4], True, False)
     assert args.overrides == ["trainer.max_epochs=2"]
     assert build_parser().parse_args(["bench", "stochastic"]).methods is None  # the older equal-steps table
+    assert build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "--step-cost", "3"]).step_cost == 3
+
+
+def test_method_step_costs_times_every_method(tiny_corpus):
+    from nemo_sew.bench.stochastic import method_step_costs
+
+    section = method_step_costs(None, recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", rounds=2, splits=tiny_corpus,
+                                extra=["model.train_ds.batch_size=4", *TINY_ENCODER], command="nemo-sew bench stochastic")  # fmt: skip
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ") and "s / step" not in line}
+    assert set(rows) == {"uniform", "sandwich", "inplace_distill", "weighted"}
+    assert rows["uniform"].endswith("| 1.00x |")
 
 
 def test_methods_are_checked(tmp_path):

@@ -221,4 +221,68 @@ def bench_stochastic_methods(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bench_stochastic_methods", "bench_stochastic_table"]
+def method_step_costs(
+    data_dir: str | Path,
+    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
+    methods: Sequence[str] = ("uniform", "sandwich", "inplace_distill", "weighted"),
+    rounds: int = 8,
+    sampler_values: Sequence[float] = (1, 2, 3, 4),
+    hours: float = 3.5,
+    extra: Sequence[str] = (),
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """What one training step of each method costs: the wall time of its loss and backward pass on the first
+    training batch of the recipe, fp32, for steps ``0 .. rounds - 1`` (so ``uniform`` and ``weighted`` run
+    their drawn factors), the methods interleaved round by round so that a loaded machine slows them alike.
+    The ratio to ``uniform`` is what an equal-wall-clock comparison gives each method fewer steps by."""
+    import statistics
+    import time
+
+    import torch
+    from manifests.synthetic import prepare_synthetic
+
+    from nemo_sew.models.ctc import SqueezeCTCModel
+    from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
+    from nemo_sew.train import load_config
+
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
+    cfg = load_config(recipe, [
+        f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}",
+        "model.train_ds.num_workers=0", "++model.encoder.arch.expander=phase",
+        f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}}}", *extra,
+    ])  # fmt: skip
+    torch.manual_seed(0)
+    model = SqueezeCTCModel(cfg=cfg.model).train()
+    model.setup_training_data(model.cfg.train_ds)
+    signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
+    trainers = {m: StochasticTrainer(StochasticOptions(method=m)) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for step in range(rounds):
+        for method in methods:
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss = trainers[method].loss(model, signal, signal_len, transcript, transcript_len, step)[0]
+            loss.backward()
+            times[method].append(time.perf_counter() - start)
+    base = statistics.mean(times[methods[0]])
+    lines = [
+        "### What a training step of each stochastic method costs",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"Recipe: `{recipe}`, its first training batch ({signal.shape[0]} utterances, {float(signal_len.float().mean()) / 16000:.1f} s "
+        f"mean), fp32 loss + backward, steps 0-{rounds - 1} (sampler squeeze ~ U{values}), methods interleaved per step",
+        "",
+        f"| method | mean s / step | median s / step | cost vs {methods[0]} |",
+        "|---|---|---|---|",
+    ]
+    for method in methods:
+        mean = statistics.mean(times[method])
+        lines.append(f"| {method} | {mean:.3f} | {statistics.median(times[method]):.3f} | {mean / base:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["bench_stochastic_methods", "bench_stochastic_table", "method_step_costs"]
