@@ -96,8 +96,7 @@ def test_distill_loss_is_kl_from_the_detached_teacher_on_valid_frames():
 
 @pytest.mark.parametrize("method", ["sandwich", "inplace_distill"])
 def test_every_path_sends_gradients(tiny_corpus, method):
-    model = _model(tiny_corpus, method).train()
-    model.setup_training_data(model.cfg.train_ds)
+    model = _model(tiny_corpus, method).train()  # its training data loader is built with it
     signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
     loss, log_probs, encoded_len, _, out, logs = model.stochastic_trainer().loss(
         model, signal, signal_len, transcript, transcript_len, step=3

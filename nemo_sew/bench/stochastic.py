@@ -255,8 +255,7 @@ def method_step_costs(
         f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}}}", *extra,
     ])  # fmt: skip
     torch.manual_seed(0)
-    model = SqueezeCTCModel(cfg=cfg.model).train()
-    model.setup_training_data(model.cfg.train_ds)
+    model = SqueezeCTCModel(cfg=cfg.model).train()  # builds its (validated) training data loader
     signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
     trainers = {m: StochasticTrainer(StochasticOptions(method=m)) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
