@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := espeak-ng fortunes fortunes-min sox libsndfile1
+APT_PACKAGES := espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts fortunes fortunes-min sox libsndfile1
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast setup apt venv clean

@@ -4,7 +4,7 @@
 ``nemo-sew`` CLI does so); ``main()`` runs them on their own
 (``python -m manifests``)::
 
-    prepare synthetic OUT_DIR [--hours H] [--seed S] [-j N]
+    prepare synthetic OUT_DIR [--hours H] [--seed S] [--engines E ...] [--cross-engine E] [-j N]
     prepare librispeech CORPUS_DIR OUT_DIR [-p PART ...] [-j N]
     prepare librilight CORPUS_DIR OUT_DIR [-s SUBSET ...] [-j N]
     validate-manifest MANIFEST [--out PATH] [--sample-rate SR] [--min-duration S]
@@ -34,7 +34,7 @@ def _print_json(data: Any) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    """``prepare synthetic``: build the espeak-ng corpus."""
+    """``prepare synthetic``: build the synthetic corpus (espeak-ng and flite, festival held out)."""
     from manifests.synthetic import prepare_synthetic
 
     outputs = prepare_synthetic(
@@ -43,6 +43,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_jobs=args.num_jobs,
         test_speakers=args.test_speakers,
+        engines=args.engines,
+        cross_engine=None if args.cross_engine == "none" else args.cross_engine,
     )
     _print_json(outputs)
     return 0
@@ -111,7 +113,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     corpora = prepare.add_subparsers(dest="corpus", required=True, metavar="CORPUS")
 
     synthetic = corpora.add_parser(
-        "synthetic", help="multi-speaker English corpus synthesised with espeak-ng"
+        "synthetic", help="multi-speaker English corpus synthesised with espeak-ng, flite and festival"
     )
     synthetic.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     synthetic.add_argument("--hours", type=float, default=3.0, help="audio to synthesise (3.0)")
@@ -119,6 +121,14 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     synthetic.add_argument(
         "--test-speakers", type=int, default=6, help="speakers held out for test (6)"
     )
+    synthetic.add_argument(
+        "--engines", nargs="+", default=["espeak-ng", "flite"], metavar="ENGINE",
+        help="engines for train/dev/test (espeak-ng flite)",
+    )  # fmt: skip
+    synthetic.add_argument(
+        "--cross-engine", default="festival", metavar="ENGINE",
+        help="engine held out of training, says the test sentences as the cross split (festival; none: no split)",
+    )  # fmt: skip
     _add_jobs(synthetic, None, "number of CPUs")
     synthetic.set_defaults(func=run_synthetic)
 

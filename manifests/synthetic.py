@@ -1,13 +1,32 @@
-"""A multi-speaker English corpus synthesised with espeak-ng from Debian's fortunes.
+"""A multi-speaker, multi-engine English corpus synthesised from Debian's fortunes.
 
 Sentences come from the plain fortune files (``apt-get install fortunes
 fortunes-min``), normalised to lowercase ``a-z``, apostrophes and spaces.
-A speaker is an espeak-ng English voice combined with a voice variant
-(``en-gb-scotland+m3``); each utterance also gets its own speed and pitch.
+Three Debian speech synthesisers ("engines") say them:
+
+- ``espeak-ng`` (formant synthesis): a speaker is an English voice combined
+  with a voice variant (``en-gb-scotland+m3``); each utterance gets its own
+  speed and pitch;
+- ``flite`` (CMU's diphone and clustergen voices ``awb``, ``kal16``, ``rms``,
+  ``slt``): a speaker is a voice (``flite-awb``); each utterance its own speed;
+- ``festival`` (the ``ked_diphone`` and HTS ``cmu_us_slt_arctic_hts`` voices):
+  a speaker is a voice (``festival-ked_diphone``).
+
+The training engines (``engines``, default espeak-ng and flite) give train,
+dev and test; the engine named by ``cross_engine`` (default festival) never
+occurs in them and says the *test sentences* again as the ``cross`` split, so
+test vs cross compares the same sentences in an engine heard in training and
+in one never heard (flite and festival share CMU's lexicon and letter-to-sound
+rules, and festival's HTS voice is the ``slt`` speaker that flite's clustergen
+``slt`` was trained from: the cross split is a new engine and synthesis method,
+one of its voices a new speaker too).
 
 The plan (which sentence, speaker, speed and pitch per utterance) depends
 only on ``seed``, ``hours`` and the installed fortunes and voices. Splits are
-disjoint by sentence, and the test speakers never occur in train or dev.
+disjoint by sentence (cross repeats test's), the training engines are drawn
+equally often, and each training engine holds out its share of the test
+speakers, who never occur in train or dev; an engine too small for a share
+(flite) says test sentences with the voices it trains with.
 Synthesis runs in a process pool; every wav is named after a hash of what it
 contains, written under a temporary name and renamed, and skipped when it
 already exists and is valid, so an interrupted run resumes and a repeated
@@ -16,8 +35,8 @@ run only rewrites the (small) manifests.
 Output layout under ``out_dir``::
 
     wav/<speaker>/<utterance id>.wav   16 kHz mono 16-bit PCM
-    {train,dev,test}_cuts.jsonl.gz     lhotse CutSets
-    {train,dev,test}.json              NeMo manifests
+    {train,dev,test,cross}_cuts.jsonl.gz  lhotse CutSets
+    {train,dev,test,cross}.json           NeMo manifests
     corpus.json                        summary: hours and speakers per split, seed
 """
 
@@ -51,14 +70,17 @@ LOGGER = logging.getLogger(LOGGER_NAME)
 #: Where Debian's ``fortunes`` and ``fortunes-min`` packages install their files.
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 SAMPLE_RATE = 16000
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test", "cross")
+#: Engines that say train, dev and test by default; the cross-engine split's engine.
+DEFAULT_ENGINES = ("espeak-ng", "flite")
+DEFAULT_CROSS_ENGINE = "festival"
 #: espeak-ng variants that sound like (synthetic) people rather than effects.
 VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
     "f1", "f2", "f3", "f4", "f5",
     "klatt", "klatt2", "klatt3", "klatt4",
 )  # fmt: skip
-SPEED_RANGE = (140, 210)  # words per minute (espeak-ng -s)
+SPEED_RANGE = (140, 210)  # words per minute (espeak-ng -s; flite / festival: a duration stretch of 175 / speed)
 PITCH_RANGE = (30, 70)  # espeak-ng -p, 0-99, default 50
 DEFAULT_TEST_SPEAKERS = 6
 PROGRESS_EVERY = 200
@@ -78,7 +100,7 @@ _ABBREVIATIONS = frozenset(
 
 
 class SynthesisError(RuntimeError):
-    """espeak-ng or sox failed to produce a valid wav."""
+    """A synthesiser or sox failed to produce a valid wav."""
 
 
 # --------------------------------------------------------------------------- sentences
@@ -186,15 +208,19 @@ def load_sentences(
 
 @dataclass(frozen=True, order=True)
 class Speaker:
-    """An espeak-ng voice with a variant, e.g. ``en-gb-scotland+m3``."""
+    """A voice of one engine: espeak-ng's voice with a variant (``en-gb-scotland+m3``), or a
+    flite / festival voice (``variant`` empty)."""
 
     voice: str
-    variant: str
+    variant: str = ""
+    engine: str = "espeak-ng"
 
     @property
     def id(self) -> str:
-        """The espeak-ng ``-v`` argument, also used as the speaker id."""
-        return f"{self.voice}+{self.variant}"
+        """The speaker id: espeak-ng's ``-v`` argument, else ``<engine>-<voice>``."""
+        if self.engine == "espeak-ng":
+            return f"{self.voice}+{self.variant}"
+        return f"{self.engine}-{self.voice}"
 
 
 @dataclass(frozen=True)
@@ -266,6 +292,146 @@ def list_speakers() -> list[Speaker]:
     return sorted(Speaker(voice, variant) for voice in voices for variant in variants)
 
 
+# --------------------------------------------------------------------------- engines
+
+
+def duration_stretch(speed: int) -> float:
+    """flite / festival duration stretch for an espeak-ng speed in words per minute (175 = 1.0)."""
+    return round(175.0 / speed, 3)
+
+
+def _tool_output(command: list[str]) -> str:
+    """stdout (and stderr) of a synthesiser's information command."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    return (result.stdout + result.stderr).strip()
+
+
+class Engine:
+    """One Debian speech synthesiser: its speakers, and the command that writes one utterance as a wav
+    file (any sample rate; sox converts it). Small classes behind one interface, chosen by name in
+    :data:`ENGINES`."""
+
+    name: str = ""
+    #: Debian packages that provide the engine and its voices (``apt-get install ...``).
+    packages: str = ""
+    executables: tuple[str, ...] = ()
+    #: Whether the engine takes a pitch (espeak-ng's ``-p``); utterances of other engines have pitch None.
+    pitch_control: bool = False
+
+    def require(self) -> None:
+        """Raise :class:`FileNotFoundError` naming the Debian packages if the engine is missing."""
+        for executable in self.executables:
+            require_tool(executable, self.packages)
+
+    def speakers(self) -> list[Speaker]:
+        """The installed speakers, sorted."""
+        raise NotImplementedError
+
+    def command(self, utterance: Utterance, raw: Path) -> tuple[list[str], bytes | None]:
+        """``(argv, stdin)`` that writes ``utterance`` as a wav file at ``raw``."""
+        raise NotImplementedError
+
+    def version(self) -> str:
+        """The engine's version line."""
+        raise NotImplementedError
+
+
+class EspeakEngine(Engine):
+    """espeak-ng: every (English voice, variant) pair, with speed and pitch per utterance."""
+
+    name, packages, executables, pitch_control = "espeak-ng", "espeak-ng", ("espeak-ng",), True
+
+    def speakers(self) -> list[Speaker]:
+        return list_speakers()
+
+    def command(self, utterance: Utterance, raw: Path) -> tuple[list[str], bytes | None]:
+        argv = [
+            "espeak-ng",
+            "-v", utterance.speaker.id,
+            "-s", str(utterance.speed),
+            "-p", str(utterance.pitch),
+            "-w", str(raw),
+            utterance.text,
+        ]  # fmt: skip
+        return argv, None
+
+    def version(self) -> str:
+        return espeak_version()
+
+
+class FliteEngine(Engine):
+    """flite: CMU's English voices (``flite -lv``) among :attr:`VOICES`, with speed per utterance."""
+
+    name, packages, executables = "flite", "flite", ("flite",)
+    #: 16 kHz English voices: clustergen awb (Scottish male), rms (US male), slt (US female) and the
+    #: kal16 diphone voice (US male). ``kal`` (8 kHz) and ``awb_time`` (says times only) are left out.
+    VOICES = ("awb", "kal16", "rms", "slt")
+
+    def speakers(self) -> list[Speaker]:
+        listed = _tool_output(["flite", "-lv"]).split(":", 1)[-1].split()
+        voices = [voice for voice in self.VOICES if voice in listed]
+        if not voices:
+            raise RuntimeError(f"flite: expected voices {self.VOICES}, found {listed}; reinstall flite")
+        return [Speaker(voice, "", self.name) for voice in voices]
+
+    def command(self, utterance: Utterance, raw: Path) -> tuple[list[str], bytes | None]:
+        argv = [
+            "flite",
+            "-voice", utterance.speaker.voice,
+            "--setf", f"duration_stretch={duration_stretch(utterance.speed)}",
+            "-t", utterance.text,
+            "-o", str(raw),
+        ]  # fmt: skip
+        return argv, None
+
+    def version(self) -> str:
+        lines = [line.strip() for line in _tool_output(["flite", "--version"]).splitlines()]
+        return next((line for line in lines if line.startswith("version")), lines[-1] if lines else "flite")
+
+
+class FestivalEngine(Engine):
+    """festival's ``text2wave``: its installed English voices among :attr:`VOICES`, with speed per
+    utterance (the HTS voice ignores the duration stretch)."""
+
+    name = "festival"
+    packages = "festival festvox-kdlpc16k festvox-us-slt-hts"
+    executables = ("festival", "text2wave")
+    VOICES = ("ked_diphone", "cmu_us_slt_arctic_hts", "kal_diphone", "rab_diphone", "don_diphone")
+
+    def speakers(self) -> list[Speaker]:
+        listed = re.findall(r"[\w-]+", _tool_output(["festival", "-b", "(print (voice.list))"]))
+        voices = [voice for voice in self.VOICES if voice in listed]
+        if not voices:
+            raise RuntimeError(
+                f"festival: expected English voices among {self.VOICES}, found {listed}; "
+                f"install them with `apt-get install {self.packages}`"
+            )
+        return [Speaker(voice, "", self.name) for voice in voices]
+
+    def command(self, utterance: Utterance, raw: Path) -> tuple[list[str], bytes | None]:
+        argv = [
+            "text2wave",
+            "-eval", f"(voice_{utterance.speaker.voice})",
+            "-eval", f"(Parameter.set 'Duration_Stretch {duration_stretch(utterance.speed)})",
+            "-o", str(raw),
+        ]  # fmt: skip
+        return argv, utterance.text.encode()
+
+    def version(self) -> str:
+        return _tool_output(["festival", "--version"]).splitlines()[0]
+
+
+#: The engines by name (``prepare_synthetic(engines=..., cross_engine=...)``).
+ENGINES: dict[str, Engine] = {e.name: e for e in (EspeakEngine(), FliteEngine(), FestivalEngine())}
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called ``name``; a clear error for an unknown one."""
+    if name not in ENGINES:
+        raise ValueError(f"engine: expected one of {sorted(ENGINES)}, got {name!r}")
+    return ENGINES[name]
+
+
 # --------------------------------------------------------------------------- plan
 
 
@@ -276,7 +442,7 @@ class Utterance:
     split: str
     speaker: Speaker
     speed: int
-    pitch: int
+    pitch: int | None  # None: the engine has no pitch control
     text: str
 
     @property
@@ -306,11 +472,22 @@ def split_targets(hours: float, dev_fraction: float, test_fraction: float) -> di
     }
 
 
+def _pick_speaker(rng: random.Random, speakers: Sequence[Speaker]) -> Speaker:
+    """A random speaker; with several engines, first a random engine (each equally often)."""
+    engines = sorted({speaker.engine for speaker in speakers})
+    if len(engines) > 1:
+        engine = engines[rng.randrange(len(engines))]
+        speakers = [speaker for speaker in speakers if speaker.engine == engine]
+    return speakers[rng.randrange(len(speakers))]
+
+
 def _draw(rng: random.Random, split: str, text: str, speakers: Sequence[Speaker]) -> Utterance:
     """One utterance of ``text`` with a random speaker, speed and pitch."""
-    speaker = speakers[rng.randrange(len(speakers))]
+    speaker = _pick_speaker(rng, speakers)
     speed = rng.randint(*SPEED_RANGE)
     pitch = rng.randint(*PITCH_RANGE)
+    if speaker.engine in ENGINES and not ENGINES[speaker.engine].pitch_control:
+        pitch = None
     return Utterance(split=split, speaker=speaker, speed=speed, pitch=pitch, text=text)
 
 
@@ -364,6 +541,38 @@ def _plan_train(
     return utterances
 
 
+def _held_out_speakers(
+    rng: random.Random, speakers: Sequence[Speaker], test_speakers: int
+) -> tuple[list[Speaker], list[Speaker]]:
+    """``(held out, test)`` speakers. One engine: ``test_speakers`` held out, who are the test speakers.
+    Several engines: each holds out its share of ``test_speakers`` (by its number of speakers, rounded;
+    the largest engine at least one); an engine whose share rounds to none (flite's 4 voices beside
+    espeak-ng's ~140) holds out no voice, and all its voices say test sentences too (new sentences and
+    speeds from voices heard in training)."""
+    by_engine: dict[str, list[Speaker]] = {}
+    for speaker in speakers:
+        by_engine.setdefault(speaker.engine, []).append(speaker)
+    if len(by_engine) == 1:
+        held = sorted(rng.sample(list(speakers), test_speakers))
+        return held, held
+    largest = max(by_engine, key=lambda e: (len(by_engine[e]), e))
+    held: list[Speaker] = []
+    test: list[Speaker] = []
+    for engine, group in sorted(by_engine.items()):
+        count = round(test_speakers * len(group) / len(speakers))
+        if engine == largest and test_speakers:
+            count = max(1, count)
+        if count >= len(group):
+            raise ValueError(
+                f"test_speakers: engine {engine} would hold out {count} of its {len(group)} speakers, "
+                "expected some left for train and dev"
+            )
+        chosen = rng.sample(group, count)
+        held += chosen
+        test += chosen if count else group
+    return sorted(held), sorted(test)
+
+
 def plan_corpus(
     sentences: Sequence[str],
     speakers: Sequence[Speaker],
@@ -372,28 +581,43 @@ def plan_corpus(
     dev_fraction: float = 0.05,
     test_fraction: float = 0.05,
     test_speakers: int = DEFAULT_TEST_SPEAKERS,
+    cross_speakers: Sequence[Speaker] = (),
 ) -> list[Utterance]:
     """Plan every utterance of the corpus; deterministic in all arguments.
 
-    ``test_speakers`` speakers (chosen by ``seed``) are used only by test;
-    train and dev share the others. Test, then dev, take distinct sentences;
-    train uses only the remaining ones, repeated with other speakers, speeds
-    and pitches when one pass does not reach its share of ``hours``.
+    ``test_speakers`` speakers (chosen by ``seed``; per engine, see :func:`_held_out_speakers`)
+    are used only by test; train and dev share the others, each engine drawn equally often (an
+    engine too small to hold out a voice says test sentences with its training voices).
+    Test, then dev, take distinct sentences; train uses only the remaining ones, repeated with
+    other speakers, speeds and pitches when one pass does not reach its share of ``hours``.
+    With ``cross_speakers`` (an engine not among ``speakers``), the ``cross`` split says every
+    test sentence again with one of them at the same speed; train, dev and test do not depend
+    on it.
     """
     ordered_speakers = sorted(set(speakers))
     _check_plan_arguments(
         len(ordered_speakers), hours, dev_fraction, test_fraction, test_speakers
     )
+    shared = {s.engine for s in ordered_speakers} & {s.engine for s in cross_speakers}
+    if shared:
+        raise ValueError(f"cross_speakers: expected an engine not in training, got {sorted(shared)}")
     rng = random.Random(seed)
-    held_out = sorted(rng.sample(ordered_speakers, test_speakers))
+    held_out, test_voices = _held_out_speakers(rng, ordered_speakers, test_speakers)
     train_speakers = [s for s in ordered_speakers if s not in held_out]
     remaining = sorted(set(sentences))
     rng.shuffle(remaining)
     targets = split_targets(hours, dev_fraction, test_fraction)
-    test = _plan_held_out(rng, "test", remaining, held_out, targets["test"])
+    test = _plan_held_out(rng, "test", remaining, test_voices, targets["test"])
     dev = _plan_held_out(rng, "dev", remaining, train_speakers, targets["dev"])
     train = _plan_train(rng, remaining, train_speakers, targets["train"])
-    return train + dev + test
+    cross: list[Utterance] = []
+    if cross_speakers:
+        cross_rng, pool = random.Random(f"{seed}-cross"), sorted(set(cross_speakers))
+        for utterance in test:
+            speaker = _pick_speaker(cross_rng, pool)
+            pitch = utterance.pitch if ENGINES.get(speaker.engine, ENGINES["espeak-ng"]).pitch_control else None
+            cross.append(Utterance("cross", speaker, utterance.speed, pitch, utterance.text))
+    return train + dev + test + cross
 
 
 def _check_plan_arguments(
@@ -421,23 +645,11 @@ def _check_plan_arguments(
 # --------------------------------------------------------------------------- synthesis
 
 
-def espeak_command(utterance: Utterance) -> list[str]:
-    """espeak-ng command line that writes ``utterance`` as a wav to stdout."""
-    return [
-        "espeak-ng",
-        "-v", utterance.speaker.id,
-        "-s", str(utterance.speed),
-        "-p", str(utterance.pitch),
-        "--stdout",
-        utterance.text,
-    ]  # fmt: skip
-
-
-def sox_command(destination: Path) -> list[str]:
-    """sox command line: wav on stdin to 16 kHz mono 16-bit PCM, repeatable, undithered."""
+def sox_command(source: Path, destination: Path) -> list[str]:
+    """sox command line: a wav file to 16 kHz mono 16-bit PCM, repeatable, undithered."""
     return [
         "sox", "-R", "-D", "-V1",
-        "-t", "wav", "-",
+        "-t", "wav", str(source),
         "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed-integer",
         "-t", "wav", str(destination),
     ]  # fmt: skip
@@ -466,15 +678,20 @@ def synthesize_utterance(utterance: Utterance, wav_path: Path) -> int:
     """Synthesise ``utterance`` to ``wav_path`` atomically; return its number of samples."""
     wav_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(wav_path)
+    raw = tmp.with_name(tmp.stem + ".raw.wav")
+    engine = get_engine(utterance.speaker.engine)
     try:
-        raw = _run(espeak_command(utterance), None, utterance)
-        if not raw:
-            raise SynthesisError(f"{utterance.id}: espeak-ng produced no audio, expected a wav")
-        _run(sox_command(tmp), raw, utterance)
+        argv, stdin = engine.command(utterance, raw)
+        _run(argv, stdin, utterance)
+        # festival's text2wave exits 0 after some errors: the file tells whether it worked
+        if not raw.is_file() or raw.stat().st_size <= 44:
+            raise SynthesisError(f"{utterance.id}: {engine.name} produced no audio, expected a wav")
+        _run(sox_command(raw, tmp), None, utterance)
         frames = check_audio_header(tmp, expected_sample_rate=SAMPLE_RATE).frames
         os.replace(tmp, wav_path)
     finally:
         tmp.unlink(missing_ok=True)
+        raw.unlink(missing_ok=True)
     return frames
 
 
@@ -549,6 +766,7 @@ def utterance_cut(utterance: Utterance, wav_path: Path, frames: int) -> MonoCut:
         speaker=utterance.speaker.id,
         language="en",
         custom={
+            "engine": utterance.speaker.engine,
             "voice": utterance.speaker.voice,
             "variant": utterance.speaker.variant,
             "speed": utterance.speed,
@@ -587,10 +805,11 @@ def write_corpus_summary(
     out_dir: Path, splits: dict[str, CutSet], settings: dict[str, object]
 ) -> Path:
     """Write ``corpus.json``: the plan ``settings`` (seed, hours, ...) and a per-split summary."""
+    names = [*settings.get("engines", ["espeak-ng"]), *filter(None, [settings.get("cross_engine")])]
     summary = {
         **settings,
         "sample_rate": SAMPLE_RATE,
-        "synthesiser": espeak_version(),
+        "synthesisers": {name: get_engine(name).version() for name in names},
         "splits": {name: split_summary(cuts) for name, cuts in splits.items()},
     }
     return write_text_atomic(out_dir / "corpus.json", json.dumps(summary, indent=2) + "\n")
@@ -613,14 +832,22 @@ def _split_cutsets(
 
 
 def check_plan(utterances: Sequence[Utterance]) -> None:
-    """Raise :class:`RuntimeError` if splits share sentences or test shares speakers."""
+    """Raise :class:`RuntimeError` if splits share sentences, test shares speakers, or the cross
+    split's engine occurs in train, dev or test."""
     texts = {split: {u.text for u in utterances if u.split == split} for split in SPLITS}
     speakers = {split: {u.speaker for u in utterances if u.split == split} for split in SPLITS}
-    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test"), ("train", "cross"), ("dev", "cross")):
         if texts[a] & texts[b]:
             raise RuntimeError(f"plan: {a} and {b} share sentences, expected disjoint splits")
-    if speakers["test"] & (speakers["train"] | speakers["dev"]):
-        raise RuntimeError("plan: test speakers also occur in train/dev, expected held out")
+    for engine in {s.engine for s in speakers["test"]}:
+        # an engine holds out its test voices, or (too few voices to hold one out) has none held out
+        test = {s for s in speakers["test"] if s.engine == engine}
+        shared = test & (speakers["train"] | speakers["dev"])
+        if shared and shared != test:
+            raise RuntimeError(f"plan: some {engine} test speakers also occur in train/dev, expected held out")
+    seen = {s.engine for split in ("train", "dev", "test") for s in speakers[split]}
+    if {s.engine for s in speakers["cross"]} & seen:
+        raise RuntimeError("plan: the cross split's engine also occurs in train/dev/test, expected held out")
 
 
 def prepare_synthetic(
@@ -632,13 +859,23 @@ def prepare_synthetic(
     test_fraction: float = 0.05,
     test_speakers: int = DEFAULT_TEST_SPEAKERS,
     fortune_dir: str | os.PathLike[str] = FORTUNE_DIR,
+    engines: Sequence[str] = DEFAULT_ENGINES,
+    cross_engine: str | None = DEFAULT_CROSS_ENGINE,
 ) -> dict[str, dict[str, Path]]:
     """Synthesise (or complete) the corpus in ``out_dir``; see the module docstring.
 
-    ``num_jobs`` defaults to ``os.cpu_count()``. Returns, per split,
+    ``engines`` say train, dev and test; ``cross_engine`` (None: no cross split) says the test
+    sentences again. ``num_jobs`` defaults to ``os.cpu_count()``. Returns, per split,
     ``{"cuts": <split>_cuts.jsonl.gz, "manifest": <split>.json}``.
     """
-    require_tool("espeak-ng", "espeak-ng")
+    engines = list(dict.fromkeys(engines))
+    if not engines:
+        raise ValueError("engines: expected at least one training engine, got none")
+    if cross_engine is not None and cross_engine in engines:
+        raise ValueError(f"cross_engine: expected an engine not in {engines}, got {cross_engine!r}")
+    used = engines + ([cross_engine] if cross_engine else [])
+    for name in used:
+        get_engine(name).require()
     require_tool("sox", "sox")
     if num_jobs is None:
         num_jobs = os.cpu_count() or 1
@@ -647,8 +884,10 @@ def prepare_synthetic(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sentences = load_sentences(Path(fortune_dir))
+    speakers = [speaker for name in engines for speaker in get_engine(name).speakers()]
+    cross_speakers = get_engine(cross_engine).speakers() if cross_engine else []
     utterances = plan_corpus(
-        sentences, list_speakers(), hours, seed, dev_fraction, test_fraction, test_speakers
+        sentences, speakers, hours, seed, dev_fraction, test_fraction, test_speakers, cross_speakers
     )
     check_plan(utterances)
     frames = synthesize_all(utterances, out_dir, num_jobs)
@@ -665,6 +904,8 @@ def prepare_synthetic(
         "dev_fraction": dev_fraction,
         "test_fraction": test_fraction,
         "test_speakers": test_speakers,
+        "engines": engines,
+        "cross_engine": cross_engine,
     }
     write_corpus_summary(out_dir, splits, settings)
     sizes = ", ".join(f"{split}: {len(cuts)}" for split, cuts in splits.items())

@@ -4,7 +4,7 @@
     nemo-sew prepare librispeech /data/LibriSpeech-root data/librispeech -p train-clean-100 -p dev-clean
     nemo-sew validate-manifest data/synthetic/train.json
     nemo-sew train recipes/ctc_char_tiny_mel.yaml model.train_ds.manifest_filepath=... save_to=model.nemo
-    nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--profile 2]
+    nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--cross data/synthetic/cross.json] [--profile 2]
     nemo-sew demo
     nemo-sew doctor [manifests...]
 """
@@ -32,8 +32,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nemo_sew.safe_load import restore
 
     model = restore(args.model)
-    result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile)
+    result = evaluate(model, args.manifest, batch_size=args.batch_size, profile=args.profile, cross_manifest=args.cross)
     print(result.to_json())
+    if result.cross_cer is not None:
+        print(f"in-domain CER {result.cer:.4f}, cross-engine CER {result.cross_cer:.4f} "
+              f"({result.cross_ratio:.2f}x; goal <= 2x)", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -128,8 +131,21 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
-    from nemo_sew.bench.stochastic import bench_stochastic_table
+    from nemo_sew.bench.stochastic import bench_stochastic_methods, bench_stochastic_table
 
+    if args.methods and args.step_cost:
+        from nemo_sew.bench.stochastic import method_step_costs
+
+        section = method_step_costs(args.data, recipe=args.recipe, methods=args.methods, rounds=args.step_cost,
+                                    hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv))  # fmt: skip
+        return _emit(section, args)
+    if args.methods:
+        section = bench_stochastic_methods(
+            args.data, args.out, recipe=args.recipe, methods=args.methods, steps=args.steps, seeds=args.seeds,
+            factors=args.factors, equal_time=not args.no_equal_time, fixed=not args.no_fixed, hours=args.hours,
+            extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
+        )  # fmt: skip
+        return _emit(section, args)
     section = bench_stochastic_table(
         args.data, args.out, recipe=args.recipe, steps=args.steps, finetune_steps=args.finetune_steps,
         hours=args.hours, extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
@@ -251,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="WER, CER, GMACs/s, latency and RTFx of a .nemo model on a manifest")
     p.add_argument("model")
     p.add_argument("--manifest", required=True)
+    p.add_argument("--cross", default=None, metavar="MANIFEST",
+                   help="cross-engine test (the synthetic corpus's cross.json): also its WER and CER")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--profile", type=_profile_arg, default=None, help="squeeze factor or named profile")
     p.set_defaults(func=_cmd_evaluate)
@@ -319,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="compare training methods (uniform sandwich inplace_distill weighted) at equal steps and time")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="--methods: seeds per cell (0 1)")
+    p.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4], help="--methods: squeeze factors evaluated")
+    p.add_argument("--no-equal-time", action="store_true", help="--methods: equal steps only")
+    p.add_argument("--no-fixed", action="store_true", help="--methods: no fixed-squeeze models")
+    p.add_argument("--step-cost", type=int, default=0, metavar="ROUNDS",
+                   help="--methods: only time one training step of each method (ROUNDS interleaved steps), no training")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)

@@ -208,18 +208,41 @@ class EvalResult:
     depth_mean: float | None = None
     skipped: int = 0  # manifest lines skipped by validation (logged with their reason)
     skipped_lines: list = field(default_factory=list)  # [line number, file, reason]
+    # the cross-engine test (a synthesiser never heard in training saying the test sentences), when given
+    cross_manifest: str | None = None
+    cross_utterances: int | None = None
+    cross_wer: float | None = None
+    cross_cer: float | None = None
+
+    @property
+    def cross_ratio(self) -> float | None:
+        """Cross-engine CER / in-domain CER (the goal is <= 2)."""
+        if self.cross_cer is None:
+            return None
+        return self.cross_cer / self.cer if self.cer > 0 else float("inf")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
 
-def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) -> EvalResult:
-    """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``."""
+def evaluate(
+    model, manifest: str | Path, batch_size: int = 16, profile=None, cross_manifest: str | Path | None = None
+) -> EvalResult:
+    """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``;
+    with ``cross_manifest`` (the synthetic corpus's ``cross.json``), also WER and CER on that cross-engine test."""
+    cross: dict[str, Any] = {}
     source = manifest
     with model.profile_scope(profile):
         manifest, skipped = checked_manifest(model, source)  # bad lines: logged skips, counted in the result
         hyps, refs = transcribe_manifest(model, manifest, batch_size=batch_size)
         wer, cer = error_rates(hyps, refs)
+        if cross_manifest is not None:
+            cross_checked, cross_skipped = checked_manifest(model, cross_manifest)
+            skipped = [*skipped, *cross_skipped]
+            cross_hyps, cross_refs = transcribe_manifest(model, cross_checked, batch_size=batch_size)
+            cross_wer, cross_cer = error_rates(cross_hyps, cross_refs)
+            cross = {"cross_manifest": str(cross_manifest), "cross_utterances": len(cross_refs),
+                     "cross_wer": cross_wer, "cross_cer": cross_cer}  # fmt: skip
         hop = float(model.cfg.preprocessor.get("window_stride", 0.01) or 0.01)
         durations = manifest_durations(manifest)
         depth: list[float] = []
@@ -246,4 +269,5 @@ def evaluate(model, manifest: str | Path, batch_size: int = 16, profile=None) ->
         depth_mean=sum(depth) / len(depth) if depth else None,
         skipped=len(skipped),
         skipped_lines=[list(skip) for skip in skipped],
+        **cross,
     )

@@ -209,8 +209,12 @@ def train(cfg: DictConfig) -> ModelPT:
     ``cfg.qat: {bits: 4, group_size: 32}`` makes it quantization-aware training);
     with ``init_from_ssl`` (a pre-trained ``.nemo`` or ``.ckpt``), builds ``cfg.model`` with that encoder's
     config and weights (see :func:`inherit_encoder_config`, :func:`init_encoder_from`);
-    ``model.encoder_overrides`` is merged into the encoder config either way.
+    ``model.encoder_overrides`` is merged into the encoder config either way; a top-level ``augment``
+    section becomes ``model.train_ds.augmentor`` (:func:`nemo_sew.augment.apply_augment`).
     """
+    from nemo_sew.augment import apply_augment
+
+    cfg = apply_augment(cfg)
     if cfg.get("seed") is not None:
         # python, numpy and torch RNGs, and each data-loader worker's: model init, shuffling, NeMo's semi-sorted
         # batching, SpecAugment and masking all draw from these (with trainer.deterministic=true, fp32 CPU

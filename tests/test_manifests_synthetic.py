@@ -1,4 +1,4 @@
-"""Tests for manifests.synthetic: sentence extraction, planning and espeak-ng synthesis."""
+"""Tests for manifests.synthetic: sentence extraction, planning and synthesis (espeak-ng, flite, festival)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from manifests.synthetic import (
 )
 
 needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-    reason="needs espeak-ng and sox (apt-get install espeak-ng sox)",
+    any(shutil.which(tool) is None for tool in ("espeak-ng", "flite", "festival", "text2wave", "sox")),
+    reason="needs espeak-ng, flite, festival and sox (make setup installs them)",
 )
 
 VOICES_EN = """\
@@ -186,6 +186,79 @@ def test_plan_rejects_impossible_requests() -> None:
         plan_corpus(["a b c"], SPEAKERS, 0.0)
 
 
+FLITE = [Speaker(voice, "", "flite") for voice in ("awb", "kal16", "rms", "slt")]
+FESTIVAL = [Speaker(voice, "", "festival") for voice in ("ked_diphone", "cmu_us_slt_arctic_hts")]
+
+
+def test_plan_two_engines_balanced_with_held_out_speakers_per_engine() -> None:
+    plan = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.3, seed=1, test_speakers=3)  # 2 of espeak-ng's, 1 of flite's
+    train = [u for u in plan if u.split == "train"]
+    flite_share = sum(u.speaker.engine == "flite" for u in train) / len(train)
+    assert 0.35 < flite_share < 0.65  # 4 flite speakers vs 8 espeak-ng ones, drawn per engine
+    test = {u.speaker for u in plan if u.split == "test"}
+    rest = {u.speaker for u in plan if u.split != "test"}
+    assert {s.engine for s in test} == {"espeak-ng", "flite"} and not test & rest
+    synthetic.check_plan(plan)
+    for u in plan:  # flite has no pitch control: no made-up pitch in the plan
+        assert (u.pitch is None) == (u.speaker.engine == "flite")
+
+
+def test_plan_small_engine_holds_out_no_voice_but_says_test_sentences() -> None:
+    plan = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.3, seed=1, test_speakers=1)  # flite's share rounds to 0
+    by_split = {split: {u.speaker for u in plan if u.split == split} for split in ("train", "test")}
+    flite_test = {s for s in by_split["test"] if s.engine == "flite"}
+    espeak_test = {s for s in by_split["test"] if s.engine == "espeak-ng"}
+    assert flite_test and flite_test <= by_split["train"]  # heard in training, new sentences
+    assert len(espeak_test) == 1 and not espeak_test & by_split["train"]  # held out
+    synthetic.check_plan(plan)
+    # one engine either holds its test voices out or trains with all of them, never half and half
+    leaky = [synthetic.Utterance("test", s, 150, 50, "x y z") for s in SPEAKERS[:2]] + [
+        synthetic.Utterance("train", SPEAKERS[0], 150, 50, "a b c")
+    ]
+    with pytest.raises(RuntimeError, match="also occur in train"):
+        synthetic.check_plan(leaky)
+
+
+def test_plan_cross_engine_says_test_sentences_and_leaves_the_rest_alone() -> None:
+    without = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.1, seed=2, test_speakers=2)
+    plan = plan_corpus(POOL, SPEAKERS + FLITE, hours=0.1, seed=2, test_speakers=2, cross_speakers=FESTIVAL)
+    assert [u for u in plan if u.split != "cross"] == without
+    test = [u for u in plan if u.split == "test"]
+    cross = [u for u in plan if u.split == "cross"]
+    assert [(u.text, u.speed) for u in cross] == [(u.text, u.speed) for u in test]
+    assert {u.speaker.engine for u in cross} == {"festival"} and all(u.pitch is None for u in cross)
+    synthetic.check_plan(plan)
+    with pytest.raises(ValueError, match="engine not in training"):
+        plan_corpus(POOL, SPEAKERS + FLITE, hours=0.1, cross_speakers=FLITE[:1])
+    with pytest.raises(ValueError, match="would hold out"):
+        plan_corpus(POOL, SPEAKERS + FLITE[:1], hours=0.1, test_speakers=8)
+
+
+def test_engine_commands_carry_voice_and_speed(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.wav"
+    espeak = synthetic.Utterance("train", Speaker("en-gb", "m3"), 175, 40, "hello there")
+    flite = synthetic.Utterance("train", FLITE[0], 140, None, "hello there")
+    festival = synthetic.Utterance("cross", FESTIVAL[0], 210, None, "hello there")
+    argv, stdin = synthetic.get_engine("espeak-ng").command(espeak, raw)
+    assert argv[:7] == ["espeak-ng", "-v", "en-gb+m3", "-s", "175", "-p", "40"] and stdin is None
+    argv, _ = synthetic.get_engine("flite").command(flite, raw)
+    assert argv[:5] == ["flite", "-voice", "awb", "--setf", "duration_stretch=1.25"]
+    argv, stdin = synthetic.get_engine("festival").command(festival, raw)
+    assert "(voice_ked_diphone)" in argv and "(Parameter.set 'Duration_Stretch 0.833)" in argv
+    assert stdin == b"hello there" and argv[-1] == str(raw)
+    with pytest.raises(ValueError, match="expected one of"):
+        synthetic.get_engine("sam")
+
+
+@needs_espeak
+def test_festival_failure_is_a_synthesis_error(tmp_path: Path) -> None:
+    # text2wave exits 0 on an unknown voice: the missing file must still be an error
+    bad = synthetic.Utterance("cross", Speaker("no_such_voice", "", "festival"), 175, None, "hello there")
+    with pytest.raises(synthetic.SynthesisError, match="produced no audio"):
+        synthetic.synthesize_utterance(bad, tmp_path / "bad.wav")
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- synthesis
 
 
@@ -208,7 +281,7 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory, fortunes: Path) -> tup
 @needs_espeak
 def test_tiny_corpus_layout(tiny_corpus: tuple[Path, dict]) -> None:
     out_dir, outputs = tiny_corpus
-    assert set(outputs) == {"train", "dev", "test"}
+    assert set(outputs) == {"train", "dev", "test", "cross"}
     for split, paths in outputs.items():
         assert paths == {
             "cuts": out_dir / f"{split}_cuts.jsonl.gz",
@@ -218,7 +291,9 @@ def test_tiny_corpus_layout(tiny_corpus: tuple[Path, dict]) -> None:
     assert not (out_dir / "manifest.json").exists()
     summary = json.loads((out_dir / "corpus.json").read_text())
     assert summary["seed"] == 0 and summary["hours_requested"] == 0.01
-    total = sum(s["hours"] for s in summary["splits"].values())
+    assert summary["engines"] == ["espeak-ng", "flite"] and summary["cross_engine"] == "festival"
+    assert set(summary["synthesisers"]) == {"espeak-ng", "flite", "festival"}
+    total = sum(s["hours"] for name, s in summary["splits"].items() if name != "cross")
     assert 0.005 < total < 0.02
 
 
@@ -237,7 +312,7 @@ def test_tiny_corpus_audio_is_16k_mono_pcm16(tiny_corpus: tuple[Path, dict]) -> 
 @needs_espeak
 def test_tiny_corpus_cuts_match_manifest(tiny_corpus: tuple[Path, dict]) -> None:
     _, outputs = tiny_corpus
-    texts, speakers = {}, {}
+    texts, speakers, engines = {}, {}, {}
     for split, paths in outputs.items():
         cuts = CutSet.from_file(paths["cuts"]).to_eager()
         entries = [json.loads(line) for line in paths["manifest"].read_text().splitlines()]
@@ -253,9 +328,14 @@ def test_tiny_corpus_cuts_match_manifest(tiny_corpus: tuple[Path, dict]) -> None
             assert sf.info(entry["audio_filepath"]).frames == cut.recording.num_samples
         texts[split] = {c.supervisions[0].text for c in cuts}
         speakers[split] = {c.supervisions[0].speaker for c in cuts}
+        engines[split] = {c.supervisions[0].custom["engine"] for c in cuts}
     assert not texts["train"] & (texts["dev"] | texts["test"])
     assert not texts["dev"] & texts["test"]
     assert not speakers["test"] & (speakers["train"] | speakers["dev"])
+    # the cross split: the test sentences again, said by the engine no other split has
+    assert texts["cross"] == texts["test"]
+    assert engines["cross"] == {"festival"}
+    assert engines["train"] == {"espeak-ng", "flite"} and "festival" not in engines["test"] | engines["dev"]
 
 
 @needs_espeak

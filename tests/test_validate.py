@@ -301,6 +301,9 @@ def test_cli_registers_into_another_parser() -> None:
         "prepare", cli.run_synthetic, 0.5, 3, 2,
     )
     assert args.out_dir == Path("out")
+    assert (args.engines, args.cross_engine) == (["espeak-ng", "flite"], "festival")
+    args = parser.parse_args("prepare synthetic out --engines espeak-ng --cross-engine flite".split())
+    assert (args.engines, args.cross_engine) == (["espeak-ng"], "flite")
     args = parser.parse_args("prepare librispeech corpus out -p dev-clean -p test-clean".split())
     assert args.func == cli.run_librispeech
     assert (args.parts, args.num_jobs) == (["dev-clean", "test-clean"], 1)

@@ -1,6 +1,9 @@
-"""``nemo-sew bench stochastic``: fixed-squeeze models vs one stochastic model at equal steps (trains models).
+"""``nemo-sew bench stochastic``: fixed-squeeze models vs one stochastic model at equal steps (trains models);
+with ``--methods``, the stochastic training methods (:mod:`nemo_sew.stochastic`) at equal steps and at equal
+wall-clock time, over several seeds.
 
     nemo-sew bench stochastic --write BENCHMARKS.md
+    nemo-sew bench stochastic --methods uniform sandwich inplace_distill weighted --steps 800 --seeds 0 1 --write BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -84,4 +87,201 @@ def bench_stochastic_table(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bench_stochastic_table"]
+def _spread(values: Sequence[float]) -> str:
+    """``mean ± half the range`` of one cell's seeds (one seed: the value)."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
+
+
+def bench_stochastic_methods(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
+    methods: Sequence[str] = ("uniform", "sandwich", "inplace_distill", "weighted"),
+    steps: int = 800,
+    seeds: Sequence[int] = (0, 1),
+    factors: Sequence[int] = (1, 2, 4),
+    sampler_values: Sequence[float] = (1, 2, 3, 4),
+    equal_time: bool = True,
+    fixed: bool = True,
+    hours: float = 3.5,
+    extra: Sequence[str] = (),
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """Stochastic training methods against fixed-squeeze models, per seed in ``seeds``:
+
+    - every fixed model (one per factor in ``factors``) and every method trains ``steps`` steps (equal steps);
+    - with ``equal_time``, every method but ``uniform`` trains again for the wall-clock time the ``uniform``
+      run of the same seed took (``trainer.max_time``, the LR schedule fitted to it), as many steps as fit.
+
+    Each cell is the test WER (then CER) at one factor, the mean over seeds ± half their range. Raw numbers go to
+    ``out_dir/bench_stochastic_methods.json``. ``splits``: an already prepared corpus
+    (:func:`manifests.synthetic.prepare_synthetic`'s return value) instead of ``data_dir``.
+    """
+    import json
+    import time
+
+    from manifests.synthetic import prepare_synthetic
+
+    from nemo_sew.evaluate import error_rates, transcribe_manifest
+    from nemo_sew.stochastic import METHODS
+    from nemo_sew.train import load_config, train
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: expected some of {METHODS}, got {unknown}")
+    if equal_time and "uniform" not in methods:
+        raise ValueError("equal_time: the budget is the uniform run's time; expected 'uniform' among the methods")
+    out_dir = Path(out_dir)
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    test = splits["test"]["manifest"]
+    values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
+
+    def run(name: str, seed: int, overrides: list[str], max_steps: int, max_time: str | None, at=factors) -> dict:
+        cfg = load_config(recipe, [
+            f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}",
+            f"trainer.max_steps={max_steps}", f"trainer.max_time={max_time or 'null'}",
+            "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
+            f"seed={seed}", f"exp_manager.exp_dir={out_dir / f'{name}_seed{seed}'}", *overrides, *extra,
+        ])  # fmt: skip
+        start = time.perf_counter()
+        model = train(cfg)
+        seconds = time.perf_counter() - start
+        wer, cer = {}, {}
+        for s in at:
+            hyps, refs = transcribe_manifest(model, test, profile=s)
+            wer[s], cer[s] = error_rates(hyps, refs)
+        return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
+
+    results: dict[str, dict[int, dict]] = {}
+    for seed in seeds:
+        if fixed:
+            for s in factors:
+                results.setdefault(f"fixed s={s}", {})[seed] = run(
+                    f"fixed_s{s}", seed, [f"++model.encoder.arch.compressor.squeeze={s}", f"model.profile.squeeze={s}"],
+                    steps, None, at=[s],
+                )  # fmt: skip
+        budget = None
+        for method in methods:
+            stochastic = ["++model.encoder.arch.expander=phase",
+                          f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
+                          f"+model.stochastic={{method: {method}}}"]  # fmt: skip
+            results.setdefault(f"{method}, equal steps", {})[seed] = r = run(method, seed, stochastic, steps, None)
+            if method == "uniform":
+                budget = r["seconds"]
+        if equal_time:
+            for method in methods:
+                if method == "uniform":
+                    continue
+                total = max(1, int(round(budget)))
+                max_time = f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+                stochastic = ["++model.encoder.arch.expander=phase",
+                              f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
+                              f"+model.stochastic={{method: {method}}}"]  # fmt: skip
+                results.setdefault(f"{method}, equal time", {})[seed] = run(
+                    f"{method}_time", seed, stochastic, 100 * steps, max_time
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench_stochastic_methods.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+    fixed_mean = {(m, s): sum(r[m][s] for r in results[f"fixed s={s}"].values()) / len(seeds)
+                  for m in ("wer", "cer") for s in factors} if fixed else {}  # fmt: skip
+    lines = [
+        f"### Stochastic training methods vs fixed squeeze (synthetic corpus, {steps} steps; seeds {list(seeds)})",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"Recipe: `{recipe}`; sampler squeeze ~ U{values}; test = held-out voices and sentences. Equal steps: every "
+        f"model {steps} steps. Equal time: the wall-clock time of the uniform run of the same seed "
+        "(`trainer.max_time`, LR schedule fitted to it). Cells: test WER and CER, mean over seeds ± half their range"
+        + ("; in brackets: relative to the fixed model at that factor." if fixed else "."),
+        "",
+        "| model | budget (steps, wall-clock min: mean over seeds) | " + " | ".join(f"WER s={s}" for s in factors)
+        + " | " + " | ".join(f"CER s={s}" for s in factors) + " |",
+        "|---|---|" + "---|" * (2 * len(factors)),
+    ]
+    for name, per_seed in results.items():
+        runs = list(per_seed.values())
+        budget_cell = f"{sum(r['steps'] for r in runs) / len(runs):.0f} steps, {sum(r['seconds'] for r in runs) / len(runs) / 60:.1f} min"
+        cells = []
+        for metric in ("wer", "cer"):
+            for s in factors:
+                if name.startswith("fixed") and name != f"fixed s={s}":
+                    cells.append("-")
+                    continue
+                got = [r[metric][s] for r in runs]
+                ref = fixed_mean.get((metric, s))
+                rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref and not name.startswith("fixed") else ""
+                cells.append(_spread(got) + rel)
+        lines.append(f"| {name} | {budget_cell} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def method_step_costs(
+    data_dir: str | Path,
+    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
+    methods: Sequence[str] = ("uniform", "sandwich", "inplace_distill", "weighted"),
+    rounds: int = 8,
+    sampler_values: Sequence[float] = (1, 2, 3, 4),
+    hours: float = 3.5,
+    extra: Sequence[str] = (),
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """What one training step of each method costs: the wall time of its loss and backward pass on the first
+    training batch of the recipe, fp32, for steps ``0 .. rounds - 1`` (so ``uniform`` and ``weighted`` run
+    their drawn factors), the methods interleaved round by round so that a loaded machine slows them alike.
+    The ratio to ``uniform`` is what an equal-wall-clock comparison gives each method fewer steps by."""
+    import statistics
+    import time
+
+    import torch
+    from manifests.synthetic import prepare_synthetic
+
+    from nemo_sew.models.ctc import SqueezeCTCModel
+    from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
+    from nemo_sew.train import load_config
+
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
+    cfg = load_config(recipe, [
+        f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}",
+        "model.train_ds.num_workers=0", "++model.encoder.arch.expander=phase",
+        f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}}}", *extra,
+    ])  # fmt: skip
+    torch.manual_seed(0)
+    model = SqueezeCTCModel(cfg=cfg.model).train()  # builds its (validated) training data loader
+    signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
+    trainers = {m: StochasticTrainer(StochasticOptions(method=m)) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for step in range(rounds):
+        for method in methods:
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss = trainers[method].loss(model, signal, signal_len, transcript, transcript_len, step)[0]
+            loss.backward()
+            times[method].append(time.perf_counter() - start)
+    base = statistics.mean(times[methods[0]])
+    lines = [
+        "### What a training step of each stochastic method costs",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"Recipe: `{recipe}`, its first training batch ({signal.shape[0]} utterances, {float(signal_len.float().mean()) / 16000:.1f} s "
+        f"mean), fp32 loss + backward, steps 0-{rounds - 1} (sampler squeeze ~ U{values}), methods interleaved per step",
+        "",
+        f"| method | mean s / step | median s / step | cost vs {methods[0]} |",
+        "|---|---|---|---|",
+    ]
+    for method in methods:
+        mean = statistics.mean(times[method])
+        lines.append(f"| {method} | {mean:.3f} | {statistics.median(times[method]):.3f} | {mean / base:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["bench_stochastic_methods", "bench_stochastic_table", "method_step_costs"]

@@ -17,6 +17,7 @@ import torch
 from nemo.collections.asr.models import EncDecCTCModel, EncDecCTCModelBPE
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+import nemo_sew.augment  # noqa: F401  (registers the nemo_sew_speed perturbation a train_ds.augmentor may name)
 from nemo_sew.arch import resolve_arch
 from nemo_sew.encoder import EncoderOutput, SqueezeEncoder
 from nemo_sew.nn.frontend import frontend_layout
@@ -294,14 +295,32 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         log_probs = self.decoder(encoder_output=out.hidden.transpose(1, 2))  # NeMo's (B, D, T) at the boundary
         return log_probs, out.lengths, log_probs.argmax(dim=-1), out
 
+    def stochastic_trainer(self):
+        """How a sampled model trains (``cfg.stochastic``, :mod:`nemo_sew.stochastic`), built on first use."""
+        from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
+
+        if getattr(self, "_stochastic_trainer", None) is None:
+            options = self.cfg.get("stochastic")
+            options = OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else options
+            self._stochastic_trainer = StochasticTrainer(StochasticOptions.from_config(options))
+        return self._stochastic_trainer
+
     def training_step(self, batch, batch_nb):
         if not isinstance(self.encoder, SqueezeEncoder) or self.is_interctc_enabled():
             return super().training_step(batch, batch_nb)
         signal, signal_len, transcript, transcript_len = batch
         step = int(self.trainer.global_step)
-        draw = self.encoder.draw(step)  # the same profile on every DDP rank
-        log_probs, encoded_len, predictions, out = self.forward_with_draw(signal, signal_len, draw=draw)
-        loss = self.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len)
+        stochastic = self.stochastic_trainer()
+        if self.encoder.sampler is not None and stochastic.method != "uniform":  # several profiles per step
+            loss, log_probs, encoded_len, predictions, out, path_logs = stochastic.loss(
+                self, signal, signal_len, transcript, transcript_len, step
+            )
+            for name, value in path_logs.items():
+                self.log(name, value)
+        else:
+            draw = self.encoder.draw(step)  # the same profile on every DDP rank
+            log_probs, encoded_len, predictions, out = self.forward_with_draw(signal, signal_len, draw=draw)
+            loss = self.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len)
         loss = self.add_auxiliary_losses(loss)  # NeMo's registry (adapters etc.), as in its training_step
         for name, value in out.aux_losses.items():
             loss = loss + value

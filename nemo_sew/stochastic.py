@@ -1,0 +1,188 @@
+"""How a stochastic (squeeze-sampled) model trains: which profiles one CTC training step runs, and the loss.
+
+``model.stochastic.method`` in a CTC recipe (only acts when the encoder has a ``squeeze_sampler``):
+
+- ``uniform`` (default): one profile per step, the sampler's draw for the global step (the stochastic
+  wav2vec 2.0 seed's recipe).
+- ``sandwich``: three profiles per step, the smallest and the largest squeeze and the sampler's draw
+  (BigNAS / slimmable networks' sandwich rule); the loss is the mean of their CTC losses. A step costs
+  about three uniform steps, so compare at equal wall-clock time too (``nemo-sew bench stochastic --methods``).
+- ``inplace_distill``: the smallest squeeze (s = 1: the teacher) learns from the transcripts with CTC; one
+  squeezed profile per step (a draw among the other factors) learns ``(1 - distill_weight) * CTC +
+  distill_weight * KD``, where KD is the frame-level KL divergence from the teacher's (detached) CTC
+  posteriors, which the expander puts on the same 20 ms frames, at ``temperature``. The loss is the mean
+  of the teacher's and the student's.
+- ``weighted``: one profile per step, the squeeze drawn with probabilities that favour the factors whose
+  training CTC loss lags: ``p(s) ~ (ema_loss(s) / min_s ema_loss)^power``, mixed with ``floor`` of the
+  uniform distribution; ``ema_loss`` is an exponential moving average (``ema``) of each factor's loss,
+  averaged over DDP ranks before it is used, so every rank keeps the same weights.
+
+Every draw is a pure function of the global step (and, for ``weighted``, of the rank-averaged losses seen
+so far), so DDP ranks run the same profiles. Not checkpointed: ``weighted`` restarts its averages when a
+run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from nemo_sew.encoder import Draw
+
+METHODS = ("uniform", "sandwich", "inplace_distill", "weighted")
+
+
+@dataclass(frozen=True)
+class StochasticOptions:
+    """``model.stochastic`` (see the module docstring)."""
+
+    method: str = "uniform"
+    distill_weight: float = 0.5
+    temperature: float = 1.0
+    ema: float = 0.9
+    power: float = 2.0
+    floor: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"stochastic.method: expected one of {METHODS}, got {self.method!r}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"stochastic.distill_weight: expected 0 <= w <= 1, got {self.distill_weight}")
+        if self.temperature <= 0:
+            raise ValueError(f"stochastic.temperature: expected > 0, got {self.temperature}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"stochastic.ema: expected 0 <= ema < 1, got {self.ema}")
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"stochastic.floor: expected 0 <= floor <= 1, got {self.floor}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> "StochasticOptions":
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"stochastic: unknown keys {sorted(unknown)}")
+        return cls(**cfg)
+
+
+@dataclass
+class TrainingPath:
+    """One profile of a training step and how it learns: ``ctc`` (transcripts), ``teacher`` (transcripts,
+    and its posteriors teach the students) or ``student`` (CTC and KD from the teacher)."""
+
+    draw: Draw
+    role: str = "ctc"
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over valid frames of KL(teacher || student) between CTC posteriors given as log-probabilities
+    ``(B, T, V)`` on the same frames; the teacher is detached; ``temperature`` softens both (the loss is
+    scaled by ``temperature**2``, as in Hinton et al.)."""
+    t = min(student.shape[1], teacher.shape[1])
+    s_log = torch.log_softmax(student[:, :t].float() / temperature, dim=-1)
+    t_log = torch.log_softmax(teacher[:, :t].detach().float() / temperature, dim=-1)
+    kl = (t_log.exp() * (t_log - s_log)).sum(-1)  # (B, T)
+    valid = torch.arange(t, device=kl.device)[None, :] < lengths.clamp(max=t)[:, None]
+    return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2
+
+
+@dataclass
+class StochasticTrainer:
+    """The profiles of each training step and the loss over them, for one model (see the module docstring)."""
+
+    options: StochasticOptions = field(default_factory=StochasticOptions)
+    ema_loss: dict[float, float] = field(default_factory=dict)  # weighted: rank-averaged EMA of each factor's loss
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    # ------------------------------------------------------------------ draws (pure functions of the step)
+
+    def factor_weights(self, choices: list[float]) -> list[float]:
+        """``weighted``'s probabilities over ``choices`` (uniform until every factor has a loss)."""
+        n = len(choices)
+        if any(c not in self.ema_loss for c in choices):
+            return [1.0 / n] * n
+        best = min(self.ema_loss[c] for c in choices)
+        raw = [(self.ema_loss[c] / max(best, 1e-8)) ** self.options.power for c in choices]
+        total = sum(raw)
+        return [(1 - self.options.floor) * r / total + self.options.floor / n for r in raw]
+
+    def paths(self, encoder, step: int) -> list[TrainingPath]:
+        """The profiles training step ``step`` runs (the same on every DDP rank)."""
+        base = encoder.draw(step)
+        sampler = encoder.sampler
+        if sampler is None or self.method == "uniform":
+            return [TrainingPath(base)]
+        choices = sorted(set(sampler.squeeze_choices())) if sampler.squeeze is not None else [float(encoder.squeeze)]
+        discrete = sampler.squeeze is not None and "values" in sampler.squeeze
+        lo, hi = choices[0], choices[-1]
+
+        def at(squeeze: float, pooled: bool = False) -> Draw:
+            profile = base.profile if pooled else dataclasses.replace(base.profile, q_pool=None, kv_pool=None)
+            return Draw(dataclasses.replace(profile, squeeze=float(squeeze)), base.cif_lambda)
+
+        rng = random.Random(f"{sampler.seed}-{int(step)}-{self.method}")
+        if self.method == "sandwich":
+            return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(base)]
+        if self.method == "inplace_distill":
+            if discrete:
+                students = [c for c in choices if c != lo]
+                student = rng.choice(students) if students else lo
+            else:
+                student = rng.uniform(lo, hi)
+            return [TrainingPath(at(lo), "teacher"), TrainingPath(at(student, pooled=True), "student")]
+        if self.method == "weighted":
+            if not discrete:
+                raise ValueError("stochastic.method=weighted: expected a squeeze sampler over values ({'values': [...]})")
+            squeeze = rng.choices(choices, weights=self.factor_weights(choices))[0]
+            return [TrainingPath(at(squeeze, pooled=True))]
+        raise AssertionError(self.method)
+
+    def update(self, squeeze: float, loss: torch.Tensor) -> None:
+        """``weighted``: fold one step's loss at ``squeeze`` into its average (averaged over DDP ranks first,
+        so every rank keeps the same weights); other methods keep nothing."""
+        if self.method != "weighted":
+            return
+        value = loss.detach().float().clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(value)
+            value /= torch.distributed.get_world_size()
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            return
+        old = self.ema_loss.get(float(squeeze))
+        self.ema_loss[float(squeeze)] = value if old is None else self.options.ema * old + (1 - self.options.ema) * value
+
+    # ------------------------------------------------------------------ the step's loss
+
+    def loss(self, model, signal, signal_len, transcript, transcript_len, step: int):
+        """``(loss, log_probs, encoded_len, predictions, out, logs)`` of one training step of a
+        :class:`~nemo_sew.models.ctc.SqueezeProfileMixin` model: the mean over :meth:`paths` of each path's
+        loss; ``log_probs`` ... ``out`` are the last path's (WER logging), ``out.aux_losses`` the mean over
+        paths; ``logs``: each path's CTC loss by factor."""
+        paths = self.paths(model.encoder, step)
+        total, logs, teacher, aux = 0.0, {}, None, {}
+        for path in paths:
+            log_probs, encoded_len, predictions, out = model.forward_with_draw(signal, signal_len, draw=path.draw)
+            ctc = model.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len)
+            factor = float(out.stats.get("squeeze", path.draw.profile.squeeze or 0.0))
+            logs[f"train_ctc_s{factor:g}"] = ctc.detach()
+            if path.role == "student" and teacher is not None:
+                kd = distill_loss(log_probs, teacher[0], torch.minimum(encoded_len, teacher[1]), self.options.temperature)
+                logs[f"train_kd_s{factor:g}"] = kd.detach()
+                w = self.options.distill_weight
+                total = total + (1 - w) * ctc + w * kd
+            else:
+                total = total + ctc
+            if path.role == "teacher":
+                teacher = (log_probs, encoded_len)
+            for name, value in out.aux_losses.items():
+                aux[name] = aux.get(name, 0.0) + value / len(paths)
+            self.update(factor, ctc)
+        out.aux_losses = aux
+        return total / len(paths), log_probs, encoded_len, predictions, out, logs

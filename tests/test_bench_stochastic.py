@@ -1,0 +1,66 @@
+"""``nemo-sew bench stochastic --methods`` on the tiny corpus: real training (2 steps per model) of fixed models,
+two methods at equal steps and one at equal wall-clock time; the table and the raw numbers."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nemo_sew  # noqa: F401
+from conftest import TINY_ENCODER
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["model.train_ds.batch_size=4", "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0",
+         *TINY_ENCODER, "trainer.limit_val_batches=1", "augment=null"]  # fmt: skip
+
+
+def test_cli_parses_bench_stochastic_methods():
+    from nemo_sew.cli import _cmd_bench_stochastic, build_parser
+
+    args = build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "sandwich", "--steps", "9",
+                                      "--seeds", "3", "4", "--no-fixed", "trainer.max_epochs=2"])  # fmt: skip
+    assert args.func is _cmd_bench_stochastic and args.methods == ["uniform", "sandwich"]
+    assert (args.steps, args.seeds, args.factors, args.no_fixed, args.no_equal_time) == (9, [3, 4], [1, 2, 4], True, False)
+    assert args.overrides == ["trainer.max_epochs=2"]
+    assert build_parser().parse_args(["bench", "stochastic"]).methods is None  # the older equal-steps table
+    assert build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "--step-cost", "3"]).step_cost == 3
+
+
+def test_method_step_costs_times_every_method(tiny_corpus):
+    from nemo_sew.bench.stochastic import method_step_costs
+
+    section = method_step_costs(None, recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", rounds=2, splits=tiny_corpus,
+                                extra=["model.train_ds.batch_size=4", *TINY_ENCODER], command="nemo-sew bench stochastic")  # fmt: skip
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ") and "s / step" not in line}
+    assert set(rows) == {"uniform", "sandwich", "inplace_distill", "weighted"}
+    assert rows["uniform"].endswith("| 1.00x |")
+
+
+def test_methods_are_checked(tmp_path):
+    from nemo_sew.bench.stochastic import bench_stochastic_methods
+
+    with pytest.raises(ValueError, match="expected some of"):
+        bench_stochastic_methods(None, tmp_path, methods=["uniform", "dropout"], splits={"test": {}})
+    with pytest.raises(ValueError, match="uniform"):
+        bench_stochastic_methods(None, tmp_path, methods=["sandwich"], splits={"test": {}})
+
+
+@pytest.mark.slow
+def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
+    from nemo_sew.bench.stochastic import bench_stochastic_methods
+
+    section = bench_stochastic_methods(
+        None, tmp_path, recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", methods=["uniform", "sandwich"], steps=2,
+        seeds=[0], factors=[1, 2], extra=SMALL, command="nemo-sew bench stochastic --methods uniform sandwich",
+        splits=tiny_corpus,
+    )  # fmt: skip
+    raw = json.loads((tmp_path / "bench_stochastic_methods.json").read_text())
+    assert list(raw) == ["fixed s=1", "fixed s=2", "uniform, equal steps", "sandwich, equal steps", "sandwich, equal time"]
+    for name, per_seed in raw.items():
+        run = per_seed["0"]
+        assert set(run["wer"]) == ({name[-1]} if name.startswith("fixed") else {"1", "2"})
+        assert all(0 <= w <= 5 for w in [*run["wer"].values(), *run["cer"].values()])
+        assert run["steps"] == 2 or name == "sandwich, equal time"
+    assert raw["sandwich, equal time"]["0"]["seconds"] < 100 * raw["uniform, equal steps"]["0"]["seconds"]
+    for needle in ("| fixed s=1 |", "| sandwich, equal time |", "Equal time", "nemo-sew bench stochastic --methods"):
+        assert needle in section
