@@ -215,10 +215,16 @@ def augmentor_config(section: Mapping[str, Any], assets_dir: str | Path, sample_
 
 def apply_augment(cfg: DictConfig) -> DictConfig:
     """A recipe with a top-level ``augment`` section -> the same recipe with ``model.train_ds.augmentor``
-    set (and ``augment`` kept, so the run's config says what it asked for). Without the section, or with
-    ``augment: null``, ``cfg`` is returned unchanged."""
+    set (and ``augment`` kept, so the run's config says what it asked for). Without the section ``cfg`` is
+    returned unchanged; ``augment: null`` sets ``model.train_ds.augmentor`` to null (fine-tuning a ``.nemo``
+    whose stored training config has one, from another machine, must not inherit it)."""
     section = cfg.get("augment")
     if section is None:
+        if "augment" not in cfg or cfg.model.get("train_ds") is None:
+            return cfg
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.model.train_ds.augmentor = None
         return cfg
     section = OmegaConf.to_container(section, resolve=True)
     train_ds = cfg.model.get("train_ds") or {}

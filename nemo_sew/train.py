@@ -91,6 +91,8 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
             if key in cfg.model:
                 override = OmegaConf.to_container(cfg.model[key], resolve=True)  # resolve ${model.*} here
                 model.cfg[key] = OmegaConf.merge(model.cfg.get(key) or {}, override)
+                if "augmentor" in override:  # replaced, not merged: no stored perturbation survives
+                    model.cfg[key].augmentor = override["augmentor"]
     model.set_profile(OmegaConf.to_container(cfg.profile, resolve=True))
     model.set_trainer(trainer)
     model.setup_training_data(model.cfg.train_ds)

@@ -130,6 +130,8 @@ def test_apply_augment_sets_the_train_augmentor_beside_the_manifest(tmp_path):
     assert "augmentor" not in cfg.model.train_ds  # the input is not modified
     plain = OmegaConf.create({"model": {"train_ds": {"manifest_filepath": str(manifest)}}})
     assert apply_augment(plain) is plain
+    off = OmegaConf.merge(out, {"augment": None})  # a stored augmentor is switched off by augment: null
+    assert apply_augment(off).model.train_ds.augmentor is None
     lhotse = OmegaConf.merge(cfg, {"model": {"train_ds": {"use_lhotse": True}}})
     with pytest.raises(ValueError, match="use_lhotse"):
         apply_augment(lhotse)

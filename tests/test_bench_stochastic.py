@@ -26,6 +26,7 @@ def test_cli_parses_bench_stochastic_methods():
     assert build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "--step-cost", "3"]).step_cost == 3
 
 
+@pytest.mark.slow
 def test_method_step_costs_times_every_method(tiny_corpus):
     from nemo_sew.bench.stochastic import method_step_costs
 
