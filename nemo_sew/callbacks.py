@@ -28,6 +28,7 @@ class ProgressLogger(pl.Callback):
         if step % self.every_n_steps or not trainer.is_global_zero:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        audio_text = isinstance(batch, (list, tuple)) and len(batch) > 2  # NeMo's (signal, lengths, tokens, lengths)
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         elapsed = time.perf_counter() - self._start
         log.info(
@@ -120,12 +121,13 @@ class StepRecorder(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stats = getattr(pl_module, "last_step_stats", None) or {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        audio_text = isinstance(batch, (list, tuple)) and len(batch) > 2  # NeMo's (signal, lengths, tokens, lengths)
         record = {
             "rank": trainer.global_rank,
             "step": trainer.global_step,  # after this batch's optimizer step
             "squeeze": stats.get("squeeze"),
-            "lengths": [int(x) for x in batch[1].tolist()] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None,
-            "targets": [int(x) for x in batch[2].sum(dim=-1).tolist()] if isinstance(batch, (list, tuple)) and len(batch) > 2 else None,
+            "lengths": [int(x) for x in batch[1].tolist()] if audio_text else None,
+            "targets": [int(x) for x in batch[2].sum(dim=-1).tolist()] if audio_text else None,
             "loss": float(loss) if loss is not None else None,
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
         }

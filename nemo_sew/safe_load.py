@@ -100,8 +100,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def restore(path: str | Path, map_location: str | torch.device = "cpu"):
     """NeMo's ``ASRModel.restore_from`` (weights with ``weights_only=True``), with the file named in its errors."""
-    import nemo_sew  # noqa: F401  (registers the _target_ prefix)
     from nemo.collections.asr.models import ASRModel
+
+    import nemo_sew  # noqa: F401  (registers the _target_ prefix)
 
     path = Path(path)
     if not path.is_file():

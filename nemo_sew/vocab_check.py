@@ -27,7 +27,8 @@ def foreign_characters(text: str, labels: Sequence[str], parser) -> str | None:
     normalise = parser._normalize if getattr(parser, "_do_normalize", False) else str.lower
     letters = {c for c in str(text).lower() if c.isalpha() and c not in vocab}  # other alphabets, accents
     # non-ASCII symbols the normaliser deletes ("☃"); those it spells out or maps into the labels ("’") pass
-    letters |= {c for c in set(str(text)) - vocab if ord(c) > 127 and not c.isalpha() and not c.isspace() and not normalise(f"a{c}b").strip("ab ")}
+    symbols = {c for c in set(str(text)) - vocab if ord(c) > 127 and not c.isalpha() and not c.isspace()}
+    letters |= {c for c in symbols if not (normalise(f"a{c}b") or "").strip("ab ")}
     normalised = normalise(str(text))
     if normalised is None:
         return "".join(sorted(letters)) or "(text NeMo's normaliser rejects)"

@@ -73,10 +73,7 @@ def trained_model(ddp_and_single):
 
 
 def test_two_process_ddp_equals_one_process_with_twice_the_batch(ddp_and_single):
-    import torch
-
-    import nemo_sew  # noqa: F401
-    from nemo.collections.asr.models import ASRModel
+    from nemo_sew.safe_load import restore
 
     ranks = [_records(ddp_and_single["ddp"], r) for r in (0, 1)]
     single = _records(ddp_and_single["single"], 0)
@@ -89,8 +86,8 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(ddp_and_single)
         assert sorted(zip(r0["lengths"] + r1["lengths"], r0["targets"] + r1["targets"])) == sorted(zip(one["lengths"], one["targets"]))
     assert len({r["squeeze"] for r in single}) > 2  # the stochastic sampler was on
 
-    ddp = ASRModel.restore_from(str(ddp_and_single["ddp_model"]), map_location="cpu").state_dict()
-    one = ASRModel.restore_from(str(ddp_and_single["single_model"]), map_location="cpu").state_dict()
+    ddp = restore(ddp_and_single["ddp_model"]).state_dict()
+    one = restore(ddp_and_single["single_model"]).state_dict()
     assert ddp.keys() == one.keys()
     worst = max(float((ddp[k].double() - one[k].double()).abs().max()) for k in ddp if ddp[k].is_floating_point())
     assert worst < 1e-5, f"DDP and single-process parameters differ by up to {worst}"

@@ -287,3 +287,23 @@ def test_cli_export_one_file_per_profile_and_transcribe(ctc_model, tiny_corpus, 
     args = _parse(["transcribe", str(out / "s2.onnx"), "x.wav", "--backend", "torch"])
     with pytest.raises(ValueError, match="the torch backend runs a .nemo model"):
         args.func(args)
+
+
+def test_onnxruntime_refuses_stereo_and_wrong_rates_like_transcribe_and_silence_is_empty(ctc_onnx, tmp_path):
+    """The onnxruntime backend treats odd audio as transcribe() does (README "Bad input")."""
+    import numpy as np
+    import soundfile as sf
+
+    from manifests.audio import AudioError
+
+    runner = OnnxCTCRunner(ctc_onnx.path, intra_op_threads=2)
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "stereo.wav", rng.standard_normal((16000, 2)) * 0.1, 16000)
+    sf.write(tmp_path / "rate8k.wav", rng.standard_normal(8000) * 0.1, 8000)
+    sf.write(tmp_path / "silence.wav", np.zeros(40 * 16000, dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match="stereo.wav.*channel"):
+        runner.transcribe([tmp_path / "stereo.wav"])
+    with pytest.raises(AudioError, match="rate8k.wav.*16000"):
+        runner.transcribe([tmp_path / "rate8k.wav"])
+    (text,) = runner.transcribe([tmp_path / "silence.wav"])
+    assert isinstance(text, str)  # blank-only decodes to a (possibly empty) string, never an error

@@ -92,3 +92,19 @@ def test_a_nemo_file_with_a_pickled_callable_is_refused(tiny_corpus, tmp_path, m
         restore(evil)
     assert not (tmp_path / MARKER).exists()
     restore(good)  # the untouched file restores
+
+
+def test_a_fairseq_checkpoint_with_omegaconf_and_namespace_args_loads(tmp_path):
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from nemo_sew.convert.fairseq import load_checkpoint as load_fairseq
+
+    cfg = OmegaConf.create({"model": {"_name": "wav2vec2", "encoder_layers": 2}, "task": {"normalize": False}})
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"cfg": cfg, "args": argparse.Namespace(arch="wav2vec2", encoder_layers=2),
+                "model": {"w": torch.ones(2)}}, path)  # fmt: skip
+    data = load_fairseq(path)
+    assert data["cfg"].model.encoder_layers == 2 and data["args"].arch == "wav2vec2"
+    assert torch.equal(data["model"]["w"], torch.ones(2))

@@ -172,7 +172,9 @@ def save_encoder_checkpoint(encoder_config: dict[str, Any], encoder: SqueezeEnco
 
 def load_encoder_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> SqueezeEncoder:
     """Rebuild the encoder written by :func:`save_encoder_checkpoint` (eval mode)."""
-    data = torch.load(path, map_location=map_location, weights_only=True)
+    from nemo_sew.safe_load import load_checkpoint
+
+    data = load_checkpoint(path, map_location=map_location)  # weights_only=True; names the file when it refuses
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: expected a {CHECKPOINT_FORMAT!r} encoder checkpoint, got {found!r}")

@@ -201,9 +201,11 @@ def read_dictionary(path: str | Path) -> list[str]:
 
 
 def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
-    """Read a fairseq checkpoint; older ones store an ``argparse.Namespace`` and need ``allow_pickle=True``.
+    """Read a fairseq checkpoint with ``weights_only=True`` and the allow list of :mod:`nemo_sew.safe_load`
+    (OmegaConf configs, and the ``argparse.Namespace`` of older checkpoints, are plain data).
 
-    ``allow_pickle=True`` runs ``torch.load(weights_only=False)``: only use it on files you trust.
+    ``allow_pickle=True`` runs ``torch.load(weights_only=False)``, for files holding other Python objects: only
+    use it on files you trust.
     """
     if allow_pickle:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -215,7 +217,7 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict[str, A
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(
             f"{err}; if you trust the file, "
-            f"pass allow_pickle=True (older fairseq checkpoints store Python objects)"
+            f"pass allow_pickle=True (convert --allow-pickle)"
         ) from err
 
 

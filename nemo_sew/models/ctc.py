@@ -125,6 +125,8 @@ class ProfileAPIMixin:
 class DataGuardMixin:
     """Manifest validation before NeMo reads training, validation and test data (logged skips)."""
 
+    checks_vocabulary = True  # character CTC: skip transcripts the labels cannot spell (nemo_sew.vocab_check)
+
     def min_input_seconds(self) -> float:
         """Shortest clip (seconds) the encoder can run at its active profile."""
         encoder = getattr(self, "encoder", None)  # NeMo sets up data before it builds the encoder
@@ -170,7 +172,7 @@ class DataGuardMixin:
                 log.warning("%s: skipped %d bad entries (see warnings above)", path, len(report.skipped))
             out_path = report.out_path
             labels = config.get("labels") or self.cfg.get("labels")
-            if labels and config.get("check_vocabulary", True):  # char models: transcripts the labels can spell
+            if labels and self.checks_vocabulary and config.get("check_vocabulary", True):  # transcripts the labels spell
                 from nemo_sew.vocab_check import drop_out_of_vocabulary
 
                 out_path, _ = drop_out_of_vocabulary(out_path, list(labels), str(config.get("parser", "en") or "en"))

@@ -64,6 +64,8 @@ class _GradMultiply(torch.autograd.Function):
 class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
     """Self-supervised pre-training of a :class:`nemo_sew.SqueezeEncoder` (see the module docstring)."""
 
+    checks_vocabulary = False  # transcripts are not trained on
+
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
         cfg = upgraded_model_config(cfg)
         with open_dict(cfg):
