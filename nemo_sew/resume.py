@@ -58,6 +58,42 @@ class _SeededRNG:
         torch.set_rng_state(torch_state)
 
 
+class SeededBatch(list):
+    """A batch of dataset indices that carries the seed of its samples' random draws: ``(seed, epoch)``."""
+
+    def __init__(self, indices: list, words: list[int]) -> None:
+        super().__init__(indices)
+        self.words = words
+
+
+class SeededDataset(Dataset):
+    """Loads each sample of a :class:`SeededBatch` with python, numpy and torch seeded from
+    ``(seed, epoch, sample index)``, so waveform augmentation (NeMo's perturbations draw from the global RNGs at
+    load time, in the main process or a worker) repeats after a resume, does not depend on the worker count, and
+    is the same for a sample whether it lands on one DDP rank or another. Other attributes are the wrapped
+    dataset's (whose ``__getitem__`` takes one index; NeMo's also take a list)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # unpickling (workers) looks attributes up before __dict__ is filled
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, SeededBatch):
+            samples = []
+            for i in index:
+                with _SeededRNG([*index.words, int(i)]):
+                    samples.append(self.dataset[i])
+            return samples
+        return self.dataset[index]
+
+
 class ResumableBatchSampler(DistributedSampler):
     """Yields batches (lists of dataset indices, or a lhotse ``CutSet``) in an order fixed by ``(seed, epoch)``.
 
@@ -133,7 +169,11 @@ class ResumableBatchSampler(DistributedSampler):
         if skip:
             log.info("resuming epoch %d at batch %d", self.epoch, skip)
         self.consumed = skip
-        return itertools.islice(batches, skip, None)  # the skipped batches are index lists or cut metadata only
+        seeded = (
+            SeededBatch(list(batch), [self.seed, self.epoch]) if isinstance(batch, (list, tuple, np.ndarray)) else batch
+            for batch in batches  # index batches (NeMo's semi-sorted sampler yields numpy arrays); lhotse: cuts
+        )
+        return itertools.islice(seeded, skip, None)  # the skipped batches are index lists or cut metadata only
 
     def __len__(self) -> int:
         if self.batches_from_inner:
@@ -199,7 +239,7 @@ def make_resumable(loader: Any, *, seed: int, rank: int = 0, world: int = 1) -> 
                 inner, seed=seed, batch_size=loader.batch_size, drop_last=loader.drop_last, rank=rank, world=world
             )
     return ResumableDataLoader(
-        dataset,
+        SeededDataset(dataset),
         batch_size=None,
         sampler=sampler,
         collate_fn=loader.collate_fn,  # NeMo's audio datasets return a list of samples for a list of indices

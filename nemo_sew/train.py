@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 from nemo.core.classes import ModelPT
@@ -204,6 +204,23 @@ def cpu_precision(trainer_kwargs: dict, bf16_supported: bool | None = None) -> d
     return trainer_kwargs
 
 
+def _resume_from_newest_checkpoint(trainer: pl.Trainer, em_cfg: Any, log_dir: Any) -> None:
+    """exp_manager's ``resume_if_exists`` resumes from a ``*last.ckpt`` only. A run killed after a checkpoint
+    was written but before Lightning wrote ``last.ckpt`` beside it would train from scratch; resume from the
+    newest finished checkpoint instead (NeMo's own unfinished-checkpoint filter decides what is finished)."""
+    from nemo.utils.exp_manager import _filter_out_unfinished_checkpoints
+
+    if not em_cfg or not em_cfg.get("resume_if_exists") or trainer.ckpt_path or log_dir is None:
+        return
+    dirpath = (em_cfg.get("checkpoint_callback_params") or {}).get("dirpath")
+    ckpt_dir = Path(dirpath) if dirpath else Path(log_dir) / "checkpoints"
+    found = _filter_out_unfinished_checkpoints(list(ckpt_dir.glob("*.ckpt"))) if ckpt_dir.is_dir() else []
+    if found:
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.warning("no last checkpoint in %s: resuming from the newest checkpoint %s", ckpt_dir, newest.name)
+        trainer.ckpt_path = str(newest)
+
+
 def train(cfg: DictConfig) -> ModelPT:
     """Fit ``cfg.model`` with ``cfg.trainer`` and ``cfg.exp_manager``; write ``cfg.save_to`` (.nemo) if set.
 
@@ -234,7 +251,8 @@ def train(cfg: DictConfig) -> ModelPT:
     if cfg.get("anneal_to_max_time") and budget:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), TimeBudgetAnnealing(budget)]
     trainer = pl.Trainer(**trainer_kwargs)
-    exp_manager(trainer, cfg.get("exp_manager", None))
+    log_dir = exp_manager(trainer, cfg.get("exp_manager", None))
+    _resume_from_newest_checkpoint(trainer, cfg.get("exp_manager", None), log_dir)
     if cfg.get("pruning") is not None:  # prune a fine-tuned CTC model (nemo_sew.prune.train)
         from nemo_sew.prune.train import pruning_model
 

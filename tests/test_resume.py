@@ -195,3 +195,31 @@ def test_a_lhotse_sampler_resumes_with_the_next_batch(tiny_corpus):
     resumed = sampler()
     resumed.load_state_dict(state)
     assert [[c.id for c in batch] for batch in resumed] == seen[2:]
+
+
+def test_a_run_killed_before_its_last_checkpoint_resumes_from_the_newest_one(tmp_path):
+    """exp_manager resumes from ``*last.ckpt`` only; a kill between a step checkpoint and ``last.ckpt`` must not
+    restart training from scratch (this happened to the kill test above on a loaded machine)."""
+    import lightning.pytorch as pl
+    from omegaconf import OmegaConf
+
+    from nemo_sew.train import _resume_from_newest_checkpoint
+
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    for step in (10, 20):
+        (ckpt_dir / f"run--step={step}.ckpt").write_bytes(b"x")
+        time.sleep(0.02)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    em = OmegaConf.create({"resume_if_exists": True})
+    _resume_from_newest_checkpoint(trainer, em, tmp_path)
+    assert trainer.ckpt_path == str(ckpt_dir / "run--step=20.ckpt")
+    from nemo.utils.callbacks.nemo_model_checkpoint import NeMoModelCheckpoint
+
+    NeMoModelCheckpoint.format_checkpoint_unfinished_marker_path(ckpt_dir / "run--step=20.ckpt").touch()  # being written
+    trainer.ckpt_path = None
+    _resume_from_newest_checkpoint(trainer, em, tmp_path)
+    assert trainer.ckpt_path == str(ckpt_dir / "run--step=10.ckpt")
+    trainer.ckpt_path = None
+    _resume_from_newest_checkpoint(trainer, OmegaConf.create({"resume_if_exists": False}), tmp_path)
+    assert trainer.ckpt_path is None
