@@ -31,7 +31,7 @@ class SqueezeRow:
 
 def bench_squeeze(
     preset: str = "sew_small", factors: Sequence[float] = (1, 2, 4), seconds: float = 10.0, batch: int = 1,
-    warmup: int = 3, runs: int = 10, frontend_macs: float | None = None,
+    warmup: int = 3, runs: int = 10, frontend_macs: float | None = None, controller_steps: int = 2000,
 ) -> list[SqueezeRow]:  # fmt: skip
     """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors.
 
@@ -47,7 +47,7 @@ def bench_squeeze(
         pruning = {"units": ["frontend"], "budget": "sepmac", "target_frontend": frontend_macs, "target_transformer": 1.0,
                    "warmup_steps": 100}  # fmt: skip
         masked = build_encoder(preset, squeeze_sampler=sampler, pruning=pruning)
-        controller_shape(masked)
+        controller_shape(masked, controller_steps)
         enc = materialize_encoder(masked.eval()).eval()
     x = torch.randn(batch, enc.layout.feat_in, enc.layout.length(seconds)) * 0.1
     lengths = torch.full((batch,), x.shape[-1], dtype=torch.int64)
