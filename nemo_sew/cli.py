@@ -125,8 +125,9 @@ def _cmd_bench_prune(args: argparse.Namespace) -> int:
 def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
     from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
 
-    rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs)
-    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv))
+    rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs,
+                         frontend_macs=args.frontend_macs)  # fmt: skip
+    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv), args.frontend_macs)
     return _emit(section, args)
 
 
@@ -308,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--frontend-macs", type=float, default=None, help="prune the front end to this fraction of its MACs first")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_squeeze)
 

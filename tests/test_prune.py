@@ -314,3 +314,13 @@ def test_bench_prune_on_a_tiny_preset():
     assert r.mac_ratio == pytest.approx(r.fractions["total"], rel=1e-9)  # the table's MACs are the budget's (10 s)
     text = prune_markdown(r, "nemo-sew bench prune --preset tiny_wfe_o", goal=None)
     assert "| pruned |" in text and "one run" in text
+
+
+def test_bench_squeeze_with_a_pruned_front_end():
+    from nemo_sew.bench.squeeze import bench_squeeze
+    from nemo_sew.cost import macs_per_second
+
+    rows = bench_squeeze("tiny_wfe_o", factors=[1, 2], seconds=1.0, warmup=0, runs=1, frontend_macs=0.5, controller_steps=300)
+    full = build_encoder("tiny_wfe_o", squeeze_sampler={"low": 1.0, "high": 4.0})
+    assert rows[0].gmacs_per_s < macs_per_second(full.arch, 1.0, seconds=1.0)  # the front end was pruned
+    assert rows[1].gmacs_per_s < rows[0].gmacs_per_s and all(r.latency_ms > 0 for r in rows)

@@ -31,10 +31,24 @@ class SqueezeRow:
 
 def bench_squeeze(
     preset: str = "sew_small", factors: Sequence[float] = (1, 2, 4), seconds: float = 10.0, batch: int = 1,
-    warmup: int = 3, runs: int = 10,
+    warmup: int = 3, runs: int = 10, frontend_macs: float | None = None, controller_steps: int = 2000,
 ) -> list[SqueezeRow]:  # fmt: skip
-    """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors."""
-    enc = build_encoder(preset, squeeze_sampler={"low": 1.0, "high": max(4.0, max(factors))}).eval()
+    """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors.
+
+    ``frontend_macs``: first prune the front end's channels to that fraction of its MACs (the pruning budget
+    controller alone on random weights, :func:`nemo_sew.bench.prune.controller_shape`; the blocks are kept)."""
+    sampler = {"low": 1.0, "high": max(4.0, max(factors))}
+    if frontend_macs is None:
+        enc = build_encoder(preset, squeeze_sampler=sampler).eval()
+    else:
+        from nemo_sew.bench.prune import controller_shape
+        from nemo_sew.prune.materialize import materialize_encoder
+
+        pruning = {"units": ["frontend"], "budget": "sepmac", "target_frontend": frontend_macs, "target_transformer": 1.0,
+                   "warmup_steps": 100}  # fmt: skip
+        masked = build_encoder(preset, squeeze_sampler=sampler, pruning=pruning)
+        controller_shape(masked, controller_steps)
+        enc = materialize_encoder(masked.eval()).eval()
     x = torch.randn(batch, enc.layout.feat_in, enc.layout.length(seconds)) * 0.1
     lengths = torch.full((batch,), x.shape[-1], dtype=torch.int64)
     rows = []
@@ -46,10 +60,11 @@ def bench_squeeze(
     return rows
 
 
-def squeeze_markdown(rows: list[SqueezeRow], preset: str, seconds: float, command: str) -> str:
+def squeeze_markdown(rows: list[SqueezeRow], preset: str, seconds: float, command: str, frontend_macs: float | None = None) -> str:
     base = rows[0]
+    pruned = "" if frontend_macs is None else f", front end pruned to {frontend_macs:.0%} of its MACs"
     lines = [
-        f"### Squeeze speed-up: `{preset}`, {seconds:g} s of audio, batch 1, fp32 eager",
+        f"### Squeeze speed-up: `{preset}`{pruned}, {seconds:g} s of audio, batch 1, fp32 eager",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_line()}",
