@@ -167,8 +167,8 @@ def analyse_i3d(
     result = {
         "manifest": str(manifest),
         "threshold": t,
-        "gates": {"kind": encoder.gate_options.kind, "tau": encoder.gate_options.tau, "budget": encoder.gate_options.budget,
-                  "target": encoder.gate_options.target},  # fmt: skip
+        "gates": {k: getattr(encoder.gate_options, k)
+                  for k in ("kind", "tau", "tau_final", "budget", "target", "penalty", "per_utterance")},  # fmt: skip
         "layers": layers,
         "utterances": int(depth.size),
         "depth_mean": float(depth.mean()),
@@ -204,8 +204,10 @@ def analysis_markdown(result: Mapping[str, Any], command: str = "", model_name: 
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_line()}; one run, {result['seconds']:.0f} s  ",
-        f"Gates: {g['kind']}, tau {g['tau']:g}, budget {g['budget']} target {g['target']:g}; "
-        f"{result['utterances']} utterances of `{result['manifest']}`"
+        f"Gates: {g['kind']}, tau {g['tau']:g}" + (f" annealed to {g['tau_final']:g}" if g.get("tau_final") else "")
+        + f", budget {g['budget']} target {g['target']:g} ({g.get('penalty', 'square')}"
+        + (", per utterance); " if g.get("per_utterance") else "); ")
+        + f"{result['utterances']} utterances of `{result['manifest']}`"
         + (" (the first ones)" if result.get("max_utterances") else "") + ", each alone",
         "",
         f"- Realised depth: mean {result['depth_mean']:.2f} of {result['layers']} layers, std **{result['depth_std']:.3f}** "
