@@ -211,8 +211,12 @@ def test_cli_quantize(tmp_path, capsys):
     build_tiny_ctc("tiny_mel", num_layers=1).save_to(str(tmp_path / "fp.nemo"))
     assert main(["quantize", str(tmp_path / "fp.nemo"), "--bits", "8", "--out", str(tmp_path / "q8.nemo")]) == 0
     assert "q8.nemo" in capsys.readouterr().out and (tmp_path / "q8.nemo").is_file()
+    # a user error is one line naming the file (the CLI's rule), the traceback only with --verbose
+    assert main(["quantize", str(tmp_path / "missing.nemo"), "--bits", "4", "--out", str(tmp_path / "x.nemo")]) == 2
+    err = capsys.readouterr().err
+    assert "no such .nemo" in err and "missing.nemo" in err and "Traceback" not in err
     with pytest.raises(FileNotFoundError, match="no such .nemo"):
-        main(["quantize", str(tmp_path / "missing.nemo"), "--bits", "4", "--out", str(tmp_path / "x.nemo")])
+        main(["quantize", str(tmp_path / "missing.nemo"), "--bits", "4", "--out", str(tmp_path / "x.nemo"), "--verbose"])
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
