@@ -31,7 +31,12 @@ def test_ten_minutes_of_audio_transcribe_under_3_gb(tmp_path):
         print("PEAK_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "CHARS", len(hyp.text))
         """
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    # a fresh process with a minimal environment: variables that earlier tests of the suite leave in this
+    # process's environment (Lightning, torch.distributed, NeMo) must not change what is measured
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
+    env = {**{k: os.environ[k] for k in keep if k in os.environ}, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    polluted = sorted(set(os.environ) - set(keep) - {"PYTHONPATH", "OMP_NUM_THREADS"})
+    print("not passed on:", polluted)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     fields = proc.stdout.split("PEAK_MB")[1].split()
