@@ -33,3 +33,15 @@ def tiny_corpus(tmp_path_factory):
     from manifests.synthetic import prepare_synthetic
 
     return prepare_synthetic(tmp_path_factory.mktemp("tiny_corpus"), hours=0.03, seed=2, num_jobs=2, test_speakers=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_ctc_nemo(tiny_corpus, tmp_path_factory):
+    """A freshly built tiny CTC model saved as ``.nemo`` (one per test module: a module may overwrite it)."""
+    from test_models import _cfg
+
+    from nemo_sew.train import build_model
+
+    path = tmp_path_factory.mktemp("tiny_ctc") / "model.nemo"
+    build_model(_cfg(tiny_corpus)).save_to(str(path))
+    return path

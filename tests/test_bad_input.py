@@ -21,17 +21,6 @@ from manifests.audio import AudioError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_corpus, tmp_path_factory):
-    from test_models import _cfg
-
-    from nemo_sew.train import build_model
-
-    path = tmp_path_factory.mktemp("bad_input") / "tiny.nemo"
-    build_model(_cfg(tiny_corpus)).save_to(str(path))
-    return path
-
-
 def _cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "nemo_sew.cli", *map(str, args)], cwd=cwd, env=env,
@@ -51,9 +40,9 @@ def _manifest_with_bad_lines(tiny_corpus, tmp_path) -> tuple[Path, int]:
 
 
 @pytest.mark.slow
-def test_evaluate_skips_malformed_lines_and_counts_them(tiny_model, tiny_corpus, tmp_path):
+def test_evaluate_skips_malformed_lines_and_counts_them(tiny_ctc_nemo, tiny_corpus, tmp_path):
     manifest, kept = _manifest_with_bad_lines(tiny_corpus, tmp_path)
-    proc = _cli("evaluate", tiny_model, "--manifest", manifest, cwd=tmp_path)
+    proc = _cli("evaluate", tiny_ctc_nemo, "--manifest", manifest, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["utterances"] == kept and result["skipped"] == 2
@@ -62,21 +51,21 @@ def test_evaluate_skips_malformed_lines_and_counts_them(tiny_model, tiny_corpus,
     assert "Traceback" not in proc.stderr
 
 
-def test_sweep_counts_skips_per_profile(tiny_model, tiny_corpus, tmp_path):
+def test_sweep_counts_skips_per_profile(tiny_ctc_nemo, tiny_corpus, tmp_path):
     from nemo_sew.safe_load import restore
     from nemo_sew.sweep import sweep
 
     manifest, kept = _manifest_with_bad_lines(tiny_corpus, tmp_path)
-    rows = sweep(restore(tiny_model), manifest, {"s2": {"squeeze": 2}}, tmp_path / "sweep", batch_size=4, command="test")
+    rows = sweep(restore(tiny_ctc_nemo), manifest, {"s2": {"squeeze": 2}}, tmp_path / "sweep", batch_size=4, command="test")
     assert rows[0]["skipped"] == 2 and rows[0]["utterances"] == kept
 
 
-def test_cli_errors_are_one_line_naming_the_file(tiny_model, tmp_path, capsys):
+def test_cli_errors_are_one_line_naming_the_file(tiny_ctc_nemo, tmp_path, capsys):
     from nemo_sew.cli import main
 
     cases = [
         (["evaluate", str(tmp_path / "nowhere.nemo"), "--manifest", "m.json"], "nowhere.nemo"),
-        (["evaluate", str(tiny_model), "--manifest", str(tmp_path / "m.json")], "m.json"),  # a missing manifest
+        (["evaluate", str(tiny_ctc_nemo), "--manifest", str(tmp_path / "m.json")], "m.json"),  # a missing manifest
         (["train", str(tmp_path / "no_recipe.yaml")], "no_recipe.yaml"),
         (["train", str(ROOT / "recipes" / "ctc_char_tiny_mel.yaml"), "not-an-override"], "key=value"),
     ]
@@ -88,10 +77,10 @@ def test_cli_errors_are_one_line_naming_the_file(tiny_model, tmp_path, capsys):
         main(["evaluate", str(tmp_path / "nowhere.nemo"), "--manifest", "m.json", "--verbose"])
 
 
-def test_stereo_and_wrong_rate_are_refused_naming_the_file_silence_is_empty(tiny_model, tmp_path):
+def test_stereo_and_wrong_rate_are_refused_naming_the_file_silence_is_empty(tiny_ctc_nemo, tmp_path):
     from nemo_sew.safe_load import restore
 
-    model = restore(tiny_model).eval()
+    model = restore(tiny_ctc_nemo).eval()
     rng = np.random.default_rng(0)
     stereo, slow = tmp_path / "stereo.wav", tmp_path / "rate8k.wav"
     sf.write(stereo, rng.standard_normal((16000, 2)) * 0.1, 16000)
