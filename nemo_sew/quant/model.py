@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import open_dict
 
-from nemo_sew.quant.weights import QuantConfig, quantize_encoder, storage_bytes
+from nemo_sew.quant.weights import PRUNE_FIRST, QuantConfig, quantize_encoder, storage_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,32 @@ def quantize_model(model: Any, bits: int | tuple[int, ...], keep_fp: bool = Fals
     config = quantize_encoder(enc, bits, keep_fp=keep_fp, group_size=group_size, method=method)
     enc.set_profile({**enc.profile.to_dict(), "weight_bits": config.active})
     sync_model_config(model)
+    _sync_named_profiles(model, config)
     return config
+
+
+def _sync_named_profiles(model: Any, config: QuantConfig) -> None:
+    """Named profiles (``cfg.profiles``, e.g. the ``--name mac60`` label ``nemo-sew prune`` writes, whose
+    ``weight_bits`` is the default 16) must stay runnable: one asking for a width the quantized model does not
+    hold now runs at ``config.active``. Its ``arch`` is kept (still this file's own arch: quantization does not
+    change shapes)."""
+    from omegaconf import OmegaConf
+
+    named = model.cfg.get("profiles")
+    if not named:
+        return
+    named = OmegaConf.to_container(named, resolve=True)
+    changed = []
+    for name, fields in named.items():
+        fields = dict(fields or {})
+        if int(fields.get("weight_bits", 16)) not in config.available:
+            fields["weight_bits"] = config.active
+            named[name] = fields
+            changed.append(name)
+    if changed:
+        with open_dict(model._cfg):
+            model._cfg.profiles = named
+        log.info("named profiles %s now run at weight_bits=%d (the model holds %s)", changed, config.active, config.available)
 
 
 def quantize_nemo(src: str | Path, out: str | Path, bits: int | tuple[int, ...], keep_fp: bool = False,
@@ -53,6 +78,8 @@ def quantize_nemo(src: str | Path, out: str | Path, bits: int | tuple[int, ...],
     model = ASRModel.restore_from(str(src), map_location="cpu").eval()
     if not hasattr(model.encoder, "quant_config"):
         raise ValueError(f"{src} does not hold a nemo_sew SqueezeEncoder (got {type(model.encoder).__name__})")
+    if getattr(model.encoder, "pruning", None) is not None:
+        raise ValueError(f"{src}: {PRUNE_FIRST.replace('MODEL.nemo', str(src))}")
     fp_bytes = storage_bytes(model)
     config = quantize_model(model, bits, keep_fp, group_size, method)
     out.parent.mkdir(parents=True, exist_ok=True)

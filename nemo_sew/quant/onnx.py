@@ -67,24 +67,39 @@ def _int_tensor(name: str, codes: np.ndarray, bits: int) -> TensorProto:
     return helper.make_tensor(name, TensorProto.INT4, list(codes.shape), codes.astype(np.int8).flatten().tolist())
 
 
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph nested in its nodes' attributes (``If`` branches)."""
+    out = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                out.extend(_graphs(sub))
+    return out
+
+
 def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset()) -> list[str]:
     """Replace the fp32 initializers holding ``encoder``'s active quantized weights by INT8/INT4 + DQ nodes."""
     bits = encoder.quant_config.active if encoder.quant_config is not None else 16
     if bits == 16:
         raise ValueError("the encoder runs fp weights: set_profile(weight_bits=...) to a held bit width first")
-    graph = proto.graph
-    # fp32 weights sit in initializers or in Constant nodes (what the exporter left unfolded)
-    holders: dict[str, Any] = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            if node.attribute[0].t.data_type == TensorProto.FLOAT and len(node.attribute[0].t.dims) >= 2:
-                holders[node.output[0]] = node
+    # fp32 weights sit in initializers or in Constant nodes (what the exporter left unfolded), in the main graph
+    # or, for I3D models, inside the ``If`` branches of gated residuals (nemo_sew.export.conditional)
+    holders: dict[str, tuple[onnx.GraphProto, Any]] = {}
+    for graph in _graphs(proto.graph):
+        for t in graph.initializer:
+            if t.data_type == TensorProto.FLOAT:
+                holders[t.name] = (graph, t)
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+                if node.attribute[0].t.data_type == TensorProto.FLOAT and len(node.attribute[0].t.dims) >= 2:
+                    holders[node.output[0]] = (graph, node)
     by_bytes: dict[tuple[int, bytes], str] = {}
-    for name, h in holders.items():
+    for name, (_, h) in holders.items():
         arr = numpy_helper.to_array(h if isinstance(h, TensorProto) else h.attribute[0].t)
         if arr.ndim >= 2:
             by_bytes[(arr.size, np.ascontiguousarray(arr).tobytes())] = name
-    new_nodes, replaced = [], []
+    new_nodes: dict[int, tuple[onnx.GraphProto, list]] = {}
+    replaced = []
     for mod_name, _, held in held_weights(encoder):
         if mod_name in skip:
             continue
@@ -100,7 +115,8 @@ def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset
         if found is None:
             raise ValueError(f"quantized weight {mod_name}.weight was not found among the exported initializers")
         name, transposed = found
-        holder = holders.pop(name)
+        graph, holder = holders.pop(name)
+        nodes = new_nodes.setdefault(id(graph), (graph, []))[1]
         target = holder if isinstance(holder, TensorProto) else holder.attribute[0].t
         c2 = codes.reshape(out, -1).numpy()
         s = scale.numpy().astype(np.float32)  # (out, groups)
@@ -113,20 +129,21 @@ def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset
             graph.initializer.append(numpy_helper.from_array(s, f"{base}_scale"))
             attrs = {"axis": 1, "block_size": c2.shape[1] // s.shape[1]}
         y = f"{base}_dq"
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_codes", f"{base}_scale"], [y], name=f"{base}_DQ", **attrs))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{base}_codes", f"{base}_scale"], [y], name=f"{base}_DQ", **attrs))
         if transposed:
-            new_nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], name=f"{base}_T", perm=[1, 0]))
+            nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], name=f"{base}_T", perm=[1, 0]))
             y = f"{y}_t"
         shape = list(target.dims)
         (graph.initializer if isinstance(holder, TensorProto) else graph.node).remove(holder)
         if shape != list(np.shape(w2.T if transposed else w2)):
             graph.initializer.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{base}_shape"))
-            new_nodes.append(helper.make_node("Reshape", [y, f"{base}_shape"], [name], name=f"{base}_R"))
+            nodes.append(helper.make_node("Reshape", [y, f"{base}_shape"], [name], name=f"{base}_R"))
         else:
-            new_nodes.append(helper.make_node("Identity", [y], [name], name=f"{base}_I"))
+            nodes.append(helper.make_node("Identity", [y], [name], name=f"{base}_I"))
         replaced.append(f"{mod_name}.weight")
-    for i, node in enumerate(new_nodes):  # producers first
-        graph.node.insert(i, node)
+    for graph, nodes in new_nodes.values():
+        for i, node in enumerate(nodes):  # producers first, in the graph that held the weight
+            graph.node.insert(i, node)
     return replaced
 
 

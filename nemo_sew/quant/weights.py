@@ -251,6 +251,20 @@ def _register_held(m: nn.Module, config: QuantConfig, values: bool) -> HeldWeigh
     return held
 
 
+PRUNE_FIRST = (
+    "this model still has live pruning masks (encoder.pruning): materialise them first with "
+    "`nemo-sew prune MODEL.nemo --out pruned.nemo`, then quantize pruned.nemo"
+)
+
+
+def refuse_pruning_masks(encoder: nn.Module) -> None:
+    """Quantization and live pruning masks do not combine: the masks' hooks, the materialisation (which slices
+    ``weight`` tensors by name) and packed codes of channels about to be removed would disagree. Prune, then
+    quantize (README: "Pruning and quantization together")."""
+    if getattr(encoder, "pruning", None) is not None:
+        raise ValueError(PRUNE_FIRST)
+
+
 def apply_config(encoder: nn.Module, config: QuantConfig | Mapping[str, Any] | None, values: bool = False) -> QuantConfig | None:
     """Give every weight of ``encoder`` the parametrizations ``config`` describes.
 
@@ -260,6 +274,7 @@ def apply_config(encoder: nn.Module, config: QuantConfig | Mapping[str, Any] | N
     config = QuantConfig.of(config)
     if config is None:
         return None
+    refuse_pruning_masks(encoder)
     for m in weight_targets(encoder).values():
         if config.qat is not None:
             parametrize.register_parametrization(m, "weight", FakeQuant(spec(config.qat, config)))
@@ -297,6 +312,7 @@ def quantize_encoder(
     the encoder has a ``quant_config`` attribute (:class:`nemo_sew.SqueezeEncoder`).
     """
     held = (bits,) if isinstance(bits, int) else tuple(bits)
+    refuse_pruning_masks(encoder)
     old = getattr(encoder, "quant_config", None)
     if old is not None and old.held:
         raise ValueError(f"this encoder already holds packed {list(old.held)}-bit weights; quantize its fp model")
@@ -312,6 +328,7 @@ def prepare_qat(encoder: nn.Module, bits: int, group_size: int | None = 32, meth
     """QAT: fake-quantize every weight of an fp ``encoder`` at ``bits`` (straight-through gradients)."""
     if getattr(encoder, "quant_config", None) is not None:
         raise ValueError("QAT starts from an fp encoder without quantization state")
+    refuse_pruning_masks(encoder)
     config = QuantConfig(qat=bits, group_size=group_size, method=method, active=bits)
     apply_config(encoder, config)
     _adopt(encoder, config)
