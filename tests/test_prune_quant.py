@@ -18,7 +18,7 @@ from nemo_sew.quant import prepare_qat, quantize_encoder, storage_bytes, weight_
 from nemo_sew.quant.model import logprobs, quantize_model, quantize_nemo
 from nemo_sew.quant.schemes import packed_numel
 from nemo_sew.quant.weights import held_weights
-from test_prune import _ctc_model, _randomise
+from test_prune import ROOT, _ctc_model, _randomise
 
 AUDIO = torch.randn(2, 12000, generator=torch.Generator().manual_seed(1))
 LENGTHS = torch.tensor([12000, 8000])
@@ -116,16 +116,43 @@ def test_profile_arch_with_weight_bits(files):
     assert _restore(files["pruned"]).cfg.profiles["mac60"].get("weight_bits", 16) == 16
 
 
-@pytest.mark.parametrize("form,bits", [("qdq", 8), ("qdq", 4), ("matmul_nbits", 4), ("int8_dynamic", 8)])
-def test_onnx_of_a_pruned_quantized_model(files, form, bits):
-    from nemo_sew.quant.onnx import ORT_TOLERANCE, QDQ_TOLERANCE, export_quantized_onnx
+def test_cli_export_qdq_of_a_pruned_quantized_model(files, capsys):
+    """``nemo-sew export q.nemo --profiles recipes/profiles/weight_bits.yaml --quant-form qdq``: one parity-checked
+    QDQ graph per width (INT8 / INT4 DequantizeLinear weights), every held weight replaced."""
+    import json
+
+    import onnx
+
+    from nemo_sew.quant.onnx import QDQ_TOLERANCE
+
+    out = files["tmp"] / "onnx_qdq"
+    profiles = str(ROOT / "recipes" / "profiles" / "weight_bits.yaml")
+    assert main(["export", str(files["q84"]), "--profiles", profiles, "--quant-form", "qdq", "--out", str(out)]) == 0
+    index = json.loads((out / "export.json").read_text())
+    n_weights = len(weight_bits_table(_restore(files["q84"]).encoder))
+    for name, dtype in (("w8", onnx.TensorProto.INT8), ("w4", onnx.TensorProto.INT4)):
+        entry = index["profiles"][name]
+        assert entry["quant_form"] == "qdq" and entry["parity"]["passed"]
+        assert entry["parity"]["max_abs_diff"] <= QDQ_TOLERANCE
+        proto = onnx.load(str(out / entry["file"]))
+        inits = {t.name: t.data_type for t in proto.graph.initializer}
+        dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+        assert len(dq) == n_weights and all(inits[n.input[0]] == dtype for n in dq)
+        assert {p.key: p.value for p in proto.metadata_props}["weight_bits"] == name[1:]
+    capsys.readouterr()
+    assert main(["export", str(files["q84"]), "--quant-form", "qdq", "--precision", "fp16", "--out", str(out)]) == 2
+    assert "drop --precision fp16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("form,bits", [("matmul_nbits", 4), ("int8_dynamic", 8)])
+def test_onnx_ort_native_forms_of_a_pruned_quantized_model(files, form, bits):
+    from nemo_sew.quant.onnx import ORT_TOLERANCE, export_quantized_onnx
 
     q = _restore(files["q84"])
     q.set_profile({"weight_bits": bits})
     result = export_quantized_onnx(q, files["tmp"] / f"{form}{bits}.onnx", form, cases=1)
-    tol = QDQ_TOLERANCE if form == "qdq" else ORT_TOLERANCE[form]
-    assert result.parity.passed and result.parity.max_abs_diff <= tol, result.parity
-    if form != "int8_dynamic":
+    assert result.parity.passed and result.parity.max_abs_diff <= ORT_TOLERANCE[form], result.parity
+    if form == "matmul_nbits":  # MatMulNBits where the 4-bit groups allow, QDQ for the rest: every weight
         assert sorted(result.replaced) == sorted(n for n, *_ in weight_bits_table(q.encoder))
 
 
@@ -155,7 +182,9 @@ def test_cost_and_bytes_of_a_pruned_quantized_model(files):
     assert all(bits == 4 for *_, bits in weight_bits_table(enc))
     info = files["info4"]
     assert info["file_ratio"] <= 0.3, info
-    print(f"pruned fp32 {info['src_bytes']} B -> 4-bit {info['out_bytes']} B ({info['file_ratio']:.3f} x)")
+    i84 = files["info84"]
+    print(f"\npruned fp32 .nemo {info['src_bytes'] / 1e6:.2f} MB; 8+4-bit {i84['out_bytes'] / 1e6:.2f} MB "
+          f"({i84['file_ratio']:.2f} x); 4-bit {info['out_bytes'] / 1e6:.2f} MB ({info['file_ratio']:.2f} x)")
 
 
 def test_gated_model_quantizes_switches_and_exports(tmp_path):
@@ -163,9 +192,9 @@ def test_gated_model_quantizes_switches_and_exports(tmp_path):
     and the bits switch independently, the ``.nemo`` round trip is exact and QDQ ONNX (the gated branches' weights
     inside the ``If`` subgraphs) matches the eager model."""
     from nemo_sew.quant.model import build_tiny_ctc
-    from nemo_sew.quant.onnx import QDQ_TOLERANCE, export_quantized_onnx
+    from nemo_sew.quant.onnx import QDQ_TOLERANCE, export_quantized_onnx, read_metadata
 
-    model = build_tiny_ctc("tiny_mel_conformer", num_layers=2, gates={"kind": "local"})
+    model = build_tiny_ctc("tiny_mel_conformer", num_layers=1, gates={"kind": "local"})
     model.save_to(str(tmp_path / "fp.nemo"))
     quantize_nemo(tmp_path / "fp.nemo", tmp_path / "q.nemo", (8, 4), keep_fp=True)
     q = _restore(tmp_path / "q.nemo")
@@ -180,6 +209,7 @@ def test_gated_model_quantizes_switches_and_exports(tmp_path):
         assert q.profile.weight_bits == profile["weight_bits"]
         torch.testing.assert_close(logprobs(q, audio, lengths), logprobs(model, audio, lengths), rtol=0, atol=0)
     q.set_profile(dataclasses.replace(q.profile, depth_threshold=0.5))
-    result = export_quantized_onnx(q, tmp_path / "g.onnx", "qdq", cases=2)
+    result = export_quantized_onnx(q, tmp_path / "g.onnx", "qdq", cases=1)
+    assert read_metadata(result.path)["conditional_branches"] == len(q.encoder.gate_slots) > 0  # one If per branch
     assert result.parity.passed and result.parity.max_abs_diff <= QDQ_TOLERANCE
     assert sorted(result.replaced) == sorted(n for n, *_ in weight_bits_table(q.encoder))

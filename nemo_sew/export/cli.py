@@ -2,6 +2,7 @@
 
     nemo-sew export model.nemo --profiles recipes/profiles/fixed_s2.yaml --out exported/   # exported/s2.onnx
     nemo-sew export model.nemo --out exported/ --precision fp16 --encoder-only
+    nemo-sew export q.nemo --profiles recipes/profiles/weight_bits.yaml --quant-form qdq --out exported/  # w8, w4
     nemo-sew export i3d.nemo --profiles recipes/profiles/i3d_thresholds.yaml --static-gates dev.json --out exported/
     nemo-sew transcribe exported/s2.onnx --backend onnxruntime --manifest test.json --out hyps.jsonl
     nemo-sew transcribe model.nemo a.wav b.wav --backend torch --profile s2
@@ -81,6 +82,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import nemo_sew
     from nemo_sew.export.onnx import ParityError, export_onnx
 
+    if args.quant_form and args.precision != "fp32":
+        raise ValueError("--quant-form exports fp32 activations with quantized weights; drop --precision fp16")
     model = _restore(args.model)
     profiles = _profiles(model, args.profiles)
     if args.static_gates:
@@ -102,10 +105,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
         path = out / f"{name}.onnx"
         entry: dict[str, Any] = {"file": path.name, "profile": profile.to_dict()}
         try:
-            result = export_onnx(
-                model, path, profile=profile, opset=args.opset, check=not args.no_check, precision=args.precision,
-                encoder_only=args.encoder_only,
-            )  # fmt: skip
+            if args.quant_form:  # a quantized model's held weights as QDQ / ORT-native ONNX (nemo_sew.quant.onnx)
+                from nemo_sew.quant.onnx import export_quantized_onnx
+
+                with model.profile_scope(profile):
+                    result = export_quantized_onnx(model, path, args.quant_form, check=not args.no_check,
+                                                   encoder_only=args.encoder_only)  # fmt: skip
+                entry["quant_form"] = args.quant_form
+            else:
+                result = export_onnx(
+                    model, path, profile=profile, opset=args.opset, check=not args.no_check, precision=args.precision,
+                    encoder_only=args.encoder_only,
+                )  # fmt: skip
             entry["parity"] = result.parity.to_dict() if result.parity is not None else None
         except ParityError as e:
             log.error("%s", e)
@@ -190,6 +201,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-only", action="store_true", help="export the encoder alone (no CTC head)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument(
+        "--quant-form", choices=["qdq", "matmul_nbits", "int8_dynamic"], default=None,
+        help="a quantized model (nemo-sew quantize): INT8/INT4 DequantizeLinear weights (qdq, opset 21), onnxruntime "
+        "MatMulNBits (4-bit profiles) or int8 dynamic (8-bit profiles); default: fp32 initializers",
+    )  # fmt: skip
     p.add_argument(
         "--static-gates", metavar="MANIFEST", default=None,
         help="I3D models: also export each profile with its gates frozen at their mean decisions over MANIFEST "
