@@ -213,3 +213,25 @@ def test_gated_model_quantizes_switches_and_exports(tmp_path):
     assert read_metadata(result.path)["conditional_branches"] == len(q.encoder.gate_slots) > 0  # one If per branch
     assert result.parity.passed and result.parity.max_abs_diff <= QDQ_TOLERANCE
     assert sorted(result.replaced) == sorted(n for n, *_ in weight_bits_table(q.encoder))
+
+
+def test_pruned_conformer_encoder_quantizes_and_exports(tmp_path):
+    """Conformer conv channels pruned (a depthwise conv of a pruned width) and whole branches removed (layer 0 with
+    0 heads, layer 1 without its conv module): 4-bit QDQ of the materialised encoder matches the eager one."""
+    from test_prune import _encoder
+
+    from nemo_sew.prune import materialize_encoder
+    from nemo_sew.quant.onnx import QDQ_TOLERANCE, export_quantized_onnx
+
+    enc = _randomise(_encoder("sew_conformer"), mean=1.5)
+    with torch.no_grad():
+        enc.pruning.gates["l0_attn"].log_alpha.fill_(-30.0)
+        enc.pruning.gates["l1_conv"].log_alpha.fill_(-30.0)
+    pruned = materialize_encoder(enc.eval()).eval()
+    blocks = pruned.arch.blocks
+    assert blocks[0].heads == 0 and blocks[1].conv_channels == 0 and 0 < blocks[0].conv_channels < 96
+    quantize_encoder(pruned, 4, keep_fp=False)
+    assert "layers.0.conv.body.depthwise.weight" in {n for n, *_ in weight_bits_table(pruned)}
+    result = export_quantized_onnx(pruned, tmp_path / "c4.onnx", "qdq", cases=1)
+    assert result.parity.passed and result.parity.max_abs_diff <= QDQ_TOLERANCE
+    assert sorted(result.replaced) == sorted(n for n, *_ in weight_bits_table(pruned))

@@ -62,7 +62,8 @@ def _sync_named_profiles(model: Any, config: QuantConfig) -> None:
     if changed:
         with open_dict(model._cfg):
             model._cfg.profiles = named
-        log.info("named profiles %s now run at weight_bits=%d (the model holds %s)", changed, config.active, config.available)
+        log.info("named profiles %s now run at weight_bits=%d (the model holds %s)", changed, config.active,
+                 config.available)  # fmt: skip
 
 
 def quantize_nemo(src: str | Path, out: str | Path, bits: int | tuple[int, ...], keep_fp: bool = False,
