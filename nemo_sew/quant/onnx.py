@@ -18,7 +18,8 @@
 How the QDQ pass finds the weights (hand-written; no library rewrites existing initializers into QDQ): the
 TorchScript exporter folds every parametrized weight into an fp32 initializer, possibly transposed (MatMul)
 or sliced (the 1x1 convs run as bmm). Each held weight's dequantized value is matched bit for bit against the
-initializers, as is, reshaped or transposed; every held weight must be found.
+initializers, as is, reshaped or transposed, in the main graph and in the ``If`` branches of I3D gated residuals
+(the DequantizeLinear goes into the graph that held the weight); every held weight must be found.
 """
 
 from __future__ import annotations
