@@ -52,6 +52,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=args.overrides,
         command="nemo-sew " + " ".join(args.argv),
+        sweep=not args.no_sweep,
+        sweep_utterances=args.sweep_utterances or None,
     )
     return 0
 
@@ -442,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--train-minutes", type=float, default=18.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep-utterances", type=int, default=100,
+                   help="test utterances (evenly spaced) the profile sweep evaluates; 0 = the whole test set")
+    p.add_argument("--no-sweep", action="store_true", help="skip the profile sweep and the ONNX files per profile")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_demo)
     return parser
