@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifests_cli.register(sub)
-    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli", "nemo_sew.quant.model"):
+    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli", "nemo_sew.quant.model",
+                   "nemo_sew.demo_sweep"):
         importlib.import_module(module).register(sub)
 
     p = sub.add_parser("doctor", help="check the environment (packages, CUDA, bf16, corpus tools) and manifests")

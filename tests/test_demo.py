@@ -8,6 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from conftest import TINY_WIDTH
 from nemo_sew.demo_sweep import demo_profiles
 from nemo_sew.quant.model import build_tiny_ctc
 
@@ -25,7 +26,8 @@ def demo_run(tmp_path_factory):
         recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml",
         hours=0.04,
         train_minutes=0.5,
-        overrides=["model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "trainer.enable_progress_bar=false"],
+        overrides=["model.train_ds.num_workers=0", "model.validation_ds.num_workers=0", "trainer.enable_progress_bar=false",
+                   *TINY_WIDTH],  # the recipe's four layers at a width whose sweep and exports take seconds
         sweep_utterances=2,
     )
     return tmp, result
@@ -88,26 +90,31 @@ def test_demo_end_to_end_small(demo_run):
 
 
 @pytest.mark.slow
-def test_demo_sweep_runs_every_factor_of_a_stochastic_model(demo_run):
-    """The stochastic (sampler) model: every integer factor of its range, bit widths; ONNX per profile passes."""
-    from nemo_sew.demo_sweep import run_profile_sweep, sweep_section
+def test_profile_sweep_runs_every_factor_of_a_stochastic_model(demo_run):
+    """``nemo-sew profile-sweep`` on a stochastic (sampler) model: every integer factor of its range and 4-bit
+    weights, each with an ONNX file whose parity passes."""
+    from nemo_sew.cli import main
 
     tmp, _ = demo_run
     sampler = {"squeeze": {"low": 1.0, "high": 4.0}}
     model = build_tiny_ctc("tiny_mel", d_model=64, num_layers=2, squeeze_sampler=sampler)  # small: quick exports
     model.set_profile({"squeeze": 2})
-    path = tmp / "stochastic.nemo"
+    path, out = tmp / "stochastic.nemo", tmp / "stochastic"
     model.save_to(str(path))
-    out = tmp / "stochastic"
-    swept = run_profile_sweep(model, path, tmp / "data" / "test.json", out, max_utterances=2)
-    assert [r["name"] for r in swept.rows] == ["s1", "s2", "s3", "s4", "s2_w8", "s2_w4"]
-    gmacs = [r["encoder_gmacs_per_s"] for r in swept.rows[:4]]
+    assert main(["profile-sweep", str(path), "--manifest", str(tmp / "data" / "test.json"), "--out", str(out),
+                 "--utterances", "2", "--bits", "4"]) == 0  # fmt: skip
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["s1", "s2", "s3", "s4", "s2_w4"]
+    assert [r["profile"]["weight_bits"] for r in rows] == [16, 16, 16, 16, 4]
+    gmacs = [r["encoder_gmacs_per_s"] for r in rows[:4]]
     assert gmacs == sorted(gmacs, reverse=True) and gmacs[0] > 1.5 * gmacs[3]  # compute falls with the squeeze
-    assert [f.profile for f in swept.onnx] == [r["name"] for r in swept.rows]
-    assert all(f.passed and f.max_abs_diff <= f.tolerance for f in swept.onnx), [f.to_dict() for f in swept.onnx]
-    section = sweep_section(swept, out)
+    files = json.loads((out / "onnx" / "onnx.json").read_text())
+    assert [f["profile"] for f in files] == [r["name"] for r in rows]
+    assert all(f["passed"] and f["max_abs_diff"] <= f["tolerance"] for f in files), files
+    section = (out / "profile_sweep.md").read_text()
     assert "every factor swept is a training point" in section and "Off the training point" not in section
-    assert re.search(r"^\| s3 \| 3\.0 \|", section, re.M)
+    assert re.search(r"^\| s3 \| 3\.0 \|", section, re.M) and "(onnx/s3.onnx)" in section
+    assert section.rstrip().endswith("(pareto.png)") and (out / "pareto.png").stat().st_size > 10_000
 
 
 def test_demo_profiles_follow_what_the_model_can_run():
