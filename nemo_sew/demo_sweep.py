@@ -60,7 +60,9 @@ class OnnxFile:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "path": str(self.path)}
+        """JSON-ready (an unmeasured difference, when the output lengths differ, is None)."""
+        diff = self.max_abs_diff if math.isfinite(self.max_abs_diff) else None
+        return {**self.__dict__, "path": str(self.path), "max_abs_diff": diff}
 
 
 @dataclass
