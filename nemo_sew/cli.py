@@ -52,6 +52,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         overrides=args.overrides,
         command="nemo-sew " + " ".join(args.argv),
+        sweep=not args.no_sweep,
+        sweep_utterances=args.sweep_utterances or None,
     )
     return 0
 
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifests_cli.register(sub)
-    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli", "nemo_sew.quant.model"):
+    for module in ("nemo_sew.export.cli", "nemo_sew.convert.cli", "nemo_sew.prune.cli", "nemo_sew.quant.model",
+                   "nemo_sew.demo_sweep"):
         importlib.import_module(module).register(sub)
 
     p = sub.add_parser("doctor", help="check the environment (packages, CUDA, bf16, corpus tools) and manifests")
@@ -442,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--train-minutes", type=float, default=18.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep-utterances", type=int, default=100,
+                   help="test utterances (evenly spaced) the profile sweep evaluates; 0 = the whole test set")
+    p.add_argument("--no-sweep", action="store_true", help="skip the profile sweep and the ONNX files per profile")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_demo)
     return parser

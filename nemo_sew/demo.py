@@ -1,6 +1,7 @@
-"""The demo (``make demo``): synthetic corpus -> CPU training -> evaluation -> ``outputs/demo/``.
+"""The demo (``make demo``): synthetic corpus -> CPU training -> evaluation -> profile sweep and ONNX per
+profile -> ``outputs/demo/``.
 
-    nemo-sew demo --out outputs/demo --hours 3.5 --train-minutes 18
+    nemo-sew demo --out outputs/demo --hours 3.5 --train-minutes 18 [--sweep-utterances 100 | --no-sweep]
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def _num(value: float | None) -> str:
 
 
 def write_results(
-    path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None
+    path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None,
+    sweep_md: str | None = None,
 ) -> None:
-    """``results.md``: what the demo reached, with the baselines beside it."""
+    """``results.md``: what the demo reached, with the baselines beside it; it ends with ``sweep_md`` (the
+    profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given."""
     lines = [
         "# nemo-sew demo results",
         "",
@@ -82,6 +85,8 @@ def write_results(
         f"{torch.get_num_threads()} threads. Target: test CER <= 0.15.",
         "",
     ]
+    if sweep_md:
+        lines += [sweep_md]
     path.write_text("\n".join(lines))
 
 
@@ -95,18 +100,22 @@ def run_demo(
     num_jobs: int | None = None,
     overrides: list[str] | None = None,
     command: str = "make demo",
+    sweep: bool = True,
+    sweep_utterances: int | None = 100,
 ):
-    """Build the corpus, train the recipe for ``train_minutes`` on CPU, evaluate, write the outputs."""
+    """Build the corpus, train the recipe for ``train_minutes`` on CPU, evaluate, sweep the model's profiles on
+    at most ``sweep_utterances`` test utterances (None or 0: all) and export one ONNX file per profile
+    (``sweep=False`` skips both), write the outputs."""
     from manifests.synthetic import prepare_synthetic
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("step 1/4: synthetic corpus (%.1f h) in %s", hours, data_dir)
+    log.info("step 1/5: synthetic corpus (%.1f h) in %s", hours, data_dir)
     splits = prepare_synthetic(data_dir, hours=hours, seed=seed, num_jobs=num_jobs or os.cpu_count() or 1)
     summary = json.loads((data_dir / "corpus.json").read_text())
     split_hours = {name: info["hours"] for name, info in summary["splits"].items()}
 
-    log.info("step 2/4: training %s for up to %.0f min", recipe, train_minutes)
+    log.info("step 2/5: training %s for up to %.0f min", recipe, train_minutes)
     model_path = out_dir / "model.nemo"
     cfg = load_config(
         recipe,
@@ -124,12 +133,20 @@ def run_demo(
     train_seconds = time.perf_counter() - start
     steps = int(model.trainer.global_step)
 
-    log.info("step 3/4: evaluating on the held-out test set and the cross-engine test")
+    log.info("step 3/5: evaluating on the held-out test set and the cross-engine test")
     result = evaluate(model, splits["test"]["manifest"], cross_manifest=splits.get("cross", {}).get("manifest"))
     (out_dir / "results.json").write_text(result.to_json())
-    log.info("step 4/4: NeMo's transcribe_speech flow on %s", model_path)
+    log.info("step 4/5: NeMo's transcribe_speech flow on %s", model_path)
     flow_wer = transcribe_speech_flow(model_path, splits["test"]["manifest"], out_dir / "transcribe_speech.json", recipe)
     write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer)
+    if sweep:  # results.md is already written without the sweep: an error here does not lose the run
+        from nemo_sew.demo_sweep import run_profile_sweep, sweep_section
+
+        log.info("step 5/5: profile sweep and one ONNX file per profile")
+        swept = run_profile_sweep(model, model_path, splits["test"]["manifest"], out_dir,
+                                  max_utterances=sweep_utterances, command=command)  # fmt: skip
+        write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
+                      sweep_section(swept, out_dir))  # fmt: skip
     log.info("test CER %.3f, WER %.3f, cross-engine CER %s; wrote %s and %s", result.cer, result.wer,
              _num(result.cross_cer), model_path, out_dir / "results.md")  # fmt: skip
     return result

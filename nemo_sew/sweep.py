@@ -37,16 +37,17 @@ def _markdown(rows: list[dict], command: str) -> str:
     lines = [
         f"Command: `{command}`",
         "",
-        "| profile | squeeze | q_pool | kv_pool | threshold | depth | WER | CER | encoder GMACs/s | GMACs / utt. | "
-        "latency 10 s (ms) | RTFx | Pareto |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| profile | squeeze | q_pool | kv_pool | threshold | depth | weight bits | WER | CER | encoder GMACs/s | "
+        "GMACs / utt. | latency 10 s (ms) | RTFx | Pareto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p = r["profile"]
         lines.append(
             f"| {r['name']} | {p['squeeze']} | {p['q_pool'] or '-'} | {p['kv_pool'] or '-'} | "
             f"{'-' if p.get('depth_threshold') is None else p['depth_threshold']} | "
-            f"{'-' if r.get('depth_mean') is None else format(r['depth_mean'], '.2f')} | {r['wer']:.3f} | "
+            f"{'-' if r.get('depth_mean') is None else format(r['depth_mean'], '.2f')} | "
+            f"{p.get('weight_bits', 16)} | {r['wer']:.3f} | "
             f"{r['cer']:.3f} | {r['encoder_gmacs_per_s']:.3f} | {r.get('encoder_gmacs_mean', 0.0):.3f} | "
             f"{r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} | "
             f"{'*' if r['name'] in front else ''} |"
@@ -80,6 +81,30 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def sweep_rows(
+    model, manifest: str | Path, profiles: Mapping[str, CompressionProfile], batch_size: int = 16
+) -> list[dict]:
+    """Evaluate ``model`` at every profile: one row per profile (its name and :class:`EvalResult` fields)."""
+    if not profiles:
+        raise ValueError("expected at least one profile to sweep")
+    rows = []
+    for name, profile in profiles.items():
+        log.info("sweep: profile %s (%s)", name, profile)
+        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile)
+        rows.append({"name": name, **asdict(result)})
+        log.info("sweep: %s WER %.3f CER %.3f latency %.1f ms", name, result.wer, result.cer, result.latency_ms_10s)
+    return rows
+
+
+def write_sweep(rows: list[dict], out_dir: str | Path, command: str = "") -> None:
+    """``sweep.json``, ``sweep.md`` (the table) and ``pareto.png`` (WER vs latency) of ``rows`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    (out_dir / "sweep.md").write_text(_markdown(rows, command))
+    _plot(rows, out_dir / "pareto.png")
+
+
 def sweep(
     model,
     manifest: str | Path,
@@ -89,19 +114,8 @@ def sweep(
     command: str = "",
 ) -> list[dict]:
     """Evaluate ``model`` at every profile; write ``sweep.json``, ``sweep.md`` and ``pareto.png`` in ``out_dir``."""
-    if not profiles:
-        raise ValueError("expected at least one profile to sweep")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, profile in profiles.items():
-        log.info("sweep: profile %s (%s)", name, profile)
-        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile)
-        rows.append({"name": name, **asdict(result)})
-        log.info("sweep: %s WER %.3f CER %.3f latency %.1f ms", name, result.wer, result.cer, result.latency_ms_10s)
-    (out_dir / "sweep.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
-    (out_dir / "sweep.md").write_text(_markdown(rows, command))
-    _plot(rows, out_dir / "pareto.png")
+    rows = sweep_rows(model, manifest, profiles, batch_size)
+    write_sweep(rows, out_dir, command)
     return rows
 
 
