@@ -241,6 +241,10 @@ def test_onnx_qdq_parity_and_int_initializers(tmp_path, preset, bits):
     assert len(dq) == len(result.replaced) and all(inits[n.input[0]].data_type == want for n in dq)
     if bits == 4:
         assert any(a.name == "block_size" and a.i == 32 for n in dq for a in n.attribute)
+    if bits < 8:  # INT4 codes are stored packed, two per byte (raw_data), not one per int32_data entry
+        for n in dq:
+            t = inits[n.input[0]]
+            assert not t.int32_data and len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2, n.input[0]
     sizes = {int(np.prod(shape)) for _, shape, _ in weight_bits_table(enc)}
     fp = [t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and not t.name.endswith("_scale")
           and int(np.prod(t.dims)) in sizes and int(np.prod(t.dims)) > 256]  # fmt: skip
