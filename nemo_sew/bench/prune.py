@@ -71,6 +71,7 @@ class PruneLatency:
     pruned_params: float
     runs: int
     shape: dict[str, Any] = field(default_factory=dict)
+    onednn_linear: bool = False
     channels_first_ms: dict[str, float] = field(default_factory=dict)  # {"dense": ms, "pruned": ms} when timed
 
     @property
@@ -85,13 +86,14 @@ class PruneLatency:
 def bench_prune(
     preset: str = "w2v2_base", target: float = 0.5, budget: str = "sepmac", seconds: float = 10.0,
     warmup: int = 2, runs: int = 10, seed: int = 0, units: tuple[str, ...] = ("frontend", "heads", "ffn", "conv"),
-    max_steps: int = 2000, threads: int | None = None, channels_first: bool = False,
+    max_steps: int = 2000, threads: int | None = None, channels_first: bool = False, onednn_linear: bool = False,
 ) -> PruneLatency:  # fmt: skip
     """Batch-1 eager latency and MACs of ``preset`` vs the same encoder pruned to ``target`` of its ``budget``.
 
     ``threads``: torch intra-op threads (default: torch's). ``channels_first``: also time both encoders with
     the channels-first front end and positional conv (:data:`nemo_sew.nn.frontend.CHANNELS_LAST` off), in the
-    same rounds."""
+    same rounds. ``onednn_linear``: both encoders' ``nn.Linear`` layers through oneDNN
+    (:func:`nemo_sew.nn.onednn.use_onednn_linear`)."""
     from nemo_sew.nn import frontend
 
     if threads is not None:
@@ -102,6 +104,11 @@ def bench_prune(
     dense = build_encoder(preset).eval()
     dense.load_state_dict({k: v for k, v in masked.state_dict().items() if not k.startswith("pruning.")})
     pruned = materialize_encoder(masked.eval()).eval()
+    if onednn_linear:
+        from nemo_sew.nn.onednn import use_onednn_linear
+
+        use_onednn_linear(dense)
+        use_onednn_linear(pruned)
     n = dense.layout.length(seconds)
     x = torch.randn(1, dense.layout.feat_in, n) * 0.1
     lengths = torch.tensor([n])
@@ -125,7 +132,7 @@ def bench_prune(
         dense_ms=statistics.median(times["dense"]), pruned_ms=statistics.median(times["pruned"]),
         dense_gmacs=float(encoder_cost(a, None, n).total) / 1e9, pruned_gmacs=float(encoder_cost(b, None, n).total) / 1e9,
         dense_params=float(encoder_params(a)["total"]) / 1e6, pruned_params=float(encoder_params(b)["total"]) / 1e6,
-        runs=len(times["dense"]),
+        runs=len(times["dense"]), onednn_linear=onednn_linear,
         channels_first_ms={k[:-3]: statistics.median(v) for k, v in times.items() if k.endswith("_cf")},
         shape={"frontend_channels": [c for c, _, _ in b.frontend.conv_layers],
                "heads": [s.heads for s in b.blocks], "ffn": [list(s.ffn_dims) for s in b.blocks]},
@@ -149,7 +156,8 @@ def prune_markdown(r: PruneLatency, command: str, goal: float | None = 0.55, sav
         cf_ratio = cf["pruned"] / cf["dense"]
     groups = ", ".join(f"{g} {v:.1%}" for g, v in r.fractions.items())
     return "\n".join([
-        f"### Pruned vs unpruned: eager CPU latency, `{r.preset}` (random weights), {r.seconds:g} s, batch 1",
+        f"### Pruned vs unpruned: eager CPU latency, `{r.preset}` (random weights), {r.seconds:g} s, batch 1"
+        + (", Linear layers through oneDNN" if r.onednn_linear else ""),
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_line()}  ",

@@ -34,14 +34,15 @@ class SqueezeRow:
 def bench_squeeze(
     preset: str = "sew_small", factors: Sequence[float] = (1, 2, 4), seconds: float = 10.0, batch: int = 1,
     warmup: int = 3, runs: int = 10, frontend_macs: float | None = None, controller_steps: int = 2000,
-    threads: int | None = None, channels_first: bool = False,
+    threads: int | None = None, channels_first: bool = False, onednn_linear: bool = False,
 ) -> list[SqueezeRow]:  # fmt: skip
     """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors.
 
     ``frontend_macs``: first prune the front end's channels to that fraction of its MACs (the pruning budget
     controller alone on random weights, :func:`nemo_sew.bench.prune.controller_shape`; the blocks are kept).
     ``threads``: torch intra-op threads (default: torch's). ``channels_first``: also time every factor with
-    the channels-first front end (rows with ``form`` ``channels-first``)."""
+    the channels-first front end (rows with ``form`` ``channels-first``). ``onednn_linear``: the encoder's
+    ``nn.Linear`` layers through oneDNN (:func:`nemo_sew.nn.onednn.use_onednn_linear`)."""
     from nemo_sew.nn import frontend
 
     if threads is not None:
@@ -58,6 +59,10 @@ def bench_squeeze(
         masked = build_encoder(preset, squeeze_sampler=sampler, pruning=pruning)
         controller_shape(masked, controller_steps)
         enc = materialize_encoder(masked.eval()).eval()
+    if onednn_linear:
+        from nemo_sew.nn.onednn import use_onednn_linear
+
+        use_onednn_linear(enc)
     x = torch.randn(batch, enc.layout.feat_in, enc.layout.length(seconds)) * 0.1
     lengths = torch.full((batch,), x.shape[-1], dtype=torch.int64)
     forms = {"channels-last": True} if not channels_first else {"channels-first": False, "channels-last": True}
@@ -81,8 +86,9 @@ def bench_squeeze(
 
 
 def squeeze_markdown(rows: list[SqueezeRow], preset: str, seconds: float, command: str, frontend_macs: float | None = None,
-                     goal: float | None = 0.9) -> str:  # fmt: skip
+                     goal: float | None = 0.9, onednn_linear: bool = False) -> str:  # fmt: skip
     pruned = "" if frontend_macs is None else f", front end pruned to {frontend_macs:.0%} of its MACs"
+    pruned += ", Linear layers through oneDNN" if onednn_linear else ""
     forms = list(dict.fromkeys(r.form for r in rows))
     lines = [
         f"### Squeeze speed-up: `{preset}`{pruned}, {seconds:g} s of audio, batch 1, fp32 eager",
