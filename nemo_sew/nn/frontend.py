@@ -223,6 +223,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride=stride, bias=bias)
         nn.init.kaiming_normal_(self.conv.weight)
         self.norm = norm
+        self.onednn_linear = False  # set by nemo_sew.nn.onednn.use_onednn_linear (channels-last 1x1 path)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         if _channels_last(x):
@@ -246,6 +247,10 @@ class ConvBlock(nn.Module):
             windows = x[:, 0, :].unfold(1, self.kernel, self.stride)
             return F.linear(windows, weight[:, 0, :], bias).transpose(1, 2)
         if self.kernel == 1 and self.stride == 1:
+            if self.onednn_linear:
+                from nemo_sew.nn.onednn import packed_linear
+
+                return packed_linear(self, x.transpose(1, 2), weight[:, :, 0], bias, source=weight).transpose(1, 2)
             return F.linear(x.transpose(1, 2), weight[:, :, 0], bias).transpose(1, 2)
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # a view when x is channels-last
         return F.conv2d(x4, weight.unsqueeze(2), bias, stride=(1, self.stride))[:, :, 0, :]
