@@ -185,7 +185,7 @@ CHANNELS_LAST = True
 """Run the waveform front end's convs channels-last on CPU in eager mode (see :class:`ConvBlock`).
 
 False gives the channels-first path everywhere (the one traced graphs and CUDA use); the two agree within
-fp32 rounding (``tests/test_frontend.py``). A switch for tests and A/B timing, not a user setting."""
+fp32 rounding (``tests/test_channels_last.py``). A switch for tests and A/B timing, not a user setting."""
 
 
 def _channels_last(x: torch.Tensor) -> bool:
@@ -208,9 +208,10 @@ class ConvBlock(nn.Module):
       361, k3/s2 on 32k frames, one interleaved timing on the 2-core AMD EPYC); a 1x1 conv is a plain
       ``F.linear`` on the ``(B, T, C)`` memory; the first conv of the waveform (``C_in == 1``) is a GEMM on
       its unfolded windows (a copy of ``k / s`` times the waveform: about 2x faster than oneDNN's conv with
-      one input channel), written channels-first when the group norm follows (torch's channels-last
-      group norm kernel sums squares in one pass: 5e-5 off at 32k frames, against 1e-6) and channels-last
-      otherwise. Written by hand: torch picks neither form itself for a 1-D conv.
+      one input channel). When the group norm follows the first conv, that conv and the norm stay
+      channels-first (torch's channels-last group norm kernel sums squares in one pass: 5e-5 off at 32k
+      frames, against 1e-6; a hand-written two-pass one was 2x slower) and the second conv copies its input
+      to channels-last once. Written by hand: torch picks neither form itself for a 1-D conv.
 
     The GELU overwrites the conv / norm output when autograd does not need it (:func:`can_overwrite`).
     """
