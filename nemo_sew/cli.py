@@ -119,7 +119,9 @@ def _cmd_bench_gates(args: argparse.Namespace) -> int:
 def _cmd_bench_prune(args: argparse.Namespace) -> int:
     from nemo_sew.bench.prune import bench_prune, prune_markdown
 
-    result = bench_prune(args.preset, args.target, args.budget, args.seconds, warmup=args.warmup, runs=args.runs)
+    result = bench_prune(args.preset, args.target, args.budget, args.seconds, warmup=args.warmup, runs=args.runs,
+                         threads=args.threads, channels_first=args.channels_first,
+                         onednn_linear=args.onednn_linear)  # fmt: skip
     goal = 0.55 if args.target == 0.5 else None
     return _emit(prune_markdown(result, "nemo-sew " + " ".join(args.argv), goal), args)
 
@@ -128,8 +130,10 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
     from nemo_sew.bench.squeeze import bench_squeeze, squeeze_markdown
 
     rows = bench_squeeze(args.preset, args.factors, args.seconds, warmup=args.warmup, runs=args.runs,
-                         frontend_macs=args.frontend_macs)  # fmt: skip
-    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv), args.frontend_macs)
+                         frontend_macs=args.frontend_macs, threads=args.threads,
+                         channels_first=args.channels_first, onednn_linear=args.onednn_linear)  # fmt: skip
+    section = squeeze_markdown(rows, args.preset, args.seconds, "nemo-sew " + " ".join(args.argv), args.frontend_macs,
+                               onednn_linear=args.onednn_linear)  # fmt: skip
     return _emit(section, args)
 
 
@@ -313,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--frontend-macs", type=float, default=None, help="prune the front end to this fraction of its MACs first")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--channels-first", action="store_true", help="also time the channels-first front end (A/B)")
+    p.add_argument("--onednn-linear", action="store_true", help="run nn.Linear through oneDNN (nemo_sew.nn.onednn)")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_squeeze)
 
@@ -332,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--channels-first", action="store_true", help="also time both models with the channels-first front end (A/B)")
+    p.add_argument("--onednn-linear", action="store_true", help="run nn.Linear through oneDNN (nemo_sew.nn.onednn)")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_prune)
 

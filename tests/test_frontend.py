@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nemo_sew.nn import ConvFeatureExtractor, FeedForward, MaskedInstanceNorm, time_mask, wfe_c_layers
+from nemo_sew.nn import frontend
 from nemo_sew.nn.frontend import ConvBlock
 
 # WFE-O shaped but narrow (as the tiny_wfe_o preset): group norm after the first conv only
@@ -126,8 +127,10 @@ def test_half_precision_keeps_dtype():
             assert ((y.float() - norm(x.bfloat16().float(), lens)).abs() * valid).max() <= 0.05
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_1x1_conv_block_equals_conv1d(bias):
+def test_1x1_conv_block_equals_conv1d(bias, channels_last, monkeypatch):
+    monkeypatch.setattr(frontend, "CHANNELS_LAST", channels_last)
     torch.manual_seed(0)
     block = ConvBlock(24, 40, 1, 1, bias, None)
     if bias:
@@ -136,7 +139,8 @@ def test_1x1_conv_block_equals_conv1d(bias):
     y, lengths = block(x, torch.tensor([50, 30, 1]))
     ref = F.gelu(F.conv1d(x, block.conv.weight, block.conv.bias))
     assert lengths.tolist() == [50, 30, 1]
-    assert y.is_contiguous() and (y - ref).abs().max() <= 1e-5
+    # channels-first: one contiguous (B, C, T) GEMM output; channels-last: a view of (B, T, C) memory
+    assert (y.transpose(1, 2) if channels_last else y).is_contiguous() and (y - ref).abs().max() <= 1e-5
     (y.sum() - ref.sum()).backward()  # grads reach the conv weight through the GEMM
     assert block.conv.weight.grad is not None and block.conv.weight.grad.abs().max() <= 1e-3
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from nemo_sew.nn.frontend import time_mask
+from nemo_sew.nn.frontend import _channels_last, time_mask
 from nemo_sew.nn.pooling import FrameMap
 
 
@@ -96,6 +96,13 @@ class SqueezeCompressor(nn.Module):
     def _pos(self, x: torch.Tensor, stride: int) -> torch.Tensor:
         # x: (B, C, T) -> GELU(conv) (B, C, ceil(T/stride)) (+1 frame when the kernel is even)
         w = self.conv.weight
+        if stride == 1 and _channels_last(x):
+            # x is a view of (B, T, C) memory: oneDNN's channels-last (NHWC) grouped conv reads it as it is,
+            # 1.3x (wav2vec 2.0's k128) to 2.3x (SEW's k31) faster than the channels-first one on the 2-core
+            # AMD EPYC (one interleaved timing); strided, the channels-first one was faster (7.7 vs 14.6 ms)
+            x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+            y = F.conv2d(x4, w.unsqueeze(2), self.conv.bias, padding=(0, self.kernel // 2), groups=self.conv.groups)
+            return F.gelu(y[:, :, 0, :])
         return F.gelu(F.conv1d(x, w, self.conv.bias, stride=stride, padding=self.kernel // 2, groups=self.conv.groups))
 
     def forward(
