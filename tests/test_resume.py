@@ -30,6 +30,8 @@ def _command(corpus, out: Path) -> list[str]:
         f"model.validation_ds.manifest_filepath={corpus['dev']['manifest']}",
         "model.train_ds.batch_size=4", "model.train_ds.num_workers=0", "model.validation_ds.num_workers=0",
         *TINY_ENCODER, "model.encoder.dropout.hidden=0.1",  # dropout, SpecAugment, dither: random draws each step
+        # waveform augmentation: random draws per sample at load time (nemo_sew.resume.SeededDataset)
+        "augment={speed: {prob: 0.5}, reverb: {prob: 0.5}, noise: {prob: 0.5}}",
         "model.optim.sched.warmup_steps=3",
         "trainer.precision=32", "trainer.deterministic=true", f"trainer.max_steps={STEPS}", "trainer.max_time=null",
         "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
@@ -223,3 +225,32 @@ def test_a_run_killed_before_its_last_checkpoint_resumes_from_the_newest_one(tmp
     trainer.ckpt_path = None
     _resume_from_newest_checkpoint(trainer, OmegaConf.create({"resume_if_exists": False}), tmp_path)
     assert trainer.ckpt_path is None
+
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a, b)
+
+
+def test_augmented_samples_repeat_per_seed_epoch_and_index(tiny_corpus, tmp_path):
+    """SeededDataset: a sample's waveform augmentation depends on (seed, epoch, index) only -- not on the global
+    RNG state, the batch it lands in, or what was loaded before (what makes a resumed run augment alike)."""
+    import numpy as np
+    from nemo.collections.asr.data.audio_to_text import AudioToCharDataset
+    from nemo.collections.asr.parts.preprocessing.perturb import process_augmentations
+
+    from nemo_sew.augment import augmentor_config
+    from nemo_sew.resume import SeededBatch, SeededDataset
+
+    section = {"speed": {"prob": 1.0}, "reverb": {"prob": 1.0}, "noise": {"prob": 1.0}}
+    kwargs = dict(manifest_filepath=str(tiny_corpus["train"]["manifest"]), labels=list(" abcdefghijklmnopqrstuvwxyz'"),
+                  sample_rate=16000)  # fmt: skip
+    clean = AudioToCharDataset(**kwargs)
+    seeded = SeededDataset(AudioToCharDataset(**kwargs, augmentor=process_augmentations(augmentor_config(section, tmp_path))))
+    first = seeded[SeededBatch([0, 1], [7, 0])]
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)  # another global RNG state
+    seeded[SeededBatch([2], [7, 0])]  # and another sample loaded in between
+    again = seeded[SeededBatch([1, 0], [7, 0])]  # the same samples in another batch order
+    assert _same(first[0][0], again[1][0]) and _same(first[1][0], again[0][0])
+    assert not _same(first[0][0], seeded[SeededBatch([0], [7, 1])][0][0]), "another epoch draws another augmentation"
+    assert not _same(first[0][0], clean[0][0]), "the augmentation changed the audio"
