@@ -47,9 +47,19 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def augment_summary(cfg) -> str:
+    """What the recipe does to its training data, for ``results.md``: waveform augmentation and SpecAugment."""
+    section = cfg.get("augment") or {}
+    waves = [name for name in ("speed", "reverb", "noise") if (section.get(name) or {}).get("prob", 0)]
+    spec = cfg.model.get("spec_augment") or {}
+    masks = int(spec.get("freq_masks", 0) or 0) + int(spec.get("time_masks", 0) or 0)
+    return ("augmented: " + ", ".join(waves) if waves else "no waveform augmentation") + (
+        f", SpecAugment {spec.get('freq_masks')} + {spec.get('time_masks')} masks" if masks else ", no SpecAugment")
+
+
 def write_results(
     path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None,
-    sweep_md: str | None = None,
+    sweep_md: str | None = None, data_note: str = "augmented: speed, reverb, noise",
 ) -> None:
     """``results.md``: what the demo reached, with the baselines beside it; it ends with ``sweep_md`` (the
     profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given."""
@@ -58,7 +68,7 @@ def write_results(
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}  ",
-        f"Corpus: synthetic, espeak-ng + flite ({hours.get('train', 0):.2f} h train, augmented: speed, noise, reverb); "
+        f"Corpus: synthetic, espeak-ng + flite ({hours.get('train', 0):.2f} h train, {data_note}); "
         f"test = held-out voices and sentences of those engines, {result.utterances} utterances"
         + (f"; cross-engine test = the test sentences said by festival, never heard in training, "
            f"{result.cross_utterances} utterances" if result.cross_cer is not None else "") + "  ",
@@ -138,7 +148,9 @@ def run_demo(
     (out_dir / "results.json").write_text(result.to_json())
     log.info("step 4/5: NeMo's transcribe_speech flow on %s", model_path)
     flow_wer = transcribe_speech_flow(model_path, splits["test"]["manifest"], out_dir / "transcribe_speech.json", recipe)
-    write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer)
+    data_note = augment_summary(cfg)
+    write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
+                  data_note=data_note)
     if sweep:  # results.md is already written without the sweep: an error here does not lose the run
         from nemo_sew.demo_sweep import run_profile_sweep, sweep_section
 
@@ -146,7 +158,7 @@ def run_demo(
         swept = run_profile_sweep(model, model_path, splits["test"]["manifest"], out_dir,
                                   max_utterances=sweep_utterances, command=command)  # fmt: skip
         write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
-                      sweep_section(swept, out_dir))  # fmt: skip
+                      sweep_section(swept, out_dir), data_note=data_note)  # fmt: skip
     log.info("test CER %.3f, WER %.3f, cross-engine CER %s; wrote %s and %s", result.cer, result.wer,
              _num(result.cross_cer), model_path, out_dir / "results.md")  # fmt: skip
     return result

@@ -132,3 +132,17 @@ def test_demo_profiles_follow_what_the_model_can_run():
     gated = demo_profiles(build_tiny_ctc("tiny_mel", gates={"kind": "local"}), weight_bits=(8,))
     assert list(gated.fp) == ["s2", "s2_t0.5", "s2_t0.7", "s2_t0.9"] and list(gated.quantized) == ["s2_w8"]
     assert gated.fp["s2_t0.7"].depth_threshold == 0.7 and gated.quantized["s2_w8"].weight_bits == 8
+
+
+def test_results_say_how_the_training_data_was_augmented():
+    from omegaconf import OmegaConf
+
+    from nemo_sew.demo import augment_summary
+
+    on = OmegaConf.create({"augment": {"speed": {"prob": 0.5}, "reverb": {"prob": 0.0}, "noise": {"prob": 0.4}},
+                           "model": {"spec_augment": {"freq_masks": 2, "time_masks": 1}}})  # fmt: skip
+    assert augment_summary(on) == "augmented: speed, noise, SpecAugment 2 + 1 masks"
+    off = OmegaConf.create({"augment": None, "model": {"spec_augment": {"freq_masks": 0, "time_masks": 0}}})
+    assert augment_summary(off) == "no waveform augmentation, no SpecAugment"
+    recipe = OmegaConf.load(ROOT / "recipes" / "ctc_char_tiny_mel.yaml")
+    assert augment_summary(recipe).endswith("no SpecAugment")  # the demo recipe (BENCHMARKS.md: demo recipe at 800 steps)
