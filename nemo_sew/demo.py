@@ -59,7 +59,7 @@ def augment_summary(cfg) -> str:
 
 def write_results(
     path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None,
-    sweep_md: str | None = None, data_note: str = "augmented: speed, reverb, noise",
+    sweep_md: str | None = None, data_note: str | None = None,
 ) -> None:
     """``results.md``: what the demo reached, with the baselines beside it; it ends with ``sweep_md`` (the
     profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given."""
@@ -68,7 +68,8 @@ def write_results(
         "",
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}  ",
-        f"Corpus: synthetic, espeak-ng + flite ({hours.get('train', 0):.2f} h train, {data_note}); "
+        f"Corpus: synthetic, espeak-ng + flite ({hours.get('train', 0):.2f} h train"
+        f"{', ' + data_note if data_note else ''}); "
         f"test = held-out voices and sentences of those engines, {result.utterances} utterances"
         + (f"; cross-engine test = the test sentences said by festival, never heard in training, "
            f"{result.cross_utterances} utterances" if result.cross_cer is not None else "") + "  ",

@@ -162,30 +162,26 @@ def bounded_manifest(manifest: str | Path, max_utterances: int | None, out: Path
     return out, len(keep), total
 
 
-def _export_fp(model, name: str, profile: CompressionProfile, onnx_dir: Path) -> OnnxFile:
+def _export_checked(name: str, profile: CompressionProfile, onnx_dir: Path, qmodel=None, model=None) -> OnnxFile:
+    """One ONNX file: fp32 (``model``, :func:`nemo_sew.export.export_onnx`) or QDQ (``qmodel`` at ``profile``,
+    :func:`nemo_sew.quant.onnx.export_quantized_onnx`). The exporter's own parity check runs with an infinite
+    tolerance and the exporter's stated one is applied here, so a failure is a row and not a crash."""
     from nemo_sew.export import TOLERANCE, ParityError, export_onnx
-
-    path, tol = onnx_dir / f"{name}.onnx", TOLERANCE["fp32"]
-    try:  # the exporter's own check, with its tolerance applied here, so a failure is a row and not a crash
-        report = export_onnx(model, path, profile=profile, tolerance=math.inf).parity
-        diff, error = report.max_abs_diff, None
-    except ParityError as e:  # output lengths differ
-        diff, error = math.inf, str(e)
-    return OnnxFile(name, path, path.stat().st_size, "fp32", diff, tol, diff <= tol, error)
-
-
-def _export_quantized(qmodel, name: str, profile: CompressionProfile, onnx_dir: Path) -> OnnxFile:
-    from nemo_sew.export import ParityError
     from nemo_sew.quant.onnx import QDQ_TOLERANCE, export_quantized_onnx
 
-    path, tol = onnx_dir / f"{name}.onnx", QDQ_TOLERANCE
-    qmodel.set_profile(profile, default=False)
+    path = onnx_dir / f"{name}.onnx"
+    quantized = qmodel is not None
+    tol, form = (QDQ_TOLERANCE, f"qdq int{profile.weight_bits}") if quantized else (TOLERANCE["fp32"], "fp32")
     try:
-        report = export_quantized_onnx(qmodel, path, "qdq", tolerance=math.inf).parity
-        diff, error = report.max_abs_diff, None
-    except ParityError as e:
+        if quantized:
+            qmodel.set_profile(profile, default=False)
+            result = export_quantized_onnx(qmodel, path, "qdq", tolerance=math.inf)
+        else:
+            result = export_onnx(model, path, profile=profile, tolerance=math.inf)
+        diff, error = result.parity.max_abs_diff, None
+    except ParityError as e:  # output lengths differ
         diff, error = math.inf, str(e)
-    return OnnxFile(name, path, path.stat().st_size, f"qdq int{profile.weight_bits}", diff, tol, diff <= tol, error)
+    return OnnxFile(name, path, path.stat().st_size, form, diff, tol, diff <= tol, error)
 
 
 def run_profile_sweep(
@@ -222,8 +218,8 @@ def run_profile_sweep(
     sweep_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    files = [_export_fp(model, name, p, onnx_dir) for name, p in plan.fp.items()]
-    files += [_export_quantized(qmodel, name, p, onnx_dir) for name, p in plan.quantized.items()]
+    files = [_export_checked(name, p, onnx_dir, model=model) for name, p in plan.fp.items()]
+    files += [_export_checked(name, p, onnx_dir, qmodel=qmodel) for name, p in plan.quantized.items()]
     export_seconds = time.perf_counter() - start
     (onnx_dir / "onnx.json").write_text(json.dumps([f.to_dict() for f in files], indent=2))
     for f in files:
