@@ -93,7 +93,18 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
                 model.cfg[key] = OmegaConf.merge(model.cfg.get(key) or {}, override)
                 if "augmentor" in override:  # replaced, not merged: no stored perturbation survives
                     model.cfg[key].augmentor = override["augmentor"]
-    model.set_profile(OmegaConf.to_container(cfg.profile, resolve=True))
+    profile = OmegaConf.to_container(cfg.profile, resolve=True)
+    model.set_profile(profile)
+    distill = cfg.get("qat_distill") or {}
+    if float(distill.get("weight", 0.0)) > 0:  # distil from the full-precision model (BiT's setting for 1-bit)
+        if not cfg.get("qat"):
+            raise ValueError("qat_distill: distillation from the fp model needs qat (quantization-aware training)")
+        from nemo_sew.distill import attach_teacher
+
+        teacher = restore(cfg.init_from_nemo)
+        teacher.encoder.disable_sampler()
+        teacher.set_profile({k: v for k, v in dict(profile).items() if k != "weight_bits"}, default=False)
+        attach_teacher(model, teacher, float(distill["weight"]), float(distill.get("temperature", 1.0)))
     model.set_trainer(trainer)
     model.setup_training_data(model.cfg.train_ds)
     model.setup_validation_data(model.cfg.validation_ds)

@@ -138,7 +138,7 @@ def test_recipe_runs_a_few_steps(recipe, tiny_corpus, tmp_path, request):
         assert model._optimizer.param_groups[-1]["maximize"]
         assert any(k.startswith("train_prune_") for k in metrics), sorted(metrics)
         if recipe.stem in NEEDS_IMPORTED_CTC:  # these distil from the unpruned model
-            assert np.isfinite(float(metrics["prune_distill"]))
+            assert np.isfinite(float(metrics["distill_loss"]))
         if recipe.stem in NEEDS_CTC:  # the materialised model runs in NeMo's transcribe_speech flow
             pred = tmp_path / "pred.json"
             proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "transcribe_speech_flow.py"), str(tmp_path / "pruned.nemo"),
@@ -181,3 +181,17 @@ def test_torchrun_launcher_two_cpu_processes(tiny_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert save.is_file()
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # Lightning: "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2"
+
+
+def test_qat_distils_from_the_fp_model(stochastic_ctc, tiny_corpus, tmp_path):
+    """qat_distill: the fp init_from_nemo is a frozen, unquantized teacher; its KL term is logged and trained on."""
+    from nemo_sew.train import load_config, train
+
+    overrides = [f"init_from_nemo={stochastic_ctc}", "qat.bits=1", "profile.weight_bits=1", "qat_distill.weight=1.0"]
+    model = train(_cpu(load_config(ROOT / "recipes" / "qat_finetune.yaml", overrides), tiny_corpus, tmp_path))
+    assert model.trainer.global_step == 2
+    distill = float(model.trainer.callback_metrics["distill_loss"])
+    assert np.isfinite(distill) and distill > 0  # a 1-bit student cannot match its fp teacher exactly
+    teacher = model._distill_teacher[0]
+    assert teacher.encoder.quant_config is None and not any(p.requires_grad for p in teacher.parameters())
+    assert not any(n.startswith("_distill") for n in model.state_dict())  # the teacher is not saved

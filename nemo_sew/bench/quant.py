@@ -9,18 +9,24 @@ weight bit widths? On the synthetic corpus, for each family (``study_conformer``
 1. HuBERT pre-training (``recipes/ssl_tiny_mel.yaml``, MFCC k-means targets), the same steps for all;
 2. CTC fine-tuning (``recipes/ctc_char_finetune_tiny_mel.yaml``), the same steps;
 3. PTQ at 8/4/2/1 bits (every encoder weight; CTC head fp) and QAT from the fp model
-   (``recipes/qat_finetune.yaml``, ``qat_steps``) at the same widths; test WER/CER of each;
+   (``recipes/qat_finetune.yaml``, ``qat_steps``, distilled from the fp model with ``qat_distill`` weight
+   ``distill``, BiT's setting) at the same widths; test WER/CER of each;
 4. the hypothesis: per-layer relative output error of each branch (attention, conv module, FFN) of the PTQ
    model against fp, on test audio, plotted against depth (``layer_error.png``).
 
 Table 2 (size, MACs, CPU latency per width) comes from the packed ``.nemo`` sizes here and
 ``nemo-sew bench cpu`` for latency (only where kernels exist: int8 and 4-bit through onnxruntime).
+
+Each family's results are kept in ``OUT/<family>/result.json`` with the settings that made them, and every
+trained model is kept too: a re-run with the same settings resumes where a stopped one left off, and families
+can run as separate processes (``--families``) before one run over all of them writes the report.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +34,7 @@ from typing import Any, Sequence
 import torch
 
 from nemo_sew.bench.report import machine_line
+from nemo_sew.cost import macs_per_second
 
 log = logging.getLogger("nemo_sew.bench.quant")
 
@@ -111,6 +118,33 @@ def _test_batch(manifest: str, count: int = 4) -> tuple[torch.Tensor, torch.Tens
     return audio, lengths
 
 
+def _load_result(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """A family's row from ``result.json`` if it was made with ``settings`` (JSON's string keys made ints again)."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        log.warning("%s: unreadable (%s), measuring again", path, e)
+        return None
+    if saved.get("settings") != settings:
+        log.info("%s: made with other settings, measuring again", path)
+        return None
+    row = saved["row"]
+    for key in ("ptq", "qat", "bytes"):
+        row[key] = {int(k): v for k, v in row[key].items()}
+    return row
+
+
+def _claim(fam_dir: Path, settings: dict[str, Any]) -> None:
+    """Mark ``fam_dir``'s models as made with ``settings``; refuse to reuse models made with others."""
+    fam_dir.mkdir(parents=True, exist_ok=True)
+    path = fam_dir / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise ValueError(f"{fam_dir} holds models trained with other settings ({path}); choose another --out or remove it")
+    path.write_text(json.dumps(settings, indent=1))
+
+
 def bench_quant(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -122,6 +156,7 @@ def bench_quant(
     hours: float = 3.5,
     clusters: int = 50,
     error_bits: int = 2,
+    distill: float = 1.0,
     extra: Sequence[str] = (),
     command: str = "",
 ) -> tuple[str, dict[str, Any]]:
@@ -139,27 +174,41 @@ def bench_quant(
     splits = prepare_synthetic(data_dir, hours=hours, seed=0)
     train_m, dev, test = (splits[k]["manifest"] for k in ("train", "dev", "test"))
     centroids = out_dir / f"mfcc_km{clusters}.npy"
-    if not centroids.exists():
-        kmeans_from_manifest(train_m, centroids, "mfcc", num_clusters=clusters, max_hours=0.5)
+    if not centroids.exists():  # written under a temporary name: a parallel run never reads a partial file
+        partial = out_dir / f"mfcc_km{clusters}.{os.getpid()}.partial.npy"
+        kmeans_from_manifest(train_m, partial, "mfcc", num_clusters=clusters, max_hours=0.5)
+        partial.replace(centroids)
     common = ["trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false", *extra]
     audio, lengths = _test_batch(test)
     results: dict[str, Any] = {}
-    started = time.perf_counter()
+    settings = {"bits": sorted(int(b) for b in bits), "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
+                "qat_steps": qat_steps, "hours": hours, "clusters": clusters, "error_bits": error_bits,
+                "distill": distill, "extra": list(extra)}  # fmt: skip
     for family in families:
         fam_dir = out_dir / family
+        cached = _load_result(fam_dir / "result.json", settings)
+        if cached is not None:
+            log.info("%s: results of an earlier run with the same settings (%s)", family, fam_dir / "result.json")
+            results[family] = cached
+            continue
+        family_started = time.perf_counter()
+        _claim(fam_dir, settings)
         ssl_path, fp_path = fam_dir / "ssl.nemo", fam_dir / "fp.nemo"
-        if not fp_path.exists():
+        if not ssl_path.exists() and not fp_path.exists():
             train(load_config("recipes/ssl_tiny_mel.yaml", [
                 f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
                 f"model.encoder.preset={family}", f"model.hubert.centroids={centroids}",
                 f"model.hubert.num_clusters={clusters}", f"trainer.max_steps={pretrain_steps}",
                 f"exp_manager.exp_dir={fam_dir / 'ssl'}", f"save_to={ssl_path}", *common]))  # fmt: skip
+        if not fp_path.exists():
             train(load_config("recipes/ctc_char_finetune_tiny_mel.yaml", [
                 f"init_from_ssl={ssl_path}", f"model.train_ds.manifest_filepath={train_m}",
                 f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={finetune_steps}",
                 f"exp_manager.exp_dir={fam_dir / 'ctc'}", f"save_to={fp_path}", *common]))  # fmt: skip
         fp = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
-        row: dict[str, Any] = {"fp": _rates(fp, test), "ptq": {}, "qat": {}, "bytes": {16: storage_bytes(fp)}}
+        row: dict[str, Any] = {"fp": _rates(fp, test), "ptq": {}, "qat": {}, "bytes": {16: storage_bytes(fp)},
+                               "params_m": sum(p.numel() for p in fp.encoder.parameters()) / 1e6,
+                               "gmacs_per_s": macs_per_second(fp.encoder.arch, fp.encoder.profile)}  # fmt: skip
         for b in bits:
             if b == 16:
                 continue
@@ -171,32 +220,39 @@ def bench_quant(
                 row["layer_error"] = branch_errors(fp, q, audio, lengths)
             if qat_steps > 0:
                 qat_path = fam_dir / f"qat{b}.nemo"
-                train(load_config("recipes/qat_finetune.yaml", [
-                    f"init_from_nemo={fp_path}", f"qat.bits={b}", f"profile.weight_bits={b}",
-                    f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
-                    f"trainer.max_steps={qat_steps}", f"exp_manager.exp_dir={fam_dir / f'qat{b}'}",
-                    f"save_to={qat_path}", *common]))  # fmt: skip
+                if not qat_path.exists():
+                    train(load_config("recipes/qat_finetune.yaml", [
+                        f"init_from_nemo={fp_path}", f"qat.bits={b}", f"profile.weight_bits={b}",
+                        f"qat_distill.weight={distill}", f"model.train_ds.manifest_filepath={train_m}",
+                        f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={qat_steps}",
+                        f"exp_manager.exp_dir={fam_dir / f'qat{b}'}", f"save_to={qat_path}", *common]))  # fmt: skip
                 qm = ASRModel.restore_from(str(qat_path), map_location="cpu").eval()
                 quantize_model(qm, b, keep_fp=False)
                 row["qat"][b] = _rates(qm, test)
+        row["minutes"] = (time.perf_counter() - family_started) / 60
         results[family] = row
-    minutes = (time.perf_counter() - started) / 60
+        (fam_dir / "result.json").write_text(json.dumps({"settings": settings, "row": row}, indent=1))
+    minutes = sum(float(r.get("minutes", 0.0)) for r in results.values())
     errors = {f: r["layer_error"] for f, r in results.items() if "layer_error" in r}
     if errors:
         plot_layer_errors(errors, out_dir / "layer_error.png", error_bits)
     (out_dir / "bench_quant.json").write_text(json.dumps(results, indent=1, default=str))
-    return quant_markdown(results, bits, pretrain_steps, finetune_steps, qat_steps, error_bits, minutes, command, out_dir), results
+    section = quant_markdown(results, bits, pretrain_steps, finetune_steps, qat_steps, error_bits, minutes, command,
+                             out_dir, distill)  # fmt: skip
+    return section, results
 
 
 def quant_markdown(results: dict[str, Any], bits: Sequence[int], pre: int, ft: int, qat: int, error_bits: int,
-                   minutes: float, command: str, out_dir: Path) -> str:  # fmt: skip
+                   minutes: float, command: str, out_dir: Path, distill: float = 0.0) -> str:  # fmt: skip
     widths = [b for b in bits if b != 16]
+    teacher = f", distilled from it (KL weight {distill:g})" if distill > 0 else ""
     lines = [
         "### Attention-only vs conformer under low-bit weight quantization (synthetic corpus)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine_line()}; one run, {minutes:.0f} min  ",
-        f"HuBERT pre-training {pre} steps, CTC fine-tuning {ft} steps, QAT {qat} steps from the fp model; test WER / CER.",
+        f"Machine: {machine_line()}; one run, {minutes:.0f} min of training and evaluation  ",
+        f"HuBERT pre-training {pre} steps, CTC fine-tuning {ft} steps, QAT {qat} steps from the fp model{teacher}; "
+        "test WER / CER.",
         "",
         "| encoder | fp | " + " | ".join(f"PTQ {b}-bit | QAT {b}-bit" for b in widths) + " |",
         "|---|---|" + "---|---|" * len(widths),
@@ -208,10 +264,24 @@ def quant_markdown(results: dict[str, Any], bits: Sequence[int], pre: int, ft: i
                 v = r[kind].get(b)
                 cells.append(f"{v[0]:.3f} / {v[1]:.3f}" if v else "-")
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
-    lines += ["", "Encoder + head state size (bytes, packed weights + everything kept in fp):", "",
-              "| encoder | " + " | ".join(f"{b}-bit" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+    lines += ["", "Relative WER / CER change against the same family's fp model:", "",
+              "| encoder | " + " | ".join(f"PTQ {b}-bit | QAT {b}-bit" for b in widths) + " |",
+              "|---|" + "---|---|" * len(widths)]  # fmt: skip
     for family, r in results.items():
-        lines.append(f"| {family} | " + " | ".join(f"{r['bytes'].get(b, 0) / 1e6:.2f} MB" for b in bits) + " |")
+        cells = []
+        for b in widths:
+            for kind in ("ptq", "qat"):
+                v = r[kind].get(b)
+                cells.append(" / ".join(f"{(q / f - 1) * 100:+.1f}%" if f > 0 else "-" for q, f in zip(v, r["fp"]))
+                             if v else "-")  # fmt: skip
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    lines += ["", "Encoder parameters, analytic encoder GMACs per second of audio (10 s input), and encoder + head state "
+              "size (packed weights + everything kept in fp):", "",
+              "| encoder | params (M) | GMACs / s | " + " | ".join(f"{b}-bit" for b in bits) + " |",
+              "|---|---|---|" + "---|" * len(bits)]  # fmt: skip
+    for family, r in results.items():
+        head = f"{r['params_m']:.2f} | {r['gmacs_per_s']:.3f}" if "params_m" in r else "- | -"
+        lines.append(f"| {family} | {head} | " + " | ".join(f"{r['bytes'].get(b, 0) / 1e6:.2f} MB" for b in bits) + " |")
     lines += ["", f"Per-layer relative output error at {error_bits}-bit PTQ (mean over layers; "
               f"`{out_dir.name}/layer_error.png` plots it against depth):", ""]
     for family, r in results.items():

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 import nemo_sew.augment  # noqa: F401  (registers the nemo_sew_speed perturbation a train_ds.augmentor may name)
 from nemo_sew.arch import resolve_arch
+from nemo_sew.distill import teacher_distillation
 from nemo_sew.encoder import EncoderOutput, SqueezeEncoder
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.options import upgrade_encoder_config
@@ -333,12 +334,10 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             self.log("train_squeeze", out.stats["squeeze"])
         log_gate_stats(self, out.stats)
         log_prune_stats(self, out.stats)
-        if getattr(self, "_prune_teacher", None) is not None:
-            from nemo_sew.prune.train import teacher_distillation
-
-            distill = teacher_distillation(self, signal, signal_len, log_probs, encoded_len)
+        distill = teacher_distillation(self, signal, signal_len, log_probs, encoded_len)
+        if distill is not None:  # pruning_distill / qat_distill (nemo_sew.distill)
             loss = loss + distill
-            self.log("prune_distill", distill.detach())
+            self.log("distill_loss", distill.detach())
         logs = {"train_loss": loss.detach(), "learning_rate": self._optimizer.param_groups[0]["lr"],
                 "global_step": torch.tensor(step, dtype=torch.float32)}  # fmt: skip
         self.last_step_stats = out.stats  # what this rank ran at this step (read by callbacks.StepRecorder)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("nemo_sew.prune")
@@ -48,37 +47,11 @@ def pruning_model(cfg: DictConfig, trainer):
         raise ValueError(f"{cfg.init_from_nemo}: weights do not match the model to prune: {bad[:8]}")
     distill = cfg.get("pruning_distill") or {}
     if float(distill.get("weight", 0.0)) > 0:
-        teacher = source.eval()
-        teacher.requires_grad_(False)
-        # not a submodule: neither saved, optimised nor counted in the student's parameters
-        object.__setattr__(model, "_prune_teacher", (teacher, float(distill["weight"]), float(distill.get("temperature", 1.0))))
+        from nemo_sew.distill import attach_teacher
+
+        attach_teacher(model, source, float(distill["weight"]), float(distill.get("temperature", 1.0)))
     model.setup_optimization(model.cfg.optim)
     return model
-
-
-def distillation_loss(
-    student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor, temperature: float = 1.0
-) -> torch.Tensor:
-    """``KL(teacher || student)`` of the frame posteriors ``(B, T, V)``, averaged over valid frames."""
-    t = float(temperature)
-    s = torch.log_softmax(student_log_probs.float() / t, -1)
-    p = torch.log_softmax(teacher_log_probs.float() / t, -1)
-    kl = (p.exp() * (p - s)).sum(-1)  # (B, T)
-    valid = torch.arange(kl.shape[1], device=kl.device)[None, :] < lengths[:, None]
-    return (kl * valid).sum() / valid.sum().clamp_min(1) * (t * t)
-
-
-def teacher_distillation(model, signal: torch.Tensor, signal_len: torch.Tensor, log_probs: torch.Tensor, lengths) -> torch.Tensor | None:
-    """The distillation term of a model set up by :func:`pruning_model` (None without a teacher)."""
-    spec = getattr(model, "_prune_teacher", None)
-    if spec is None:
-        return None
-    teacher, weight, temperature = spec
-    teacher.to(signal.device)
-    with torch.no_grad():
-        teacher_log_probs, _, _ = teacher(input_signal=signal, input_signal_length=signal_len)
-    t = min(teacher_log_probs.shape[1], log_probs.shape[1])
-    return weight * distillation_loss(log_probs[:, :t], teacher_log_probs[:, :t], lengths, temperature)
 
 
 def save_pruned(cfg: DictConfig, model) -> None:
