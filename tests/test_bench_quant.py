@@ -41,3 +41,20 @@ def test_report_states_relative_change_against_fp(tmp_path):
     assert "distilled from it (KL weight 1)" in text
     assert "| study_conformer | +2.0% / +5.0% | +0.0% / +0.0% |" in text
     assert "| study_conformer | 3.60 | 0.100 | 14.00 MB | 2.50 MB |" in text
+
+
+def test_fast_paths_transcribe_and_time_every_onnxruntime_form(tiny_ctc_nemo, tiny_corpus, tmp_path):
+    from nemo_sew.bench.quant_paths import FORMS, fast_paths, fast_paths_markdown
+
+    manifest = tiny_corpus["test"]["manifest"]
+    rows = fast_paths(tiny_ctc_nemo, manifest, tmp_path, threads=1, seconds=1.0, runs=3)
+    by = {r["runtime"]: r for r in rows}
+    assert list(by) == ["PyTorch eager fp32", "onnxruntime fp32", *(label for label, *_ in FORMS)]
+    # the fp32 graph decodes what the eager model decodes
+    assert (by["onnxruntime fp32"]["wer"], by["onnxruntime fp32"]["cer"]) == pytest.approx(
+        (by["PyTorch eager fp32"]["wer"], by["PyTorch eager fp32"]["cer"]), abs=1e-9)
+    sizes = [by[label]["mb"] for label in ("onnxruntime fp32", FORMS[1][0], FORMS[2][0])]
+    assert sizes[0] > sizes[1] > sizes[2]  # fp32 > int8 QDQ > 4-bit MatMulNBits
+    assert all(r["ms"] > 0 and r["samples"] >= 3 for r in rows)
+    lines = fast_paths_markdown({"tiny": rows}, 1, 1.0)
+    assert sum(line.startswith("| tiny |") for line in lines) == len(rows)

@@ -14,8 +14,9 @@ weight bit widths? On the synthetic corpus, for each family (``study_conformer``
 4. the hypothesis: per-layer relative output error of each branch (attention, conv module, FFN) of the PTQ
    model against fp, on test audio, plotted against depth (``layer_error.png``).
 
-Table 2 (size, MACs, CPU latency per width) comes from the packed ``.nemo`` sizes here and
-``nemo-sew bench cpu`` for latency (only where kernels exist: int8 and 4-bit through onnxruntime).
+Table 2 (size, MACs, CPU latency per width): the packed ``.nemo`` sizes and analytic MACs here; with
+``--fast-paths`` the onnxruntime int8 and 4-bit forms of each fp model (the widths with CPU kernels) are
+transcribed and timed (:mod:`nemo_sew.bench.quant_paths`).
 
 Each family's results are kept in ``OUT/<family>/result.json`` with the settings that made them, and every
 trained model is kept too: a re-run with the same settings resumes where a stopped one left off, and families
@@ -157,6 +158,7 @@ def bench_quant(
     clusters: int = 50,
     error_bits: int = 2,
     distill: float = 1.0,
+    fast_paths_threads: int | None = None,
     extra: Sequence[str] = (),
     command: str = "",
 ) -> tuple[str, dict[str, Any]]:
@@ -236,9 +238,18 @@ def bench_quant(
     errors = {f: r["layer_error"] for f, r in results.items() if "layer_error" in r}
     if errors:
         plot_layer_errors(errors, out_dir / "layer_error.png", error_bits)
-    (out_dir / "bench_quant.json").write_text(json.dumps(results, indent=1, default=str))
+    fast = None
+    if fast_paths_threads:  # the onnxruntime int8 / 4-bit forms of each fp model: WER and latency
+        from nemo_sew.bench.quant_paths import family_rows
+
+        fast = family_rows(list(results), out_dir, test, fast_paths_threads)
+    (out_dir / "bench_quant.json").write_text(json.dumps({"families": results, "fast_paths": fast}, indent=1, default=str))
     section = quant_markdown(results, bits, pretrain_steps, finetune_steps, qat_steps, error_bits, minutes, command,
                              out_dir, distill)  # fmt: skip
+    if fast:
+        from nemo_sew.bench.quant_paths import fast_paths_markdown
+
+        section += "\n".join(fast_paths_markdown(fast, fast_paths_threads, 10.0)) + "\n"
     return section, results
 
 
