@@ -208,6 +208,17 @@ def _cmd_bench_quant(args: argparse.Namespace) -> int:
     return _emit(section, args)
 
 
+def _cmd_bench_prune_table(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.prune_table import bench_prune_table
+
+    section, _ = bench_prune_table(
+        args.model, args.data, args.out, budgets=args.budgets, targets=args.targets, prune_steps=args.prune_steps,
+        scratch=args.scratch, scratch_steps=args.scratch_steps, distill=args.distill, threads=args.threads,
+        extra=args.override, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    return _emit(section, args)
+
+
 def _cmd_bench_purity(args: argparse.Namespace) -> int:
     from nemo_sew.bench.purity import bench_target_purity
 
@@ -419,6 +430,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/bench_purity")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_purity)
+
+    p = bench_sub.add_parser("prune-table", help="HJ-Pruning of a trained model to MAC budgets vs the shape from scratch (trains models)")
+    p.add_argument("--model", default="outputs/demo/model.nemo", help="the trained CTC model to prune (the demo's)")
+    p.add_argument("--data", default="data/synthetic", help="corpus directory with train/dev/test.json")
+    p.add_argument("--out", default="outputs/bench_prune_table")
+    p.add_argument("--budgets", nargs="+", default=["size", "sepmac"], help="size mac sepmac transformer frontend")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.8, 0.6, 0.5])
+    p.add_argument("--prune-steps", type=int, default=400)
+    p.add_argument("--scratch", type=float, nargs="*", default=[0.6], help="targets whose sepmac shape is trained from scratch")
+    p.add_argument("--scratch-steps", type=int, default=None, help="the base model's steps + --prune-steps")
+    p.add_argument("--distill", type=float, default=0.0, help="pruning_distill.weight (KL from the unpruned model)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the latency rounds")
+    p.add_argument("--override", nargs="*", default=[], help="overrides for every training run key=value")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_prune_table)
 
     p = bench_sub.add_parser("quant", help="attention-only vs conformer under 8/4/2/1-bit PTQ and QAT (trains models)")
     p.add_argument("--data", default="data/synthetic")
