@@ -203,7 +203,8 @@ def _cmd_bench_quant(args: argparse.Namespace) -> int:
     section, _ = bench_quant(
         args.data, args.out, families=args.families, bits=args.bits, pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps, qat_steps=args.qat_steps, hours=args.hours, clusters=args.clusters,
-        distill=args.qat_distill, fast_paths_threads=args.threads if args.fast_paths else None, extra=args.override, command="nemo-sew " + " ".join(args.argv),
+        distill=args.qat_distill, fast_paths_threads=args.threads if args.fast_paths else None, extra=args.override,
+        finetune_extra=args.finetune_override, command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
     return _emit(section, args)
 
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--finetune-steps", type=int, default=300)
     p.add_argument("--qat-steps", type=int, default=100, help="0 = PTQ only")
+    p.add_argument("--finetune-override", nargs="*", default=[], help="overrides for the CTC fine-tuning only key=value")
     p.add_argument("--qat-distill", type=float, default=1.0, help="QAT's KL weight toward the fp model (0 = CTC only)")
     p.add_argument("--fast-paths", action="store_true",
                    help="also transcribe and time the onnxruntime int8 / 4-bit forms of each fp model")

@@ -39,7 +39,7 @@ def test_report_states_relative_change_against_fp(tmp_path):
     text = quant_markdown({"study_conformer": _row()}, [16, 4], 400, 1500, 250, 2, 30.0, "nemo-sew bench quant",
                           tmp_path, distill=1.0)  # fmt: skip
     assert "distilled from it (KL weight 1)" in text
-    assert "| study_conformer | +2.0% / +5.0% | +0.0% / +0.0% |" in text
+    assert "| study_conformer | +2.0% / +5.0% | +0.0% / +0.0% |" in text  # no fp_more: QAT against fp
     assert "| study_conformer | 3.60 | 0.100 | 14.00 MB | 2.50 MB |" in text
 
 

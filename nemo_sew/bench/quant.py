@@ -160,6 +160,7 @@ def bench_quant(
     distill: float = 1.0,
     fast_paths_threads: int | None = None,
     extra: Sequence[str] = (),
+    finetune_extra: Sequence[str] = (),
     command: str = "",
 ) -> tuple[str, dict[str, Any]]:
     """Run the study (see the module docstring); returns the markdown section and the raw results."""
@@ -185,7 +186,7 @@ def bench_quant(
     results: dict[str, Any] = {}
     settings = {"bits": sorted(int(b) for b in bits), "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
                 "qat_steps": qat_steps, "hours": hours, "clusters": clusters, "error_bits": error_bits,
-                "distill": distill, "extra": list(extra)}  # fmt: skip
+                "distill": distill, "extra": list(extra), "finetune_extra": list(finetune_extra)}  # fmt: skip
     for family in families:
         fam_dir = out_dir / family
         cached = _load_result(fam_dir / "result.json", settings)
@@ -206,11 +207,20 @@ def bench_quant(
             train(load_config("recipes/ctc_char_finetune_tiny_mel.yaml", [
                 f"init_from_ssl={ssl_path}", f"model.train_ds.manifest_filepath={train_m}",
                 f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={finetune_steps}",
-                f"exp_manager.exp_dir={fam_dir / 'ctc'}", f"save_to={fp_path}", *common]))  # fmt: skip
+                f"exp_manager.exp_dir={fam_dir / 'ctc'}", f"save_to={fp_path}", *common, *finetune_extra]))  # fmt: skip
         fp = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
         row: dict[str, Any] = {"fp": _rates(fp, test), "ptq": {}, "qat": {}, "bytes": {16: storage_bytes(fp)},
                                "params_m": sum(p.numel() for p in fp.encoder.parameters()) / 1e6,
                                "gmacs_per_s": macs_per_second(fp.encoder.arch, fp.encoder.profile)}  # fmt: skip
+        if qat_steps > 0:  # the control: the fp model trained qat_steps more without quantization (QAT's extra steps)
+            more_path = fam_dir / "fp_more.nemo"
+            if not more_path.exists():
+                train(load_config("recipes/qat_finetune.yaml", [
+                    f"init_from_nemo={fp_path}", "qat=null", "profile.weight_bits=16",
+                    f"qat_distill.weight={distill}", f"model.train_ds.manifest_filepath={train_m}",
+                    f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={qat_steps}",
+                    f"exp_manager.exp_dir={fam_dir / 'fp_more'}", f"save_to={more_path}", *common]))  # fmt: skip
+            row["fp_more"] = _rates(ASRModel.restore_from(str(more_path), map_location="cpu").eval(), test)
         for b in bits:
             if b == 16:
                 continue
@@ -265,17 +275,22 @@ def quant_markdown(results: dict[str, Any], bits: Sequence[int], pre: int, ft: i
         f"HuBERT pre-training {pre} steps, CTC fine-tuning {ft} steps, QAT {qat} steps from the fp model{teacher}; "
         "test WER / CER.",
         "",
-        "| encoder | fp | " + " | ".join(f"PTQ {b}-bit | QAT {b}-bit" for b in widths) + " |",
-        "|---|---|" + "---|---|" * len(widths),
+        f"`fp + {qat}`: the fp model trained {qat} steps more with the QAT recipe and loss, without quantization (the "
+        "control for QAT's extra steps).",
+        "",
+        "| encoder | fp | " + f"fp + {qat} | " + " | ".join(f"PTQ {b}-bit | QAT {b}-bit" for b in widths) + " |",
+        "|---|---|---|" + "---|---|" * len(widths),
     ]
     for family, r in results.items():
-        cells = [f"{r['fp'][0]:.3f} / {r['fp'][1]:.3f}"]
+        more = r.get("fp_more")
+        cells = [f"{r['fp'][0]:.3f} / {r['fp'][1]:.3f}", f"{more[0]:.3f} / {more[1]:.3f}" if more else "-"]
         for b in widths:
             for kind in ("ptq", "qat"):
                 v = r[kind].get(b)
                 cells.append(f"{v[0]:.3f} / {v[1]:.3f}" if v else "-")
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
-    lines += ["", "Relative WER / CER change against the same family's fp model:", "",
+    lines += ["", f"Relative WER / CER change: PTQ against the family's fp model, QAT against its `fp + {qat}` model "
+              "(the same training without quantization; the fp model where there is none):", "",
               "| encoder | " + " | ".join(f"PTQ {b}-bit | QAT {b}-bit" for b in widths) + " |",
               "|---|" + "---|---|" * len(widths)]  # fmt: skip
     for family, r in results.items():
@@ -283,7 +298,8 @@ def quant_markdown(results: dict[str, Any], bits: Sequence[int], pre: int, ft: i
         for b in widths:
             for kind in ("ptq", "qat"):
                 v = r[kind].get(b)
-                cells.append(" / ".join(f"{(q / f - 1) * 100:+.1f}%" if f > 0 else "-" for q, f in zip(v, r["fp"]))
+                ref = r.get("fp_more") if kind == "qat" and r.get("fp_more") else r["fp"]
+                cells.append(" / ".join(f"{(q / f - 1) * 100:+.1f}%" if f > 0 else "-" for q, f in zip(v, ref))
                              if v else "-")  # fmt: skip
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
     lines += ["", "Encoder parameters, analytic encoder GMACs per second of audio (10 s input), and encoder + head state "
