@@ -324,3 +324,23 @@ def test_bench_squeeze_with_a_pruned_front_end():
     full = build_encoder("tiny_wfe_o", squeeze_sampler={"low": 1.0, "high": 4.0})
     assert rows[0].gmacs_per_s < macs_per_second(full.arch, 1.0, seconds=1.0)  # the front end was pruned
     assert rows[1].gmacs_per_s < rows[0].gmacs_per_s and all(r.latency_ms > 0 for r in rows)
+
+
+def test_constant_reg_lr_is_held_while_the_main_lr_decays():
+    from types import SimpleNamespace
+
+    from nemo_sew.prune.masks import Pruning, hold_reg_lr
+
+    main, masks, mult = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    opt = torch.optim.AdamW([{"params": [main], "lr": 1e-3}, {"params": [masks], "lr": 0.02, "name": "prune_masks"},
+                             {"params": [mult], "lr": 0.02, "name": "prune_multipliers", "maximize": True}])  # fmt: skip
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1)  # a decayed schedule scales every group
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 2e-3, 2e-3])
+    hold_reg_lr(opt, SimpleNamespace(options=Pruning(reg_lr_schedule="shared")))  # the reference: decayed too
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 2e-3, 2e-3])
+    hold_reg_lr(opt, SimpleNamespace(options=Pruning(reg_lr_schedule="constant")))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 0.02, 0.02])
+    with pytest.raises(ValueError, match="reg_lr_schedule"):
+        Pruning(reg_lr_schedule="cosine")

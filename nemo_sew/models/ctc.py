@@ -199,6 +199,11 @@ class DataGuardMixin:
 
         trainer = getattr(self, "_trainer", None)
         consumed_one_batch(trainer.train_dataloader if trainer is not None else self._train_dl)
+        pruning = getattr(self.encoder, "pruning", None) if isinstance(self.encoder, SqueezeEncoder) else None
+        if pruning is not None and getattr(self, "_optimizer", None) is not None:
+            from nemo_sew.prune.masks import hold_reg_lr
+
+            hold_reg_lr(self._optimizer, pruning)
         return super().on_train_batch_start(batch, batch_idx)
 
     # training, validation and test data are validated; transcription inputs are checked in transcribe()

@@ -74,6 +74,9 @@ class Pruning:
         ffn_init_drop: initial drop rate of FFN units (0.5, as DPHuBERT).
         reg_lr: learning rate of the mask logits and of the multipliers (their own optimizer groups; the
             multipliers' group maximises).
+        reg_lr_schedule: ``shared`` (the reference code: the main LR schedule scales ``reg_lr`` too, notes A5)
+            or ``constant`` (``reg_lr`` throughout). A run of a few hundred steps decays its LR while the budget
+            is still being met, and the controller freezes short of the target: use ``constant`` there.
     """
 
     units: tuple[str, ...] = ("frontend", "heads", "ffn", "conv")
@@ -86,6 +89,7 @@ class Pruning:
     init_drop: float = 0.01
     ffn_init_drop: float = 0.5
     reg_lr: float = 0.02
+    reg_lr_schedule: str = "shared"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "units", tuple(self.units))
@@ -98,6 +102,8 @@ class Pruning:
             value = getattr(self, name)
             if value is not None and not 0.0 < float(value) <= 1.0:
                 raise ValueError(f"expected pruning.{name} in (0, 1], got {value}")
+        if self.reg_lr_schedule not in ("shared", "constant"):
+            raise ValueError(f"expected pruning.reg_lr_schedule 'shared' or 'constant', got {self.reg_lr_schedule!r}")
         if self.warmup_steps < 0 or self.reference_seconds <= 0 or self.reg_lr <= 0:
             raise ValueError(f"expected warmup_steps >= 0, reference_seconds > 0 and reg_lr > 0, got {self}")
 
@@ -413,6 +419,18 @@ class PruningMasks(nn.Module):
 
     def multiplier_parameters(self) -> list[nn.Parameter]:
         return [self.lambda1, self.lambda2]
+
+
+PRUNING_GROUPS = ("prune_masks", "prune_multipliers")
+
+
+def hold_reg_lr(optimizer: torch.optim.Optimizer, pruning: "PruningMasks") -> None:
+    """``reg_lr_schedule: constant``: put the pruning groups back at ``reg_lr`` (after the LR scheduler's step)."""
+    if pruning.options.reg_lr_schedule != "constant":
+        return
+    for group in optimizer.param_groups:
+        if group.get("name") in PRUNING_GROUPS:
+            group["lr"] = pruning.options.reg_lr
 
 
 def optimizer_groups(model: nn.Module, groups: list[dict], pruning: PruningMasks) -> list[dict]:
