@@ -214,7 +214,8 @@ def analysis_markdown(result: Mapping[str, Any], command: str = "", model_name: 
         f"(range {result['depth_min']:.2f}-{result['depth_max']:.2f}); issue 11's goal std > 0.5 layer: **{verdict}**.",
         f"- Distinct gate patterns: {result['patterns']} (the most common one on {result['top_pattern_share']:.0%} of the utterances).",
         f"- Spearman correlation of depth with duration {result['spearman_duration']:+.2f}, with speaking rate "
-        f"{result['spearman_rate']:+.2f} (NaN: depth is constant).",
+        f"{result['spearman_rate']:+.2f}"
+        + (" (NaN: depth is constant)." if math.isnan(result["spearman_duration"]) or math.isnan(result["spearman_rate"]) else "."),
         "",
         "| added white noise | utterances | depth mean | depth std |",
         "|---|---|---|---|",
