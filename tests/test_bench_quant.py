@@ -38,7 +38,7 @@ def test_models_of_other_settings_are_refused(tmp_path):
 def test_report_states_relative_change_against_fp(tmp_path):
     text = quant_markdown({"study_conformer": _row()}, [16, 4], 400, 1500, 250, 2, 30.0, "nemo-sew bench quant",
                           tmp_path, distill=1.0)  # fmt: skip
-    assert "distilled from it (KL weight 1)" in text
+    assert "distilled from it (KL weight 1)" in text and "`fp + 250`:" not in text  # no control was trained
     assert "| study_conformer | +2.0% / +5.0% | +0.0% / +0.0% |" in text  # no fp_more: QAT against fp
     assert "| study_conformer | 3.60 | 0.100 | 14.00 MB | 2.50 MB |" in text
 

@@ -140,3 +140,34 @@ def test_library_core_never_imports_the_benchmarks():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_torch_threads_restores_the_setting_even_after_an_error():
+    import torch
+
+    from nemo_sew.bench.timing import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+
+
+def test_runner_latency_times_every_runner_on_the_same_waveform():
+    from nemo_sew.bench.timing import runner_latency_ms
+
+    seen = {}
+
+    class Runner:
+        def __init__(self, name):
+            self.name = name
+
+        def logprobs(self, waves):
+            seen.setdefault(self.name, []).append(waves[0])
+
+    times = runner_latency_ms({"a": Runner("a"), "b": Runner("b")}, seconds=0.5, runs=3, warmup=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(w.shape == (8000,) for ws in seen.values() for w in ws) and len(seen["a"]) == 4  # 1 warm-up + 3
+    assert (seen["a"][0] == seen["b"][-1]).all()

@@ -22,18 +22,14 @@ Every trained model is kept in ``--out``; a re-run with the same settings reuses
 from __future__ import annotations
 
 import json
-import logging
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from nemo_sew.bench.report import machine_line
-from nemo_sew.bench.timing import interleaved_ms
-
-log = logging.getLogger("nemo_sew.bench.prune_table")
+from nemo_sew.bench.timing import runner_latency_ms, torch_threads
 
 BUDGETS = ("size", "mac", "sepmac", "transformer", "frontend")
 _UNITS = {"transformer": ["heads", "ffn", "conv"], "frontend": ["frontend"]}
@@ -97,12 +93,8 @@ def bench_prune_table(
         raise ValueError("scratch_steps: give the base model's training steps plus prune_steps (the same total)")
     base = restore(model_path)
     skipped: dict[str, str] = {}
-    if _frontend_macs(base) == 0:
-        for b in ("frontend",):
-            skipped[b] = "the front end has no MACs (log-mel features): nothing for front-end masks to save"
-        for b in ("sepmac", "transformer"):  # one group left: the same constraint as `mac`
-            if b in budgets:
-                log.info("%s on a front end without MACs is the mac budget (one group: everything after it)", b)
+    if _frontend_macs(base) == 0:  # sepmac and transformer-only then have mac's one constraint
+        skipped["frontend"] = "the front end has no MACs (log-mel features): nothing for front-end masks to save"
     common = [f"init_from_nemo={model_path}", f"model.train_ds.manifest_filepath={train_m}",
               f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={prune_steps}",
               f"pruning.warmup_steps={max(1, prune_steps // 2)}", f"pruning_distill.weight={distill}",
@@ -165,14 +157,9 @@ def _timed(results: dict[str, Any], paths: dict[str, Path], threads: int, runs: 
     from nemo_sew.export import TorchCTCRunner
     from nemo_sew.safe_load import restore
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        wave = [np.random.default_rng(0).standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1]
+    with torch_threads(threads):
         runners = {name: TorchCTCRunner(restore(path).eval()) for name, path in paths.items()}
-        times = interleaved_ms({n: (lambda r=r: r.logprobs(wave)) for n, r in runners.items()}, 2, runs, 20.0)
-    finally:
-        torch.set_num_threads(previous)
+        times = runner_latency_ms(runners, seconds, runs)
     for name in results:
         results[name]["ms"] = statistics.median(times[name])
     return results

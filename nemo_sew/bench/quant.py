@@ -275,9 +275,8 @@ def quant_markdown(results: dict[str, Any], bits: Sequence[int], pre: int, ft: i
         f"HuBERT pre-training {pre} steps, CTC fine-tuning {ft} steps, QAT {qat} steps from the fp model{teacher}; "
         "test WER / CER.",
         "",
-        f"`fp + {qat}`: the fp model trained {qat} steps more with the QAT recipe and loss, without quantization (the "
-        "control for QAT's extra steps).",
-        "",
+        *([f"`fp + {qat}`: the fp model trained {qat} steps more with the QAT recipe and loss, without quantization "
+           "(the control for QAT's extra steps).", ""] if any(r.get("fp_more") for r in results.values()) else []),
         "| encoder | fp | " + f"fp + {qat} | " + " | ".join(f"PTQ {b}-bit | QAT {b}-bit" for b in widths) + " |",
         "|---|---|---|" + "---|---|" * len(widths),
     ]

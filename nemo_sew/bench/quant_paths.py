@@ -15,9 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
-from nemo_sew.bench.timing import interleaved_ms
+from nemo_sew.bench.timing import runner_latency_ms, torch_threads
 
 FORMS = (  # (label, nemo_sew.quant.onnx form, weight bits)
     ("onnxruntime int8 dynamic (W8 per channel, A8 per batch)", "int8_dynamic", 8),
@@ -49,9 +47,7 @@ def fast_paths(
     work_dir.mkdir(parents=True, exist_ok=True)
     entries = read_manifest(manifest)
     paths, refs = [e["audio_filepath"] for e in entries], [e["text"] for e in entries]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         fp = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
         q = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
         quantize_model(q, (8, 4), keep_fp=False, group_size=32)
@@ -68,13 +64,10 @@ def fast_paths(
             with torch.inference_mode():
                 wer, cer = error_rates(runner.transcribe(paths, batch_size=batch_size), refs)
             rows.append({"runtime": label, "wer": wer, "cer": cer, "mb": None if sizes[label] is None else sizes[label] / 1e6})
-        wave = [np.random.default_rng(0).standard_normal(int(seconds * 16000)).astype(np.float32) * 0.1]
-        times = interleaved_ms({label: (lambda r=r: r.logprobs(wave)) for label, r in runners.items()}, 2, runs, max_timed_s)
+        times = runner_latency_ms(runners, seconds, runs, max_timed_s)
         for row in rows:
             row["ms"] = statistics.median(times[row["runtime"]])
             row["samples"] = len(times[row["runtime"]])
-    finally:
-        torch.set_num_threads(previous)
     return rows
 
 

@@ -16,9 +16,11 @@ Quote the median of the samples (:func:`statistics.median`); ratios between call
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 MIN_RUNS = 3
@@ -75,4 +77,25 @@ def timed_ms(
     return interleaved_ms({"fn": fn}, warmup, runs, max_timed_s, sync)["fn"]
 
 
-__all__ = ["MIN_RUNS", "interleaved_ms", "timed_ms"]
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block, restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def runner_latency_ms(
+    runners: Mapping[str, Any], seconds: float = 10.0, runs: int = 10, max_timed_s: float = 20.0, warmup: int = 2,
+    sample_rate: int = 16000,
+) -> dict[str, list[float]]:
+    """Batch-1 latency samples of CTC runners (:class:`nemo_sew.export.ort.CTCRunner`: ``logprobs`` on one
+    utterance of ``seconds`` of noise, features included), all in the same :func:`interleaved_ms` rounds."""
+    wave = [np.random.default_rng(0).standard_normal(int(seconds * sample_rate)).astype(np.float32) * 0.1]
+    return interleaved_ms({name: (lambda r=r: r.logprobs(wave)) for name, r in runners.items()}, warmup, runs, max_timed_s)
+
+
+__all__ = ["MIN_RUNS", "interleaved_ms", "runner_latency_ms", "timed_ms", "torch_threads"]
