@@ -21,6 +21,7 @@ def test_cli_parses_bench_stochastic_methods():
                                       "--seeds", "3", "4", "--no-fixed", "trainer.max_epochs=2"])  # fmt: skip
     assert args.func is _cmd_bench_stochastic and args.methods == ["uniform", "sandwich"]
     assert (args.steps, args.seeds, args.factors, args.no_fixed, args.no_equal_time) == (9, [3, 4], [1, 2, 4], True, False)
+    assert (args.equal_time, args.finetune) == ("cost", False)
     assert args.overrides == ["trainer.max_epochs=2"]
     assert build_parser().parse_args(["bench", "stochastic"]).methods is None  # the older equal-steps table
     assert build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "--step-cost", "3"]).step_cost == 3
@@ -44,24 +45,43 @@ def test_methods_are_checked(tmp_path):
         bench_stochastic_methods(None, tmp_path, methods=["uniform", "dropout"], splits={"test": {}})
     with pytest.raises(ValueError, match="uniform"):
         bench_stochastic_methods(None, tmp_path, methods=["sandwich"], splits={"test": {}})
+    with pytest.raises(ValueError, match="equal_time"):
+        bench_stochastic_methods(None, tmp_path, methods=["uniform"], equal_time="cpu", splits={"test": {}})
+    with pytest.raises(ValueError, match="finetune_factor"):
+        bench_stochastic_methods(None, tmp_path, methods=["uniform"], finetune_steps=5, fixed=False, splits={"test": {}})
 
 
 @pytest.mark.slow
 def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
     from nemo_sew.bench.stochastic import bench_stochastic_methods
 
-    section = bench_stochastic_methods(
-        None, tmp_path, recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", methods=["uniform", "sandwich"], steps=2,
-        seeds=[0], factors=[1, 2], extra=SMALL, command="nemo-sew bench stochastic --methods uniform sandwich",
-        splits=tiny_corpus,
-    )  # fmt: skip
+    kwargs = dict(recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", methods=["uniform", "sandwich"], steps=2,
+                  seeds=[0], factors=[1, 2], finetune_steps=1, cost_rounds=2, extra=SMALL,
+                  command="nemo-sew bench stochastic --methods uniform sandwich", splits=tiny_corpus)  # fmt: skip
+    section = bench_stochastic_methods(None, tmp_path, **kwargs)
     raw = json.loads((tmp_path / "bench_stochastic_methods.json").read_text())
-    assert list(raw) == ["fixed s=1", "fixed s=2", "uniform, equal steps", "sandwich, equal steps", "sandwich, equal time"]
+    assert list(raw) == ["fixed s=1", "fixed s=2", "uniform, equal steps", "sandwich, equal steps", "sandwich, equal time",
+                         "fixed s=2 + 1 at s=2", "uniform + 1 at s=2", "sandwich + 1 at s=2"]  # fmt: skip
     for name, per_seed in raw.items():
         run = per_seed["0"]
-        assert set(run["wer"]) == ({name[-1]} if name.startswith("fixed") else {"1", "2"})
+        assert set(run["wer"]) == ({name[-1]} if name.startswith("fixed") or "+" in name else {"1", "2"})
         assert all(0 <= w <= 5 for w in [*run["wer"].values(), *run["cer"].values()])
-        assert run["steps"] == 2 or name == "sandwich, equal time"
-    assert raw["sandwich, equal time"]["0"]["seconds"] < 100 * raw["uniform, equal steps"]["0"]["seconds"]
-    for needle in ("| fixed s=1 |", "| sandwich, equal time |", "Equal time", "nemo-sew bench stochastic --methods"):
+        assert Path(run["nemo"]).is_file()
+    # equal time from the measured step costs: sandwich (3 paths a step) gets fewer steps than uniform's 2
+    costs = json.loads((tmp_path / "step_costs.json").read_text())
+    assert costs["sandwich"] > costs["uniform"] > 0
+    assert raw["sandwich, equal time"]["0"]["steps"] == max(1, round(2 * costs["uniform"] / costs["sandwich"])) == 1
+    assert {raw[k]["0"]["steps"] for k in raw if "equal time" not in k and "+" not in k} == {2}
+    assert {raw[k]["0"]["steps"] for k in raw if "+" in k} == {1}
+    for needle in ("| fixed s=1 |", "| sandwich, equal time |", "Equal time", "| sandwich + 1 at s=2 |",
+                   "nemo-sew bench stochastic --methods"):  # fmt: skip
         assert needle in section
+    # the fine-tuned rows are relative to the fine-tuned fixed model, which itself has no bracket
+    control = next(line for line in section.splitlines() if line.startswith("| fixed s=2 + 1 at s=2 |"))
+    tuned = next(line for line in section.splitlines() if line.startswith("| sandwich + 1 at s=2 |"))
+    assert "(" not in control.split(" | ", 2)[2] and "%)" in tuned
+    # a second call with the same settings reuses every run (no training: the result files are untouched)
+    stamps = {f: f.stat().st_mtime_ns for f in tmp_path.glob("*/result.json")}
+    assert len(stamps) == len(raw)
+    assert bench_stochastic_methods(None, tmp_path, **kwargs) == section  # the same table
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("*/result.json")} == stamps

@@ -104,8 +104,11 @@ def bench_stochastic_methods(
     seeds: Sequence[int] = (0, 1),
     factors: Sequence[int] = (1, 2, 4),
     sampler_values: Sequence[float] = (1, 2, 3, 4),
-    equal_time: bool = True,
+    equal_time: str | None = "cost",
     fixed: bool = True,
+    finetune_steps: int = 0,
+    finetune_factor: int = 2,
+    cost_rounds: int = 8,
     hours: float = 3.5,
     extra: Sequence[str] = (),
     command: str = "",
@@ -114,11 +117,20 @@ def bench_stochastic_methods(
     """Stochastic training methods against fixed-squeeze models, per seed in ``seeds``:
 
     - every fixed model (one per factor in ``factors``) and every method trains ``steps`` steps (equal steps);
-    - with ``equal_time``, every method but ``uniform`` trains again for the wall-clock time the ``uniform``
-      run of the same seed took (``trainer.max_time``, the LR schedule fitted to it), as many steps as fit.
+    - with ``equal_time``, every method but ``uniform`` trains again on the ``uniform`` run's time budget:
+      ``"cost"``: ``steps * cost(uniform) / cost(method)`` steps, the per-step costs measured by
+      :func:`step_times` (methods interleaved, so a loaded machine slows them alike; the step count, and so the
+      weights, are reproducible), measured once and kept in ``out_dir/step_costs.json``; ``"wall"``: the
+      wall-clock time the ``uniform`` run of the same seed took (``trainer.max_time``, the LR schedule fitted to
+      it), as many steps as fit (depends on the machine's load);
+    - with ``finetune_steps``, every method's equal-steps model is fine-tuned at ``finetune_factor``
+      (``recipes/finetune_profile.yaml``) for that many steps, and so is the fixed model of that factor (the
+      control: it gets the same extra steps); the fine-tuned rows are relative to that control.
 
-    Each cell is the test WER (then CER) at one factor, the mean over seeds ± half their range. Raw numbers go to
-    ``out_dir/bench_stochastic_methods.json``. ``splits``: an already prepared corpus
+    Each run's result is kept in ``out_dir/<run>_seed<seed>/result.json`` with the settings that made it, and
+    reused by a later call with the same settings (so seeds can run as separate processes and then be tabulated
+    together). Each cell is the test WER (then CER) at one factor, the mean over seeds ± half their range. Raw
+    numbers go to ``out_dir/bench_stochastic_methods.json``. ``splits``: an already prepared corpus
     (:func:`manifests.synthetic.prepare_synthetic`'s return value) instead of ``data_dir``.
     """
     import json
@@ -133,20 +145,34 @@ def bench_stochastic_methods(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods: expected some of {METHODS}, got {unknown}")
+    if equal_time not in (None, "cost", "wall"):
+        raise ValueError(f"equal_time: expected 'cost', 'wall' or None, got {equal_time!r}")
     if equal_time and "uniform" not in methods:
         raise ValueError("equal_time: the budget is the uniform run's time; expected 'uniform' among the methods")
+    if finetune_steps and (not fixed or finetune_factor not in factors):
+        raise ValueError(f"finetune_steps: needs the fixed models and finetune_factor ({finetune_factor}) among {list(factors)}")
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
     test = splits["test"]["manifest"]
     values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
+    data = [f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
+            f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}"]  # fmt: skip
 
-    def run(name: str, seed: int, overrides: list[str], max_steps: int, max_time: str | None, at=factors) -> dict:
-        cfg = load_config(recipe, [
-            f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
-            f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}",
-            f"trainer.max_steps={max_steps}", f"trainer.max_time={max_time or 'null'}",
+    def run(name: str, seed: int, overrides: list[str], max_steps: int, max_time: str | None, at=factors,
+            recipe_path=recipe) -> dict:  # fmt: skip
+        run_dir = out_dir / f"{name}_seed{seed}"
+        settings = {"recipe": str(recipe_path), "seed": seed, "max_steps": max_steps, "max_time": max_time,
+                    "overrides": [*data, *overrides, *extra], "factors": list(at), "test": str(test)}  # fmt: skip
+        cached = run_dir / "result.json"
+        if cached.is_file():
+            kept = json.loads(cached.read_text())
+            if kept.get("settings") == settings:
+                return {**kept["result"], "nemo": str(run_dir / "model.nemo")}
+        cfg = load_config(recipe_path, [
+            *data, f"trainer.max_steps={max_steps}", f"trainer.max_time={max_time or 'null'}",
             "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
-            f"seed={seed}", f"exp_manager.exp_dir={out_dir / f'{name}_seed{seed}'}", *overrides, *extra,
+            f"seed={seed}", f"exp_manager.exp_dir={run_dir}", f"save_to={run_dir / 'model.nemo'}", *overrides, *extra,
         ])  # fmt: skip
         start = time.perf_counter()
         model = train(cfg)
@@ -155,7 +181,21 @@ def bench_stochastic_methods(
         for s in at:
             hyps, refs = transcribe_manifest(model, test, profile=s)
             wer[s], cer[s] = error_rates(hyps, refs)
-        return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
+        result = {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "result": result}, indent=2) + "\n")
+        tmp.replace(cached)
+        return {**json.loads(json.dumps(result)), "nemo": str(run_dir / "model.nemo")}  # the cached form (str keys)
+
+    step_steps: dict[str, int] = {}
+    if equal_time == "cost":
+        costs_file = out_dir / "step_costs.json"
+        if costs_file.is_file():
+            costs = json.loads(costs_file.read_text())
+        else:
+            costs = step_times(splits, recipe, methods, cost_rounds, sampler_values, extra)
+            costs_file.write_text(json.dumps(costs, indent=2) + "\n")
+        step_steps = {m: max(1, round(steps * costs["uniform"] / costs[m])) for m in methods}
 
     results: dict[str, dict[int, dict]] = {}
     for seed in seeds:
@@ -166,87 +206,107 @@ def bench_stochastic_methods(
                     steps, None, at=[s],
                 )  # fmt: skip
         budget = None
+        stochastic = {method: ["++model.encoder.arch.expander=phase",
+                               f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
+                               f"+model.stochastic={{method: {method}}}"] for method in methods}  # fmt: skip
         for method in methods:
-            stochastic = ["++model.encoder.arch.expander=phase",
-                          f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
-                          f"+model.stochastic={{method: {method}}}"]  # fmt: skip
-            results.setdefault(f"{method}, equal steps", {})[seed] = r = run(method, seed, stochastic, steps, None)
+            results.setdefault(f"{method}, equal steps", {})[seed] = r = run(method, seed, stochastic[method], steps, None)
             if method == "uniform":
                 budget = r["seconds"]
         if equal_time:
             for method in methods:
                 if method == "uniform":
                     continue
-                total = max(1, int(round(budget)))
-                max_time = f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-                stochastic = ["++model.encoder.arch.expander=phase",
-                              f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
-                              f"+model.stochastic={{method: {method}}}"]  # fmt: skip
+                if equal_time == "cost":
+                    max_steps, max_time = step_steps[method], None
+                else:
+                    total = max(1, int(round(budget)))
+                    max_steps, max_time = 100 * steps, f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
                 results.setdefault(f"{method}, equal time", {})[seed] = run(
-                    f"{method}_time", seed, stochastic, 100 * steps, max_time
+                    f"{method}_time", seed, stochastic[method], max_steps, max_time
                 )
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if finetune_steps:
+            finetune = Path(recipe).parent / "finetune_profile.yaml"
+            sources = {f"fixed s={finetune_factor}": results[f"fixed s={finetune_factor}"][seed]}
+            sources.update({method: results[f"{method}, equal steps"][seed] for method in methods})
+            for source, r in sources.items():
+                name = f"fixed_s{finetune_factor}" if source.startswith("fixed") else source
+                results.setdefault(f"{source} + {finetune_steps} at s={finetune_factor}", {})[seed] = run(
+                    f"{name}_ft{finetune_factor}", seed, [f"init_from_nemo={r['nemo']}", f"profile.squeeze={finetune_factor}"],
+                    finetune_steps, None, at=[finetune_factor], recipe_path=finetune,
+                )  # fmt: skip
     (out_dir / "bench_stochastic_methods.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
-    fixed_mean = {(m, s): sum(r[m][s] for r in results[f"fixed s={s}"].values()) / len(seeds)
-                  for m in ("wer", "cer") for s in factors} if fixed else {}  # fmt: skip
+    def mean_of(name: str, metric: str, s: int) -> float | None:
+        runs = results.get(name, {}).values()
+        got = [r[metric][str(s)] for r in runs if str(s) in r[metric]]
+        return sum(got) / len(got) if got else None
+
+    control = f"fixed s={finetune_factor} + {finetune_steps} at s={finetune_factor}"
+    if equal_time == "cost":
+        budget_text = ("Equal time: the uniform run's steps times the per-step cost ratio uniform / method, measured "
+                       "with the methods interleaved (`out_dir/step_costs.json`: "
+                       + ", ".join(f"{m} {costs[m] / costs['uniform']:.2f}x" for m in methods) + ").")  # fmt: skip
+    else:
+        budget_text = ("Equal time: the wall-clock time of the uniform run of the same seed (`trainer.max_time`, LR "
+                       "schedule fitted to it).")  # fmt: skip
     lines = [
         f"### Stochastic training methods vs fixed squeeze (synthetic corpus, {steps} steps; seeds {list(seeds)})",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_line()}  ",
         f"Recipe: `{recipe}`; sampler squeeze ~ U{values}; test = held-out voices and sentences. Equal steps: every "
-        f"model {steps} steps. Equal time: the wall-clock time of the uniform run of the same seed "
-        "(`trainer.max_time`, LR schedule fitted to it). Cells: test WER and CER, mean over seeds ± half their range"
+        f"model {steps} steps. " + (budget_text + " " if equal_time else "")
+        + (f"Fine-tuned: `recipes/finetune_profile.yaml` at s={finetune_factor} for {finetune_steps} more steps, the "
+           f"fixed s={finetune_factor} model too (the control the fine-tuned rows are relative to). " if finetune_steps else "")
+        + "Cells: test WER and CER, mean over seeds ± half their range"
         + ("; in brackets: relative to the fixed model at that factor." if fixed else "."),
         "",
         "| model | budget (steps, wall-clock min: mean over seeds) | " + " | ".join(f"WER s={s}" for s in factors)
         + " | " + " | ".join(f"CER s={s}" for s in factors) + " |",
         "|---|---|" + "---|" * (2 * len(factors)),
-    ]
+    ]  # fmt: skip
     for name, per_seed in results.items():
         runs = list(per_seed.values())
         budget_cell = f"{sum(r['steps'] for r in runs) / len(runs):.0f} steps, {sum(r['seconds'] for r in runs) / len(runs) / 60:.1f} min"
         cells = []
         for metric in ("wer", "cer"):
             for s in factors:
-                if name.startswith("fixed") and name != f"fixed s={s}":
+                got = [r[metric][str(s)] for r in runs if str(s) in r[metric]]
+                if not got:
                     cells.append("-")
                     continue
-                got = [r[metric][s] for r in runs]
-                ref = fixed_mean.get((metric, s))
-                rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref and not name.startswith("fixed") else ""
+                if name == control or (name.startswith("fixed") and " + " not in name):
+                    ref = None  # the references themselves
+                else:  # fine-tuned rows against the fine-tuned fixed model, the rest against the fixed models
+                    ref = mean_of(control if " + " in name else f"fixed s={s}", metric, s) if fixed else None
+                rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref else ""
                 cells.append(_spread(got) + rel)
         lines.append(f"| {name} | {budget_cell} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def method_step_costs(
-    data_dir: str | Path,
-    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
-    methods: Sequence[str] = ("uniform", "sandwich", "inplace_distill", "weighted"),
-    rounds: int = 8,
-    sampler_values: Sequence[float] = (1, 2, 3, 4),
-    hours: float = 3.5,
+def step_times(
+    splits: dict,
+    recipe: str | Path,
+    methods: Sequence[str],
+    rounds: int,
+    sampler_values: Sequence[float],
     extra: Sequence[str] = (),
-    command: str = "",
-    splits: dict | None = None,
-) -> str:
-    """What one training step of each method costs: the wall time of its loss and backward pass on the first
-    training batch of the recipe, fp32, for steps ``0 .. rounds - 1`` (so ``uniform`` and ``weighted`` run
-    their drawn factors), the methods interleaved round by round so that a loaded machine slows them alike.
-    The ratio to ``uniform`` is what an equal-wall-clock comparison gives each method fewer steps by."""
+    detail: dict | None = None,
+) -> dict[str, float]:
+    """Mean wall time (s) of one training step (loss + backward, fp32) of each method on the recipe's first
+    training batch, steps ``0 .. rounds - 1``, the methods interleaved round by round so that a loaded machine
+    slows them alike. ``detail``: filled with the per-step times and the batch's shape."""
     import statistics
     import time
 
     import torch
-    from manifests.synthetic import prepare_synthetic
 
     from nemo_sew.models.ctc import SqueezeCTCModel
     from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
     from nemo_sew.train import load_config
 
-    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
     values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
     cfg = load_config(recipe, [
         f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
@@ -266,13 +326,42 @@ def method_step_costs(
             loss = trainers[method].loss(model, signal, signal_len, transcript, transcript_len, step)[0]
             loss.backward()
             times[method].append(time.perf_counter() - start)
+    if detail is not None:
+        detail.update(times=times, batch=int(signal.shape[0]), seconds=float(signal_len.float().mean()) / 16000)
+    return {m: statistics.mean(t) for m, t in times.items()}
+
+
+def method_step_costs(
+    data_dir: str | Path,
+    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
+    methods: Sequence[str] = ("uniform", "sandwich", "inplace_distill", "weighted"),
+    rounds: int = 8,
+    sampler_values: Sequence[float] = (1, 2, 3, 4),
+    hours: float = 3.5,
+    extra: Sequence[str] = (),
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """What one training step of each method costs: the wall time of its loss and backward pass on the first
+    training batch of the recipe, fp32, for steps ``0 .. rounds - 1`` (so ``uniform`` and ``weighted`` run
+    their drawn factors), the methods interleaved round by round so that a loaded machine slows them alike.
+    The ratio to ``uniform`` is what an equal-wall-clock comparison gives each method fewer steps by."""
+    import statistics
+
+    from manifests.synthetic import prepare_synthetic
+
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
+    detail: dict = {}
+    step_times(splits, recipe, methods, rounds, sampler_values, extra, detail=detail)
+    times = detail["times"]
     base = statistics.mean(times[methods[0]])
     lines = [
         "### What a training step of each stochastic method costs",
         "",
         f"Command: `{command}`  ",
         f"Machine: {machine_line()}  ",
-        f"Recipe: `{recipe}`, its first training batch ({signal.shape[0]} utterances, {float(signal_len.float().mean()) / 16000:.1f} s "
+        f"Recipe: `{recipe}`, its first training batch ({detail['batch']} utterances, {detail['seconds']:.1f} s "
         f"mean), fp32 loss + backward, steps 0-{rounds - 1} (sampler squeeze ~ U{values}), methods interleaved per step",
         "",
         f"| method | mean s / step | median s / step | cost vs {methods[0]} |",
@@ -284,4 +373,4 @@ def method_step_costs(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bench_stochastic_methods", "bench_stochastic_table", "method_step_costs"]
+__all__ = ["bench_stochastic_methods", "bench_stochastic_table", "method_step_costs", "step_times"]
