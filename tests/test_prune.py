@@ -146,6 +146,29 @@ def test_gradients_reach_mask_logits_and_multipliers(budget):
     assert [g.get("name") for g in groups[-2:]] == ["prune_masks", "prune_multipliers"] and groups[-1]["maximize"]
 
 
+@pytest.mark.parametrize("over", [True, False])
+def test_absolute_penalty_pulls_toward_the_target_from_both_sides(over):
+    """``penalty: absolute``: ``lambda1 |s - t| + lambda2 (s - t)^2``. With lambda1 > 0 the masks are pushed back
+    toward the target from either side (the signed term with a lambda1 that grew negative while under-pruned keeps
+    pruning past the target), and lambda1's ascent gradient is ``|s - t| >= 0``."""
+    encoder = _encoder("sew_conformer", budget="mac", warmup_steps=0, target=0.5, penalty="absolute").train()
+    with torch.no_grad():
+        for gate in encoder.pruning.gates.values():
+            gate.log_alpha.fill_(-6.0 if over else 6.0)  # nearly everything pruned / nearly everything kept
+        encoder.pruning.lambda1.fill_(3.0)
+        encoder.pruning.lambda2.zero_()
+    loss, stats = encoder.pruning.penalty()
+    gap = (1 - stats["prune_total_expected"]) - 0.5
+    assert (gap > 0) == over and float(loss) == pytest.approx(3.0 * abs(gap), rel=1e-5)
+    loss.backward()
+    # descent on the logits: over-pruned -> keep more (logits rise), under-pruned -> prune more (logits fall)
+    total = sum(float(g.log_alpha.grad.sum()) for g in encoder.pruning.gates.values())
+    assert (total < 0) == over and total != 0
+    assert float(encoder.pruning.lambda1.grad) == pytest.approx(abs(gap), rel=1e-5)
+    with pytest.raises(ValueError, match="penalty"):
+        Pruning(penalty="hinge")
+
+
 def test_dense_cost_is_the_unpruned_archs():
     """Regression: the denominator is the unpruned arch's cost, not the initial masks' (FFN units start at
     p(keep) ~ 0.83, so their deterministic mask drops units before any training)."""
