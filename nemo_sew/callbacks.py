@@ -135,3 +135,27 @@ class StepRecorder(pl.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class SaveAtSteps(pl.Callback):
+    """Writes the model as ``.nemo`` when the global step reaches each of ``steps``: ``<stem>_step<N>.nemo``
+    beside ``save_to`` (global rank 0 only). One run then gives the checkpoints of a curve against training
+    steps, all on the same LR schedule (``nemo-sew bench ssl-curve``).
+
+    ``nemo-sew train ... save_to=out/ssl.nemo '+save_at_steps=[600,1200]'``
+    """
+
+    def __init__(self, save_to: str | Path, steps) -> None:
+        self.save_to = Path(save_to)
+        self.steps = sorted({int(s) for s in steps})
+        if not self.steps or self.steps[0] <= 0:
+            raise ValueError(f"save_at_steps: expected positive step numbers, got {list(steps)}")
+
+    def path(self, step: int) -> Path:
+        return self.save_to.with_name(f"{self.save_to.stem}_step{step}{self.save_to.suffix}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = int(trainer.global_step)  # after this batch's optimizer step
+        if step in self.steps and trainer.is_global_zero and not self.path(step).is_file():
+            self.path(step).parent.mkdir(parents=True, exist_ok=True)
+            pl_module.save_to(str(self.path(step)))

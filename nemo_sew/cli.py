@@ -186,6 +186,18 @@ def _cmd_bench_i3d_analysis(args: argparse.Namespace) -> int:
     return _emit(analysis_markdown(result, "nemo-sew " + " ".join(args.argv), Path(args.model).name), args)
 
 
+def _cmd_bench_ssl_curve(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.ssl_curve import bench_ssl_curve
+
+    section = bench_ssl_curve(
+        args.data, args.out, objectives=args.objectives, pretrain_steps=args.pretrain_steps,
+        labelled_minutes=args.labelled_minutes, finetune_steps=args.finetune_steps, seeds=args.seeds,
+        clusters=args.clusters, iter2_layer=args.iter2_layer, hours=args.hours, extra_pretrain=args.pretrain_override,
+        extra_finetune=args.finetune_override, plot=args.plot, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    return _emit(section, args)
+
+
 def _cmd_bench_ssl(args: argparse.Namespace) -> int:
     from nemo_sew.bench.ssl import bench_ssl_table
 
@@ -425,6 +437,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_ssl)
+
+    p = bench_sub.add_parser("ssl-curve", help="pre-training pays? fine-tuned CER vs pre-training steps, per objective")
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--out", default="outputs/bench_ssl_curve")
+    p.add_argument("--objectives", nargs="+", default=["hubert", "hubert2", "wav2vec2"],
+                   help="hubert (iteration 1, MFCC k-means), hubert2 (k-means on the final hubert model), wav2vec2")
+    p.add_argument("--pretrain-steps", type=int, nargs="+", default=[600, 1200, 2400],
+                   help="one pre-training run per objective to the largest, a snapshot at each")
+    p.add_argument("--labelled-minutes", type=float, nargs="+", default=[20.0, 60.0])
+    p.add_argument("--finetune-steps", type=int, default=1000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds per cell")
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--iter2-layer", type=int, default=2, help="hubert2: k-means on the output of this many blocks")
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--pretrain-override", nargs="*", default=[], help="pre-training recipe overrides key=value")
+    p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
+    p.add_argument("--plot", default="benchmarks/ssl_curve.png", help="PNG of CER vs pre-training steps")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_ssl_curve)
 
     p = bench_sub.add_parser("purity", help="PNMI of HuBERT k-means targets vs characters aligned by a CTC model")
     p.add_argument("--aligner", required=True, help="a trained SqueezeCTCModel .nemo (e.g. outputs/demo/model.nemo)")

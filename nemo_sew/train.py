@@ -20,7 +20,7 @@ from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
-from nemo_sew.callbacks import ProgressLogger, StepRecorder, TimeBudgetAnnealing, parse_max_time
+from nemo_sew.callbacks import ProgressLogger, SaveAtSteps, StepRecorder, TimeBudgetAnnealing, parse_max_time
 from nemo_sew.resume import StepSeed
 
 log = logging.getLogger("nemo_sew.train")
@@ -258,6 +258,10 @@ def train(cfg: DictConfig) -> ModelPT:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepSeed(int(cfg.seed))]
     if cfg.get("step_log"):
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepRecorder(cfg.step_log)]
+    if cfg.get("save_at_steps"):
+        if not cfg.get("save_to"):
+            raise ValueError("save_at_steps: set save_to too (the snapshots are named after it)")
+        trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), SaveAtSteps(cfg.save_to, cfg.save_at_steps)]
     budget = parse_max_time(cfg.trainer.get("max_time"))
     if cfg.get("anneal_to_max_time") and budget:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), TimeBudgetAnnealing(budget)]

@@ -387,3 +387,16 @@ def test_hubert_iteration_two_targets_from_a_teacher(pretrained, tiny_corpus, tm
     student.train()
     out = student(torch.randn(2, 16000), torch.tensor([16000, 11000]))
     assert torch.isfinite(out["loss"]) and abs(out["masked_loss"].item() - math.log(8)) < 1.5
+
+
+def test_recipe_without_centroids_says_how_to_fit_them(tiny_corpus):
+    """The recipe's ``hubert.centroids`` is null (so ``model.objective=wav2vec2`` runs from it); HuBERT without
+    centroids stops with the command that makes them."""
+    from nemo_sew.train import build_model, load_config
+
+    cfg = load_config("recipes/ssl_tiny_mel.yaml", [
+        f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}", *SMALL_ENCODER, *QUIET,
+    ])  # fmt: skip
+    with pytest.raises(ValueError, match="nemo-sew kmeans"):
+        build_model(cfg)

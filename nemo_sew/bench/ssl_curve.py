@@ -1,0 +1,220 @@
+"""``nemo-sew bench ssl-curve``: test CER after fine-tuning against pre-training steps, per pre-training objective
+and labelled-data size, with random initialisation as the reference (trains models).
+
+    nemo-sew bench ssl-curve --objectives hubert hubert2 wav2vec2 --pretrain-steps 600 1200 2400 \\
+        --labelled-minutes 20 60 --finetune-steps 1000 --plot benchmarks/ssl_curve.png --write BENCHMARKS.md
+
+Objectives:
+
+- ``hubert``: HuBERT iteration 1, k-means on MFCC features of the training audio;
+- ``hubert2``: HuBERT iteration 2, a fresh model whose targets are k-means clusters of the final ``hubert``
+  model's features (its first ``iter2_layer`` blocks), trained for the same steps; its x position is its own
+  steps (the iteration-1 run it needs comes on top);
+- ``wav2vec2``: the wav2vec 2.0 contrastive objective with a quantised codebook.
+
+Each objective pre-trains once, to the largest of ``pretrain_steps``, and writes a ``.nemo`` snapshot at each
+listed step (``save_at_steps``, so every point of a curve shares one LR schedule). Every snapshot, and a random
+initialisation, is fine-tuned on the first ``labelled_minutes`` of the training manifest for each size and seed.
+Every run's result is kept in ``out_dir/<run>/result.json`` with the settings that made it and reused by a
+later call with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from nemo_sew.bench.report import machine_line
+
+OBJECTIVES = ("hubert", "hubert2", "wav2vec2")
+
+
+def labelled_subset(train_manifest: str | Path, minutes: float, out: Path) -> tuple[Path, float]:
+    """The first ``minutes`` of audio of ``train_manifest`` as a manifest; (path, seconds it holds)."""
+    total, lines = 0.0, []
+    for line in Path(train_manifest).read_text().splitlines():
+        if not line.strip():
+            continue
+        if total >= minutes * 60:
+            break
+        lines.append(line)
+        total += float(json.loads(line)["duration"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out, total
+
+
+def bench_ssl_curve(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    objectives: Sequence[str] = OBJECTIVES,
+    pretrain_steps: Sequence[int] = (600, 1200, 2400),
+    labelled_minutes: Sequence[float] = (20.0, 60.0),
+    finetune_steps: int = 1000,
+    seeds: Sequence[int] = (0,),
+    clusters: int = 100,
+    iter2_layer: int | None = 2,
+    pretrain_recipe: str | Path = "recipes/ssl_tiny_mel.yaml",
+    finetune_recipe: str | Path = "recipes/ctc_char_finetune_tiny_mel.yaml",
+    hours: float = 3.5,
+    extra_pretrain: Sequence[str] = (),
+    extra_finetune: Sequence[str] = (),
+    plot: str | Path | None = None,
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """The curve: a markdown section (and, with ``plot``, a PNG of CER against pre-training steps).
+
+    ``seeds`` are the fine-tuning seeds (pre-training runs once, seed 0); each cell is their mean ± half their
+    range. ``splits``: an already prepared corpus (:func:`manifests.synthetic.prepare_synthetic`'s return
+    value) instead of ``data_dir``.
+    """
+    from manifests.synthetic import prepare_synthetic
+
+    from nemo_sew.evaluate import error_rates, transcribe_manifest
+    from nemo_sew.ssl.targets import kmeans_from_manifest
+    from nemo_sew.train import load_config, train
+
+    bad = [o for o in objectives if o not in OBJECTIVES]
+    if bad or not objectives:
+        raise ValueError(f"objectives: expected some of {OBJECTIVES}, got {list(objectives)}")
+    steps = sorted({int(s) for s in pretrain_steps})
+    if not steps or steps[0] <= 0 or not labelled_minutes or not seeds:
+        raise ValueError("expected positive pretrain_steps, and at least one labelled size and one seed")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    train_manifest, dev, test = (str(splits[k]["manifest"]) for k in ("train", "dev", "test"))
+
+    def cached(run_dir: Path, settings: dict, work) -> dict:
+        """``work()`` once per settings: its result is kept in ``run_dir/result.json``."""
+        path = run_dir / "result.json"
+        if path.is_file():
+            kept = json.loads(path.read_text())
+            if kept.get("settings") == settings:
+                return kept["result"]
+        result = work()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps({"settings": settings, "result": result}, indent=2) + "\n")
+        path.with_suffix(".tmp").replace(path)
+        return result
+
+    def pretrain(objective: str) -> dict:
+        run_dir = out_dir / f"pretrain_{objective}"
+        final = run_dir / "ssl.nemo"
+        overrides = [f"model.train_ds.manifest_filepath={train_manifest}", f"model.validation_ds.manifest_filepath={dev}",
+                     f"trainer.max_steps={steps[-1]}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+                     "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", "seed=0",
+                     f"save_to={final}", f"+save_at_steps=[{','.join(str(s) for s in steps[:-1])}]" if steps[:-1] else None]  # fmt: skip
+        overrides = [o for o in overrides if o]
+        if objective in ("hubert", "hubert2"):
+            teacher = "mfcc" if objective == "hubert" else pretrain("hubert")["nemo"][str(steps[-1])]
+            centroids = run_dir / f"km{clusters}.npy"
+            layer = None if objective == "hubert" else iter2_layer
+            if not centroids.is_file():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                kmeans_from_manifest(train_manifest, centroids, teacher, layer=layer, num_clusters=clusters, max_hours=1.0)
+            overrides += ["model.objective=hubert", f"model.hubert.features={teacher}", f"model.hubert.centroids={centroids}",
+                          f"model.hubert.num_clusters={clusters}", f"++model.hubert.layer={'null' if layer is None else layer}"]  # fmt: skip
+        else:
+            overrides.append("model.objective=wav2vec2")
+        overrides += list(extra_pretrain)
+
+        def work() -> dict:
+            start = time.perf_counter()
+            model = train(load_config(pretrain_recipe, overrides))
+            metrics = {k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("val_")}
+            return {"minutes": (time.perf_counter() - start) / 60, "val": metrics}
+
+        result = cached(run_dir, {"recipe": str(pretrain_recipe), "overrides": overrides}, work)
+        snapshots = {str(s): str(final.with_name(f"ssl_step{s}.nemo")) for s in steps[:-1]}
+        snapshots[str(steps[-1])] = str(final)
+        missing = [p for p in snapshots.values() if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"pre-training snapshots missing (delete {run_dir / 'result.json'} to re-run): {missing}")
+        return {**result, "nemo": snapshots}
+
+    subsets = {m: labelled_subset(train_manifest, m, out_dir / f"labelled_{m:g}min.json") for m in labelled_minutes}
+
+    def finetune(init: str | None, minutes: float, seed: int, name: str) -> dict:
+        labelled = subsets[minutes][0]
+        run_dir = out_dir / f"ft_{name}_{minutes:g}min_seed{seed}"
+        overrides = [f"model.train_ds.manifest_filepath={labelled}", f"model.validation_ds.manifest_filepath={dev}",
+                     f"trainer.max_steps={finetune_steps}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+                     "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", f"seed={seed}",
+                     *([f"init_from_ssl={init}"] if init else []), *extra_finetune]  # fmt: skip
+
+        def work() -> dict:
+            model = train(load_config(finetune_recipe, overrides))
+            wer, cer = error_rates(*transcribe_manifest(model, test))
+            return {"wer": wer, "cer": cer}
+
+        return cached(run_dir, {"recipe": str(finetune_recipe), "overrides": overrides, "test": test}, work)
+
+    pre = {o: pretrain(o) for o in objectives}
+    rows: dict[tuple[str, int, float], list[dict]] = {}
+    for minutes in labelled_minutes:
+        for seed in seeds:
+            rows.setdefault(("random init", 0, minutes), []).append(finetune(None, minutes, seed, "random"))
+            for o in objectives:
+                for s in steps:
+                    rows.setdefault((o, s, minutes), []).append(finetune(pre[o]["nemo"][str(s)], minutes, seed, f"{o}_{s}"))
+    raw = {f"{o} | {s} | {m:g}": runs for (o, s, m), runs in rows.items()}
+    (out_dir / "bench_ssl_curve.json").write_text(json.dumps({"pretrain": pre, "finetune": raw}, indent=2) + "\n")
+
+    def mean(runs: list[dict], key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
+
+    def cell(runs: list[dict], key: str) -> str:
+        values = [r[key] for r in runs]
+        return f"{mean(runs, key):.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
+
+    lines = [
+        "### Pre-training pays? Test CER after fine-tuning vs pre-training steps (synthetic corpus)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"Pre-training: `{pretrain_recipe}` on all {hours:g} h of training audio (no labels), seed 0, one run per "
+        f"objective to {steps[-1]} steps with snapshots at {', '.join(str(s) for s in steps)}; "
+        + ", ".join(f"{o} {pre[o]['minutes']:.1f} min" for o in objectives)
+        + (f"; hubert2: k-means ({clusters}) on the final hubert model's first {iter2_layer} blocks" if "hubert2" in objectives else "")
+        + "  ",
+        f"Fine-tuning: `{finetune_recipe}`, {finetune_steps} steps on the first "
+        + " / ".join(f"{m:g} min ({subsets[m][1] / 60:.1f} min)" for m in labelled_minutes)
+        + f" of labelled training audio, seeds {list(seeds)}; test = held-out voices and sentences. Cells: test CER "
+        "(WER), mean over seeds ± half their range; relative: CER against random initialisation.",
+        "",
+        "| initialisation | pre-training steps | " + " | ".join(f"{m:g} min: CER (WER) | relative" for m in labelled_minutes) + " |",
+        "|---|---|" + "---|---|" * len(labelled_minutes),
+    ]  # fmt: skip
+    for name, s in [("random init", 0)] + [(o, s) for o in objectives for s in steps]:
+        cells = []
+        for m in labelled_minutes:
+            runs, ref = rows[(name, s, m)], rows[("random init", 0, m)]
+            rel = "-" if name == "random init" else f"{mean(runs, 'cer') / mean(ref, 'cer') - 1:+.1%}"
+            cells.append(f"{cell(runs, 'cer')} ({cell(runs, 'wer')}) | {rel}")
+        lines.append(f"| {name} | {s if s else '-'} | " + " | ".join(cells) + " |")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(labelled_minutes), figsize=(5 * len(labelled_minutes), 4), squeeze=False)
+        for ax, m in zip(axes[0], labelled_minutes):
+            for o in objectives:
+                ax.plot(steps, [mean(rows[(o, s, m)], "cer") for s in steps], marker="o", label=o)
+            ax.axhline(mean(rows[("random init", 0, m)], "cer"), color="gray", linestyle="--", label="random init")
+            ax.set(title=f"fine-tuned on {m:g} min", xlabel="pre-training steps", ylabel="test CER")
+            ax.legend()
+        fig.tight_layout()
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=100)
+        plt.close(fig)
+        lines += ["", f"![test CER vs pre-training steps]({Path(plot).as_posix()})"]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["OBJECTIVES", "bench_ssl_curve", "labelled_subset"]
