@@ -227,7 +227,8 @@ def _cmd_bench_prune_table(args: argparse.Namespace) -> int:
 
     section, _ = bench_prune_table(
         args.model, args.data, args.out, budgets=args.budgets, targets=args.targets, prune_steps=args.prune_steps,
-        scratch=args.scratch, scratch_steps=args.scratch_steps, distill=args.distill, threads=args.threads,
+        scratch=args.scratch, scratch_steps=args.scratch_steps, distill=args.distill, control=not args.no_control,
+        threads=args.threads,
         extra=args.override, command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
     return _emit(section, args)
@@ -479,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scratch", type=float, nargs="*", default=[0.6], help="targets whose sepmac shape is trained from scratch")
     p.add_argument("--scratch-steps", type=int, default=None, help="the base model's steps + --prune-steps")
     p.add_argument("--distill", type=float, default=0.0, help="pruning_distill.weight (KL from the unpruned model)")
+    p.add_argument("--no-control", action="store_true", help="no 'unpruned + --prune-steps steps' control row")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the latency rounds")
     p.add_argument("--override", nargs="*", default=[], help="overrides for every training run key=value")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")

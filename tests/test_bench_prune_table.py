@@ -35,6 +35,10 @@ def test_prune_table_prunes_measures_and_trains_the_shape_from_scratch(tiny_ctc_
     a, b = sepmac.encoder.state_dict(), scratch.encoder.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # ... other weights
     assert "| sepmac_0.6 |" in section and "| scratch_0.6 |" in section
+    # the control: the unpruned model trained the pruning steps more, same arch, other weights
+    control = restore(out / "unpruned_+2.nemo")
+    assert control.encoder.arch == restore(tiny_ctc_nemo).encoder.arch and "| unpruned_+2 |" in section
+    assert results["unpruned_+2"]["gmacs_per_s"] == results["unpruned"]["gmacs_per_s"]
     # the tiny model's log-mel front end has no MACs: front-end pruning is said not to run, not silently dropped
     assert "frontend_0.6" not in names and "Not run: frontend: the front end has no MACs" in section
 

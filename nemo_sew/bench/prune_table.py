@@ -12,7 +12,9 @@ front-end channel masks only). ``size`` is given the parameter fraction that the
 target realised, so that both are compared at (nearly) equal MACs; a budget that cannot act on the model (a
 front end without MACs: a log-mel front end) is skipped and said so. ``--scratch`` targets: the materialised
 ``sepmac`` shape, re-initialised and trained from scratch with the base recipe for ``--scratch-steps`` steps
-(give the base model's steps plus the pruning steps: the same total). Every model is evaluated on the test set
+(give the base model's steps plus the pruning steps: the same total). The control ``unpruned_+N``: the unpruned
+model trained ``--prune-steps`` more steps at the pruning recipe's LR (``recipes/finetune_profile.yaml``), so
+that what pruning costs is not confused with what the extra steps give. Every model is evaluated on the test set
 (WER, CER), counted (parameters, analytic encoder MACs at 10 s) and timed (eager, batch 1, 10 s of audio,
 preprocessor + encoder + head, all models in the same interleaved rounds).
 
@@ -74,6 +76,7 @@ def bench_prune_table(
     scratch: Sequence[float] = (0.6,),
     scratch_steps: int | None = None,
     distill: float = 0.0,
+    control: bool = True,
     threads: int = 2,
     runs: int = 7,
     extra: Sequence[str] = (),
@@ -135,6 +138,17 @@ def bench_prune_table(
                 "anneal_to_max_time=false", "trainer.enable_progress_bar=false", "seed=0",
                 "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={out_dir / name}",
                 f"save_to={trained}", *extra]))  # fmt: skip
+        paths[name] = trained
+    if control:  # the unpruned model trained as many more steps, same LR: what the extra steps alone give
+        name = f"unpruned_+{prune_steps}"
+        trained = out_dir / f"{name}.nemo"
+        if not trained.exists():
+            train(load_config("recipes/finetune_profile.yaml", [
+                f"init_from_nemo={model_path}", f"profile.squeeze={base.encoder.profile.squeeze}",
+                f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
+                f"trainer.max_steps={prune_steps}", "model.optim.lr=5.0e-4", "model.optim.sched.warmup_steps=50",
+                "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
+                f"exp_manager.exp_dir={out_dir / name}", f"save_to={trained}", *extra]))  # fmt: skip
         paths[name] = trained
     results: dict[str, Any] = {"unpruned": _measure(restore(model_path), test)}
     for name, path in paths.items():
