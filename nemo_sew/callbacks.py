@@ -156,6 +156,6 @@ class SaveAtSteps(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(trainer.global_step)  # after this batch's optimizer step
-        if step in self.steps and trainer.is_global_zero and not self.path(step).is_file():
+        if step in self.steps and trainer.is_global_zero:  # overwrites: a file of an earlier run is not this run's
             self.path(step).parent.mkdir(parents=True, exist_ok=True)
             pl_module.save_to(str(self.path(step)))

@@ -150,7 +150,8 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
         section = bench_stochastic_methods(
             args.data, args.out, recipe=args.recipe, methods=args.methods, steps=args.steps, seeds=args.seeds,
             factors=args.factors, equal_time=None if args.no_equal_time else args.equal_time, fixed=not args.no_fixed,
-            finetune_steps=args.finetune_steps if args.finetune else 0, hours=args.hours,
+            finetune_steps=args.finetune_steps if args.finetune else 0, finetune_factor=args.finetune_factor,
+            cost_rounds=args.cost_rounds, hours=args.hours,
             extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
         )  # fmt: skip
         return _emit(section, args)
@@ -387,7 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--methods: the equal-time budget: steps from the measured per-step cost ratio (cost, "
                         "reproducible) or the uniform run's wall-clock time (wall)")
     p.add_argument("--finetune", action="store_true",
-                   help="--methods: also fine-tune each method's model and the fixed s=2 model --finetune-steps at s=2")
+                   help="--methods: also fine-tune each method's model and the fixed model --finetune-steps at --finetune-factor")
+    p.add_argument("--finetune-factor", type=int, default=2, help="--methods --finetune: the squeeze factor (2)")
+    p.add_argument("--cost-rounds", type=int, default=8, help="--methods: timed rounds of the per-step cost (equal time)")
     p.add_argument("--no-fixed", action="store_true", help="--methods: no fixed-squeeze models")
     p.add_argument("--step-cost", type=int, default=0, metavar="ROUNDS",
                    help="--methods: only time one training step of each method (ROUNDS interleaved steps), no training")
@@ -450,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=1000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds per cell")
     p.add_argument("--clusters", type=int, default=100)
-    p.add_argument("--iter2-layer", type=int, default=2, help="hubert2: k-means on the output of this many blocks")
+    p.add_argument("--iter2-layer", type=lambda v: None if v == "all" else int(v), default=2,
+                   help="hubert2: k-means on the output of this many blocks of the hubert model ('all': every block)")
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--pretrain-override", nargs="*", default=[], help="pre-training recipe overrides key=value")
     p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")

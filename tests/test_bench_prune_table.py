@@ -38,6 +38,7 @@ def test_prune_table_prunes_measures_and_trains_the_shape_from_scratch(tiny_ctc_
     # the control: the unpruned model trained the pruning steps more, same arch, other weights
     control = restore(out / "unpruned_+2.nemo")
     assert control.encoder.arch == restore(tiny_ctc_nemo).encoder.arch and "| unpruned_+2 |" in section
+    assert "| rel. to unpruned_+2 |" in section and control.cfg.optim.lr == 5.0e-4  # the pruning recipe's LR
     assert results["unpruned_+2"]["gmacs_per_s"] == results["unpruned"]["gmacs_per_s"]
     # the tiny model's log-mel front end has no MACs: front-end pruning is said not to run, not silently dropped
     assert "frontend_0.6" not in names and "Not run: frontend: the front end has no MACs" in section

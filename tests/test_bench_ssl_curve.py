@@ -22,6 +22,7 @@ def test_cli_parses_bench_ssl_curve():
     assert (args.objectives, args.pretrain_steps, args.labelled_minutes, args.seeds) == (
         ["hubert", "wav2vec2"], [5, 10], [20.0, 60.0], [0, 1])
     assert build_parser().parse_args(["bench", "ssl-curve"]).objectives == ["hubert", "hubert2", "wav2vec2"]
+    assert build_parser().parse_args(["bench", "ssl-curve", "--iter2-layer", "all"]).iter2_layer is None
 
 
 def test_labelled_subset_takes_the_first_minutes(tmp_path):
@@ -51,7 +52,7 @@ def test_bench_ssl_curve_trains_tabulates_and_reuses(tiny_corpus, tmp_path):
 
     kwargs = dict(objectives=["hubert", "hubert2", "wav2vec2"], pretrain_steps=[1, 2], labelled_minutes=[0.5],
                   finetune_steps=1, seeds=[0], clusters=8, iter2_layer=1, extra_pretrain=[*TINY_ENCODER, *QUIET],
-                  extra_finetune=QUIET, plot=tmp_path / "curve.png", command="nemo-sew bench ssl-curve",
+                  extra_finetune=[*QUIET, *TINY_ENCODER], plot=tmp_path / "curve.png", command="nemo-sew bench ssl-curve",
                   splits=tiny_corpus)  # fmt: skip
     section = bench_ssl_curve(None, tmp_path / "out", **kwargs)
     raw = json.loads((tmp_path / "out" / "bench_ssl_curve.json").read_text())

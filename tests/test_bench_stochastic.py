@@ -21,7 +21,7 @@ def test_cli_parses_bench_stochastic_methods():
                                       "--seeds", "3", "4", "--no-fixed", "trainer.max_epochs=2"])  # fmt: skip
     assert args.func is _cmd_bench_stochastic and args.methods == ["uniform", "sandwich"]
     assert (args.steps, args.seeds, args.factors, args.no_fixed, args.no_equal_time) == (9, [3, 4], [1, 2, 4], True, False)
-    assert (args.equal_time, args.finetune) == ("cost", False)
+    assert (args.equal_time, args.finetune, args.finetune_factor, args.cost_rounds) == ("cost", False, 2, 8)
     assert args.overrides == ["trainer.max_epochs=2"]
     assert build_parser().parse_args(["bench", "stochastic"]).methods is None  # the older equal-steps table
     assert build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "--step-cost", "3"]).step_cost == 3
@@ -68,9 +68,10 @@ def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
         assert all(0 <= w <= 5 for w in [*run["wer"].values(), *run["cer"].values()])
         assert Path(run["nemo"]).is_file()
     # equal time from the measured step costs: sandwich (3 paths a step) gets fewer steps than uniform's 2
-    costs = json.loads((tmp_path / "step_costs.json").read_text())
+    costs = json.loads((tmp_path / "step_costs.json").read_text())["result"]
     assert costs["sandwich"] > costs["uniform"] > 0
-    assert raw["sandwich, equal time"]["0"]["steps"] == max(1, round(2 * costs["uniform"] / costs["sandwich"])) == 1
+    assert raw["sandwich, equal time"]["0"]["steps"] == max(1, round(2 * costs["uniform"] / costs["sandwich"]))
+    assert json.loads((tmp_path / "step_costs.json").read_text())["settings"]["warmup_rounds"] == 1
     assert {raw[k]["0"]["steps"] for k in raw if "equal time" not in k and "+" not in k} == {2}
     assert {raw[k]["0"]["steps"] for k in raw if "+" in k} == {1}
     for needle in ("| fixed s=1 |", "| sandwich, equal time |", "Equal time", "| sandwich + 1 at s=2 |",

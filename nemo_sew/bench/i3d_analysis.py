@@ -211,7 +211,7 @@ def analysis_markdown(result: Mapping[str, Any], command: str = "", model_name: 
         + (" (the first ones)" if result.get("max_utterances") else "") + ", each alone",
         "",
         f"- Realised depth: mean {result['depth_mean']:.2f} of {result['layers']} layers, std **{result['depth_std']:.3f}** "
-        f"(range {result['depth_min']:.2f}-{result['depth_max']:.2f}); our bar for "depth depends on the input" (issue 11's claim check), std > 0.5 layer: **{verdict}**.",
+        f"(range {result['depth_min']:.2f}-{result['depth_max']:.2f}); our bar for 'depth depends on the input' (issue 11's claim check), std > 0.5 layer: **{verdict}**.",
         f"- Distinct gate patterns: {result['patterns']} (the most common one on {result['top_pattern_share']:.0%} of the utterances).",
         f"- Spearman correlation of depth with duration {result['spearman_duration']:+.2f}, with speaking rate "
         f"{result['spearman_rate']:+.2f}"

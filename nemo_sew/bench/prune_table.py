@@ -143,10 +143,12 @@ def bench_prune_table(
         name = f"unpruned_+{prune_steps}"
         trained = out_dir / f"{name}.nemo"
         if not trained.exists():
+            optim = load_config("recipes/prune_ctc_tiny_mel.yaml", [f"init_from_nemo={model_path}", *extra]).model.optim
             train(load_config("recipes/finetune_profile.yaml", [
                 f"init_from_nemo={model_path}", f"profile.squeeze={base.encoder.profile.squeeze}",
                 f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
-                f"trainer.max_steps={prune_steps}", "model.optim.lr=5.0e-4", "model.optim.sched.warmup_steps=50",
+                f"trainer.max_steps={prune_steps}", "trainer.max_time=null", "anneal_to_max_time=false",
+                f"model.optim.lr={optim.lr}", f"model.optim.sched.warmup_steps={optim.sched.warmup_steps}",
                 "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
                 f"exp_manager.exp_dir={out_dir / name}", f"save_to={trained}", *extra]))  # fmt: skip
         paths[name] = trained
@@ -182,6 +184,8 @@ def _timed(results: dict[str, Any], paths: dict[str, Path], threads: int, runs: 
 def prune_table_markdown(results: dict[str, Any], skipped: dict[str, str], prune_steps: int, scratch_steps: int,
                          distill: float, threads: int, command: str) -> str:  # fmt: skip
     ref = results["unpruned"]
+    control_name = next((name for name in results if name.startswith("unpruned_+")), None)
+    control = results.get(control_name) if control_name else None
     lines = [
         "### HJ-Pruning of the demo model to MAC budgets vs the same shape from scratch (synthetic corpus)",
         "",
@@ -192,15 +196,17 @@ def prune_table_markdown(results: dict[str, Any], skipped: dict[str, str], prune
         f"re-initialised, {scratch_steps} steps of the base recipe. Latency: eager, batch 1, 10 s, {threads} threads, "
         "preprocessor + encoder + head, median of interleaved rounds.",
         "",
-        "| model | test WER | rel. WER | test CER | params (M) | encoder GMACs / s | MACs kept | latency (ms) "
-        "| latency kept | latency saving / MAC saving |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | test WER | rel. WER" + (f" | rel. to {control_name}" if control else "") + " | test CER | params (M) "
+        "| encoder GMACs / s | MACs kept | latency (ms) | latency kept | latency saving / MAC saving |",
+        "|---|---|---|" + ("---|" if control else "") + "---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         kept = r["gmacs_per_s"] / ref["gmacs_per_s"]
         lat = r["ms"] / ref["ms"]
         ratio = f"{(1 - lat) / (1 - kept):.2f}" if kept < 0.999 else "-"
         rel = f"{(r['wer'] / ref['wer'] - 1) * 100:+.1f}%" if name != "unpruned" else "-"
+        if control:
+            rel += f" | {(r['wer'] / control['wer'] - 1) * 100:+.1f}%" if not name.startswith("unpruned") else " | -"
         lines.append(f"| {name} | {r['wer']:.3f} | {rel} | {r['cer']:.3f} | {r['params_m']:.2f} | {r['gmacs_per_s']:.4f} "
                      f"| {kept:.1%} | {r['ms']:.1f} | {lat:.1%} | {ratio} |")  # fmt: skip
     for name, why in skipped.items():

@@ -15,8 +15,8 @@ Objectives:
 Each objective pre-trains once, to the largest of ``pretrain_steps``, and writes a ``.nemo`` snapshot at each
 listed step (``save_at_steps``, so every point of a curve shares one LR schedule). Every snapshot, and a random
 initialisation, is fine-tuned on the first ``labelled_minutes`` of the training manifest for each size and seed.
-Every run's result is kept in ``out_dir/<run>/result.json`` with the settings that made it and reused by a
-later call with the same settings.
+Every run's result is kept in ``out_dir/<run>/result.json`` with the settings that made it (and the bytes of the
+model it starts from) and reused by a later call with the same settings (:mod:`nemo_sew.bench.cache`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from nemo_sew.bench.cache import file_digest, kept_result
 from nemo_sew.bench.report import machine_line
 
 OBJECTIVES = ("hubert", "hubert2", "wav2vec2")
@@ -68,7 +69,8 @@ def bench_ssl_curve(
     """The curve: a markdown section (and, with ``plot``, a PNG of CER against pre-training steps).
 
     ``seeds`` are the fine-tuning seeds (pre-training runs once, seed 0); each cell is their mean ± half their
-    range. ``splits``: an already prepared corpus (:func:`manifests.synthetic.prepare_synthetic`'s return
+    range. The random-initialisation row builds the fine-tuning recipe's own encoder: an encoder override in
+    ``extra_pretrain`` belongs in ``extra_finetune`` too, or the baseline is another architecture. ``splits``: an already prepared corpus (:func:`manifests.synthetic.prepare_synthetic`'s return
     value) instead of ``data_dir``.
     """
     from manifests.synthetic import prepare_synthetic
@@ -88,19 +90,6 @@ def bench_ssl_curve(
     splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
     train_manifest, dev, test = (str(splits[k]["manifest"]) for k in ("train", "dev", "test"))
 
-    def cached(run_dir: Path, settings: dict, work) -> dict:
-        """``work()`` once per settings: its result is kept in ``run_dir/result.json``."""
-        path = run_dir / "result.json"
-        if path.is_file():
-            kept = json.loads(path.read_text())
-            if kept.get("settings") == settings:
-                return kept["result"]
-        result = work()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps({"settings": settings, "result": result}, indent=2) + "\n")
-        path.with_suffix(".tmp").replace(path)
-        return result
-
     def pretrain(objective: str) -> dict:
         run_dir = out_dir / f"pretrain_{objective}"
         final = run_dir / "ssl.nemo"
@@ -109,28 +98,35 @@ def bench_ssl_curve(
                      "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", "seed=0",
                      f"save_to={final}", f"+save_at_steps=[{','.join(str(s) for s in steps[:-1])}]" if steps[:-1] else None]  # fmt: skip
         overrides = [o for o in overrides if o]
+        inputs = {}
         if objective in ("hubert", "hubert2"):
             teacher = "mfcc" if objective == "hubert" else pretrain("hubert")["nemo"][str(steps[-1])]
-            centroids = run_dir / f"km{clusters}.npy"
             layer = None if objective == "hubert" else iter2_layer
-            if not centroids.is_file():
-                run_dir.mkdir(parents=True, exist_ok=True)
-                kmeans_from_manifest(train_manifest, centroids, teacher, layer=layer, num_clusters=clusters, max_hours=1.0)
+            km_settings = {"manifest": train_manifest, "features": teacher, "layer": layer, "clusters": clusters,
+                           "max_hours": 1.0, **({"teacher_sha256": file_digest(teacher)} if teacher != "mfcc" else {})}  # fmt: skip
+            centroids = run_dir / f"km{clusters}.npy"
+            inputs = kept_result(run_dir / "kmeans.json", km_settings, lambda: {
+                **kmeans_from_manifest(train_manifest, centroids, teacher, layer=layer, num_clusters=clusters, max_hours=1.0),
+                "centroids_sha256": file_digest(centroids)})  # fmt: skip
             overrides += ["model.objective=hubert", f"model.hubert.features={teacher}", f"model.hubert.centroids={centroids}",
                           f"model.hubert.num_clusters={clusters}", f"++model.hubert.layer={'null' if layer is None else layer}"]  # fmt: skip
         else:
             overrides.append("model.objective=wav2vec2")
         overrides += list(extra_pretrain)
 
+        snapshots = {str(s): str(final.with_name(f"ssl_step{s}.nemo")) for s in steps[:-1]}
+        snapshots[str(steps[-1])] = str(final)
+
         def work() -> dict:
+            for path in snapshots.values():  # an earlier run's files are not this run's
+                Path(path).unlink(missing_ok=True)
             start = time.perf_counter()
             model = train(load_config(pretrain_recipe, overrides))
             metrics = {k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("val_")}
             return {"minutes": (time.perf_counter() - start) / 60, "val": metrics}
 
-        result = cached(run_dir, {"recipe": str(pretrain_recipe), "overrides": overrides}, work)
-        snapshots = {str(s): str(final.with_name(f"ssl_step{s}.nemo")) for s in steps[:-1]}
-        snapshots[str(steps[-1])] = str(final)
+        result = kept_result(run_dir / "result.json", {"recipe": str(pretrain_recipe), "overrides": overrides,
+                                                       "targets": inputs.get("centroids_sha256")}, work)  # fmt: skip
         missing = [p for p in snapshots.values() if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"pre-training snapshots missing (delete {run_dir / 'result.json'} to re-run): {missing}")
@@ -151,7 +147,9 @@ def bench_ssl_curve(
             wer, cer = error_rates(*transcribe_manifest(model, test))
             return {"wer": wer, "cer": cer}
 
-        return cached(run_dir, {"recipe": str(finetune_recipe), "overrides": overrides, "test": test}, work)
+        settings = {"recipe": str(finetune_recipe), "overrides": overrides, "test": test,
+                    "init_sha256": file_digest(init) if init else None}  # fmt: skip
+        return kept_result(run_dir / "result.json", settings, work)
 
     pre = {o: pretrain(o) for o in objectives}
     rows: dict[tuple[str, int, float], list[dict]] = {}

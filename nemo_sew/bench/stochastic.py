@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from nemo_sew.bench.cache import file_digest, kept_result
 from nemo_sew.bench.report import machine_line
 
 
@@ -160,41 +161,37 @@ def bench_stochastic_methods(
             f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}"]  # fmt: skip
 
     def run(name: str, seed: int, overrides: list[str], max_steps: int, max_time: str | None, at=factors,
-            recipe_path=recipe) -> dict:  # fmt: skip
+            recipe_path=recipe, init: str | None = None) -> dict:  # fmt: skip
+        """Train (or reuse) one model; ``init``: the ``.nemo`` it starts from (its bytes are part of the key)."""
         run_dir = out_dir / f"{name}_seed{seed}"
+        overrides = [*([f"init_from_nemo={init}"] if init else []), *overrides]
         settings = {"recipe": str(recipe_path), "seed": seed, "max_steps": max_steps, "max_time": max_time,
-                    "overrides": [*data, *overrides, *extra], "factors": list(at), "test": str(test)}  # fmt: skip
-        cached = run_dir / "result.json"
-        if cached.is_file():
-            kept = json.loads(cached.read_text())
-            if kept.get("settings") == settings:
-                return {**kept["result"], "nemo": str(run_dir / "model.nemo")}
-        cfg = load_config(recipe_path, [
-            *data, f"trainer.max_steps={max_steps}", f"trainer.max_time={max_time or 'null'}",
-            "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
-            f"seed={seed}", f"exp_manager.exp_dir={run_dir}", f"save_to={run_dir / 'model.nemo'}", *overrides, *extra,
-        ])  # fmt: skip
-        start = time.perf_counter()
-        model = train(cfg)
-        seconds = time.perf_counter() - start
-        wer, cer = {}, {}
-        for s in at:
-            hyps, refs = transcribe_manifest(model, test, profile=s)
-            wer[s], cer[s] = error_rates(hyps, refs)
-        result = {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": settings, "result": result}, indent=2) + "\n")
-        tmp.replace(cached)
-        return {**json.loads(json.dumps(result)), "nemo": str(run_dir / "model.nemo")}  # the cached form (str keys)
+                    "overrides": [*data, *overrides, *extra], "factors": list(at), "test": str(test),
+                    **({"init_sha256": file_digest(init)} if init else {})}  # fmt: skip
+
+        def work() -> dict:
+            cfg = load_config(recipe_path, [
+                *data, f"trainer.max_steps={max_steps}", f"trainer.max_time={max_time or 'null'}",
+                "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
+                f"seed={seed}", f"exp_manager.exp_dir={run_dir}", f"save_to={run_dir / 'model.nemo'}", *overrides, *extra,
+            ])  # fmt: skip
+            start = time.perf_counter()
+            model = train(cfg)
+            seconds = time.perf_counter() - start
+            wer, cer = {}, {}
+            for s in at:
+                hyps, refs = transcribe_manifest(model, test, profile=s)
+                wer[s], cer[s] = error_rates(hyps, refs)
+            return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
+
+        return {**kept_result(run_dir / "result.json", settings, work), "nemo": str(run_dir / "model.nemo")}
 
     step_steps: dict[str, int] = {}
-    if equal_time == "cost":
-        costs_file = out_dir / "step_costs.json"
-        if costs_file.is_file():
-            costs = json.loads(costs_file.read_text())
-        else:
-            costs = step_times(splits, recipe, methods, cost_rounds, sampler_values, extra)
-            costs_file.write_text(json.dumps(costs, indent=2) + "\n")
+    if equal_time == "cost":  # measured once per settings (measure before starting per-seed processes)
+        cost_settings = {"recipe": str(recipe), "methods": list(methods), "rounds": cost_rounds, "warmup_rounds": 1,
+                         "sampler_values": list(sampler_values), "extra": list(extra), "train": str(splits["train"]["manifest"])}  # fmt: skip
+        costs = kept_result(out_dir / "step_costs.json", cost_settings,
+                            lambda: step_times(splits, recipe, methods, cost_rounds, sampler_values, extra))  # fmt: skip
         step_steps = {m: max(1, round(steps * costs["uniform"] / costs[m])) for m in methods}
 
     results: dict[str, dict[int, dict]] = {}
@@ -232,8 +229,8 @@ def bench_stochastic_methods(
             for source, r in sources.items():
                 name = f"fixed_s{finetune_factor}" if source.startswith("fixed") else source
                 results.setdefault(f"{source} + {finetune_steps} at s={finetune_factor}", {})[seed] = run(
-                    f"{name}_ft{finetune_factor}", seed, [f"init_from_nemo={r['nemo']}", f"profile.squeeze={finetune_factor}"],
-                    finetune_steps, None, at=[finetune_factor], recipe_path=finetune,
+                    f"{name}_ft{finetune_factor}", seed, [f"profile.squeeze={finetune_factor}"], finetune_steps, None,
+                    at=[finetune_factor], recipe_path=finetune, init=r["nemo"],
                 )  # fmt: skip
     (out_dir / "bench_stochastic_methods.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
@@ -296,8 +293,8 @@ def step_times(
     detail: dict | None = None,
 ) -> dict[str, float]:
     """Mean wall time (s) of one training step (loss + backward, fp32) of each method on the recipe's first
-    training batch, steps ``0 .. rounds - 1``, the methods interleaved round by round so that a loaded machine
-    slows them alike. ``detail``: filled with the per-step times and the batch's shape."""
+    training batch, steps ``0 .. rounds - 1`` after one untimed warm-up round, the methods interleaved round by
+    round so that a loaded machine slows them alike. ``detail``: filled with the per-step times and the batch's shape."""
     import statistics
     import time
 
@@ -319,13 +316,14 @@ def step_times(
     signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
     trainers = {m: StochasticTrainer(StochasticOptions(method=m)) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
-    for step in range(rounds):
+    for step in range(-1, rounds):  # round -1: a warm-up of every method (one-time costs), not timed
         for method in methods:
             model.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            loss = trainers[method].loss(model, signal, signal_len, transcript, transcript_len, step)[0]
+            loss = trainers[method].loss(model, signal, signal_len, transcript, transcript_len, max(step, 0))[0]
             loss.backward()
-            times[method].append(time.perf_counter() - start)
+            if step >= 0:
+                times[method].append(time.perf_counter() - start)
     if detail is not None:
         detail.update(times=times, batch=int(signal.shape[0]), seconds=float(signal_len.float().mean()) / 16000)
     return {m: statistics.mean(t) for m, t in times.items()}

@@ -1,0 +1,42 @@
+"""Keeping a benchmark run's result with the settings that made it, so that a re-run (or another process of the
+same benchmark) reuses it. Keys are the run's recipe path, overrides and inputs, not the recipes' contents:
+after editing a recipe, give the benchmark a fresh ``--out``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (a model a run starts from is part of its key: retrained, it is another input)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def kept_result(path: Path, settings: dict, work: Callable[[], Any]) -> Any:
+    """``work()``'s result, computed once per ``settings``: kept in ``path`` (JSON) with them, and returned from
+    there when a later call gives the same settings (JSON-equal)."""
+    settings = json.loads(json.dumps(settings))
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("settings") == settings:
+            return kept["result"]
+    result = json.loads(json.dumps(work()))  # the kept form (string keys)
+    write_json_atomic(path, {"settings": settings, "result": result})
+    return result
+
+
+__all__ = ["file_digest", "kept_result", "write_json_atomic"]

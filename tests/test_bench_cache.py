@@ -1,0 +1,35 @@
+"""Benchmark runs kept with the settings that made them (nemo_sew.bench.cache)."""
+
+import json
+
+from nemo_sew.bench.cache import file_digest, kept_result
+
+
+def test_kept_result_reuses_only_the_same_settings(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"wer": {2: 0.5}}
+
+    path = tmp_path / "run" / "result.json"
+    assert kept_result(path, {"steps": 5, "overrides": ["a=1"]}, work) == {"wer": {"2": 0.5}}  # the kept (JSON) form
+    assert kept_result(path, {"steps": 5, "overrides": ["a=1"]}, work) == {"wer": {"2": 0.5}} and len(calls) == 1
+    kept_result(path, {"steps": 6, "overrides": ["a=1"]}, work)  # other settings: computed again, and kept instead
+    assert len(calls) == 2 and json.loads(path.read_text())["settings"]["steps"] == 6
+    assert not list(tmp_path.glob("run/*.tmp"))
+
+
+def test_a_retrained_source_model_is_another_input(tmp_path):
+    """A run that starts from a model keys on its bytes: the same path retrained is not reused."""
+    source = tmp_path / "model.nemo"
+    source.write_bytes(b"weights one")
+    first = file_digest(source)
+    calls = []
+    work = lambda: calls.append(1) or {"cer": 0.3}  # noqa: E731
+    kept_result(tmp_path / "ft.json", {"init": str(source), "init_sha256": file_digest(source)}, work)
+    kept_result(tmp_path / "ft.json", {"init": str(source), "init_sha256": file_digest(source)}, work)
+    source.write_bytes(b"weights two")
+    assert file_digest(source) != first
+    kept_result(tmp_path / "ft.json", {"init": str(source), "init_sha256": file_digest(source)}, work)
+    assert len(calls) == 2
