@@ -11,9 +11,10 @@ import torch
 
 
 def machine_line() -> str:
+    threads = torch.get_num_threads()
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}"
+        f"{threads} thread{'s' if threads != 1 else ''}, {time.strftime('%Y-%m-%d')}"
     )
 
 
