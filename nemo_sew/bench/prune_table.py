@@ -193,7 +193,7 @@ def prune_table_markdown(results: dict[str, Any], skipped: dict[str, str], prune
         f"Machine: {machine_line()}; one run each  ",
         f"Pruning: `recipes/prune_ctc_tiny_mel.yaml`, {prune_steps} steps from the trained model (target ramp over the "
         f"first half){f', distillation weight {distill:g}' if distill > 0 else ''}; scratch: the sepmac shape "
-        f"re-initialised, {scratch_steps} steps of the base recipe. Latency: eager, batch 1, 10 s, {threads} threads, "
+        f"re-initialised, {scratch_steps} steps of the base recipe. Latency: eager, batch 1, 10 s, {threads} thread{'s' if threads != 1 else ''}, "
         "preprocessor + encoder + head, median of interleaved rounds.",
         "",
         "| model | test WER | rel. WER" + (f" | rel. to {control_name}" if control else "") + " | test CER | params (M) "
