@@ -149,7 +149,7 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     if args.methods:
         section = bench_stochastic_methods(
             args.data, args.out, recipe=args.recipe, methods=args.methods, steps=args.steps, seeds=args.seeds,
-            factors=args.factors, equal_time=None if args.no_equal_time else args.equal_time, fixed=not args.no_fixed,
+            factors=args.factors, equal_time=not args.no_equal_time, fixed=not args.no_fixed,
             finetune_steps=args.finetune_steps if args.finetune else 0, finetune_factor=args.finetune_factor,
             cost_rounds=args.cost_rounds, hours=args.hours,
             extra=args.overrides, command="nemo-sew " + " ".join(args.argv),
@@ -384,9 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="--methods: seeds per cell (0 1)")
     p.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4], help="--methods: squeeze factors evaluated")
     p.add_argument("--no-equal-time", action="store_true", help="--methods: equal steps only")
-    p.add_argument("--equal-time", choices=["cost", "wall"], default="cost",
-                   help="--methods: the equal-time budget: steps from the measured per-step cost ratio (cost, "
-                        "reproducible) or the uniform run's wall-clock time (wall)")
     p.add_argument("--finetune", action="store_true",
                    help="--methods: also fine-tune each method's model and the fixed model --finetune-steps at --finetune-factor")
     p.add_argument("--finetune-factor", type=int, default=2, help="--methods --finetune: the squeeze factor (2)")

@@ -21,7 +21,7 @@ def test_cli_parses_bench_stochastic_methods():
                                       "--seeds", "3", "4", "--no-fixed", "trainer.max_epochs=2"])  # fmt: skip
     assert args.func is _cmd_bench_stochastic and args.methods == ["uniform", "sandwich"]
     assert (args.steps, args.seeds, args.factors, args.no_fixed, args.no_equal_time) == (9, [3, 4], [1, 2, 4], True, False)
-    assert (args.equal_time, args.finetune, args.finetune_factor, args.cost_rounds) == ("cost", False, 2, 8)
+    assert (args.finetune, args.finetune_factor, args.cost_rounds) == (False, 2, 8)
     assert args.overrides == ["trainer.max_epochs=2"]
     assert build_parser().parse_args(["bench", "stochastic"]).methods is None  # the older equal-steps table
     assert build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "--step-cost", "3"]).step_cost == 3
@@ -45,8 +45,6 @@ def test_methods_are_checked(tmp_path):
         bench_stochastic_methods(None, tmp_path, methods=["uniform", "dropout"], splits={"test": {}})
     with pytest.raises(ValueError, match="uniform"):
         bench_stochastic_methods(None, tmp_path, methods=["sandwich"], splits={"test": {}})
-    with pytest.raises(ValueError, match="equal_time"):
-        bench_stochastic_methods(None, tmp_path, methods=["uniform"], equal_time="cpu", splits={"test": {}})
     with pytest.raises(ValueError, match="finetune_factor"):
         bench_stochastic_methods(None, tmp_path, methods=["uniform"], finetune_steps=5, fixed=False, splits={"test": {}})
 

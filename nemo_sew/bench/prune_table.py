@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from nemo_sew.bench.report import machine_line
+from nemo_sew.bench.report import machine_line, threads_text
 from nemo_sew.bench.timing import runner_latency_ms, torch_threads
 
 BUDGETS = ("size", "mac", "sepmac", "transformer", "frontend")
@@ -184,8 +184,8 @@ def _timed(results: dict[str, Any], paths: dict[str, Path], threads: int, runs: 
 def prune_table_markdown(results: dict[str, Any], skipped: dict[str, str], prune_steps: int, scratch_steps: int,
                          distill: float, threads: int, command: str) -> str:  # fmt: skip
     ref = results["unpruned"]
-    control_name = next((name for name in results if name.startswith("unpruned_+")), None)
-    control = results.get(control_name) if control_name else None
+    control_name = f"unpruned_+{prune_steps}"
+    control = results.get(control_name)
     lines = [
         "### HJ-Pruning of the demo model to MAC budgets vs the same shape from scratch (synthetic corpus)",
         "",
@@ -193,7 +193,7 @@ def prune_table_markdown(results: dict[str, Any], skipped: dict[str, str], prune
         f"Machine: {machine_line()}; one run each  ",
         f"Pruning: `recipes/prune_ctc_tiny_mel.yaml`, {prune_steps} steps from the trained model (target ramp over the "
         f"first half){f', distillation weight {distill:g}' if distill > 0 else ''}; scratch: the sepmac shape "
-        f"re-initialised, {scratch_steps} steps of the base recipe. Latency: eager, batch 1, 10 s, {threads} thread{'s' if threads != 1 else ''}, "
+        f"re-initialised, {scratch_steps} steps of the base recipe. Latency: eager, batch 1, 10 s, {threads_text(threads)}, "
         "preprocessor + encoder + head, median of interleaved rounds.",
         "",
         "| model | test WER | rel. WER" + (f" | rel. to {control_name}" if control else "") + " | test CER | params (M) "
@@ -206,7 +206,7 @@ def prune_table_markdown(results: dict[str, Any], skipped: dict[str, str], prune
         ratio = f"{(1 - lat) / (1 - kept):.2f}" if kept < 0.999 else "-"
         rel = f"{(r['wer'] / ref['wer'] - 1) * 100:+.1f}%" if name != "unpruned" else "-"
         if control:
-            rel += f" | {(r['wer'] / control['wer'] - 1) * 100:+.1f}%" if not name.startswith("unpruned") else " | -"
+            rel += f" | {(r['wer'] / control['wer'] - 1) * 100:+.1f}%" if name not in ("unpruned", control_name) else " | -"
         lines.append(f"| {name} | {r['wer']:.3f} | {rel} | {r['cer']:.3f} | {r['params_m']:.2f} | {r['gmacs_per_s']:.4f} "
                      f"| {kept:.1%} | {r['ms']:.1f} | {lat:.1%} | {ratio} |")  # fmt: skip
     for name, why in skipped.items():

@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from nemo_sew.bench.report import threads_text
 from nemo_sew.bench.timing import runner_latency_ms, torch_threads
 
 FORMS = (  # (label, nemo_sew.quant.onnx form, weight bits)
@@ -75,7 +76,7 @@ def fast_paths_markdown(per_family: dict[str, list[dict[str, Any]]], threads: in
     """The table of :func:`fast_paths` rows per family, relative to its fp32 eager row."""
     lines = [
         "", f"Fast CPU paths of each fp model (PTQ; whole CTC graph, mel features in PyTorch; test WER / CER; "
-        f"median batch-1 latency on {seconds:g} s of audio, {threads} thread{'s' if threads != 1 else ''}, runtimes timed in interleaved rounds):",
+        f"median batch-1 latency on {seconds:g} s of audio, {threads_text(threads)}, runtimes timed in interleaved rounds):",
         "", "| encoder | runtime | ONNX MB | test WER | rel. WER vs fp32 | test CER | latency (ms) | speed-up vs eager fp32 "
         "| vs onnxruntime fp32 |", "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip

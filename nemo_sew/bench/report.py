@@ -10,12 +10,23 @@ from pathlib import Path
 import torch
 
 
+def threads_text(threads: int) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{threads} thread{'s' if threads != 1 else ''}"
+
+
 def machine_line() -> str:
-    threads = torch.get_num_threads()
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{threads} thread{'s' if threads != 1 else ''}, {time.strftime('%Y-%m-%d')}"
+        f"{threads_text(torch.get_num_threads())}, {time.strftime('%Y-%m-%d')}"
     )
+
+
+def mean_spread(values) -> str:
+    """``mean ± half the range`` of one table cell's runs (seeds); one run: the value."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
 
 
 def append_benchmark(section: str, path: str | Path = "BENCHMARKS.md") -> None:

@@ -34,10 +34,10 @@ def bench_ssl_table(
     The labelled subset is the first ``labelled_minutes`` of the training manifest; the test split has
     held-out voices and sentences. Returns a markdown section.
     """
-    import json
 
     from manifests.synthetic import prepare_synthetic
 
+    from nemo_sew.bench.ssl_curve import labelled_subset
     from nemo_sew.evaluate import error_rates, transcribe_manifest
     from nemo_sew.ssl.targets import kmeans_from_manifest
     from nemo_sew.train import load_config, train
@@ -46,14 +46,7 @@ def bench_ssl_table(
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = prepare_synthetic(data_dir, hours=hours, seed=0)
     train_manifest, dev, test = (splits[k]["manifest"] for k in ("train", "dev", "test"))
-    labelled = out_dir / "labelled.json"
-    total, lines = 0.0, []
-    for line in Path(train_manifest).read_text().splitlines():
-        if total >= labelled_minutes * 60:
-            break
-        lines.append(line)
-        total += float(json.loads(line)["duration"])
-    labelled.write_text("\n".join(lines) + "\n")
+    labelled, total = labelled_subset(train_manifest, labelled_minutes, out_dir / "labelled.json")
 
     started = time.perf_counter()
     pre_overrides = [

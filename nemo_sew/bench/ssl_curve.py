@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nemo_sew.bench.cache import file_digest, kept_result
-from nemo_sew.bench.report import machine_line
+from nemo_sew.bench.report import machine_line, mean_spread
 
 OBJECTIVES = ("hubert", "hubert2", "wav2vec2")
 
@@ -166,8 +166,7 @@ def bench_ssl_curve(
         return sum(r[key] for r in runs) / len(runs)
 
     def cell(runs: list[dict], key: str) -> str:
-        values = [r[key] for r in runs]
-        return f"{mean(runs, key):.3f}" + (f" ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else "")
+        return mean_spread(r[key] for r in runs)
 
     lines = [
         "### Pre-training pays? Test CER after fine-tuning vs pre-training steps (synthetic corpus)",

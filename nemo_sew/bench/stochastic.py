@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nemo_sew.bench.cache import file_digest, kept_result
-from nemo_sew.bench.report import machine_line
+from nemo_sew.bench.report import machine_line, mean_spread
 
 
 def bench_stochastic_table(
@@ -88,14 +88,6 @@ def bench_stochastic_table(
     return "\n".join(lines) + "\n"
 
 
-def _spread(values: Sequence[float]) -> str:
-    """``mean ± half the range`` of one cell's seeds (one seed: the value)."""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
-
-
 def bench_stochastic_methods(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -105,7 +97,7 @@ def bench_stochastic_methods(
     seeds: Sequence[int] = (0, 1),
     factors: Sequence[int] = (1, 2, 4),
     sampler_values: Sequence[float] = (1, 2, 3, 4),
-    equal_time: str | None = "cost",
+    equal_time: bool = True,
     fixed: bool = True,
     finetune_steps: int = 0,
     finetune_factor: int = 2,
@@ -119,11 +111,9 @@ def bench_stochastic_methods(
 
     - every fixed model (one per factor in ``factors``) and every method trains ``steps`` steps (equal steps);
     - with ``equal_time``, every method but ``uniform`` trains again on the ``uniform`` run's time budget:
-      ``"cost"``: ``steps * cost(uniform) / cost(method)`` steps, the per-step costs measured by
-      :func:`step_times` (methods interleaved, so a loaded machine slows them alike; the step count, and so the
-      weights, are reproducible), measured once and kept in ``out_dir/step_costs.json``; ``"wall"``: the
-      wall-clock time the ``uniform`` run of the same seed took (``trainer.max_time``, the LR schedule fitted to
-      it), as many steps as fit (depends on the machine's load);
+      ``steps * cost(uniform) / cost(method)`` steps, the per-step costs measured by :func:`step_times`
+      (methods interleaved, so a loaded machine slows them alike; the step count, and so the weights, are
+      reproducible, unlike a wall-clock budget), measured once and kept in ``out_dir/step_costs.json``;
     - with ``finetune_steps``, every method's equal-steps model is fine-tuned at ``finetune_factor``
       (``recipes/finetune_profile.yaml``) for that many steps, and so is the fixed model of that factor (the
       control: it gets the same extra steps); the fine-tuned rows are relative to that control.
@@ -146,8 +136,6 @@ def bench_stochastic_methods(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods: expected some of {METHODS}, got {unknown}")
-    if equal_time not in (None, "cost", "wall"):
-        raise ValueError(f"equal_time: expected 'cost', 'wall' or None, got {equal_time!r}")
     if equal_time and "uniform" not in methods:
         raise ValueError("equal_time: the budget is the uniform run's time; expected 'uniform' among the methods")
     if finetune_steps and (not fixed or finetune_factor not in factors):
@@ -160,18 +148,18 @@ def bench_stochastic_methods(
     data = [f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
             f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}"]  # fmt: skip
 
-    def run(name: str, seed: int, overrides: list[str], max_steps: int, max_time: str | None, at=factors,
-            recipe_path=recipe, init: str | None = None) -> dict:  # fmt: skip
+    def run(name: str, seed: int, overrides: list[str], max_steps: int, at=factors, recipe_path=recipe,
+            init: str | None = None) -> dict:  # fmt: skip
         """Train (or reuse) one model; ``init``: the ``.nemo`` it starts from (its bytes are part of the key)."""
         run_dir = out_dir / f"{name}_seed{seed}"
         overrides = [*([f"init_from_nemo={init}"] if init else []), *overrides]
-        settings = {"recipe": str(recipe_path), "seed": seed, "max_steps": max_steps, "max_time": max_time,
+        settings = {"recipe": str(recipe_path), "seed": seed, "max_steps": max_steps, "max_time": None,
                     "overrides": [*data, *overrides, *extra], "factors": list(at), "test": str(test),
                     **({"init_sha256": file_digest(init)} if init else {})}  # fmt: skip
 
         def work() -> dict:
             cfg = load_config(recipe_path, [
-                *data, f"trainer.max_steps={max_steps}", f"trainer.max_time={max_time or 'null'}",
+                *data, f"trainer.max_steps={max_steps}", "trainer.max_time=null",
                 "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
                 f"seed={seed}", f"exp_manager.exp_dir={run_dir}", f"save_to={run_dir / 'model.nemo'}", *overrides, *extra,
             ])  # fmt: skip
@@ -187,7 +175,7 @@ def bench_stochastic_methods(
         return {**kept_result(run_dir / "result.json", settings, work), "nemo": str(run_dir / "model.nemo")}
 
     step_steps: dict[str, int] = {}
-    if equal_time == "cost":  # measured once per settings (measure before starting per-seed processes)
+    if equal_time:  # measured once per settings (measure before starting per-seed processes)
         cost_settings = {"recipe": str(recipe), "methods": list(methods), "rounds": cost_rounds, "warmup_rounds": 1,
                          "sampler_values": list(sampler_values), "extra": list(extra), "train": str(splits["train"]["manifest"])}  # fmt: skip
         costs = kept_result(out_dir / "step_costs.json", cost_settings,
@@ -195,43 +183,41 @@ def bench_stochastic_methods(
         step_steps = {m: max(1, round(steps * costs["uniform"] / costs[m])) for m in methods}
 
     results: dict[str, dict[int, dict]] = {}
+    reference: dict[str, str | None] = {}  # each row's reference: "fixed" (the fixed model per factor), a row, None
+
+    def add(row: str, seed: int, ref: str | None, result: dict) -> dict:
+        results.setdefault(row, {})[seed] = result
+        reference[row] = ref
+        return result
+
+    control = f"fixed s={finetune_factor} + {finetune_steps} at s={finetune_factor}"
     for seed in seeds:
         if fixed:
             for s in factors:
-                results.setdefault(f"fixed s={s}", {})[seed] = run(
+                add(f"fixed s={s}", seed, None, run(
                     f"fixed_s{s}", seed, [f"++model.encoder.arch.compressor.squeeze={s}", f"model.profile.squeeze={s}"],
-                    steps, None, at=[s],
-                )  # fmt: skip
-        budget = None
+                    steps, at=[s],
+                ))  # fmt: skip
         stochastic = {method: ["++model.encoder.arch.expander=phase",
                                f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
                                f"+model.stochastic={{method: {method}}}"] for method in methods}  # fmt: skip
+        ref = "fixed" if fixed else None
         for method in methods:
-            results.setdefault(f"{method}, equal steps", {})[seed] = r = run(method, seed, stochastic[method], steps, None)
-            if method == "uniform":
-                budget = r["seconds"]
-        if equal_time:
-            for method in methods:
-                if method == "uniform":
-                    continue
-                if equal_time == "cost":
-                    max_steps, max_time = step_steps[method], None
-                else:
-                    total = max(1, int(round(budget)))
-                    max_steps, max_time = 100 * steps, f"00:{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-                results.setdefault(f"{method}, equal time", {})[seed] = run(
-                    f"{method}_time", seed, stochastic[method], max_steps, max_time
-                )
+            add(f"{method}, equal steps", seed, ref, run(method, seed, stochastic[method], steps))
+        for method in methods if equal_time else ():
+            if method != "uniform":
+                add(f"{method}, equal time", seed, ref, run(f"{method}_time", seed, stochastic[method], step_steps[method]))
         if finetune_steps:
             finetune = Path(recipe).parent / "finetune_profile.yaml"
             sources = {f"fixed s={finetune_factor}": results[f"fixed s={finetune_factor}"][seed]}
             sources.update({method: results[f"{method}, equal steps"][seed] for method in methods})
             for source, r in sources.items():
                 name = f"fixed_s{finetune_factor}" if source.startswith("fixed") else source
-                results.setdefault(f"{source} + {finetune_steps} at s={finetune_factor}", {})[seed] = run(
-                    f"{name}_ft{finetune_factor}", seed, [f"profile.squeeze={finetune_factor}"], finetune_steps, None,
+                row = f"{source} + {finetune_steps} at s={finetune_factor}"
+                add(row, seed, None if row == control else control, run(
+                    f"{name}_ft{finetune_factor}", seed, [f"profile.squeeze={finetune_factor}"], finetune_steps,
                     at=[finetune_factor], recipe_path=finetune, init=r["nemo"],
-                )  # fmt: skip
+                ))  # fmt: skip
     (out_dir / "bench_stochastic_methods.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
 
     def mean_of(name: str, metric: str, s: int) -> float | None:
@@ -239,14 +225,9 @@ def bench_stochastic_methods(
         got = [r[metric][str(s)] for r in runs if str(s) in r[metric]]
         return sum(got) / len(got) if got else None
 
-    control = f"fixed s={finetune_factor} + {finetune_steps} at s={finetune_factor}"
-    if equal_time == "cost":
-        budget_text = ("Equal time: the uniform run's steps times the per-step cost ratio uniform / method, measured "
-                       "with the methods interleaved (`out_dir/step_costs.json`: "
-                       + ", ".join(f"{m} {costs[m] / costs['uniform']:.2f}x" for m in methods) + ").")  # fmt: skip
-    else:
-        budget_text = ("Equal time: the wall-clock time of the uniform run of the same seed (`trainer.max_time`, LR "
-                       "schedule fitted to it).")  # fmt: skip
+    budget_text = ("Equal time: the uniform run's steps times the per-step cost ratio uniform / method, measured "
+                   "with the methods interleaved (`out_dir/step_costs.json`: "
+                   + ", ".join(f"{m} {costs[m] / costs['uniform']:.2f}x" for m in methods) + ").") if equal_time else ""  # fmt: skip
     lines = [
         f"### Stochastic training methods vs fixed squeeze (synthetic corpus, {steps} steps; seeds {list(seeds)})",
         "",
@@ -273,12 +254,10 @@ def bench_stochastic_methods(
                 if not got:
                     cells.append("-")
                     continue
-                if name == control or (name.startswith("fixed") and " + " not in name):
-                    ref = None  # the references themselves
-                else:  # fine-tuned rows against the fine-tuned fixed model, the rest against the fixed models
-                    ref = mean_of(control if " + " in name else f"fixed s={s}", metric, s) if fixed else None
+                ref_row = reference[name]
+                ref = mean_of(f"fixed s={s}" if ref_row == "fixed" else ref_row, metric, s) if ref_row else None
                 rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref else ""
-                cells.append(_spread(got) + rel)
+                cells.append(mean_spread(got) + rel)
         lines.append(f"| {name} | {budget_cell} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
