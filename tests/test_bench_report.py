@@ -24,13 +24,14 @@ def test_mean_spread_is_the_mean_and_half_the_range():
     assert (threads_text(1), threads_text(4)) == ("1 thread", "4 threads")
 
 
-def test_save_at_steps_needs_save_to():
+def test_save_at_steps_needs_save_to(tmp_path):
     import pytest
 
     from nemo_sew.train import load_config, train
 
+    manifest = tmp_path / "train.json"  # never read: the check comes first (augmentation assets go beside it)
     cfg = load_config("recipes/ctc_char_tiny_mel.yaml", ["+save_at_steps=[5]", "save_to=null",
-                                                         "model.train_ds.manifest_filepath=x.json",
-                                                         "model.validation_ds.manifest_filepath=x.json"])  # fmt: skip
+                                                         f"model.train_ds.manifest_filepath={manifest}",
+                                                         f"model.validation_ds.manifest_filepath={manifest}"])  # fmt: skip
     with pytest.raises(ValueError, match="save_at_steps: set save_to"):
         train(cfg)
