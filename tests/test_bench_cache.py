@@ -1,6 +1,9 @@
 """Benchmark runs kept with the settings that made them (nemo_sew.bench.cache)."""
 
 import json
+import multiprocessing
+import os
+import time
 
 from nemo_sew.bench.cache import file_digest, kept_result
 
@@ -33,3 +36,27 @@ def test_a_retrained_source_model_is_another_input(tmp_path):
     assert file_digest(source) != first
     kept_result(tmp_path / "ft.json", {"init": str(source), "init_sha256": file_digest(source)}, work)
     assert len(calls) == 2
+
+
+def _kept_in_process(path, log, queue):
+    def work():
+        with open(log, "a") as f:
+            f.write("computed\n")
+        time.sleep(0.5)  # long enough for the other process to reach the lock while this one holds it
+        return {"pid": os.getpid()}
+
+    queue.put(kept_result(path, {"run": 1}, work))
+
+
+def test_kept_result_runs_once_across_processes(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    log = tmp_path / "log.txt"
+    procs = [ctx.Process(target=_kept_in_process, args=(tmp_path / "run" / "result.json", log, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert log.read_text().count("computed") == 1  # the second process waited and took the first one's result
+    assert results[0] == results[1]

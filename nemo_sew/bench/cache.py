@@ -1,9 +1,11 @@
 """Keeping a benchmark run's result with the settings that made it, so that a re-run (or another process of the
-same benchmark) reuses it. Keys are the run's recipe path, overrides and inputs, not the recipes' contents:
+same benchmark) reuses it: processes that share an output folder (seeds or objectives run side by side) compute
+each run once, the others wait for it and take its result. Keys are the run's recipe path, overrides and inputs, not the recipes' contents:
 after editing a recipe, give the benchmark a fresh ``--out``."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -28,15 +30,20 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def kept_result(path: Path, settings: dict, work: Callable[[], Any]) -> Any:
     """``work()``'s result, computed once per ``settings``: kept in ``path`` (JSON) with them, and returned from
-    there when a later call gives the same settings (JSON-equal)."""
+    there when a later call gives the same settings (JSON-equal). A lock file beside ``path`` (``flock``, released
+    by the kernel if the process dies) serialises processes on the same run: a second process waits for the first
+    and reuses its result instead of training the same model into the same folder."""
     settings = json.loads(json.dumps(settings))
-    if path.is_file():
-        kept = json.loads(path.read_text())
-        if kept.get("settings") == settings:
-            return kept["result"]
-    result = json.loads(json.dumps(work()))  # the kept form (string keys)
-    write_json_atomic(path, {"settings": settings, "result": result})
-    return result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            kept = json.loads(path.read_text())
+            if kept.get("settings") == settings:
+                return kept["result"]
+        result = json.loads(json.dumps(work()))  # the kept form (string keys)
+        write_json_atomic(path, {"settings": settings, "result": result})
+        return result
 
 
 __all__ = ["file_digest", "kept_result", "write_json_atomic"]
