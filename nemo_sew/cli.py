@@ -199,6 +199,19 @@ def _cmd_bench_ssl_curve(args: argparse.Namespace) -> int:
     return _emit(section, args)
 
 
+def _cmd_bench_ssl_stochastic(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.ssl_stochastic import bench_ssl_stochastic
+
+    section = bench_ssl_stochastic(
+        args.data, args.out, objective=args.objective, pretrain_steps=args.pretrain_steps,
+        labelled_minutes=args.labelled_minutes, finetune_steps=args.finetune_steps, factors=args.factors,
+        sampler_values=args.sampler_values, finetune_method=args.finetune_method, seeds=args.seeds,
+        clusters=args.clusters, hours=args.hours, extra_pretrain=args.pretrain_override,
+        extra_finetune=args.finetune_override, command="nemo-sew " + " ".join(args.argv),
+    )  # fmt: skip
+    return _emit(section, args)
+
+
 def _cmd_bench_ssl(args: argparse.Namespace) -> int:
     from nemo_sew.bench.ssl import bench_ssl_table
 
@@ -458,6 +471,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="benchmarks/ssl_curve.png", help="PNG of CER vs pre-training steps")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_ssl_curve)
+
+    p = bench_sub.add_parser("ssl-stochastic", help="stochastic squeeze pre-trained then fine-tuned vs fixed squeeze")
+    p.add_argument("--data", default="data/synthetic")
+    p.add_argument("--out", default="outputs/bench_ssl_stochastic")
+    p.add_argument("--objective", choices=["hubert", "wav2vec2"], default="hubert")
+    p.add_argument("--pretrain-steps", type=int, default=1200)
+    p.add_argument("--labelled-minutes", type=float, default=20.0)
+    p.add_argument("--finetune-steps", type=int, default=1000)
+    p.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4], help="squeeze factors compared")
+    p.add_argument("--sampler-values", type=float, nargs="+", default=[1, 2, 3, 4],
+                   help="the squeeze factors the stochastic pre-training draws from")
+    p.add_argument("--finetune-method", default="sandwich",
+                   help="how the stochastic fine-tuning uses the sampler (uniform sandwich inplace_distill weighted)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds per cell")
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--pretrain-override", nargs="*", default=[], help="pre-training recipe overrides key=value")
+    p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_ssl_stochastic)
 
     p = bench_sub.add_parser("purity", help="PNMI of HuBERT k-means targets vs characters aligned by a CTC model")
     p.add_argument("--aligner", required=True, help="a trained SqueezeCTCModel .nemo (e.g. outputs/demo/model.nemo)")

@@ -47,6 +47,110 @@ def labelled_subset(train_manifest: str | Path, minutes: float, out: Path) -> tu
     return out, total
 
 
+def pretrain_ssl(
+    run_dir: Path,
+    recipe: str | Path,
+    steps: Sequence[int],
+    train_manifest: str,
+    dev: str,
+    features: str | None = "mfcc",
+    layer: int | None = None,
+    clusters: int = 100,
+    extra: Sequence[str] = (),
+    kmeans_dir: Path | None = None,
+) -> dict:
+    """One pre-training run of ``recipe`` to the largest of ``steps`` (seed 0), a ``.nemo`` snapshot at each
+    (``save_at_steps``, one LR schedule); kept in ``run_dir/result.json`` and reused.
+
+    ``features``: HuBERT, with k-means targets on these features (``mfcc``, or a ``.nemo`` model whose first
+    ``layer`` blocks give them: iteration 2), fitted on 1 h of ``train_manifest`` and kept in ``kmeans_dir``
+    (default ``run_dir``; runs that share it share the targets); ``None``: the wav2vec 2.0 objective. Returns the
+    kept result plus ``nemo``: ``{str(step): snapshot path}``.
+    """
+    from nemo_sew.ssl.targets import kmeans_from_manifest
+    from nemo_sew.train import load_config, train
+
+    steps = sorted({int(s) for s in steps})
+    final = run_dir / "ssl.nemo"
+    overrides = [f"model.train_ds.manifest_filepath={train_manifest}", f"model.validation_ds.manifest_filepath={dev}",
+                 f"trainer.max_steps={steps[-1]}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+                 "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", "seed=0",
+                 f"save_to={final}", f"+save_at_steps=[{','.join(str(s) for s in steps[:-1])}]" if steps[:-1] else None]  # fmt: skip
+    overrides = [o for o in overrides if o]
+    inputs = {}
+    if features is not None:
+        km_dir = kmeans_dir or run_dir
+        km_settings = {"manifest": train_manifest, "features": features, "layer": layer, "clusters": clusters,
+                       "max_hours": 1.0, **({"teacher_sha256": file_digest(features)} if features != "mfcc" else {})}  # fmt: skip
+        centroids = km_dir / f"km{clusters}.npy"
+        inputs = kept_result(km_dir / "kmeans.json", km_settings, lambda: {
+            **kmeans_from_manifest(train_manifest, centroids, features, layer=layer, num_clusters=clusters, max_hours=1.0),
+            "centroids_sha256": file_digest(centroids)})  # fmt: skip
+        overrides += ["model.objective=hubert", f"model.hubert.features={features}", f"model.hubert.centroids={centroids}",
+                      f"model.hubert.num_clusters={clusters}", f"++model.hubert.layer={'null' if layer is None else layer}"]  # fmt: skip
+    else:
+        overrides.append("model.objective=wav2vec2")
+    overrides += list(extra)
+
+    snapshots = {str(s): str(final.with_name(f"ssl_step{s}.nemo")) for s in steps[:-1]}
+    snapshots[str(steps[-1])] = str(final)
+
+    def work() -> dict:
+        for path in snapshots.values():  # an earlier run's files are not this run's
+            Path(path).unlink(missing_ok=True)
+        start = time.perf_counter()
+        model = train(load_config(recipe, overrides))
+        metrics = {k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("val_")}
+        return {"minutes": (time.perf_counter() - start) / 60, "val": metrics}
+
+    result = kept_result(run_dir / "result.json", {"recipe": str(recipe), "overrides": overrides,
+                                                   "targets": inputs.get("centroids_sha256")}, work)  # fmt: skip
+    missing = [p for p in snapshots.values() if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"pre-training snapshots missing (delete {run_dir / 'result.json'} to re-run): {missing}")
+    return {**result, "nemo": snapshots}
+
+
+def finetune_ctc(
+    run_dir: Path,
+    recipe: str | Path,
+    init: str | None,
+    labelled: str | Path,
+    dev: str,
+    test: str,
+    steps: int,
+    seed: int,
+    extra: Sequence[str] = (),
+    factors: Sequence[float] | None = None,
+    save: bool = False,
+) -> dict:
+    """Fine-tune ``recipe`` (CTC) from the pre-trained ``init`` (``None``: random initialisation) on ``labelled``
+    for ``steps`` steps, then test WER and CER: ``{"wer", "cer"}`` at the model's profile, or with ``factors``
+    ``{"wer": {str(s): ...}, "cer": {...}}`` at each squeeze factor. Kept in ``run_dir/result.json`` (the key
+    holds the bytes of ``init``) and reused; with ``save``, the model too (``run_dir/model.nemo``)."""
+    from nemo_sew.evaluate import error_rates, transcribe_manifest
+    from nemo_sew.train import load_config, train
+
+    overrides = [f"model.train_ds.manifest_filepath={labelled}", f"model.validation_ds.manifest_filepath={dev}",
+                 f"trainer.max_steps={steps}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
+                 "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", f"seed={seed}",
+                 *([f"init_from_ssl={init}"] if init else []), *([f"save_to={run_dir / 'model.nemo'}"] if save else []),
+                 *extra]  # fmt: skip
+
+    def work() -> dict:
+        model = train(load_config(recipe, overrides))
+        if factors is None:
+            wer, cer = error_rates(*transcribe_manifest(model, test))
+            return {"wer": wer, "cer": cer}
+        got = {s: error_rates(*transcribe_manifest(model, test, profile=s)) for s in factors}
+        return {"wer": {s: w for s, (w, _) in got.items()}, "cer": {s: c for s, (_, c) in got.items()}}
+
+    settings = {"recipe": str(recipe), "overrides": overrides, "test": test,
+                "init_sha256": file_digest(init) if init else None,
+                **({"factors": list(factors)} if factors is not None else {})}  # fmt: skip
+    return kept_result(run_dir / "result.json", settings, work)
+
+
 def bench_ssl_curve(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -75,10 +179,6 @@ def bench_ssl_curve(
     """
     from manifests.synthetic import prepare_synthetic
 
-    from nemo_sew.evaluate import error_rates, transcribe_manifest
-    from nemo_sew.ssl.targets import kmeans_from_manifest
-    from nemo_sew.train import load_config, train
-
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad or not objectives:
         raise ValueError(f"objectives: expected some of {OBJECTIVES}, got {list(objectives)}")
@@ -91,65 +191,18 @@ def bench_ssl_curve(
     train_manifest, dev, test = (str(splits[k]["manifest"]) for k in ("train", "dev", "test"))
 
     def pretrain(objective: str) -> dict:
-        run_dir = out_dir / f"pretrain_{objective}"
-        final = run_dir / "ssl.nemo"
-        overrides = [f"model.train_ds.manifest_filepath={train_manifest}", f"model.validation_ds.manifest_filepath={dev}",
-                     f"trainer.max_steps={steps[-1]}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
-                     "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", "seed=0",
-                     f"save_to={final}", f"+save_at_steps=[{','.join(str(s) for s in steps[:-1])}]" if steps[:-1] else None]  # fmt: skip
-        overrides = [o for o in overrides if o]
-        inputs = {}
-        if objective in ("hubert", "hubert2"):
-            teacher = "mfcc" if objective == "hubert" else pretrain("hubert")["nemo"][str(steps[-1])]
-            layer = None if objective == "hubert" else iter2_layer
-            km_settings = {"manifest": train_manifest, "features": teacher, "layer": layer, "clusters": clusters,
-                           "max_hours": 1.0, **({"teacher_sha256": file_digest(teacher)} if teacher != "mfcc" else {})}  # fmt: skip
-            centroids = run_dir / f"km{clusters}.npy"
-            inputs = kept_result(run_dir / "kmeans.json", km_settings, lambda: {
-                **kmeans_from_manifest(train_manifest, centroids, teacher, layer=layer, num_clusters=clusters, max_hours=1.0),
-                "centroids_sha256": file_digest(centroids)})  # fmt: skip
-            overrides += ["model.objective=hubert", f"model.hubert.features={teacher}", f"model.hubert.centroids={centroids}",
-                          f"model.hubert.num_clusters={clusters}", f"++model.hubert.layer={'null' if layer is None else layer}"]  # fmt: skip
-        else:
-            overrides.append("model.objective=wav2vec2")
-        overrides += list(extra_pretrain)
-
-        snapshots = {str(s): str(final.with_name(f"ssl_step{s}.nemo")) for s in steps[:-1]}
-        snapshots[str(steps[-1])] = str(final)
-
-        def work() -> dict:
-            for path in snapshots.values():  # an earlier run's files are not this run's
-                Path(path).unlink(missing_ok=True)
-            start = time.perf_counter()
-            model = train(load_config(pretrain_recipe, overrides))
-            metrics = {k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("val_")}
-            return {"minutes": (time.perf_counter() - start) / 60, "val": metrics}
-
-        result = kept_result(run_dir / "result.json", {"recipe": str(pretrain_recipe), "overrides": overrides,
-                                                       "targets": inputs.get("centroids_sha256")}, work)  # fmt: skip
-        missing = [p for p in snapshots.values() if not Path(p).is_file()]
-        if missing:
-            raise FileNotFoundError(f"pre-training snapshots missing (delete {run_dir / 'result.json'} to re-run): {missing}")
-        return {**result, "nemo": snapshots}
+        features = {"hubert": "mfcc", "wav2vec2": None}.get(objective)
+        if objective == "hubert2":  # iteration 2: targets from the final iteration-1 model
+            features = pretrain("hubert")["nemo"][str(steps[-1])]
+        layer = iter2_layer if objective == "hubert2" else None
+        return pretrain_ssl(out_dir / f"pretrain_{objective}", pretrain_recipe, steps, train_manifest, dev, features,
+                            layer, clusters, extra_pretrain)  # fmt: skip
 
     subsets = {m: labelled_subset(train_manifest, m, out_dir / f"labelled_{m:g}min.json") for m in labelled_minutes}
 
     def finetune(init: str | None, minutes: float, seed: int, name: str) -> dict:
-        labelled = subsets[minutes][0]
-        run_dir = out_dir / f"ft_{name}_{minutes:g}min_seed{seed}"
-        overrides = [f"model.train_ds.manifest_filepath={labelled}", f"model.validation_ds.manifest_filepath={dev}",
-                     f"trainer.max_steps={finetune_steps}", "trainer.max_time=null", "trainer.enable_progress_bar=false",
-                     "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={run_dir}", f"seed={seed}",
-                     *([f"init_from_ssl={init}"] if init else []), *extra_finetune]  # fmt: skip
-
-        def work() -> dict:
-            model = train(load_config(finetune_recipe, overrides))
-            wer, cer = error_rates(*transcribe_manifest(model, test))
-            return {"wer": wer, "cer": cer}
-
-        settings = {"recipe": str(finetune_recipe), "overrides": overrides, "test": test,
-                    "init_sha256": file_digest(init) if init else None}  # fmt: skip
-        return kept_result(run_dir / "result.json", settings, work)
+        return finetune_ctc(out_dir / f"ft_{name}_{minutes:g}min_seed{seed}", finetune_recipe, init, subsets[minutes][0],
+                            dev, test, finetune_steps, seed, extra_finetune)  # fmt: skip
 
     pre = {o: pretrain(o) for o in objectives}
     rows: dict[tuple[str, int, float], list[dict]] = {}
@@ -214,4 +267,4 @@ def bench_ssl_curve(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["OBJECTIVES", "bench_ssl_curve", "labelled_subset"]
+__all__ = ["OBJECTIVES", "bench_ssl_curve", "finetune_ctc", "labelled_subset", "pretrain_ssl"]

@@ -1,0 +1,143 @@
+"""``nemo-sew bench ssl-stochastic``: the stochastic-squeeze model in the seed's own setting, pre-trained with the
+squeeze sampler on and then fine-tuned, against models pre-trained and fine-tuned at one fixed factor (trains models).
+
+    nemo-sew bench ssl-stochastic --pretrain-steps 1200 --labelled-minutes 20 --finetune-steps 1000 \\
+        --factors 1 2 4 --seeds 0 1 --write BENCHMARKS.md
+
+Runs, all on the same corpus, pre-training recipe, targets and fine-tuning recipe:
+
+- **fixed**: per factor s, pre-train at s, fine-tune at s, test at s (the reference of its column);
+- **stochastic pre-training**: pre-train once with the squeeze sampler (each step draws s from
+  ``sampler_values``; a factor-agnostic expander returns 20 ms), then
+  - fine-tune at each s with the sampler off (one model per factor), test at s;
+  - fine-tune once with the sampler on (``finetune_method``, :mod:`nemo_sew.stochastic`), test at every s:
+    one model for every budget.
+
+Pre-training runs once per model (seed 0); fine-tuning runs once per seed in ``seeds`` (cells: mean ± half the
+range). Every run is kept in ``out_dir/<run>/result.json`` (fine-tuned models in ``model.nemo`` beside it) and reused (:mod:`nemo_sew.bench.cache`), so seeds
+or factors can run as separate processes on one ``--out``. Cost at the defaults on one CPU thread (tiny_mel
+conformer, 3.5 h corpus): about 20 min per 1200-step pre-training, 10 min per 1000-step fine-tuning, about
+3x that for the sandwich fine-tuning; 4 + 2 x 3 + 1 runs per seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from nemo_sew.bench.report import machine_line, mean_spread
+from nemo_sew.bench.ssl_curve import finetune_ctc, labelled_subset, pretrain_ssl
+
+
+def bench_ssl_stochastic(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    objective: str = "hubert",
+    pretrain_steps: int = 1200,
+    labelled_minutes: float = 20.0,
+    finetune_steps: int = 1000,
+    factors: Sequence[int] = (1, 2, 4),
+    sampler_values: Sequence[float] = (1, 2, 3, 4),
+    finetune_method: str = "sandwich",
+    seeds: Sequence[int] = (0,),
+    clusters: int = 100,
+    pretrain_recipe: str | Path = "recipes/ssl_tiny_mel.yaml",
+    finetune_recipe: str | Path = "recipes/ctc_char_finetune_tiny_mel.yaml",
+    hours: float = 3.5,
+    extra_pretrain: Sequence[str] = (),
+    extra_finetune: Sequence[str] = (),
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """The table (a markdown section); raw results in ``out_dir/bench_ssl_stochastic.json``.
+
+    ``objective``: ``hubert`` (iteration 1, one k-means on MFCC shared by every pre-training) or ``wav2vec2``.
+    ``splits``: an already prepared corpus (:func:`manifests.synthetic.prepare_synthetic`'s return value)
+    instead of ``data_dir``.
+    """
+    from manifests.synthetic import prepare_synthetic
+
+    from nemo_sew.stochastic import METHODS
+
+    if objective not in ("hubert", "wav2vec2"):
+        raise ValueError(f"objective: expected 'hubert' or 'wav2vec2', got {objective!r}")
+    if finetune_method not in METHODS:
+        raise ValueError(f"finetune_method: expected one of {METHODS}, got {finetune_method!r}")
+    if pretrain_steps <= 0 or finetune_steps <= 0 or not factors or not seeds:
+        raise ValueError("expected positive pretrain_steps and finetune_steps, and at least one factor and one seed")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    train_manifest, dev, test = (str(splits[k]["manifest"]) for k in ("train", "dev", "test"))
+    labelled, labelled_seconds = labelled_subset(train_manifest, labelled_minutes, out_dir / f"labelled_{labelled_minutes:g}min.json")
+    values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
+    features = "mfcc" if objective == "hubert" else None
+
+    def pretrain(name: str, overrides: list[str]) -> dict:
+        return pretrain_ssl(out_dir / f"pretrain_{name}", pretrain_recipe, [pretrain_steps], train_manifest, dev,
+                            features, None, clusters, [*overrides, *extra_pretrain], kmeans_dir=out_dir / "kmeans")  # fmt: skip
+
+    def fixed_at(s: int) -> list[str]:
+        return [f"++model.encoder.arch.compressor.squeeze={s}", f"model.profile.squeeze={s}"]
+
+    pre = {f"fixed_s{s}": pretrain(f"fixed_s{s}", fixed_at(s)) for s in factors}
+    pre["stochastic"] = pretrain("stochastic", ["++model.encoder.arch.expander=phase",
+                                                f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: 0}}"])  # fmt: skip
+
+    def finetune(name: str, init: str, seed: int, overrides: list[str], at: Sequence[int]) -> dict:
+        return finetune_ctc(out_dir / f"ft_{name}_seed{seed}", finetune_recipe, init, labelled, dev, test,
+                            finetune_steps, seed, [*overrides, *extra_finetune], factors=list(at), save=True)  # fmt: skip
+
+    stochastic_row = f"stochastic pre-training, {finetune_method} fine-tuning (one model)"
+    rows: dict[str, dict[int, list[dict]]] = {}  # row -> factor -> one result per seed
+    for seed in seeds:
+        for s in factors:
+            rows.setdefault("fixed pre-training and fine-tuning at s", {}).setdefault(s, []).append(
+                finetune(f"fixed_s{s}", pre[f"fixed_s{s}"]["nemo"][str(pretrain_steps)], seed, [f"model.profile.squeeze={s}"], [s]))  # fmt: skip
+            rows.setdefault("stochastic pre-training, fine-tuned at s (sampler off)", {}).setdefault(s, []).append(
+                finetune(f"stochastic_at_s{s}", pre["stochastic"]["nemo"][str(pretrain_steps)], seed,
+                         ["++model.encoder_overrides.squeeze_sampler=null", f"model.profile.squeeze={s}"], [s]))  # fmt: skip
+        one = finetune(f"stochastic_{finetune_method}", pre["stochastic"]["nemo"][str(pretrain_steps)], seed,
+                       [f"++model.stochastic={{method: {finetune_method}}}"], factors)  # fmt: skip
+        for s in factors:
+            rows.setdefault(stochastic_row, {}).setdefault(s, []).append({k: one[k][str(s)] for k in ("wer", "cer")})
+    for per_factor in rows.values():  # single-factor runs hold {"wer": {"s": x}}: flatten to {"wer": x}
+        for runs in per_factor.values():
+            for r in runs:
+                for k in ("wer", "cer"):
+                    if isinstance(r[k], dict):
+                        (r[k],) = r[k].values()
+    (out_dir / "bench_ssl_stochastic.json").write_text(json.dumps({"pretrain": pre, "finetune": rows}, indent=2) + "\n")
+
+    def mean(runs: list[dict], key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
+
+    reference = rows["fixed pre-training and fine-tuning at s"]
+    lines = [
+        f"### Stochastic squeeze pre-trained, then fine-tuned, vs fixed squeeze ({objective}, synthetic corpus)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"Pre-training: `{pretrain_recipe}`, {objective}, {pretrain_steps} steps on all {hours:g} h of training audio "
+        f"(no labels), seed 0, one run per model: fixed at each s, and stochastic (squeeze ~ U{values} per step, phase "
+        "expander); " + ", ".join(f"{name} {p['minutes']:.1f} min" for name, p in pre.items()) + "  ",
+        f"Fine-tuning: `{finetune_recipe}`, {finetune_steps} steps on the first {labelled_minutes:g} min "
+        f"({labelled_seconds / 60:.1f} min) of labelled training audio, seeds {list(seeds)}; test = held-out voices "
+        "and sentences. Cells: test WER / CER, mean over seeds ± half their range; in brackets: WER relative to the "
+        "fixed row at that factor.",
+        "",
+        "| pre-training, fine-tuning | " + " | ".join(f"s={s}: WER / CER" for s in factors) + " |",
+        "|---|" + "---|" * len(factors),
+    ]  # fmt: skip
+    for name, per_factor in rows.items():
+        cells = []
+        for s in factors:
+            runs = per_factor[s]
+            rel = "" if per_factor is reference else f" ({mean(runs, 'wer') / mean(reference[s], 'wer') - 1:+.1%})"
+            cells.append(f"{mean_spread(r['wer'] for r in runs)} / {mean_spread(r['cer'] for r in runs)}{rel}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["bench_ssl_stochastic"]
