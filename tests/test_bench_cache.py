@@ -5,7 +5,9 @@ import multiprocessing
 import os
 import time
 
-from nemo_sew.bench.cache import file_digest, kept_result
+import pytest
+
+from nemo_sew.bench.cache import file_digest, kept_file, kept_result
 
 
 def test_kept_result_reuses_only_the_same_settings(tmp_path):
@@ -60,3 +62,25 @@ def test_kept_result_runs_once_across_processes(tmp_path):
         p.join(timeout=60)
     assert log.read_text().count("computed") == 1  # the second process waited and took the first one's result
     assert results[0] == results[1]
+
+
+def test_kept_file_is_made_again_when_settings_or_bytes_change(tmp_path):
+    path, made = tmp_path / "model.nemo", []
+
+    def make(text="weights"):
+        made.append(text)
+        path.write_text(text)
+
+    assert kept_file(path, {"overrides": ["a=1"]}, make) == path and len(made) == 1
+    kept_file(path, {"overrides": ["a=1"]}, make)
+    assert len(made) == 1  # same settings, same bytes: reused
+    kept_file(path, {"overrides": ["a=2"]}, make)
+    assert len(made) == 2  # other settings
+    path.write_text("edited by hand")
+    kept_file(path, {"overrides": ["a=2"]}, make)
+    assert len(made) == 3 and path.read_text() == "weights"  # the kept file's bytes changed
+    path.unlink()
+    kept_file(path, {"overrides": ["a=2"]}, make)
+    assert len(made) == 4
+    with pytest.raises(FileNotFoundError, match="without writing it"):
+        kept_file(tmp_path / "never.nemo", {}, lambda: None)

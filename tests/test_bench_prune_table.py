@@ -42,6 +42,14 @@ def test_prune_table_prunes_measures_and_trains_the_shape_from_scratch(tiny_ctc_
     assert results["unpruned_+2"]["gmacs_per_s"] == results["unpruned"]["gmacs_per_s"]
     # the tiny model's log-mel front end has no MACs: front-end pruning is said not to run, not silently dropped
     assert "frontend_0.6" not in names and "Not run: frontend: the front end has no MACs" in section
+    # kept models: the same settings reuse them, other overrides train them again (not a stale file reused)
+    stamps = {f.name: f.stat().st_mtime_ns for f in out.glob("*.nemo")}
+    again = dict(budgets=["sepmac"], targets=[0.6], prune_steps=2, scratch=[], control=False, threads=1, runs=1)
+    bench_prune_table(tiny_ctc_nemo, data, out, extra=FAST, **again)
+    assert {f.name: f.stat().st_mtime_ns for f in out.glob("*.nemo")} == stamps
+    bench_prune_table(tiny_ctc_nemo, data, out, extra=[*FAST, "trainer.gradient_clip_val=1.0"], **again)
+    assert (out / "sepmac_0.6.nemo").stat().st_mtime_ns != stamps["sepmac_0.6.nemo"]
+    assert (out / "scratch_0.6.nemo").stat().st_mtime_ns == stamps["scratch_0.6.nemo"]
 
 
 def test_scratch_needs_its_step_count(tiny_ctc_nemo, tmp_path):

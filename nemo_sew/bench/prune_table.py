@@ -18,7 +18,8 @@ that what pruning costs is not confused with what the extra steps give. Every mo
 (WER, CER), counted (parameters, analytic encoder MACs at 10 s) and timed (eager, batch 1, 10 s of audio,
 preprocessor + encoder + head, all models in the same interleaved rounds).
 
-Every trained model is kept in ``--out``; a re-run with the same settings reuses them.
+Every trained model is kept in ``--out`` with the settings that made it (``nemo_sew.bench.cache.kept_file``); a re-run
+with the same settings (overrides, base model bytes) reuses it, other settings train it again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
+from nemo_sew.bench.cache import file_digest, kept_file
 from nemo_sew.bench.report import machine_line, threads_text
 from nemo_sew.bench.timing import runner_latency_ms, torch_threads
 
@@ -95,6 +97,7 @@ def bench_prune_table(
     if scratch and not scratch_steps:
         raise ValueError("scratch_steps: give the base model's training steps plus prune_steps (the same total)")
     base = restore(model_path)
+    base_sha = file_digest(model_path)  # every run's key: a retrained base model is another input
     skipped: dict[str, str] = {}
     if _frontend_macs(base) == 0:  # sepmac and transformer-only then have mac's one constraint
         skipped["frontend"] = "the front end has no MACs (log-mel features): nothing for front-end masks to save"
@@ -116,10 +119,10 @@ def bench_prune_table(
                 overrides.append(f"pruning.units=[{','.join(_UNITS[budget])}]")
             if budget == "size" and f"sepmac_{target:g}" in realised:  # equal MACs: sepmac's parameter fraction
                 overrides[1] = f"pruning.target={realised[f'sepmac_{target:g}']['params']:.4f}"
-            if not pruned.exists():
-                train(load_config("recipes/prune_ctc_tiny_mel.yaml", [
-                    *common, *overrides, f"exp_manager.exp_dir={out_dir / name}", f"save_to={out_dir / name}_masked.nemo",
-                    f"pruned_save_to={pruned}", f"pruned_name={name}"]))  # fmt: skip
+            run = [*common, *overrides, f"exp_manager.exp_dir={out_dir / name}", f"save_to={out_dir / name}_masked.nemo",
+                   f"pruned_save_to={pruned}", f"pruned_name={name}"]  # fmt: skip
+            kept_file(pruned, {"recipe": "recipes/prune_ctc_tiny_mel.yaml", "overrides": run, "init_sha256": base_sha},
+                      lambda: train(load_config("recipes/prune_ctc_tiny_mel.yaml", run)))  # fmt: skip
             paths[name] = pruned
             realised[name] = _fractions(restore(pruned), base)
     total = int(scratch_steps or 0)
@@ -130,27 +133,32 @@ def bench_prune_table(
             continue
         name = f"scratch_{target:g}"
         trained = out_dir / f"{name}.nemo"
-        if not trained.exists():
-            init = _scratch_init(source, out_dir / f"{name}_init.nemo", seed=0)
-            train(load_config("recipes/ctc_char_tiny_mel.yaml", [
-                f"init_from_nemo={init}", "+profile={squeeze: 2}", f"model.train_ds.manifest_filepath={train_m}",
-                f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={total}", "trainer.max_time=null",
-                "anneal_to_max_time=false", "trainer.enable_progress_bar=false", "seed=0",
-                "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={out_dir / name}",
-                f"save_to={trained}", *extra]))  # fmt: skip
+        init = out_dir / f"{name}_init.nemo"
+        run = [f"init_from_nemo={init}", "+profile={squeeze: 2}", f"model.train_ds.manifest_filepath={train_m}",
+               f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={total}", "trainer.max_time=null",
+               "anneal_to_max_time=false", "trainer.enable_progress_bar=false", "seed=0",
+               "exp_manager.create_checkpoint_callback=false", f"exp_manager.exp_dir={out_dir / name}",
+               f"save_to={trained}", *extra]  # fmt: skip
+
+        def from_scratch(source: Path = source, init: Path = init, run: list[str] = run) -> None:
+            _scratch_init(source, init, seed=0)
+            train(load_config("recipes/ctc_char_tiny_mel.yaml", run))
+
+        kept_file(trained, {"recipe": "recipes/ctc_char_tiny_mel.yaml", "overrides": run,
+                            "shape_from_sha256": file_digest(source)}, from_scratch)  # fmt: skip
         paths[name] = trained
     if control:  # the unpruned model trained as many more steps, same LR: what the extra steps alone give
         name = f"unpruned_+{prune_steps}"
         trained = out_dir / f"{name}.nemo"
-        if not trained.exists():
-            optim = load_config("recipes/prune_ctc_tiny_mel.yaml", [f"init_from_nemo={model_path}", *extra]).model.optim
-            train(load_config("recipes/finetune_profile.yaml", [
-                f"init_from_nemo={model_path}", f"profile.squeeze={base.encoder.profile.squeeze}",
-                f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
-                f"trainer.max_steps={prune_steps}", "trainer.max_time=null", "anneal_to_max_time=false",
-                f"model.optim.lr={optim.lr}", f"model.optim.sched.warmup_steps={optim.sched.warmup_steps}",
-                "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
-                f"exp_manager.exp_dir={out_dir / name}", f"save_to={trained}", *extra]))  # fmt: skip
+        optim = load_config("recipes/prune_ctc_tiny_mel.yaml", [f"init_from_nemo={model_path}", *extra]).model.optim
+        run = [f"init_from_nemo={model_path}", f"profile.squeeze={base.encoder.profile.squeeze}",
+               f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
+               f"trainer.max_steps={prune_steps}", "trainer.max_time=null", "anneal_to_max_time=false",
+               f"model.optim.lr={optim.lr}", f"model.optim.sched.warmup_steps={optim.sched.warmup_steps}",
+               "trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false",
+               f"exp_manager.exp_dir={out_dir / name}", f"save_to={trained}", *extra]  # fmt: skip
+        kept_file(trained, {"recipe": "recipes/finetune_profile.yaml", "overrides": run, "init_sha256": base_sha},
+                  lambda: train(load_config("recipes/finetune_profile.yaml", run)))  # fmt: skip
         paths[name] = trained
     results: dict[str, Any] = {"unpruned": _measure(restore(model_path), test)}
     for name, path in paths.items():
