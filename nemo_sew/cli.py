@@ -194,7 +194,8 @@ def _cmd_bench_ssl_curve(args: argparse.Namespace) -> int:
         args.data, args.out, objectives=args.objectives, pretrain_steps=args.pretrain_steps,
         labelled_minutes=args.labelled_minutes, finetune_steps=args.finetune_steps, seeds=args.seeds,
         clusters=args.clusters, iter2_layer=args.iter2_layer, hours=args.hours, extra_pretrain=args.pretrain_override,
-        extra_finetune=args.finetune_override, plot=args.plot, command="nemo-sew " + " ".join(args.argv),
+        extra_finetune=args.finetune_override, finetune_tag=args.finetune_tag, plot=args.plot,
+        command="nemo-sew " + " ".join(args.argv),
     )  # fmt: skip
     return _emit(section, args)
 
@@ -468,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--pretrain-override", nargs="*", default=[], help="pre-training recipe overrides key=value")
     p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
+    p.add_argument("--finetune-tag", default="",
+                   help="name this set of fine-tunings (another recipe or overrides on the same snapshots, kept beside)")
     p.add_argument("--plot", default="benchmarks/ssl_curve.png", help="PNG of CER vs pre-training steps")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_ssl_curve)

@@ -77,3 +77,22 @@ def test_bench_ssl_curve_trains_tabulates_and_reuses(tiny_corpus, tmp_path):
     assert len(stamps) == 3 + 7
     assert bench_ssl_curve(None, tmp_path / "out", **kwargs) == section
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "out").glob("*/result.json")} == stamps
+
+
+def test_finetune_tag_keeps_another_set_of_fine_tunings_beside(tmp_path, monkeypatch):
+    """Another fine-tuning setup on the same snapshots goes to its own run folders and raw file (here with the
+    training runs replaced by recorders: the naming is under test, the runs are in the slow test above)."""
+    import nemo_sew.bench.ssl_curve as ssl_curve
+
+    manifest = tmp_path / "train.json"
+    manifest.write_text(json.dumps({"audio_filepath": "a.wav", "duration": 30.0, "text": "a"}) + "\n")
+    splits = {k: {"manifest": str(manifest)} for k in ("train", "dev", "test")}
+    runs = []
+    monkeypatch.setattr(ssl_curve, "pretrain_ssl", lambda run_dir, recipe, steps, *a, **k: {
+        "minutes": 0.0, "val": {}, "nemo": {str(s): f"{run_dir}/s{s}.nemo" for s in steps}})  # fmt: skip
+    monkeypatch.setattr(ssl_curve, "finetune_ctc", lambda run_dir, *a, **k: runs.append(run_dir.name) or {"wer": 0.5, "cer": 0.2})
+    kwargs = dict(objectives=["hubert"], pretrain_steps=[5], labelled_minutes=[1], plot=None, splits=splits)
+    ssl_curve.bench_ssl_curve(None, tmp_path, **kwargs)
+    ssl_curve.bench_ssl_curve(None, tmp_path, finetune_tag="sew", **kwargs)
+    assert runs == ["ft_random_1min_seed0", "ft_hubert_5_1min_seed0", "ft_sew_random_1min_seed0", "ft_sew_hubert_5_1min_seed0"]
+    assert (tmp_path / "bench_ssl_curve.json").is_file() and (tmp_path / "bench_ssl_curve_sew.json").is_file()

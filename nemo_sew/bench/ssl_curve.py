@@ -166,6 +166,7 @@ def bench_ssl_curve(
     hours: float = 3.5,
     extra_pretrain: Sequence[str] = (),
     extra_finetune: Sequence[str] = (),
+    finetune_tag: str = "",
     plot: str | Path | None = None,
     command: str = "",
     splits: dict | None = None,
@@ -175,7 +176,9 @@ def bench_ssl_curve(
     ``seeds`` are the fine-tuning seeds (pre-training runs once, seed 0); each cell is their mean ± half their
     range. The random-initialisation row builds the fine-tuning recipe's own encoder: an encoder override in
     ``extra_pretrain`` belongs in ``extra_finetune`` too, or the baseline is another architecture. ``splits``: an already prepared corpus (:func:`manifests.synthetic.prepare_synthetic`'s return
-    value) instead of ``data_dir``.
+    value) instead of ``data_dir``. ``finetune_tag``: a name for this set of fine-tunings (``ft_<tag>_...`` run
+    folders, ``bench_ssl_curve_<tag>.json``), so that another fine-tuning recipe or override set is kept beside
+    the first on the same pre-trained snapshots instead of replacing it.
     """
     from manifests.synthetic import prepare_synthetic
 
@@ -201,7 +204,8 @@ def bench_ssl_curve(
     subsets = {m: labelled_subset(train_manifest, m, out_dir / f"labelled_{m:g}min.json") for m in labelled_minutes}
 
     def finetune(init: str | None, minutes: float, seed: int, name: str) -> dict:
-        return finetune_ctc(out_dir / f"ft_{name}_{minutes:g}min_seed{seed}", finetune_recipe, init, subsets[minutes][0],
+        tag = f"{finetune_tag}_" if finetune_tag else ""
+        return finetune_ctc(out_dir / f"ft_{tag}{name}_{minutes:g}min_seed{seed}", finetune_recipe, init, subsets[minutes][0],
                             dev, test, finetune_steps, seed, extra_finetune)  # fmt: skip
 
     pre = {o: pretrain(o) for o in objectives}
@@ -213,7 +217,7 @@ def bench_ssl_curve(
                 for s in steps:
                     rows.setdefault((o, s, minutes), []).append(finetune(pre[o]["nemo"][str(s)], minutes, seed, f"{o}_{s}"))
     raw = {f"{o} | {s} | {m:g}": runs for (o, s, m), runs in rows.items()}
-    (out_dir / "bench_ssl_curve.json").write_text(json.dumps({"pretrain": pre, "finetune": raw}, indent=2) + "\n")
+    (out_dir / f"bench_ssl_curve{'_' + finetune_tag if finetune_tag else ''}.json").write_text(json.dumps({"pretrain": pre, "finetune": raw}, indent=2) + "\n")
 
     def mean(runs: list[dict], key: str) -> float:
         return sum(r[key] for r in runs) / len(runs)
