@@ -35,3 +35,24 @@ def test_ctc_frame_labels_take_the_nearest_spike():
     model = _FixedCTC([blank, 1, blank, blank, blank, 2, blank, blank], vocab=5)
     assert ctc_frame_labels(model, torch.zeros(100)).tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
     assert ctc_frame_labels(_FixedCTC([blank] * 3, 5), torch.zeros(10)).tolist() == [blank] * 3
+
+
+def test_two_models_of_one_file_name_keep_their_own_centroids(tiny_ctc_nemo, tiny_corpus, tmp_path):
+    """run_a/ssl.nemo and run_b/ssl.nemo (every bench's pre-training writes ssl.nemo) are two targets: each is
+    clustered into its own centroid file, not the second over the first."""
+    import shutil
+
+    import numpy as np
+
+    from nemo_sew.bench.purity import bench_target_purity
+
+    targets = []
+    for run in ("run_a", "run_b"):
+        (tmp_path / run).mkdir()
+        targets.append(str(shutil.copy(tiny_ctc_nemo, tmp_path / run / "ssl.nemo")))
+    test = tiny_corpus["test"]["manifest"]
+    section = bench_target_purity(tiny_ctc_nemo, test, targets, tiny_corpus["train"]["manifest"], tmp_path / "out",
+                           clusters=4, fit_hours=0.01)  # fmt: skip
+    files = sorted((tmp_path / "out").glob("*.npy"))
+    assert len(files) == 2 and all(np.load(f).shape[0] == 4 for f in files)
+    assert section.count("ssl.nemo |") == 2

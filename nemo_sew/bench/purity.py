@@ -84,11 +84,12 @@ def bench_target_purity(
         waves.append(torch.from_numpy(wave.astype("float32")))
     chars = [ctc_frame_labels(model, w) for w in waves]
     rows = []
-    for spec in targets:
+    for i, spec in enumerate(targets):
         source, _, centroids = spec.partition("=")
         features = build_target_features(source, sample_rate).eval()
         if not centroids:
-            centroids = str(out_dir / f"{Path(source).stem}_km{clusters}.npy")
+            # numbered: two models of the same file name (run/ssl.nemo, other_run/ssl.nemo) keep their own centroids
+            centroids = str(out_dir / f"target{i}_{Path(source).stem}_km{clusters}.npy")
             kmeans_from_manifest(fit_manifest, centroids, source, num_clusters=clusters, max_hours=fit_hours)
         labeler = KMeansLabeler(clusters, int(features.out_dim))
         labeler.load(centroids)
