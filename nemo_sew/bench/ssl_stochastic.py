@@ -16,8 +16,9 @@ Runs, all on the same corpus, pre-training recipe, targets and fine-tuning recip
 Pre-training runs once per model (seed 0); fine-tuning runs once per seed in ``seeds`` (cells: mean ± half the
 range). Every run is kept in ``out_dir/<run>/result.json`` (fine-tuned models in ``model.nemo`` beside it) and reused (:mod:`nemo_sew.bench.cache`), so seeds
 or factors can run as separate processes on one ``--out``. Cost at the defaults on one CPU thread (tiny_mel
-conformer, 3.5 h corpus): about 20 min per 1200-step pre-training, 10 min per 1000-step fine-tuning, about
-3x that for the sandwich fine-tuning; 4 + 2 x 3 + 1 runs per seed.
+conformer, 3.5 h corpus, 3-4 such jobs sharing 2 cores; ``bench ssl-curve``'s runs): about 25 min per 1200-step
+pre-training, 15 min per 1000-step fine-tuning, 2.5-3.7x that for the sandwich fine-tuning (its measured step
+cost); 4 + 2 x 3 + 1 runs per seed.
 """
 
 from __future__ import annotations
@@ -89,25 +90,21 @@ def bench_ssl_stochastic(
         return finetune_ctc(out_dir / f"ft_{name}_seed{seed}", finetune_recipe, init, labelled, dev, test,
                             finetune_steps, seed, [*overrides, *extra_finetune], factors=list(at), save=True)  # fmt: skip
 
-    stochastic_row = f"stochastic pre-training, {finetune_method} fine-tuning (one model)"
-    rows: dict[str, dict[int, list[dict]]] = {}  # row -> factor -> one result per seed
+    stochastic = pre["stochastic"]["nemo"][str(pretrain_steps)]
+    rows: dict[str, dict[int, list[dict]]] = {}  # row -> factor -> {"wer", "cer"} per seed
     for seed in seeds:
+        runs: dict[str, dict[int, dict]] = {}  # row -> factor -> this seed's fine-tuning run tested at that factor
         for s in factors:
-            rows.setdefault("fixed pre-training and fine-tuning at s", {}).setdefault(s, []).append(
-                finetune(f"fixed_s{s}", pre[f"fixed_s{s}"]["nemo"][str(pretrain_steps)], seed, [f"model.profile.squeeze={s}"], [s]))  # fmt: skip
-            rows.setdefault("stochastic pre-training, fine-tuned at s (sampler off)", {}).setdefault(s, []).append(
-                finetune(f"stochastic_at_s{s}", pre["stochastic"]["nemo"][str(pretrain_steps)], seed,
-                         ["++model.encoder_overrides.squeeze_sampler=null", f"model.profile.squeeze={s}"], [s]))  # fmt: skip
-        one = finetune(f"stochastic_{finetune_method}", pre["stochastic"]["nemo"][str(pretrain_steps)], seed,
-                       [f"++model.stochastic={{method: {finetune_method}}}"], factors)  # fmt: skip
-        for s in factors:
-            rows.setdefault(stochastic_row, {}).setdefault(s, []).append({k: one[k][str(s)] for k in ("wer", "cer")})
-    for per_factor in rows.values():  # single-factor runs hold {"wer": {"s": x}}: flatten to {"wer": x}
-        for runs in per_factor.values():
-            for r in runs:
-                for k in ("wer", "cer"):
-                    if isinstance(r[k], dict):
-                        (r[k],) = r[k].values()
+            runs.setdefault("fixed pre-training and fine-tuning at s", {})[s] = finetune(
+                f"fixed_s{s}", pre[f"fixed_s{s}"]["nemo"][str(pretrain_steps)], seed, [f"model.profile.squeeze={s}"], [s])  # fmt: skip
+            runs.setdefault("stochastic pre-training, fine-tuned at s (sampler off)", {})[s] = finetune(
+                f"stochastic_at_s{s}", stochastic, seed, ["++model.encoder_overrides.squeeze_sampler=null",
+                                                          f"model.profile.squeeze={s}"], [s])  # fmt: skip
+        one = finetune(f"stochastic_{finetune_method}", stochastic, seed, [f"++model.stochastic={{method: {finetune_method}}}"], factors)  # fmt: skip
+        runs[f"stochastic pre-training, {finetune_method} fine-tuning (one model)"] = {s: one for s in factors}
+        for row, per_factor in runs.items():
+            for s, r in per_factor.items():
+                rows.setdefault(row, {}).setdefault(s, []).append({k: r[k][str(s)] for k in ("wer", "cer")})
     (out_dir / "bench_ssl_stochastic.json").write_text(json.dumps({"pretrain": pre, "finetune": rows}, indent=2) + "\n")
 
     def mean(runs: list[dict], key: str) -> float:
