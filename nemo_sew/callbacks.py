@@ -44,6 +44,37 @@ class ProgressLogger(pl.Callback):
             log.info("validation at step %d: %s", trainer.global_step, "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
 
 
+class ValidationHistory(pl.Callback):
+    """Keeps every validation's ``val_*`` metrics with its global step in ``pl_module.validation_history`` (a list
+    of ``{"step", "val_wer", ...}``), so that a caller of :func:`nemo_sew.train.train` can tell whether a run had
+    converged (:func:`plateau`). In memory only: it is not saved in the ``.nemo`` file."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        if metrics:
+            pl_module.validation_history = [*getattr(pl_module, "validation_history", []),
+                                            {"step": int(trainer.global_step), **metrics}]  # fmt: skip
+
+
+def plateau(history: list[dict], key: str = "val_wer", fraction: float = 0.2) -> dict | None:
+    """How much ``key`` still moved over the last ``fraction`` of the steps of a :class:`ValidationHistory`:
+    ``{"from_step", "from", "to_step", "to", "relative"}`` with ``relative = to / from - 1`` between the last
+    validation at or before step ``(1 - fraction) x`` the final one and the final validation. ``None`` when there
+    are fewer than two validations with ``key``, or none that early."""
+    points = [(int(h["step"]), float(h[key])) for h in history if key in h]
+    if len(points) < 2:
+        return None
+    last_step, last = points[-1]
+    early = [(step, v) for step, v in points[:-1] if step <= (1 - fraction) * last_step]
+    if not early:
+        return None
+    step, value = early[-1]
+    return {"from_step": step, "from": value, "to_step": last_step, "to": last,
+            "relative": last / value - 1 if value else float("nan")}  # fmt: skip
+
+
 def parse_max_time(value) -> float | None:
     """Lightning's ``max_time`` (``"DD:HH:MM:SS"`` or a dict of timedelta fields) in seconds."""
     if value is None:

@@ -20,7 +20,7 @@ from nemo.utils.trainer_utils import resolve_trainer_cfg
 from omegaconf import DictConfig, OmegaConf
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
-from nemo_sew.callbacks import ProgressLogger, SaveAtSteps, StepRecorder, TimeBudgetAnnealing, parse_max_time
+from nemo_sew.callbacks import ProgressLogger, SaveAtSteps, StepRecorder, TimeBudgetAnnealing, ValidationHistory, parse_max_time
 from nemo_sew.resume import StepSeed
 
 log = logging.getLogger("nemo_sew.train")
@@ -254,6 +254,7 @@ def train(cfg: DictConfig) -> ModelPT:
     every = cfg.get("progress_log_every", 25)
     if every:
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ProgressLogger(int(every))]
+    trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), ValidationHistory()]
     if cfg.get("seed") is not None:  # each step's draws depend on (seed, step, rank) only: exact resume
         trainer_kwargs["callbacks"] = [*(trainer_kwargs.get("callbacks") or []), StepSeed(int(cfg.seed))]
     if cfg.get("step_log"):

@@ -84,3 +84,9 @@ def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
     assert len(stamps) == len(raw)
     assert bench_stochastic_methods(None, tmp_path, **kwargs) == section  # the same table
     assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("*/result.json")} == stamps
+    # another fine-tuning length trains only the fine-tuning runs, in their own folders: the kept ones stay
+    longer = bench_stochastic_methods(None, tmp_path, **{**kwargs, "finetune_steps": 2})
+    assert "| sandwich + 2 at s=2 |" in longer
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+    assert sorted(p.name for p in tmp_path.glob("*_2steps_seed0")) == ["fixed_s2_ft2_2steps_seed0", "sandwich_ft2_2steps_seed0",
+                                                                       "uniform_ft2_2steps_seed0"]  # fmt: skip

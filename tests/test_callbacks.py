@@ -91,3 +91,46 @@ def test_time_budget_counts_the_time_spent_before_a_resume(tmp_path):
     trainer(second, 4).fit(_Tiny(), ckpt_path=tmp_path / "a.ckpt")
     assert second.elapsed() > spent + 10.0  # what the first run spent, plus this run's time so far
     assert second._spent_before >= spent
+
+
+def test_plateau_measures_the_last_fraction_of_steps():
+    from nemo_sew.callbacks import plateau
+
+    history = [{"step": s, "val_wer": w} for s, w in [(200, 0.9), (400, 0.8), (600, 0.7), (800, 0.63)]]
+    got = plateau(history)  # 80% of 800 = 640: from the validation at 600
+    assert (got["from_step"], got["to_step"]) == (600, 800)
+    assert got["relative"] == pytest.approx(0.63 / 0.7 - 1)
+    assert plateau(history, fraction=0.5)["from_step"] == 400
+    assert plateau(history[:1]) is None  # one validation: nothing to compare
+    assert plateau([{"step": 790, "val_wer": 0.7}, {"step": 800, "val_wer": 0.6}]) is None  # none early enough
+    assert plateau([{"step": 100, "val_loss": 1.0}, {"step": 800, "val_loss": 0.5}]) is None  # no val_wer
+
+
+def test_validation_history_records_each_validation_with_its_step(tmp_path):
+    """In a real Lightning fit: the sanity check is left out, and each entry has the metrics logged at that step."""
+    import lightning.pytorch as pl
+
+    from nemo_sew.callbacks import ValidationHistory
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w * batch[0]).sum() ** 2
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_wer", float(self.global_step) + 0.5)
+            self.log("train_thing", 1.0)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=1)
+    module = Tiny()
+    trainer = pl.Trainer(max_steps=4, val_check_interval=2, num_sanity_val_steps=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path,
+                         callbacks=[ValidationHistory()], accelerator="cpu")  # fmt: skip
+    trainer.fit(module, data, data)
+    assert module.validation_history == [{"step": 2, "val_wer": 2.5}, {"step": 4, "val_wer": 4.5}]

@@ -129,6 +129,7 @@ def bench_stochastic_methods(
 
     from manifests.synthetic import prepare_synthetic
 
+    from nemo_sew.callbacks import plateau
     from nemo_sew.evaluate import error_rates, transcribe_manifest
     from nemo_sew.stochastic import METHODS
     from nemo_sew.train import load_config, train
@@ -170,7 +171,8 @@ def bench_stochastic_methods(
             for s in at:
                 hyps, refs = transcribe_manifest(model, test, profile=s)
                 wer[s], cer[s] = error_rates(hyps, refs)
-            return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer}
+            return {"steps": int(model.trainer.global_step), "seconds": seconds, "wer": wer, "cer": cer,
+                    "validation": getattr(model, "validation_history", [])}  # fmt: skip
 
         return {**kept_result(run_dir / "result.json", settings, work), "nemo": str(run_dir / "model.nemo")}
 
@@ -209,13 +211,15 @@ def bench_stochastic_methods(
                 add(f"{method}, equal time", seed, ref, run(f"{method}_time", seed, stochastic[method], step_steps[method]))
         if finetune_steps:
             finetune = Path(recipe).parent / "finetune_profile.yaml"
+            # another fine-tuning length keeps its own folders: the default's (200, the recipe's max_steps) stay
+            ft_suffix = "" if finetune_steps == 200 else f"_{finetune_steps}steps"
             sources = {f"fixed s={finetune_factor}": results[f"fixed s={finetune_factor}"][seed]}
             sources.update({method: results[f"{method}, equal steps"][seed] for method in methods})
             for source, r in sources.items():
                 name = f"fixed_s{finetune_factor}" if source.startswith("fixed") else source
                 row = f"{source} + {finetune_steps} at s={finetune_factor}"
                 add(row, seed, None if row == control else control, run(
-                    f"{name}_ft{finetune_factor}", seed, [f"profile.squeeze={finetune_factor}"], finetune_steps,
+                    f"{name}_ft{finetune_factor}{ft_suffix}", seed, [f"profile.squeeze={finetune_factor}"], finetune_steps,
                     at=[finetune_factor], recipe_path=finetune, init=r["nemo"],
                 ))  # fmt: skip
     (out_dir / "bench_stochastic_methods.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -259,6 +263,15 @@ def bench_stochastic_methods(
                 rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref else ""
                 cells.append(mean_spread(got) + rel)
         lines.append(f"| {name} | {budget_cell} | " + " | ".join(cells) + " |")
+    moved = []  # issue 15 item 2's criterion: a fixed model is close to converged when its validation WER is flat
+    for name, per_seed in results.items():  # over the last 20% of its steps
+        if name.startswith("fixed") and "+" not in name:
+            got = [plateau(r.get("validation", [])) for r in per_seed.values()]
+            if all(got):
+                moved.append(f"{name} " + ", ".join(f"{g['from']:.3f} -> {g['to']:.3f} ({g['relative']:+.1%})" for g in got))
+    if moved:
+        lines += ["", "Validation WER over the last 20% of the steps (from the last validation at or before 80% of "
+                  "them to the final one; per seed): " + "; ".join(moved) + "."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
