@@ -29,6 +29,8 @@ import numpy as np
 from nemo.collections.asr.parts.preprocessing import perturb as _perturb
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nemo_sew.bench.cache import locked
+
 log = logging.getLogger("nemo_sew.augment")
 SPEED_PERTURBATION = "nemo_sew_speed"
 
@@ -131,15 +133,27 @@ def prepare_assets(
     """Generate the noise files (``noises_per_kind`` of each of :data:`NOISE_KINDS`) and ``rirs`` impulse
     responses under ``out_dir`` with NeMo manifests ``noise.json`` and ``rir.json``; a second call with the
     same settings reuses them. Returns ``{"noise": manifest, "rir": manifest}``."""
-    import soundfile as sf
-
     out_dir = Path(out_dir)
     settings = {"seed": seed, "noises_per_kind": noises_per_kind, "noise_seconds": noise_seconds, "rirs": rirs,
                 "sample_rate": SAMPLE_RATE}  # fmt: skip
     stamp = out_dir / "assets.json"
     manifests = {"noise": out_dir / "noise.json", "rir": out_dir / "rir.json"}
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings and all(p.is_file() for p in manifests.values()):
-        return manifests
+    # processes that train on one manifest (bench runs side by side) share these files: one writes, the others wait
+    # for it, instead of rewriting files another process may already be reading
+    with locked(stamp):
+        if stamp.is_file() and json.loads(stamp.read_text()) == settings and all(p.is_file() for p in manifests.values()):
+            return manifests
+        stamp.unlink(missing_ok=True)  # a run killed while writing leaves no stamp: its files are made again
+        _write_assets(out_dir, manifests, seed, noises_per_kind, noise_seconds, rirs)
+        stamp.write_text(json.dumps(settings) + "\n")
+    log.info("augmentation assets in %s: %d noises, %d impulse responses", out_dir, len(NOISE_KINDS) * noises_per_kind, rirs)
+    return manifests
+
+
+def _write_assets(out_dir: Path, manifests: dict[str, Path], seed: int, noises_per_kind: int, noise_seconds: float,
+                  rirs: int) -> None:  # fmt: skip
+    import soundfile as sf
+
     (out_dir / "noise").mkdir(parents=True, exist_ok=True)
     (out_dir / "rir").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -159,9 +173,6 @@ def prepare_assets(
         wavs.append(path)
         seconds.append(len(h) / SAMPLE_RATE)
     _write_manifest(manifests["rir"], wavs, seconds)
-    stamp.write_text(json.dumps(settings) + "\n")
-    log.info("augmentation assets in %s: %d noises, %d impulse responses", out_dir, len(NOISE_KINDS) * noises_per_kind, rirs)
-    return manifests
 
 
 # --------------------------------------------------------------------------- recipe -> NeMo augmentor

@@ -77,6 +77,33 @@ def test_prepare_assets_is_reused_and_readable_by_nemo(tmp_path):
     assert not np.array_equal(before, sf.read(rirs[0]["audio_filepath"])[0])
 
 
+def _assets_in_process(out_dir, log_file, barrier):
+    import logging
+
+    logging.basicConfig(filename=log_file, level=logging.INFO, format="%(process)d %(message)s")
+    barrier.wait()  # both processes past their imports: they reach prepare_assets together
+    prepare_assets(out_dir, seed=0, noises_per_kind=2, noise_seconds=20.0, rirs=24)
+
+
+def test_prepare_assets_is_written_once_by_processes_side_by_side(tmp_path):
+    """Two trainings on one manifest start together: one writes the files, the other waits and reuses them (without
+    the lock both wrote, each rewriting files the other might be reading)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_assets_in_process, args=(tmp_path / "assets", tmp_path / "log.txt", barrier))
+             for _ in range(2)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "log.txt").read_text().count("augmentation assets in") == 1
+    noise = [json.loads(line) for line in (tmp_path / "assets" / "noise.json").read_text().splitlines()]
+    assert all(sf.info(e["audio_filepath"]).duration == 20.0 for e in noise)
+
+
 def test_augmentor_config_order_switches_and_errors(tmp_path):
     cfg = augmentor_config({"speed": {"prob": 0.3}, "reverb": {"prob": 0.2}, "noise": {"min_snr_db": 5}}, tmp_path)
     assert list(cfg) == [SPEED_PERTURBATION, "impulse", "noise"]  # speed, then the room, then the noise

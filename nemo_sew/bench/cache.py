@@ -31,7 +31,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` + ``.lock`` (released by the kernel if the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
@@ -45,7 +45,7 @@ def kept_result(path: Path, settings: dict, work: Callable[[], Any]) -> Any:
     on the same run: a second process waits for the first and reuses its result instead of training the same
     model into the same folder."""
     settings = json.loads(json.dumps(settings))
-    with _locked(path):
+    with locked(path):
         if path.is_file():
             kept = json.loads(path.read_text())
             if kept.get("settings") == settings:
@@ -61,7 +61,7 @@ def kept_file(path: Path, settings: dict, make: Callable[[], Any]) -> Path:
     still there unchanged; otherwise ``make()`` runs again. Same lock as :func:`kept_result`."""
     settings = json.loads(json.dumps(settings))
     meta = path.with_name(path.name + ".json")
-    with _locked(path):
+    with locked(path):
         if meta.is_file() and path.is_file():
             kept = json.loads(meta.read_text())
             if kept.get("settings") == settings and kept.get("sha256") == file_digest(path):
