@@ -29,7 +29,7 @@ import numpy as np
 from nemo.collections.asr.parts.preprocessing import perturb as _perturb
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_sew.bench.cache import locked
+from manifests.io import locked
 
 log = logging.getLogger("nemo_sew.augment")
 SPEED_PERTURBATION = "nemo_sew_speed"
@@ -139,7 +139,7 @@ def prepare_assets(
     stamp = out_dir / "assets.json"
     manifests = {"noise": out_dir / "noise.json", "rir": out_dir / "rir.json"}
     # processes that train on one manifest (bench runs side by side) share these files: one writes, the others wait
-    # for it, instead of rewriting files another process may already be reading
+    # for it, instead of rewriting files another process may already be reading (manifests.io.locked)
     with locked(stamp):
         if stamp.is_file() and json.loads(stamp.read_text()) == settings and all(p.is_file() for p in manifests.values()):
             return manifests

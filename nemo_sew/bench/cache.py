@@ -6,12 +6,12 @@ after editing a recipe, give the benchmark a fresh ``--out``."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from manifests.io import locked
 
 
 def file_digest(path: str | Path) -> str:
@@ -28,15 +28,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` + ``.lock`` (released by the kernel if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def kept_result(path: Path, settings: dict, work: Callable[[], Any]) -> Any:
