@@ -209,6 +209,7 @@ def _cmd_bench_ssl_stochastic(args: argparse.Namespace) -> int:
         sampler_values=args.sampler_values, finetune_method=args.finetune_method, seeds=args.seeds,
         clusters=args.clusters, hours=args.hours, extra_pretrain=args.pretrain_override,
         extra_finetune=args.finetune_override, command="nemo-sew " + " ".join(args.argv),
+        random_init=not args.no_random_init,
     )  # fmt: skip
     return _emit(section, args)
 
@@ -492,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--pretrain-override", nargs="*", default=[], help="pre-training recipe overrides key=value")
     p.add_argument("--finetune-override", nargs="*", default=[], help="fine-tuning recipe overrides key=value")
+    p.add_argument("--no-random-init", action="store_true", help="leave out the fine-tuning from random weights at each s")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_ssl_stochastic)
 

@@ -16,11 +16,12 @@ def test_cli_parses_bench_ssl_stochastic():
     from nemo_sew.cli import _cmd_bench_ssl_stochastic, build_parser
 
     args = build_parser().parse_args(["bench", "ssl-stochastic", "--factors", "1", "4", "--seeds", "0", "1",
-                                      "--finetune-method", "uniform", "--objective", "wav2vec2"])  # fmt: skip
+                                      "--finetune-method", "uniform", "--objective", "wav2vec2", "--no-random-init"])  # fmt: skip
     assert args.func is _cmd_bench_ssl_stochastic
     assert (args.factors, args.seeds, args.finetune_method, args.objective) == ([1, 4], [0, 1], "uniform", "wav2vec2")
     defaults = build_parser().parse_args(["bench", "ssl-stochastic"])
     assert (defaults.pretrain_steps, defaults.factors, defaults.finetune_method) == (1200, [1, 2, 4], "sandwich")
+    assert args.no_random_init and not defaults.no_random_init
 
 
 def test_bad_arguments_are_refused(tmp_path):
@@ -58,16 +59,25 @@ def test_bench_ssl_stochastic_trains_tabulates_and_reuses(tiny_corpus, tmp_path)
     assert at1.encoder.sampler is None and float(at1.cfg.profile.squeeze) == 1
     one = ModelPT.restore_from(tmp_path / "out" / "ft_stochastic_sandwich_seed0" / "model.nemo", map_location="cpu")
     assert one.encoder.sampler is not None and one.cfg.stochastic.method == "sandwich"
-    assert set(raw["finetune"]) == {"fixed pre-training and fine-tuning at s",
+    # from random weights at s: the recipe's encoder, squeezed by s, and no pre-trained weights
+    random1 = ModelPT.restore_from(tmp_path / "out" / "ft_random_s1_seed0" / "model.nemo", map_location="cpu")
+    assert random1.encoder.sampler is None and float(random1.cfg.profile.squeeze) == 1
+    assert random1.encoder.arch.compressor.squeeze == 1
+    assert set(raw["finetune"]) == {"no pre-training (random initialisation), fine-tuned at s",
+                                    "fixed pre-training and fine-tuning at s",
                                     "stochastic pre-training, fine-tuned at s (sampler off)",
                                     "stochastic pre-training, sandwich fine-tuning (one model)"}
     for per_factor in raw["finetune"].values():
         assert set(per_factor) == {"1", "2"}
         assert all(0 <= r["wer"] <= 5 and 0 <= r["cer"] <= 5 for runs in per_factor.values() for r in runs)
     rows = [line for line in section.splitlines() if line.startswith("| ") and "pre-training, fine-tuning" not in line]
-    assert len(rows) == 3 and "%" not in rows[0] and rows[1].count("%") == 2 and rows[2].count("%") == 2
+    assert [row.split(" | ")[0] for row in rows] == ["| no pre-training (random initialisation), fine-tuned at s",
+                                                     "| fixed pre-training and fine-tuning at s",
+                                                     "| stochastic pre-training, fine-tuned at s (sampler off)",
+                                                     "| stochastic pre-training, sandwich fine-tuning (one model)"]
+    assert [row.count("%") for row in rows] == [2, 0, 2, 2]  # relative to the fixed row, at each of the 2 factors
     # a second call reuses every kept run: no result file is rewritten
     stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "out").glob("*/result.json")}
-    assert len(stamps) == 3 + 2 * 2 + 1
+    assert len(stamps) == 3 + 3 * 2 + 1
     assert bench_ssl_stochastic(None, tmp_path / "out", **kwargs) == section
     assert {f: f.stat().st_mtime_ns for f in (tmp_path / "out").glob("*/result.json")} == stamps

@@ -6,6 +6,7 @@ squeeze sampler on and then fine-tuned, against models pre-trained and fine-tune
 
 Runs, all on the same corpus, pre-training recipe, targets and fine-tuning recipe:
 
+- **no pre-training**: per factor s, the same fine-tuning from random weights (``random_init``);
 - **fixed**: per factor s, pre-train at s, fine-tune at s, test at s (the reference of its column);
 - **stochastic pre-training**: pre-train once with the squeeze sampler (each step draws s from
   ``sampler_values``; a factor-agnostic expander returns 20 ms), then
@@ -18,7 +19,7 @@ range). Every run is kept in ``out_dir/<run>/result.json`` (fine-tuned models in
 or factors can run as separate processes on one ``--out``. Cost at the defaults on one CPU thread (tiny_mel
 conformer, 3.5 h corpus, 3-4 such jobs sharing 2 cores; ``bench ssl-curve``'s runs): about 25 min per 1200-step
 pre-training, 15 min per 1000-step fine-tuning, 2.5-3.7x that for the sandwich fine-tuning (its measured step
-cost); 4 + 2 x 3 + 1 runs per seed.
+cost); 4 + 3 x 3 + 1 runs per seed.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ def bench_ssl_stochastic(
     extra_finetune: Sequence[str] = (),
     command: str = "",
     splits: dict | None = None,
+    random_init: bool = True,
 ) -> str:
     """The table (a markdown section); raw results in ``out_dir/bench_ssl_stochastic.json``.
 
     ``objective``: ``hubert`` (iteration 1, one k-means on MFCC shared by every pre-training) or ``wav2vec2``.
+    ``random_init``: also fine-tune from random weights at each s (the row that says whether pre-training pays).
     ``splits``: an already prepared corpus (:func:`manifests.synthetic.prepare_synthetic`'s return value)
     instead of ``data_dir``.
     """
@@ -86,7 +89,7 @@ def bench_ssl_stochastic(
     pre["stochastic"] = pretrain("stochastic", ["++model.encoder.arch.expander=phase",
                                                 f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: 0}}"])  # fmt: skip
 
-    def finetune(name: str, init: str, seed: int, overrides: list[str], at: Sequence[int]) -> dict:
+    def finetune(name: str, init: str | None, seed: int, overrides: list[str], at: Sequence[int]) -> dict:
         return finetune_ctc(out_dir / f"ft_{name}_seed{seed}", finetune_recipe, init, labelled, dev, test,
                             finetune_steps, seed, [*overrides, *extra_finetune], factors=list(at), save=True)  # fmt: skip
 
@@ -95,6 +98,9 @@ def bench_ssl_stochastic(
     for seed in seeds:
         runs: dict[str, dict[int, dict]] = {}  # row -> factor -> this seed's fine-tuning run tested at that factor
         for s in factors:
+            if random_init:  # is pre-training worth it at all here: the same fine-tuning from random weights
+                runs.setdefault("no pre-training (random initialisation), fine-tuned at s", {})[s] = finetune(
+                    f"random_s{s}", None, seed, fixed_at(s), [s])  # fmt: skip
             runs.setdefault("fixed pre-training and fine-tuning at s", {})[s] = finetune(
                 f"fixed_s{s}", pre[f"fixed_s{s}"]["nemo"][str(pretrain_steps)], seed, [f"model.profile.squeeze={s}"], [s])  # fmt: skip
             runs.setdefault("stochastic pre-training, fine-tuned at s (sampler off)", {})[s] = finetune(
