@@ -90,3 +90,19 @@ def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
     assert sorted(p.name for p in tmp_path.glob("*_2steps_seed0")) == ["fixed_s2_ft2_2steps_seed0", "sandwich_ft2_2steps_seed0",
                                                                        "uniform_ft2_2steps_seed0"]  # fmt: skip
+
+
+def test_convergence_line_reports_each_fixed_models_last_fifth():
+    from nemo_sew.bench.stochastic import convergence_line
+
+    def run(*wers):
+        return {"validation": [{"step": 200 * (i + 1), "val_wer": w} for i, w in enumerate(wers)]}
+
+    results = {"fixed s=1": {0: run(0.9, 0.8, 0.7, 0.63), 1: run(0.9, 0.8, 0.7, 0.7)},
+               "sandwich, equal steps": {0: run(0.9, 0.9, 0.9, 0.9)},
+               "fixed s=2 + 200 at s=2": {0: run(0.9, 0.5)}}  # fmt: skip
+    line = convergence_line(results)
+    assert line.startswith("Validation WER over the last 20%")
+    assert "fixed s=1 0.700 -> 0.630 (-10.0%), 0.700 -> 0.700 (+0.0%)" in line
+    assert "sandwich" not in line and "+ 200" not in line  # only the fixed models, not the fine-tuned control
+    assert convergence_line({"fixed s=1": {0: {"wer": {}}}}) == ""  # a run kept from before: no history, no line

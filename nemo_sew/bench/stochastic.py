@@ -129,7 +129,6 @@ def bench_stochastic_methods(
 
     from manifests.synthetic import prepare_synthetic
 
-    from nemo_sew.callbacks import plateau
     from nemo_sew.evaluate import error_rates, transcribe_manifest
     from nemo_sew.stochastic import METHODS
     from nemo_sew.train import load_config, train
@@ -263,16 +262,26 @@ def bench_stochastic_methods(
                 rel = f" ({sum(got) / len(got) / ref - 1:+.1%})" if ref else ""
                 cells.append(mean_spread(got) + rel)
         lines.append(f"| {name} | {budget_cell} | " + " | ".join(cells) + " |")
-    moved = []  # issue 15 item 2's criterion: a fixed model is close to converged when its validation WER is flat
-    for name, per_seed in results.items():  # over the last 20% of its steps
+    converged = convergence_line(results)
+    return "\n".join([*lines, *(["", converged] if converged else [])]) + "\n"
+
+
+def convergence_line(results: dict[str, dict]) -> str:
+    """Issue 15 item 2's criterion, a fixed model is close to converged when its validation WER is flat over the
+    last 20% of its steps: how much it still moved, per fixed row and seed (``results``: row -> seed -> run with
+    its ``validation`` history); empty when a run has no usable history (runs kept from before it was recorded)."""
+    from nemo_sew.callbacks import plateau
+
+    moved = []
+    for name, per_seed in results.items():
         if name.startswith("fixed") and "+" not in name:
             got = [plateau(r.get("validation", [])) for r in per_seed.values()]
-            if all(got):
+            if got and all(got):
                 moved.append(f"{name} " + ", ".join(f"{g['from']:.3f} -> {g['to']:.3f} ({g['relative']:+.1%})" for g in got))
-    if moved:
-        lines += ["", "Validation WER over the last 20% of the steps (from the last validation at or before 80% of "
-                  "them to the final one; per seed): " + "; ".join(moved) + "."]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    if not moved:
+        return ""
+    return ("Validation WER over the last 20% of the steps (from the last validation at or before 80% of them to the "
+            "final one; per seed): " + "; ".join(moved) + ".")  # fmt: skip
 
 
 def step_times(
