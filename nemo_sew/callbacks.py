@@ -13,6 +13,11 @@ import lightning.pytorch as pl
 log = logging.getLogger("nemo_sew.progress")
 
 
+def validation_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The ``val_*`` metrics of the trainer's latest validation, as floats."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+
+
 class ProgressLogger(pl.Callback):
     """Logs step, elapsed time, training loss and learning rate every ``every_n_steps``, and validation metrics."""
 
@@ -28,7 +33,6 @@ class ProgressLogger(pl.Callback):
         if step % self.every_n_steps or not trainer.is_global_zero:
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        audio_text = isinstance(batch, (list, tuple)) and len(batch) > 2  # NeMo's (signal, lengths, tokens, lengths)
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         elapsed = time.perf_counter() - self._start
         log.info(
@@ -39,7 +43,7 @@ class ProgressLogger(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        metrics = validation_metrics(trainer)
         if metrics:
             log.info("validation at step %d: %s", trainer.global_step, "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
 
@@ -52,7 +56,7 @@ class ValidationHistory(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        metrics = validation_metrics(trainer)
         if metrics:
             pl_module.validation_history = [*getattr(pl_module, "validation_history", []),
                                             {"step": int(trainer.global_step), **metrics}]  # fmt: skip

@@ -38,6 +38,7 @@ def bench_ssl_table(
     from manifests.synthetic import prepare_synthetic
 
     from nemo_sew.bench.ssl_curve import labelled_subset
+    from nemo_sew.callbacks import validation_metrics
     from nemo_sew.evaluate import error_rates, transcribe_manifest
     from nemo_sew.ssl.targets import kmeans_from_manifest
     from nemo_sew.train import load_config, train
@@ -60,7 +61,7 @@ def bench_ssl_table(
         pre_overrides += [f"model.hubert.centroids={centroids}", f"model.hubert.num_clusters={clusters}"]
     pretrained = train(load_config(pretrain_recipe, [*pre_overrides, *extra_pretrain]))
     pretrain_minutes = (time.perf_counter() - started) / 60
-    metrics = {k: float(v) for k, v in pretrained.trainer.callback_metrics.items() if k.startswith("val_")}
+    metrics = validation_metrics(pretrained.trainer)
 
     results = {}
     for name, init in (("pre-trained", out_dir / "pretrained.nemo"), ("random init", None)):

@@ -67,6 +67,7 @@ def pretrain_ssl(
     (default ``run_dir``; runs that share it share the targets); ``None``: the wav2vec 2.0 objective. Returns the
     kept result plus ``nemo``: ``{str(step): snapshot path}``.
     """
+    from nemo_sew.callbacks import validation_metrics
     from nemo_sew.ssl.targets import kmeans_from_manifest
     from nemo_sew.train import load_config, train
 
@@ -100,7 +101,7 @@ def pretrain_ssl(
             Path(path).unlink(missing_ok=True)
         start = time.perf_counter()
         model = train(load_config(recipe, overrides))
-        metrics = {k: float(v) for k, v in model.trainer.callback_metrics.items() if k.startswith("val_")}
+        metrics = validation_metrics(model.trainer)
         return {"minutes": (time.perf_counter() - start) / 60, "val": metrics}
 
     result = kept_result(run_dir / "result.json", {"recipe": str(recipe), "overrides": overrides,
