@@ -1,15 +1,11 @@
-"""The quantization study's bookkeeping (nemo_sew.bench.quant): per-family results resume, models trained with
-other settings are refused, and the report's relative-change table."""
+"""The quantization study (nemo_sew.bench.quant): a tiny real study whose re-runs retrain only what their settings
+change, and the report's relative-change table."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from nemo_sew.bench.quant import _claim, _load_result, quant_markdown
-
-SETTINGS = {"bits": [1, 2, 4, 8, 16], "pretrain_steps": 400, "finetune_steps": 1500, "qat_steps": 250}
+from nemo_sew.bench.quant import bench_quant, quant_markdown
 
 
 def _row(fp=(0.5, 0.2), ptq4=(0.51, 0.21), qat4=(0.5, 0.2)):
@@ -17,22 +13,34 @@ def _row(fp=(0.5, 0.2), ptq4=(0.51, 0.21), qat4=(0.5, 0.2)):
             "params_m": 3.6, "gmacs_per_s": 0.1, "minutes": 30.0}  # fmt: skip
 
 
-def test_results_resume_only_with_the_same_settings(tmp_path):
-    path = tmp_path / "result.json"
-    assert _load_result(path, SETTINGS) is None
-    path.write_text(json.dumps({"settings": SETTINGS, "row": _row()}))
-    row = _load_result(path, SETTINGS)
-    assert row["ptq"] == {4: [0.51, 0.21]} and row["bytes"][16] == 14e6  # bit widths are ints again
-    assert _load_result(path, {**SETTINGS, "qat_steps": 100}) is None
-    path.write_text("{not json")
-    assert _load_result(path, SETTINGS) is None
+@pytest.mark.slow
+def test_study_reruns_retrain_only_what_their_settings_change(tiny_corpus, tmp_path):
+    """Real NeMo trainings of a few steps each. Adding a bit width trains only its QAT model; the same settings
+    again train nothing and measure nothing (the kept row); other fine-tuning steps retrain fp and everything after it."""
+    tiny = ["model.train_ds.batch_size=4", "model.validation_ds.batch_size=4", "trainer.val_check_interval=1.0"]
 
+    def study(bits, finetune_steps=2):
+        return bench_quant(None, tmp_path, families=["study_conformer"], bits=bits, pretrain_steps=2,
+                           finetune_steps=finetune_steps, qat_steps=2, clusters=8, extra=tiny,
+                           splits=tiny_corpus)[1]["study_conformer"]  # fmt: skip
 
-def test_models_of_other_settings_are_refused(tmp_path):
-    _claim(tmp_path / "fam", SETTINGS)
-    _claim(tmp_path / "fam", SETTINGS)  # the same settings: a resume
-    with pytest.raises(ValueError, match="other settings"):
-        _claim(tmp_path / "fam", {**SETTINGS, "finetune_steps": 10})
+    fam = tmp_path / "study_conformer"
+    row = study([16, 4])
+    assert set(row["ptq"]) == {4} and set(row["qat"]) == {4} and set(row["bytes"]) == {16, 4}  # int keys
+    assert row["bytes"][4] < row["bytes"][16] and len(row["fp"]) == 2 and row["fp_more"]
+    times = {p.name: p.stat().st_mtime_ns for p in fam.glob("*.nemo")}
+    assert set(times) == {"ssl.nemo", "fp.nemo", "fp_more.nemo", "qat4.nemo"}
+
+    row = study([16, 8, 4])
+    assert set(row["ptq"]) == {8, 4} and set(row["qat"]) == {8, 4}
+    assert {p.name: p.stat().st_mtime_ns for p in fam.glob("*.nemo") if p.name in times} == times  # all reused
+    kept = (fam / "result.json").stat().st_mtime_ns
+    assert study([16, 8, 4]) == row and (fam / "result.json").stat().st_mtime_ns == kept
+
+    study([16, 8, 4], finetune_steps=3)
+    after = {p.name: p.stat().st_mtime_ns for p in fam.glob("*.nemo")}
+    assert after["ssl.nemo"] == times["ssl.nemo"]
+    assert all(after[n] != times[n] for n in ("fp.nemo", "fp_more.nemo", "qat4.nemo"))
 
 
 def test_report_states_relative_change_against_fp(tmp_path):

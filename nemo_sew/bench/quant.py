@@ -18,22 +18,24 @@ Table 2 (size, MACs, CPU latency per width): the packed ``.nemo`` sizes and anal
 ``--fast-paths`` the onnxruntime int8 and 4-bit forms of each fp model (the widths with CPU kernels) are
 transcribed and timed (:mod:`nemo_sew.bench.quant_paths`).
 
-Each family's results are kept in ``OUT/<family>/result.json`` with the settings that made them, and every
-trained model is kept too: a re-run with the same settings resumes where a stopped one left off, and families
-can run as separate processes (``--families``) before one run over all of them writes the report.
+Every trained model is kept in ``OUT/<family>/`` with the settings that made it, and each family's results in
+``OUT/<family>/result.json`` with the models they measured (:mod:`nemo_sew.bench.cache`): a re-run resumes where a
+stopped one left off and retrains only what its settings change (other bit widths or QAT steps reuse the
+pre-trained and fp models), and families can run as separate processes (``--families``) before one run over all of
+them writes the report.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from nemo_sew.bench.cache import file_digest, kept_file, kept_result
 from nemo_sew.bench.report import machine_line
 from nemo_sew.cost import macs_per_second
 
@@ -119,31 +121,18 @@ def _test_batch(manifest: str, count: int = 4) -> tuple[torch.Tensor, torch.Tens
     return audio, lengths
 
 
-def _load_result(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """A family's row from ``result.json`` if it was made with ``settings`` (JSON's string keys made ints again)."""
-    if not path.exists():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        log.warning("%s: unreadable (%s), measuring again", path, e)
-        return None
-    if saved.get("settings") != settings:
-        log.info("%s: made with other settings, measuring again", path)
-        return None
-    row = saved["row"]
-    for key in ("ptq", "qat", "bytes"):
-        row[key] = {int(k): v for k, v in row[key].items()}
-    return row
+def _int_keys(row: dict[str, Any]) -> dict[str, Any]:
+    """A kept family row with its per-width tables keyed by int again (JSON keeps string keys)."""
+    return {**row, **{k: {int(b): v for b, v in row[k].items()} for k in ("ptq", "qat", "bytes")}}
 
 
-def _claim(fam_dir: Path, settings: dict[str, Any]) -> None:
-    """Mark ``fam_dir``'s models as made with ``settings``; refuse to reuse models made with others."""
-    fam_dir.mkdir(parents=True, exist_ok=True)
-    path = fam_dir / "settings.json"
-    if path.exists() and json.loads(path.read_text()) != settings:
-        raise ValueError(f"{fam_dir} holds models trained with other settings ({path}); choose another --out or remove it")
-    path.write_text(json.dumps(settings, indent=1))
+def _trained(path: Path, recipe: str, overrides: list[str], init: Path | None = None) -> Path:
+    """``path``, a model ``recipe`` trains with ``overrides`` (:func:`nemo_sew.bench.cache.kept_file`: reused while
+    the recipe path, the overrides and the model it starts from are the same; a second process waits for it)."""
+    from nemo_sew.train import load_config, train
+
+    settings = {"recipe": recipe, "overrides": overrides, "init_sha256": file_digest(init) if init else None}
+    return kept_file(path, settings, lambda: train(load_config(recipe, [*overrides, f"save_to={path}"])))
 
 
 def bench_quant(
@@ -162,88 +151,77 @@ def bench_quant(
     extra: Sequence[str] = (),
     finetune_extra: Sequence[str] = (),
     command: str = "",
+    splits: dict | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Run the study (see the module docstring); returns the markdown section and the raw results."""
+    """Run the study (see the module docstring); returns the markdown section and the raw results. ``splits``:
+    an existing corpus (``prepare_synthetic``'s result) instead of ``data_dir``."""
     from nemo.collections.asr.models import ASRModel
 
     from manifests.synthetic import prepare_synthetic
     from nemo_sew.quant.model import quantize_model
     from nemo_sew.quant.weights import storage_bytes
     from nemo_sew.ssl.targets import kmeans_from_manifest
-    from nemo_sew.train import load_config, train
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = prepare_synthetic(data_dir, hours=hours, seed=0)
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
     train_m, dev, test = (splits[k]["manifest"] for k in ("train", "dev", "test"))
     centroids = out_dir / f"mfcc_km{clusters}.npy"
-    if not centroids.exists():  # written under a temporary name: a parallel run never reads a partial file
-        partial = out_dir / f"mfcc_km{clusters}.{os.getpid()}.partial.npy"
-        kmeans_from_manifest(train_m, partial, "mfcc", num_clusters=clusters, max_hours=0.5)
-        partial.replace(centroids)
+    kept_file(centroids, {"manifest": str(train_m), "features": "mfcc", "clusters": clusters, "max_hours": 0.5},
+              lambda: kmeans_from_manifest(train_m, centroids, "mfcc", num_clusters=clusters, max_hours=0.5))  # fmt: skip
     common = ["trainer.enable_progress_bar=false", "exp_manager.create_checkpoint_callback=false", *extra]
+    data = [f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}"]
     audio, lengths = _test_batch(test)
     results: dict[str, Any] = {}
-    settings = {"bits": sorted(int(b) for b in bits), "pretrain_steps": pretrain_steps, "finetune_steps": finetune_steps,
-                "qat_steps": qat_steps, "hours": hours, "clusters": clusters, "error_bits": error_bits,
-                "distill": distill, "extra": list(extra), "finetune_extra": list(finetune_extra)}  # fmt: skip
     for family in families:
         fam_dir = out_dir / family
-        cached = _load_result(fam_dir / "result.json", settings)
-        if cached is not None:
-            log.info("%s: results of an earlier run with the same settings (%s)", family, fam_dir / "result.json")
-            results[family] = cached
-            continue
         family_started = time.perf_counter()
-        _claim(fam_dir, settings)
-        ssl_path, fp_path = fam_dir / "ssl.nemo", fam_dir / "fp.nemo"
-        if not ssl_path.exists() and not fp_path.exists():
-            train(load_config("recipes/ssl_tiny_mel.yaml", [
-                f"model.train_ds.manifest_filepath={train_m}", f"model.validation_ds.manifest_filepath={dev}",
-                f"model.encoder.preset={family}", f"model.hubert.centroids={centroids}",
-                f"model.hubert.num_clusters={clusters}", f"trainer.max_steps={pretrain_steps}",
-                f"exp_manager.exp_dir={fam_dir / 'ssl'}", f"save_to={ssl_path}", *common]))  # fmt: skip
-        if not fp_path.exists():
-            train(load_config("recipes/ctc_char_finetune_tiny_mel.yaml", [
-                f"init_from_ssl={ssl_path}", f"model.train_ds.manifest_filepath={train_m}",
-                f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={finetune_steps}",
-                f"exp_manager.exp_dir={fam_dir / 'ctc'}", f"save_to={fp_path}", *common, *finetune_extra]))  # fmt: skip
-        fp = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
-        row: dict[str, Any] = {"fp": _rates(fp, test), "ptq": {}, "qat": {}, "bytes": {16: storage_bytes(fp)},
-                               "params_m": sum(p.numel() for p in fp.encoder.parameters()) / 1e6,
-                               "gmacs_per_s": macs_per_second(fp.encoder.arch, fp.encoder.profile)}  # fmt: skip
-        if qat_steps > 0:  # the control: the fp model trained qat_steps more without quantization (QAT's extra steps)
-            more_path = fam_dir / "fp_more.nemo"
-            if not more_path.exists():
-                train(load_config("recipes/qat_finetune.yaml", [
-                    f"init_from_nemo={fp_path}", "qat=null", "profile.weight_bits=16",
-                    f"qat_distill.weight={distill}", f"model.train_ds.manifest_filepath={train_m}",
-                    f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={qat_steps}",
-                    f"exp_manager.exp_dir={fam_dir / 'fp_more'}", f"save_to={more_path}", *common]))  # fmt: skip
-            row["fp_more"] = _rates(ASRModel.restore_from(str(more_path), map_location="cpu").eval(), test)
-        for b in bits:
-            if b == 16:
-                continue
-            q = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
-            quantize_model(q, b, keep_fp=False)
-            row["ptq"][b] = _rates(q, test)
-            row["bytes"][b] = storage_bytes(q)
-            if b == error_bits:
-                row["layer_error"] = branch_errors(fp, q, audio, lengths)
-            if qat_steps > 0:
-                qat_path = fam_dir / f"qat{b}.nemo"
-                if not qat_path.exists():
-                    train(load_config("recipes/qat_finetune.yaml", [
-                        f"init_from_nemo={fp_path}", f"qat.bits={b}", f"profile.weight_bits={b}",
-                        f"qat_distill.weight={distill}", f"model.train_ds.manifest_filepath={train_m}",
-                        f"model.validation_ds.manifest_filepath={dev}", f"trainer.max_steps={qat_steps}",
-                        f"exp_manager.exp_dir={fam_dir / f'qat{b}'}", f"save_to={qat_path}", *common]))  # fmt: skip
-                qm = ASRModel.restore_from(str(qat_path), map_location="cpu").eval()
-                quantize_model(qm, b, keep_fp=False)
-                row["qat"][b] = _rates(qm, test)
-        row["minutes"] = (time.perf_counter() - family_started) / 60
-        results[family] = row
-        (fam_dir / "result.json").write_text(json.dumps({"settings": settings, "row": row}, indent=1))
+        # every model is kept on its own: a change of bits or QAT steps reuses the pre-trained and fp models
+        ssl_path = _trained(fam_dir / "ssl.nemo", "recipes/ssl_tiny_mel.yaml", [
+            *data, f"model.encoder.preset={family}", f"model.hubert.centroids={centroids}",
+            f"model.hubert.num_clusters={clusters}", f"trainer.max_steps={pretrain_steps}",
+            f"exp_manager.exp_dir={fam_dir / 'ssl'}", *common], init=centroids)  # fmt: skip
+        fp_path = _trained(fam_dir / "fp.nemo", "recipes/ctc_char_finetune_tiny_mel.yaml", [
+            f"init_from_ssl={ssl_path}", *data, f"trainer.max_steps={finetune_steps}",
+            f"exp_manager.exp_dir={fam_dir / 'ctc'}", *common, *finetune_extra], init=ssl_path)  # fmt: skip
+
+        def qat_model(name: str, qat_overrides: list[str]) -> Path:
+            return _trained(fam_dir / f"{name}.nemo", "recipes/qat_finetune.yaml", [
+                f"init_from_nemo={fp_path}", *qat_overrides, f"qat_distill.weight={distill}", *data,
+                f"trainer.max_steps={qat_steps}", f"exp_manager.exp_dir={fam_dir / name}", *common], init=fp_path)  # fmt: skip
+
+        # the control for QAT's extra steps: the fp model trained qat_steps more without quantization
+        more_path = qat_model("fp_more", ["qat=null", "profile.weight_bits=16"]) if qat_steps > 0 else None
+        qat_paths = {b: qat_model(f"qat{b}", [f"qat.bits={b}", f"profile.weight_bits={b}"])
+                     for b in bits if b != 16 and qat_steps > 0}  # fmt: skip
+
+        def measure() -> dict[str, Any]:
+            fp = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
+            row: dict[str, Any] = {"fp": _rates(fp, test), "ptq": {}, "qat": {}, "bytes": {16: storage_bytes(fp)},
+                                   "params_m": sum(p.numel() for p in fp.encoder.parameters()) / 1e6,
+                                   "gmacs_per_s": macs_per_second(fp.encoder.arch, fp.encoder.profile)}  # fmt: skip
+            if more_path is not None:
+                row["fp_more"] = _rates(ASRModel.restore_from(str(more_path), map_location="cpu").eval(), test)
+            for b in bits:
+                if b == 16:
+                    continue
+                q = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
+                quantize_model(q, b, keep_fp=False)
+                row["ptq"][b] = _rates(q, test)
+                row["bytes"][b] = storage_bytes(q)
+                if b == error_bits:
+                    row["layer_error"] = branch_errors(fp, q, audio, lengths)
+                if b in qat_paths:
+                    qm = ASRModel.restore_from(str(qat_paths[b]), map_location="cpu").eval()
+                    quantize_model(qm, b, keep_fp=False)
+                    row["qat"][b] = _rates(qm, test)
+            row["minutes"] = (time.perf_counter() - family_started) / 60  # this call's training and evaluation
+            return row
+
+        models = {"fp": fp_path, "fp_more": more_path, **{f"qat{b}": p for b, p in qat_paths.items()}}
+        settings = {"test": str(test), "bits": sorted(int(b) for b in bits), "error_bits": error_bits,
+                    **{f"{k}_sha256": file_digest(p) for k, p in models.items() if p is not None}}  # fmt: skip
+        results[family] = _int_keys(kept_result(fam_dir / "result.json", settings, measure))
     minutes = sum(float(r.get("minutes", 0.0)) for r in results.values())
     errors = {f: r["layer_error"] for f, r in results.items() if "layer_error" in r}
     if errors:
