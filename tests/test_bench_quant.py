@@ -30,10 +30,13 @@ def test_study_reruns_retrain_only_what_their_settings_change(tiny_corpus, tmp_p
     assert row["bytes"][4] < row["bytes"][16] and len(row["fp"]) == 2 and row["fp_more"]
     times = {p.name: p.stat().st_mtime_ns for p in fam.glob("*.nemo")}
     assert set(times) == {"ssl.nemo", "fp.nemo", "fp_more.nemo", "qat4.nemo"}
+    trained = sum(float((fam / f"{name}.minutes").read_text()) for name in times)  # each training's own minutes
+    assert 0 < trained <= row["minutes"]
 
     row = study([16, 8, 4])
     assert set(row["ptq"]) == {8, 4} and set(row["qat"]) == {8, 4}
     assert {p.name: p.stat().st_mtime_ns for p in fam.glob("*.nemo") if p.name in times} == times  # all reused
+    assert row["minutes"] >= trained  # the reused models' training still counts
     kept = (fam / "result.json").stat().st_mtime_ns
     assert study([16, 8, 4]) == row and (fam / "result.json").stat().st_mtime_ns == kept
 

@@ -128,11 +128,29 @@ def _int_keys(row: dict[str, Any]) -> dict[str, Any]:
 
 def _trained(path: Path, recipe: str, overrides: list[str], init: Path | None = None) -> Path:
     """``path``, a model ``recipe`` trains with ``overrides`` (:func:`nemo_sew.bench.cache.kept_file`: reused while
-    the recipe path, the overrides and the model it starts from are the same; a second process waits for it)."""
+    the recipe path, the overrides and the model it starts from are the same; a second process waits for it). The
+    training's minutes are kept beside it (:func:`_training_minutes`), so a report counts reused models too."""
     from nemo_sew.train import load_config, train
 
+    def make() -> None:
+        started = time.perf_counter()
+        train(load_config(recipe, [*overrides, f"save_to={path}"]))
+        _minutes_file(path).write_text(f"{(time.perf_counter() - started) / 60:.4f}\n")
+
     settings = {"recipe": recipe, "overrides": overrides, "init_sha256": file_digest(init) if init else None}
-    return kept_file(path, settings, lambda: train(load_config(recipe, [*overrides, f"save_to={path}"])))
+    return kept_file(path, settings, make)
+
+
+def _minutes_file(path: Path) -> Path:
+    return path.with_name(path.name + ".minutes")
+
+
+def _training_minutes(path: Path) -> float:
+    """Wall-clock minutes of the run that trained ``path`` (0 when unknown)."""
+    try:
+        return float(_minutes_file(path).read_text())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def bench_quant(
@@ -175,7 +193,6 @@ def bench_quant(
     results: dict[str, Any] = {}
     for family in families:
         fam_dir = out_dir / family
-        family_started = time.perf_counter()
         # every model is kept on its own: a change of bits or QAT steps reuses the pre-trained and fp models
         ssl_path = _trained(fam_dir / "ssl.nemo", "recipes/ssl_tiny_mel.yaml", [
             *data, f"model.encoder.preset={family}", f"model.hubert.centroids={centroids}",
@@ -196,6 +213,7 @@ def bench_quant(
                      for b in bits if b != 16 and qat_steps > 0}  # fmt: skip
 
         def measure() -> dict[str, Any]:
+            started = time.perf_counter()
             fp = ASRModel.restore_from(str(fp_path), map_location="cpu").eval()
             row: dict[str, Any] = {"fp": _rates(fp, test), "ptq": {}, "qat": {}, "bytes": {16: storage_bytes(fp)},
                                    "params_m": sum(p.numel() for p in fp.encoder.parameters()) / 1e6,
@@ -215,7 +233,8 @@ def bench_quant(
                     qm = ASRModel.restore_from(str(qat_paths[b]), map_location="cpu").eval()
                     quantize_model(qm, b, keep_fp=False)
                     row["qat"][b] = _rates(qm, test)
-            row["minutes"] = (time.perf_counter() - family_started) / 60  # this call's training and evaluation
+            trained = [ssl_path, fp_path, *(p for p in (more_path, *qat_paths.values()) if p is not None)]
+            row["minutes"] = sum(map(_training_minutes, trained)) + (time.perf_counter() - started) / 60
             return row
 
         models = {"fp": fp_path, "fp_more": more_path, **{f"qat{b}": p for b, p in qat_paths.items()}}
@@ -249,7 +268,8 @@ def quant_markdown(results: dict[str, Any], bits: Sequence[int], pre: int, ft: i
         "### Attention-only vs conformer under low-bit weight quantization (synthetic corpus)",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine_line()}; one run, {minutes:.0f} min of training and evaluation  ",
+        f"Machine: {machine_line()}; one run per cell, {minutes:.0f} min of training (every model's own run, kept ones "
+        "included) and evaluation  ",
         f"HuBERT pre-training {pre} steps, CTC fine-tuning {ft} steps, QAT {qat} steps from the fp model{teacher}; "
         "test WER / CER.",
         "",
