@@ -140,6 +140,12 @@ def _cmd_bench_squeeze(args: argparse.Namespace) -> int:
 def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     from nemo_sew.bench.stochastic import bench_stochastic_methods, bench_stochastic_table
 
+    if args.factor_losses:
+        from nemo_sew.bench.stochastic import factor_losses
+
+        section = factor_losses(args.factor_losses, args.data, factors=args.sampler_factors, batches=args.loss_batches,
+                                hours=args.hours, command="nemo-sew " + " ".join(args.argv))  # fmt: skip
+        return _emit(section, args)
     if args.methods and args.step_cost:
         from nemo_sew.bench.stochastic import method_step_costs
 
@@ -406,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fixed", action="store_true", help="--methods: no fixed-squeeze models")
     p.add_argument("--step-cost", type=int, default=0, metavar="ROUNDS",
                    help="--methods: only time one training step of each method (ROUNDS interleaved steps), no training")
+    p.add_argument("--factor-losses", nargs="+", default=None, metavar="MODEL",
+                   help="no training: each .nemo's CTC loss per squeeze factor on training batches of --data, and the "
+                        "draw probabilities stochastic.method=weighted gives them")
+    p.add_argument("--sampler-factors", nargs="+", type=float, default=[1, 2, 3, 4],
+                   help="--factor-losses: the factors (the sampler's values)")
+    p.add_argument("--loss-batches", type=int, default=6, help="--factor-losses: training batches per factor")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)

@@ -106,3 +106,38 @@ def test_convergence_line_reports_each_fixed_models_last_fifth():
     assert "fixed s=1 0.700 -> 0.630 (-10.0%), 0.700 -> 0.700 (+0.0%)" in line
     assert "sandwich" not in line and "+ 200" not in line  # only the fixed models, not the fine-tuned control
     assert convergence_line({"fixed s=1": {0: {"wer": {}}}}) == ""  # a run kept from before: no history, no line
+
+
+def test_factor_losses_reports_each_factor_and_the_weighted_draws(tiny_corpus, tmp_path):
+    """A (randomly initialised) stochastic model: one loss per factor, and the draw probabilities are what the
+    weighted sampler computes for those losses with the model's own options (power 1 here, floor 0.4)."""
+    from nemo_sew.bench.stochastic import factor_losses
+    from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
+    from nemo_sew.train import build_model, load_config
+
+    cfg = load_config(ROOT / "recipes" / "ctc_char_stochastic_tiny_mel.yaml", [
+        f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}",
+        "model.train_ds.batch_size=4", *TINY_ENCODER, "augment=null",
+        "model.stochastic.power=1.0", "model.stochastic.floor=0.4",
+    ])  # fmt: skip
+    path = tmp_path / "stochastic.nemo"
+    build_model(cfg).save_to(str(path))
+    section = factor_losses([path], factors=[1, 2, 4], batches=2, splits=tiny_corpus, command="nemo-sew bench stochastic --factor-losses")
+    assert "| model | loss s=1 | loss s=2 | loss s=4 | p(s=1) | p(s=2) | p(s=4) |" in section
+    row = next(line for line in section.splitlines() if line.startswith(f"| `{path}` |"))
+    cells = [float(c) for c in row.strip("| \n").split(" | ")[1:]]
+    losses, p = cells[:3], cells[3:]
+    assert all(0 < loss < 1e4 for loss in losses)
+    expected = StochasticTrainer(StochasticOptions(method="weighted", power=1.0, floor=0.4))
+    expected.ema_loss = dict(zip([1.0, 2.0, 4.0], losses))
+    assert p == pytest.approx(expected.factor_weights([1.0, 2.0, 4.0]), abs=2e-3)
+    assert min(p) >= 0.4 / 3 - 1e-3 and sum(p) == pytest.approx(1.0, abs=3e-3)
+    assert p[losses.index(max(losses))] == max(p)  # the highest loss gets the most draws
+
+
+def test_cli_parses_factor_losses():
+    from nemo_sew.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "stochastic", "--factor-losses", "a.nemo", "b.nemo", "--sampler-factors", "1", "2.5"])
+    assert (args.factor_losses, args.sampler_factors, args.loss_batches) == (["a.nemo", "b.nemo"], [1.0, 2.5], 6)

@@ -372,4 +372,70 @@ def method_step_costs(
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["bench_stochastic_methods", "bench_stochastic_table", "method_step_costs", "step_times"]
+def factor_losses(
+    models: Sequence[str | Path],
+    data_dir: str | Path | None = None,
+    factors: Sequence[float] = (1, 2, 3, 4),
+    batches: int = 6,
+    hours: float = 3.5,
+    command: str = "",
+    splits: dict | None = None,
+) -> str:
+    """What ``stochastic.method=weighted`` would draw from each trained model: every factor's CTC loss on the
+    same ``batches`` training batches (the model's own training pipeline, augmentation included, its first
+    batches with the loader seeded by ``torch.manual_seed(0)``; forward only, eval mode), and the draw
+    probabilities :meth:`~nemo_sew.stochastic.StochasticTrainer.factor_weights` gives for those losses with the
+    model's own ``stochastic`` options (recipe defaults when it has none). Shows whether a factor's loss says it
+    lags or only that it is harder (the same ratios in a uniformly trained model)."""
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from manifests.synthetic import prepare_synthetic
+
+    from nemo_sew.models.ctc import SqueezeCTCModel
+    from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
+
+    splits = splits or prepare_synthetic(data_dir, hours=hours, seed=0)
+    factors = [float(f) for f in factors]
+    lines = [
+        "### Per-factor training loss of trained stochastic models, and the draws `weighted` gives them",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine_line()}  ",
+        f"CTC loss (the training loss: per utterance, batch mean) on the first {batches} training batches of "
+        f"`{splits['train']['manifest']}` (the model's training pipeline, augmentation included; the same batches "
+        "for every factor and model), forward only; p(s): the `weighted` sampler's draw probabilities for those losses "
+        "(`StochasticTrainer.factor_weights`: (loss(s) / lowest)^power mixed with a uniform floor, the model's own options).",
+        "",
+        "| model | " + " | ".join(f"loss s={f:g}" for f in factors) + " | " + " | ".join(f"p(s={f:g})" for f in factors) + " |",
+        "|---|" + "---|" * (2 * len(factors)),
+    ]  # fmt: skip
+    for path in models:
+        model = SqueezeCTCModel.restore_from(str(path), map_location="cpu")
+        train_cfg = OmegaConf.create(OmegaConf.to_container(model.cfg.train_ds, resolve=True))
+        with open_dict(train_cfg):
+            train_cfg.manifest_filepath = str(splits["train"]["manifest"])
+            train_cfg.num_workers = 0
+        torch.manual_seed(0)
+        model.setup_training_data(train_cfg)
+        model.eval()
+        losses: dict[float, list[float]] = {f: [] for f in factors}
+        batch_iter = iter(model._train_dl)
+        with torch.no_grad():
+            for _ in range(batches):
+                signal, signal_len, transcript, transcript_len = next(batch_iter)
+                for f in factors:
+                    model.set_profile({"squeeze": f}, default=False)
+                    log_probs, encoded_len, _ = model.forward(input_signal=signal, input_signal_length=signal_len)[:3]
+                    losses[f].append(float(model.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len,
+                                                      target_lengths=transcript_len)))  # fmt: skip
+        options = OmegaConf.to_container(model.cfg.stochastic) if model.cfg.get("stochastic") is not None else {}
+        weights = StochasticTrainer(StochasticOptions.from_config({**options, "method": "weighted"}))
+        weights.ema_loss = {f: sum(v) / len(v) for f, v in losses.items()}
+        p = weights.factor_weights(factors)
+        lines.append(f"| `{path}` | " + " | ".join(f"{weights.ema_loss[f]:.2f}" for f in factors) + " | "
+                     + " | ".join(f"{x:.3f}" for x in p) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["bench_stochastic_methods", "bench_stochastic_table", "factor_losses", "method_step_costs", "step_times"]
