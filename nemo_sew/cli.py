@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                   help="compare training methods (uniform sandwich inplace_distill weighted) at equal steps and time")
+                   help="compare training methods (uniform sandwich inplace_distill weighted sandwich_interior) at equal steps and time")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="--methods: seeds per cell (0 1)")
     p.add_argument("--factors", nargs="+", type=int, default=[1, 2, 4], help="--methods: squeeze factors evaluated")
     p.add_argument("--no-equal-time", action="store_true", help="--methods: equal steps only")

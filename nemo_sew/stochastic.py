@@ -7,6 +7,10 @@
 - ``sandwich``: three profiles per step, the smallest and the largest squeeze and the sampler's draw
   (BigNAS / slimmable networks' sandwich rule); the loss is the mean of their CTC losses. A step costs
   about three uniform steps, so compare at equal wall-clock time too (``nemo-sew bench stochastic --methods``).
+  ``middle: interior`` draws the third profile's squeeze among the factors strictly between the smallest and
+  the largest (a sampler over values with more than two): with ``any`` (the rule as published) a middle factor
+  of U{1, 2, 3, 4} is trained in a quarter of the steps while both extremes are trained in every step; with
+  ``interior`` s = 2 and s = 3 get half the steps each. The draw keeps the sampler's pooling.
 - ``inplace_distill``: the smallest squeeze (s = 1: the teacher) learns from the transcripts with CTC; one
   squeezed profile per step (a draw among the other factors) learns ``(1 - distill_weight) * CTC +
   distill_weight * KD``, where KD is the frame-level KL divergence from the teacher's (detached) CTC
@@ -34,6 +38,17 @@ import torch
 from nemo_sew.encoder import Draw
 
 METHODS = ("uniform", "sandwich", "inplace_distill", "weighted")
+# named settings of a method (what ``nemo-sew bench stochastic --methods`` accepts besides METHODS)
+VARIANTS = {"sandwich_interior": {"method": "sandwich", "middle": "interior"}}
+
+
+def method_config(name: str) -> dict[str, str]:
+    """``model.stochastic``'s settings for a method name of :data:`METHODS` or :data:`VARIANTS`."""
+    if name in METHODS:
+        return {"method": name}
+    if name in VARIANTS:
+        return dict(VARIANTS[name])
+    raise ValueError(f"stochastic method: expected one of {[*METHODS, *VARIANTS]}, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -46,10 +61,13 @@ class StochasticOptions:
     ema: float = 0.9
     power: float = 2.0
     floor: float = 0.2
+    middle: str = "any"  # sandwich: the third profile's squeeze, the sampler's draw (any) or an interior factor
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"stochastic.method: expected one of {METHODS}, got {self.method!r}")
+        if self.middle not in ("any", "interior"):
+            raise ValueError(f"stochastic.middle: expected 'any' or 'interior', got {self.middle!r}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"stochastic.distill_weight: expected 0 <= w <= 1, got {self.distill_weight}")
         if self.temperature <= 0:
@@ -128,6 +146,9 @@ class StochasticTrainer:
 
         rng = random.Random(f"{sampler.seed}-{int(step)}-{self.method}")
         if self.method == "sandwich":
+            interior = [c for c in choices if lo < c < hi] if discrete else []
+            if self.options.middle == "interior" and interior:
+                return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(at(rng.choice(interior), pooled=True))]
             return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(base)]
         if self.method == "inplace_distill":
             if discrete:

@@ -61,6 +61,31 @@ def test_each_method_runs_its_own_profiles(tiny_corpus):
     assert {p[0][0] for p in squeezes["weighted"]} == {1.0, 2.0, 3.0, 4.0}  # uniform before any loss is seen
 
 
+def test_sandwich_interior_middle_trains_only_the_factors_between_the_extremes(tiny_corpus):
+    encoder = _model(tiny_corpus, "sandwich").encoder.train()
+    trainer = StochasticTrainer(StochasticOptions.from_config({"method": "sandwich", "middle": "interior"}))
+    middles = Counter()
+    for step in range(200):
+        paths = trainer.paths(encoder, step)
+        assert [p.draw.profile.squeeze for p in paths[:2]] == [1.0, 4.0]
+        middles[paths[2].draw.profile.squeeze] += 1
+        assert [p.draw.profile.squeeze for p in trainer.paths(encoder, step)] == [p.draw.profile.squeeze for p in paths]
+    assert set(middles) == {2.0, 3.0} and min(middles.values()) > 70  # about half the steps each
+    any_middle = StochasticTrainer(StochasticOptions(method="sandwich"))
+    assert {any_middle.paths(encoder, step)[2].draw.profile.squeeze for step in range(200)} == {1.0, 2.0, 3.0, 4.0}
+    with pytest.raises(ValueError, match="middle"):
+        StochasticOptions(method="sandwich", middle="centre")
+
+
+def test_method_names_and_variants():
+    from nemo_sew.stochastic import method_config
+
+    assert method_config("sandwich") == {"method": "sandwich"}  # the bench's kept runs keep their settings
+    assert StochasticOptions.from_config(method_config("sandwich_interior")).middle == "interior"
+    with pytest.raises(ValueError, match="sandwich_interior"):
+        method_config("sandwich_any")
+
+
 def test_weighted_favours_the_lagging_factor(tiny_corpus):
     encoder = _model(tiny_corpus, "weighted").encoder.train()
     trainer = StochasticTrainer(StochasticOptions(method="weighted", power=2.0, floor=0.2, ema=0.5))

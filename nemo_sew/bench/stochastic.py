@@ -130,12 +130,12 @@ def bench_stochastic_methods(
     from manifests.synthetic import prepare_synthetic
 
     from nemo_sew.evaluate import error_rates, transcribe_manifest
-    from nemo_sew.stochastic import METHODS
+    from nemo_sew.stochastic import METHODS, VARIANTS, method_config
     from nemo_sew.train import load_config, train
 
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
     if unknown:
-        raise ValueError(f"methods: expected some of {METHODS}, got {unknown}")
+        raise ValueError(f"methods: expected some of {[*METHODS, *VARIANTS]}, got {unknown}")
     if equal_time and "uniform" not in methods:
         raise ValueError("equal_time: the budget is the uniform run's time; expected 'uniform' among the methods")
     if finetune_steps and (not fixed or finetune_factor not in factors):
@@ -201,7 +201,8 @@ def bench_stochastic_methods(
                 ))  # fmt: skip
         stochastic = {method: ["++model.encoder.arch.expander=phase",
                                f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
-                               f"+model.stochastic={{method: {method}}}"] for method in methods}  # fmt: skip
+                               "+model.stochastic={" + ", ".join(f"{k}: {v}" for k, v in method_config(method).items()) + "}"]
+                      for method in methods}  # fmt: skip
         ref = "fixed" if fixed else None
         for method in methods:
             add(f"{method}, equal steps", seed, ref, run(method, seed, stochastic[method], steps))
@@ -302,7 +303,7 @@ def step_times(
     import torch
 
     from nemo_sew.models.ctc import SqueezeCTCModel
-    from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
+    from nemo_sew.stochastic import StochasticOptions, StochasticTrainer, method_config
     from nemo_sew.train import load_config
 
     values = "[" + ", ".join(str(v) for v in sampler_values) + "]"
@@ -315,7 +316,7 @@ def step_times(
     torch.manual_seed(0)
     model = SqueezeCTCModel(cfg=cfg.model).train()  # builds its (validated) training data loader
     signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
-    trainers = {m: StochasticTrainer(StochasticOptions(method=m)) for m in methods}
+    trainers = {m: StochasticTrainer(StochasticOptions(**method_config(m))) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     for step in range(-1, rounds):  # round -1: a warm-up of every method (one-time costs), not timed
         for method in methods:
