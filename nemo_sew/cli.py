@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-values", type=float, nargs="+", default=[1, 2, 3, 4],
                    help="the squeeze factors the stochastic pre-training draws from")
     p.add_argument("--finetune-method", default="sandwich",
-                   help="how the stochastic fine-tuning uses the sampler (uniform sandwich inplace_distill weighted)")
+                   help="how the stochastic fine-tuning uses the sampler (uniform sandwich inplace_distill weighted sandwich_interior)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="fine-tuning seeds per cell")
     p.add_argument("--clusters", type=int, default=100)
     p.add_argument("--hours", type=float, default=3.5)

@@ -51,6 +51,12 @@ def method_config(name: str) -> dict[str, str]:
     raise ValueError(f"stochastic method: expected one of {[*METHODS, *VARIANTS]}, got {name!r}")
 
 
+def method_override(name: str, prefix: str = "+") -> str:
+    """The recipe override that selects method ``name`` (``+model.stochastic={method: sandwich}``; a variant
+    adds its settings)."""
+    return f"{prefix}model.stochastic={{" + ", ".join(f"{k}: {v}" for k, v in method_config(name).items()) + "}"
+
+
 @dataclass(frozen=True)
 class StochasticOptions:
     """``model.stochastic`` (see the module docstring)."""

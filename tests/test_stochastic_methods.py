@@ -78,9 +78,12 @@ def test_sandwich_interior_middle_trains_only_the_factors_between_the_extremes(t
 
 
 def test_method_names_and_variants():
-    from nemo_sew.stochastic import method_config
+    from nemo_sew.stochastic import method_config, method_override
 
-    assert method_config("sandwich") == {"method": "sandwich"}  # the bench's kept runs keep their settings
+    assert method_config("sandwich") == {"method": "sandwich"}
+    # the benches' overrides, part of their kept runs' settings: unchanged for the four methods
+    assert method_override("sandwich") == "+model.stochastic={method: sandwich}"
+    assert method_override("sandwich_interior", "++") == "++model.stochastic={method: sandwich, middle: interior}"
     assert StochasticOptions.from_config(method_config("sandwich_interior")).middle == "interior"
     with pytest.raises(ValueError, match="sandwich_interior"):
         method_config("sandwich_any")

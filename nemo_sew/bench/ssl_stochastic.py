@@ -62,12 +62,12 @@ def bench_ssl_stochastic(
     """
     from manifests.synthetic import prepare_synthetic
 
-    from nemo_sew.stochastic import METHODS
+    from nemo_sew.stochastic import METHODS, VARIANTS, method_override
 
     if objective not in ("hubert", "wav2vec2"):
         raise ValueError(f"objective: expected 'hubert' or 'wav2vec2', got {objective!r}")
-    if finetune_method not in METHODS:
-        raise ValueError(f"finetune_method: expected one of {METHODS}, got {finetune_method!r}")
+    if finetune_method not in METHODS and finetune_method not in VARIANTS:
+        raise ValueError(f"finetune_method: expected one of {[*METHODS, *VARIANTS]}, got {finetune_method!r}")
     if pretrain_steps <= 0 or finetune_steps <= 0 or not factors or not seeds:
         raise ValueError("expected positive pretrain_steps and finetune_steps, and at least one factor and one seed")
     out_dir = Path(out_dir)
@@ -106,7 +106,7 @@ def bench_ssl_stochastic(
             runs.setdefault("stochastic pre-training, fine-tuned at s (sampler off)", {})[s] = finetune(
                 f"stochastic_at_s{s}", stochastic, seed, ["++model.encoder_overrides.squeeze_sampler=null",
                                                           f"model.profile.squeeze={s}"], [s])  # fmt: skip
-        one = finetune(f"stochastic_{finetune_method}", stochastic, seed, [f"++model.stochastic={{method: {finetune_method}}}"], factors)  # fmt: skip
+        one = finetune(f"stochastic_{finetune_method}", stochastic, seed, [method_override(finetune_method, "++")], factors)  # fmt: skip
         runs[f"stochastic pre-training, {finetune_method} fine-tuning (one model)"] = {s: one for s in factors}
         for row, per_factor in runs.items():
             for s, r in per_factor.items():

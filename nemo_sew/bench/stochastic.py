@@ -130,7 +130,7 @@ def bench_stochastic_methods(
     from manifests.synthetic import prepare_synthetic
 
     from nemo_sew.evaluate import error_rates, transcribe_manifest
-    from nemo_sew.stochastic import METHODS, VARIANTS, method_config
+    from nemo_sew.stochastic import METHODS, VARIANTS, method_override
     from nemo_sew.train import load_config, train
 
     unknown = [m for m in methods if m not in METHODS and m not in VARIANTS]
@@ -201,8 +201,7 @@ def bench_stochastic_methods(
                 ))  # fmt: skip
         stochastic = {method: ["++model.encoder.arch.expander=phase",
                                f"+model.encoder.squeeze_sampler={{squeeze: {{values: {values}}}, seed: {seed}}}",
-                               "+model.stochastic={" + ", ".join(f"{k}: {v}" for k, v in method_config(method).items()) + "}"]
-                      for method in methods}  # fmt: skip
+                               method_override(method)] for method in methods}  # fmt: skip
         ref = "fixed" if fixed else None
         for method in methods:
             add(f"{method}, equal steps", seed, ref, run(method, seed, stochastic[method], steps))
