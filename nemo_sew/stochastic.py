@@ -152,7 +152,9 @@ class StochasticTrainer:
 
         rng = random.Random(f"{sampler.seed}-{int(step)}-{self.method}")
         if self.method == "sandwich":
-            interior = [c for c in choices if lo < c < hi] if discrete else []
+            if self.options.middle == "interior" and not discrete:
+                raise ValueError("stochastic.middle=interior: expected a squeeze sampler over values ({'values': [...]})")
+            interior = [c for c in choices if lo < c < hi]
             if self.options.middle == "interior" and interior:
                 return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(at(rng.choice(interior), pooled=True))]
             return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(base)]

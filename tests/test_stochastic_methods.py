@@ -75,6 +75,13 @@ def test_sandwich_interior_middle_trains_only_the_factors_between_the_extremes(t
     assert {any_middle.paths(encoder, step)[2].draw.profile.squeeze for step in range(200)} == {1.0, 2.0, 3.0, 4.0}
     with pytest.raises(ValueError, match="middle"):
         StochasticOptions(method="sandwich", middle="centre")
+    continuous = SqueezeCTCModel(cfg=load_config(RECIPE, [
+        f"model.train_ds.manifest_filepath={tiny_corpus['train']['manifest']}",
+        f"model.validation_ds.manifest_filepath={tiny_corpus['dev']['manifest']}", "model.train_ds.num_workers=0",
+        *TINY_ENCODER, "++model.encoder.arch.expander=phase", "+model.encoder.squeeze_sampler={squeeze: {low: 1, high: 4}}",
+    ]).model).encoder.train()  # fmt: skip
+    with pytest.raises(ValueError, match="over values"):  # interior of a continuous range: a clear error, not a no-op
+        trainer.paths(continuous, 0)
 
 
 def test_method_names_and_variants():
