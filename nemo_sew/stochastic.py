@@ -152,12 +152,13 @@ class StochasticTrainer:
 
         rng = random.Random(f"{sampler.seed}-{int(step)}-{self.method}")
         if self.method == "sandwich":
-            if self.options.middle == "interior" and not discrete:
-                raise ValueError("stochastic.middle=interior: expected a squeeze sampler over values ({'values': [...]})")
-            interior = [c for c in choices if lo < c < hi]
-            if self.options.middle == "interior" and interior:
-                return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(at(rng.choice(interior), pooled=True))]
-            return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(base)]
+            middle = base
+            if self.options.middle == "interior":
+                if not discrete:
+                    raise ValueError("stochastic.middle=interior: expected a squeeze sampler over values ({'values': [...]})")
+                interior = [c for c in choices if lo < c < hi]
+                middle = at(rng.choice(interior), pooled=True) if interior else base
+            return [TrainingPath(at(lo)), TrainingPath(at(hi)), TrainingPath(middle)]
         if self.method == "inplace_distill":
             if discrete:
                 students = [c for c in choices if c != lo]

@@ -29,7 +29,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="objective"):
         bench_ssl_stochastic(None, tmp_path, objective="hubert2", splits={})
-    with pytest.raises(ValueError, match="finetune_method"):
+    with pytest.raises(ValueError, match="stochastic method: expected one of"):
         bench_ssl_stochastic(None, tmp_path, finetune_method="random", splits={})
     with pytest.raises(ValueError, match="positive"):
         bench_ssl_stochastic(None, tmp_path, pretrain_steps=0, splits={})

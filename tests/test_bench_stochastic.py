@@ -41,7 +41,7 @@ def test_method_step_costs_times_every_method(tiny_corpus):
 def test_methods_are_checked(tmp_path):
     from nemo_sew.bench.stochastic import bench_stochastic_methods
 
-    with pytest.raises(ValueError, match="expected some of"):
+    with pytest.raises(ValueError, match="stochastic method: expected one of"):
         bench_stochastic_methods(None, tmp_path, methods=["uniform", "dropout"], splits={"test": {}})
     with pytest.raises(ValueError, match="uniform"):
         bench_stochastic_methods(None, tmp_path, methods=["sandwich"], splits={"test": {}})

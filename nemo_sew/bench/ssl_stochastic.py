@@ -62,12 +62,11 @@ def bench_ssl_stochastic(
     """
     from manifests.synthetic import prepare_synthetic
 
-    from nemo_sew.stochastic import METHODS, VARIANTS, method_override
+    from nemo_sew.stochastic import method_config, method_override
 
     if objective not in ("hubert", "wav2vec2"):
         raise ValueError(f"objective: expected 'hubert' or 'wav2vec2', got {objective!r}")
-    if finetune_method not in METHODS and finetune_method not in VARIANTS:
-        raise ValueError(f"finetune_method: expected one of {[*METHODS, *VARIANTS]}, got {finetune_method!r}")
+    method_config(finetune_method)  # an unknown name: ValueError naming the known ones
     if pretrain_steps <= 0 or finetune_steps <= 0 or not factors or not seeds:
         raise ValueError("expected positive pretrain_steps and finetune_steps, and at least one factor and one seed")
     out_dir = Path(out_dir)
