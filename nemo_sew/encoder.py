@@ -82,6 +82,15 @@ class EncoderOutput:
 
 
 @dataclass
+class Front:
+    """What :meth:`SqueezeEncoder.front` returns: projected (and, in fine-tuning, masked) 20 ms features."""
+
+    hidden: torch.Tensor  # (B, T, D)
+    lengths: torch.Tensor  # 20 ms frames (B,)
+    input_lengths: torch.Tensor  # the input port's lengths (samples / 10 ms frames)
+
+
+@dataclass
 class Squeezed:
     """The compressor's output, before the blocks (see :meth:`SqueezeEncoder.squeeze`)."""
 
@@ -508,16 +517,29 @@ class SqueezeEncoder(NeuralModule, Exportable):
         (training), squeeze, blocks, expander. ``draw`` None: :meth:`draw` without a step. ``measure``: a gated
         encoder also reports each item's realised MACs (``stats["macs"]``; training with a MAC budget always
         does), which costs a cost-model call, so inference skips it unless asked."""
-        if draw is None:
-            draw = self.draw()
-            if self.training and self.sampler is not None:
-                self._train_forwards += 1
+        return self.from_front(self.front(audio_signal, length), draw, measure=measure)
+
+    def front(self, audio_signal: torch.Tensor, length: torch.Tensor) -> Front:
+        """The part of :meth:`run` no draw changes: features, projection and fine-tuning masking (training).
+        Training steps that run several profiles (``nemo_sew.stochastic``: sandwich, in-place distillation)
+        compute it once and pass it to :meth:`from_front` per profile, so every path sees the same masked
+        features (and one pruning-mask sample) and the front end's forward and backward run once."""
         self.check_inputs(audio_signal, length)
         x, frames = self.features(audio_signal, length)  # (B, T, C_front) at 20 ms
         x = self.projection(x)  # (B, T, D)
         if self.training and self.masking is not None:
             x = self.apply_masking(x, frames)
-        return self.context(self.squeeze_features(x, frames, draw, input_lengths=length), draw, measure=measure)
+        return Front(x, frames, length)
+
+    def from_front(self, front: Front, draw: Draw | None = None, measure: bool = False) -> EncoderOutput:
+        """The rest of :meth:`run` at ``draw`` (None: :meth:`draw` without a step, counted as one training
+        forward): squeeze, blocks, expander on a :meth:`front`'s output."""
+        if draw is None:
+            draw = self.draw()
+            if self.training and self.sampler is not None:
+                self._train_forwards += 1
+        return self.context(self.squeeze_features(front.hidden, front.lengths, draw, input_lengths=front.input_lengths),
+                            draw, measure=measure)  # fmt: skip
 
     def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""

@@ -21,6 +21,10 @@
   uniform distribution; ``ema_loss`` is an exponential moving average (``ema``) of each factor's loss,
   averaged over DDP ranks before it is used, so every rank keeps the same weights.
 
+The paths of one step share what no profile changes: the preprocessor, SpecAugment and the encoder's front
+end (features, projection, fine-tuning masking) run once (``SqueezeCTCModel.forward_with_draws``), so the
+teacher and the student see the same augmented input and the front end's forward and backward run once.
+
 Every draw is a pure function of the global step (and, for ``weighted``, of the rank-averaged losses seen
 so far), so DDP ranks run the same profiles. Not checkpointed: ``weighted`` restarts its averages when a
 run resumes.
@@ -197,8 +201,8 @@ class StochasticTrainer:
         paths; ``logs``: each path's CTC loss by factor."""
         paths = self.paths(model.encoder, step)
         total, logs, teacher, aux = 0.0, {}, None, {}
-        for path in paths:
-            log_probs, encoded_len, predictions, out = model.forward_with_draw(signal, signal_len, draw=path.draw)
+        outputs = model.forward_with_draws(signal, signal_len, draws=[path.draw for path in paths])  # one shared front end
+        for path, (log_probs, encoded_len, predictions, out) in zip(paths, outputs):
             ctc = model.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len)
             factor = float(out.stats.get("squeeze", path.draw.profile.squeeze or 0.0))
             logs[f"train_ctc_s{factor:g}"] = ctc.detach()

@@ -146,6 +146,36 @@ def test_every_path_sends_gradients(tiny_corpus, method):
     assert log_probs.shape[1] >= int(encoded_len.max())
 
 
+def test_paths_share_one_front_end_and_keep_the_per_path_loss_and_gradients(tiny_corpus):
+    model = _model(tiny_corpus, "sandwich").train()  # no dropout, no SpecAugment; dither off: deterministic forwards
+    model.preprocessor.featurizer.dither = 0.0
+    signal, signal_len, transcript, transcript_len = next(iter(model._train_dl))
+    fronts = []
+    hook = model.encoder.frontend.register_forward_hook(lambda *args: fronts.append(1))
+    step = 5
+    paths = model.stochastic_trainer().paths(model.encoder, step)
+    assert len({p.draw.profile.squeeze for p in paths}) >= 2
+    loss = model.stochastic_trainer().loss(model, signal, signal_len, transcript, transcript_len, step=step)[0]
+    assert len(fronts) == 1  # three paths, one front end
+    loss.backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference = 0.0
+    for path in paths:  # each path through its own front end, as before the front end was shared
+        log_probs, encoded_len, _, _ = model.forward_with_draw(signal, signal_len, draw=path.draw)
+        reference = reference + model.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len,
+                                           target_lengths=transcript_len) / len(paths)  # fmt: skip
+    assert len(fronts) == 1 + len(paths)
+    hook.remove()
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-5)
+    assert set(shared) == {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any(n.startswith("encoder.projection.") for n in shared)  # the shared part has weights (the mel front end none)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(shared[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains(tiny_corpus, method):
     model = _model(tiny_corpus, method)

@@ -293,15 +293,28 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         :class:`~nemo_sew.encoder.EncoderOutput` (its ``aux_losses`` and ``stats``); stock encoders give None."""
         if not isinstance(self.encoder, SqueezeEncoder):
             return (*super().forward(input_signal, input_signal_length, processed_signal, processed_signal_length), None)
+        return self.forward_with_draws(input_signal, input_signal_length, processed_signal, processed_signal_length,
+                                       draws=[draw])[0]  # fmt: skip
+
+    def forward_with_draws(
+        self, input_signal=None, input_signal_length=None, processed_signal=None, processed_signal_length=None, draws=()
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, EncoderOutput]]:
+        """:meth:`forward_with_draw` at each of ``draws`` (a :class:`~nemo_sew.encoder.Draw` or None), sharing
+        what no draw changes: the preprocessor, SpecAugment and the encoder's :meth:`~SqueezeEncoder.front` run
+        once, so every path sees the same augmented input and the front end's backward runs once."""
         if processed_signal is None:
             if input_signal is None or input_signal_length is None:
                 raise ValueError("expected input_signal and input_signal_length, or processed_signal and its lengths")
             processed_signal, processed_signal_length = self.preprocessor(input_signal=input_signal, length=input_signal_length)
         if self.spec_augmentation is not None and self.training:
             processed_signal = self.spec_augmentation(input_spec=processed_signal, length=processed_signal_length)
-        out = self.encoder.run(processed_signal, processed_signal_length, draw)
-        log_probs = self.decoder(encoder_output=out.hidden.transpose(1, 2))  # NeMo's (B, D, T) at the boundary
-        return log_probs, out.lengths, log_probs.argmax(dim=-1), out
+        front = self.encoder.front(processed_signal, processed_signal_length)
+        outputs = []
+        for draw in draws:
+            out = self.encoder.from_front(front, draw)
+            log_probs = self.decoder(encoder_output=out.hidden.transpose(1, 2))  # NeMo's (B, D, T) at the boundary
+            outputs.append((log_probs, out.lengths, log_probs.argmax(dim=-1), out))
+        return outputs
 
     def stochastic_trainer(self):
         """How a sampled model trains (``cfg.stochastic``, :mod:`nemo_sew.stochastic`), built on first use."""
