@@ -161,6 +161,7 @@ class StepRecorder(pl.Callback):
             "rank": trainer.global_rank,
             "step": trainer.global_step,  # after this batch's optimizer step
             "squeeze": stats.get("squeeze"),
+            "layers": stats.get("layers"),  # blocks run (LayerDrop skips some in training)
             "lengths": [int(x) for x in batch[1].tolist()] if audio_text else None,
             "targets": [int(x) for x in batch[2].sum(dim=-1).tolist()] if audio_text else None,
             "loss": float(loss) if loss is not None else None,

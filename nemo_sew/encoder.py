@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from nemo.core.classes import Exportable, NeuralModule, typecheck
@@ -33,7 +34,7 @@ from nemo.core.neural_types import (
 from torch import nn
 
 from nemo_sew.arch import EncoderArch, resolve_arch
-from nemo_sew.nn.blocks import BRANCH_COST, BlockOptions, LayerPlan, build_block, legacy_layer_keys
+from nemo_sew.nn.blocks import BRANCH_COST, BlockOptions, LayerPlan, build_block, legacy_layer_keys, zero_touch
 from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor
 from nemo_sew.cost import encoder_cost, ffn_columns
 from nemo_sew.nn.frontend import FeatureProjection, _tracing, build_frontend, frontend_layout, time_mask
@@ -61,6 +62,7 @@ class Draw:
     profile: CompressionProfile
     cif_lambda: float = 1.0
     step: int | None = None  # the training step it was drawn for (I3D temperature annealing, pruning warm-up), if known
+    seed: int = 0  # the run's seed: decisions every DDP rank must share (LayerDrop) are functions of (seed, step)
 
 
 @dataclass
@@ -381,7 +383,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 f"{self.arch.to_dict()}, profile: {wanted.to_dict()}"
             )
 
-    def draw(self, step: int | None = None) -> Draw:
+    def draw(self, step: int | None = None, seed: int = 0) -> Draw:
         """The profile one forward runs at.
 
         In training with a sampler: the sampler's draw for global step ``step`` (a pure function of the step,
@@ -389,13 +391,34 @@ class SqueezeEncoder(NeuralModule, Exportable):
         is what stock NeMo models get (they call ``forward`` without a draw). Otherwise: the active profile.
         """
         if not (self.training and self.sampler is not None):
-            return Draw(self._profile, self.cif_lambda, step)
+            return Draw(self._profile, self.cif_lambda, step, int(seed))
         if step is None:
             step = self._train_forwards
         drawn, lam = self.sampler.sample(int(step))
         if drawn.squeeze is None:
             drawn = dataclasses.replace(drawn, squeeze=self._profile.squeeze)
-        return Draw(drawn, lam, int(step))
+        return Draw(drawn, lam, int(step), int(seed))
+
+    def layerdrop_decisions(self, draw: Draw, num_layers: int) -> frozenset[int]:
+        """The blocks LayerDrop skips in this training forward: a pure function of ``(draw.seed, draw.step,
+        layer)``, so every DDP rank (and a one-process run of the same recipe) drops the same blocks, and a
+        resumed run repeats them. Drawn on the host from numpy's SeedSequence: no device tensor, no sync.
+        A draw without a step counts this encoder's own training forwards (stock NeMo models)."""
+        step = draw.step
+        if step is None:
+            step = self._train_forwards
+            self._train_forwards += 1
+        return layerdrop_decisions(self.layerdrop, int(draw.seed), int(step), num_layers)
+
+    def compile_blocks(self, **options: Any) -> None:
+        """``torch.compile`` each block in place (regional compilation: ``nn.Module.compile``), for training
+        (recipe ``compile: true``) and inference. The blocks see only a sequence and its lengths, so the squeeze
+        factor a stochastic draw picks changes their input length, not their code: after the first length
+        change the length is a dynamic dimension and later draws (integer or CIF) reuse the same graphs
+        instead of recompiling every step. The front end, compressor (CIF's data-dependent length) and
+        expander stay eager. ``options`` go to ``torch.compile`` (``backend``, ``mode``, ``fullgraph``)."""
+        for layer in self.layers:
+            layer.compile(**options)
 
     def disable_sampler(self) -> None:
         """Stop drawing training profiles (fine-tuning a stochastic model at one profile)."""
@@ -488,8 +511,11 @@ class SqueezeEncoder(NeuralModule, Exportable):
         feat_in = self.layout.feat_in
         if audio_signal.dim() != 3 or audio_signal.shape[1] != feat_in:
             raise ValueError(f"expected audio_signal of shape (B, {feat_in}, T), got {tuple(audio_signal.shape)}")
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return  # data-dependent checks cannot be traced
+        if self.training or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+            # data-dependent checks cannot be traced or compiled, and each costs a host synchronisation: training
+            # data is checked in the data layer (manifest validation: audio content, minimum duration), so a
+            # training step has none; eager inference on raw tensors keeps them
+            return
         if not bool(torch.isfinite(audio_signal).all()):
             bad = (~torch.isfinite(audio_signal)).flatten(1).any(1).nonzero().flatten().tolist()
             raise ValueError(f"audio_signal contains NaN or inf values in batch items {bad}")
@@ -600,8 +626,12 @@ class SqueezeEncoder(NeuralModule, Exportable):
         layers = list(self.layers) if num_layers is None else list(self.layers)[:num_layers]
         ran = 0
         decisions: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        dropped = self.layerdrop_decisions(draw, len(layers)) if self.training and self.layerdrop > 0 else ()
         for i, (layer, plan) in enumerate(zip(layers, plans)):
-            if self.training and self.layerdrop > 0 and plan.q_stride == 1 and torch.rand(()) < self.layerdrop:
+            if i in dropped and plan.q_stride == 1:
+                # the block's parameters still get a (zero) gradient, so plain DDP (no unused-parameter search)
+                # reduces the same buckets on every rank (NeMo's conformer runs the dropped layer times 0)
+                h = h + zero_touch(layer.parameters()).to(h.dtype)
                 continue
             h, h_len, taken = layer(h, h_len, plan)
             decisions.update({(i, name): d for name, d in taken.items()})
@@ -707,6 +737,15 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if self.learned_rate is None:
             return None
         return frame_ms * float(self.learned_squeeze.detach())
+
+
+def layerdrop_decisions(p: float, seed: int, step: int, num_layers: int) -> frozenset[int]:
+    """Indices of the layers LayerDrop skips at ``step``: each layer independently with probability ``p``, from
+    a stream keyed by ``(seed, step)`` alone (the same on every rank and micro-batch)."""
+    if p <= 0:
+        return frozenset()
+    u = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(step), 0x4C44]))).random(num_layers)
+    return frozenset(int(i) for i in np.flatnonzero(u < p))
 
 
 def _plain_sampler(sampler: ProfileSampler) -> dict[str, Any]:

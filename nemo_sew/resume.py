@@ -258,14 +258,30 @@ def consumed_one_batch(loader: Any) -> None:
 
 
 class StepSeed(pl.Callback):
-    """Reseed python, numpy and torch before every training step from ``(seed, global step, rank)``.
+    """Reseed python, numpy and torch before every micro-batch from ``(seed, global step, rank, micro-batch)``.
 
-    Each step's random draws (SpecAugment, dither, dropout, masking) then depend on the step alone, so a run
-    resumed from a checkpoint repeats the draws of an uninterrupted one. Ranks differ (their rank is mixed in).
+    Each micro-batch's random draws (SpecAugment, dither, dropout, masking, negatives) then depend on the step
+    and its place in the accumulation window alone, so a run resumed from a checkpoint repeats the draws of an
+    uninterrupted one. Ranks differ (their rank is mixed in), and so do the micro-batches of one optimizer step
+    (``trainer.accumulate_grad_batches > 1``: ``global_step`` does not move inside the window). The first
+    micro-batch of a step keeps the seed words ``(seed, step, rank)`` of runs without accumulation.
+
+    The micro-batch index is counted here (reset when the global step moves); checkpoints are written at step
+    boundaries, so a resumed run starts at micro-batch 0 as the uninterrupted one did.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
+        self._step: int | None = None
+        self.micro = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        _seed_all([self.seed, int(trainer.global_step), int(trainer.global_rank)])
+        step = int(trainer.global_step)
+        self.micro = self.micro + 1 if step == self._step else 0
+        self._step = step
+        _seed_all(step_seed_words(self.seed, step, int(trainer.global_rank), self.micro))
+
+
+def step_seed_words(seed: int, step: int, rank: int, micro: int = 0) -> list[int]:
+    """The seed words of one micro-batch (see :class:`StepSeed`)."""
+    return [seed, step, rank] if micro == 0 else [seed, step, rank, micro]

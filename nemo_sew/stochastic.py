@@ -117,6 +117,14 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Te
     return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2
 
 
+def run_seed(model) -> int:
+    """The run's seed as the model's draws carry it (``model.seed`` in the config, written by ``nemo-sew train``
+    from the recipe's top-level ``seed``; 0 when absent)."""
+    cfg = getattr(model, "cfg", None)
+    value = cfg.get("seed") if cfg is not None else None
+    return int(value) if value is not None else 0
+
+
 @dataclass
 class StochasticTrainer:
     """The profiles of each training step and the loss over them, for one model (see the module docstring)."""
@@ -140,9 +148,10 @@ class StochasticTrainer:
         total = sum(raw)
         return [(1 - self.options.floor) * r / total + self.options.floor / n for r in raw]
 
-    def paths(self, encoder, step: int) -> list[TrainingPath]:
-        """The profiles training step ``step`` runs (the same on every DDP rank)."""
-        base = encoder.draw(step)
+    def paths(self, encoder, step: int, seed: int = 0) -> list[TrainingPath]:
+        """The profiles training step ``step`` runs (the same on every DDP rank); every path's draw carries the
+        step and the run's ``seed``."""
+        base = encoder.draw(step, seed=seed)
         sampler = encoder.sampler
         if sampler is None or self.method == "uniform":
             return [TrainingPath(base)]
@@ -152,7 +161,8 @@ class StochasticTrainer:
 
         def at(squeeze: float, pooled: bool = False) -> Draw:
             profile = base.profile if pooled else dataclasses.replace(base.profile, q_pool=None, kv_pool=None)
-            return Draw(dataclasses.replace(profile, squeeze=float(squeeze)), base.cif_lambda)
+            # derived from the step's draw: it keeps the step (gate annealing, pruning warm-up) and the seed
+            return dataclasses.replace(base, profile=dataclasses.replace(profile, squeeze=float(squeeze)))
 
         rng = random.Random(f"{sampler.seed}-{int(step)}-{self.method}")
         if self.method == "sandwich":
@@ -199,7 +209,7 @@ class StochasticTrainer:
         :class:`~nemo_sew.models.ctc.SqueezeProfileMixin` model: the mean over :meth:`paths` of each path's
         loss; ``log_probs`` ... ``out`` are the last path's (WER logging), ``out.aux_losses`` the mean over
         paths; ``logs``: each path's CTC loss by factor."""
-        paths = self.paths(model.encoder, step)
+        paths = self.paths(model.encoder, step, seed=run_seed(model))
         total, logs, teacher, aux = 0.0, {}, None, {}
         outputs = model.forward_with_draws(signal, signal_len, draws=[path.draw for path in paths])  # one shared front end
         for path, (log_probs, encoded_len, predictions, out) in zip(paths, outputs):

@@ -17,7 +17,7 @@ from nemo.core.classes import ModelPT
 from nemo.utils.exp_manager import exp_manager
 from nemo.utils.model_utils import import_class_by_path
 from nemo.utils.trainer_utils import resolve_trainer_cfg
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
 from nemo_sew.callbacks import ProgressLogger, SaveAtSteps, StepRecorder, TimeBudgetAnnealing, ValidationHistory, parse_max_time
@@ -283,6 +283,13 @@ def train(cfg: DictConfig) -> ModelPT:
         if cfg.get("init_from_ssl"):
             init_encoder_from(model, cfg.init_from_ssl)
         model.maybe_init_from_pretrained_checkpoint(cfg)
+    if cfg.get("compile"):  # opt-in torch.compile of the encoder's blocks (SqueezeEncoder.compile_blocks)
+        options = OmegaConf.to_container(cfg.compile, resolve=True) if isinstance(cfg.compile, DictConfig) else {}
+        model.encoder.compile_blocks(**options)  # `compile: true`, or torch.compile options: {backend: ..., mode: ...}
+    if cfg.get("seed") is not None and getattr(model, "_cfg", None) is not None:
+        # the draws' seed (LayerDrop and other decisions every rank shares: nemo_sew.stochastic.run_seed)
+        with open_dict(model._cfg):
+            model._cfg.seed = int(cfg.seed)
     trainer.fit(model)
     save_to = cfg.get("save_to")
     if save_to and trainer.is_global_zero:

@@ -34,6 +34,9 @@ STEPS = 6
 DDP_EXACT = [  # nothing random but the squeeze draw, which is a function of the step (the same on every rank)
     "model.spec_augment=null", "model.preprocessor.dither=0.0", "trainer.precision=32", "trainer.deterministic=true",
     "trainer.limit_val_batches=0", "anneal_to_max_time=false", "exp_manager.create_checkpoint_callback=false",
+    # LayerDrop under plain ddp (the recipes' strategy): the decision is a function of (seed, step), and a dropped
+    # block's parameters get a zero gradient (issue 31: before, DDP stopped at the first dropped block)
+    "model.encoder.dropout.layerdrop=0.3",
 ]
 
 
@@ -81,10 +84,12 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(ddp_and_single)
     for one, r0, r1 in zip(single, *ranks):
         # every rank ran the same squeeze draw, the one the single process ran at that step
         assert r0["squeeze"] == r1["squeeze"] == one["squeeze"], f"step {one['step']}"
+        assert r0["layers"] == r1["layers"] == one["layers"], f"step {one['step']}: LayerDrop differs across ranks"
         # the two ranks' batches are the single process's batch, split in two
         assert len(r0["lengths"]) == len(r1["lengths"]) == len(one["lengths"]) // 2
         assert sorted(zip(r0["lengths"] + r1["lengths"], r0["targets"] + r1["targets"])) == sorted(zip(one["lengths"], one["targets"]))
     assert len({r["squeeze"] for r in single}) > 2  # the stochastic sampler was on
+    assert min(r["layers"] for r in single) < 2  # LayerDrop dropped a block in some step
 
     ddp = restore(ddp_and_single["ddp_model"]).state_dict()
     one = restore(ddp_and_single["single_model"]).state_dict()

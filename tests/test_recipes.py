@@ -159,9 +159,20 @@ def test_launchers_dry_run():
     out = subprocess.run(["bash", "recipes/launch/torchrun_train.sh", recipe], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "--nnodes 2" in out and "--node-rank 1" in out and "--master-addr node0" in out and "trainer.num_nodes=2" in out
+    assert "trainer.strategy" not in out  # a launcher never overrides the recipe's strategy
     bad = subprocess.run(["bash", "recipes/launch/slurm_train.sh", "no/such.yaml"], cwd=ROOT, env=env,
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "recipe not found" in bad.stderr
+
+
+def test_librispeech_recipes_train_under_plain_ddp():
+    """Every multi-GPU recipe runs Lightning's plain ``ddp`` (no unused-parameter search): LayerDrop, closed
+    pruning branches and the frozen-encoder period give every parameter a (zero) gradient (issue 31)."""
+    from nemo_sew.train import load_config
+
+    for recipe in sorted((ROOT / "recipes" / "librispeech").glob("*.yaml")):
+        cfg = load_config(recipe)
+        assert str(cfg.trainer.strategy) == "ddp", f"{recipe.name}: strategy {cfg.trainer.strategy}"
 
 
 def test_torchrun_launcher_two_cpu_processes(tiny_corpus, tmp_path):

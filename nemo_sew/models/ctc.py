@@ -21,9 +21,11 @@ import nemo_sew.augment  # noqa: F401  (registers the nemo_sew_speed perturbatio
 from nemo_sew.arch import resolve_arch
 from nemo_sew.distill import teacher_distillation
 from nemo_sew.encoder import EncoderOutput, SqueezeEncoder
+from nemo_sew.nn.blocks import zero_touch
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.options import upgrade_encoder_config
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
+from nemo_sew.stochastic import run_seed
 
 log = logging.getLogger("nemo_sew.models")
 
@@ -308,13 +310,24 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             processed_signal, processed_signal_length = self.preprocessor(input_signal=input_signal, length=input_signal_length)
         if self.spec_augmentation is not None and self.training:
             processed_signal = self.spec_augmentation(input_spec=processed_signal, length=processed_signal_length)
-        front = self.encoder.front(processed_signal, processed_signal_length)
+        frozen = self.encoder_frozen()
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            front = self.encoder.front(processed_signal, processed_signal_length)
+            encoded = [self.encoder.from_front(front, draw) for draw in draws]
+        if frozen:  # no encoder backward; a zero gradient per encoder parameter keeps plain DDP's buckets complete
+            encoded[0].hidden = encoded[0].hidden + zero_touch(self.encoder.parameters()).to(encoded[0].hidden.dtype)
         outputs = []
-        for draw in draws:
-            out = self.encoder.from_front(front, draw)
+        for out in encoded:
             log_probs = self.decoder(encoder_output=out.hidden.transpose(1, 2))  # NeMo's (B, D, T) at the boundary
             outputs.append((log_probs, out.lengths, log_probs.argmax(dim=-1), out))
         return outputs
+
+    def encoder_frozen(self) -> bool:
+        """True in the training steps of ``finetune.freeze_encoder_steps`` (only the CTC head learns): the encoder
+        then runs without autograd, so its backward (the larger part of a step) is not computed at all."""
+        steps = int((self.cfg.get("finetune") or {}).get("freeze_encoder_steps") or 0)
+        trainer = getattr(self, "_trainer", None)
+        return bool(steps) and self.training and trainer is not None and int(trainer.global_step) < steps
 
     def stochastic_trainer(self):
         """How a sampled model trains (``cfg.stochastic``, :mod:`nemo_sew.stochastic`), built on first use."""
@@ -339,7 +352,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             for name, value in path_logs.items():
                 self.log(name, value)
         else:
-            draw = self.encoder.draw(step)  # the same profile on every DDP rank
+            draw = self.encoder.draw(step, seed=run_seed(self))  # the same profile (and LayerDrop) on every DDP rank
             log_probs, encoded_len, predictions, out = self.forward_with_draw(signal, signal_len, draw=draw)
             loss = self.loss(log_probs=log_probs, targets=transcript, input_lengths=encoded_len, target_lengths=transcript_len)
         loss = self.add_auxiliary_losses(loss)  # NeMo's registry (adapters etc.), as in its training_step
@@ -399,10 +412,10 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
 
     def on_after_backward(self) -> None:
         super().on_after_backward()
-        steps = int((self.cfg.get("finetune") or {}).get("freeze_encoder_steps") or 0)
-        if steps and self.trainer is not None and self.trainer.global_step < steps:
-            # gradients were already all-reduced by DDP; dropping them leaves the encoder untouched by the
-            # optimiser (Adam skips parameters without a grad, so no weight decay or moments either)
+        if self.encoder_frozen():
+            # the encoder ran without autograd (its gradients are the zeros that keep DDP's buckets complete);
+            # dropping them leaves it untouched by the optimiser (Adam skips parameters without a grad, so no
+            # weight decay or moments either)
             for p in self.encoder.parameters():
                 p.grad = None
 

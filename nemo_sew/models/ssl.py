@@ -39,6 +39,7 @@ from nemo_sew.encoder import Draw, SqueezeEncoder
 from nemo_sew.models.ctc import DataGuardMixin, ProfileAPIMixin, _as_dictconfig, upgraded_model_config
 from nemo_sew.nn.frontend import time_mask
 from nemo_sew.ssl.masking import span_mask
+from nemo_sew.stochastic import run_seed
 from nemo_sew.ssl.objectives import HUBERT_DEFAULTS, OBJECTIVES, W2V2_DEFAULTS, SSLObjective, objective_class
 
 __all__ = ["SqueezeSSLModel", "OBJECTIVES", "W2V2_DEFAULTS", "HUBERT_DEFAULTS"]
@@ -194,7 +195,7 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
     def training_step(self, batch: Any, batch_idx: int):
         step = int(self.trainer.global_step)
         self.objective.on_train_step(step)
-        out = self(*self._batch_audio(batch), draw=self.encoder.draw(step))  # the same draw on every DDP rank
+        out = self(*self._batch_audio(batch), draw=self.encoder.draw(step, seed=run_seed(self)))  # the same draw on every DDP rank
         loss = out["loss"]
         if not torch.isfinite(loss):
             log.warning("non-finite training loss at step %d; this batch is skipped", self.trainer.global_step)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import BlockSpec
-from nemo_sew.nn.frontend import _tracing, can_overwrite, time_mask
+from nemo_sew.nn.frontend import _capturing, can_overwrite, time_mask
 from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions, gate_mix
 from nemo_sew.nn.pooling import masked_avg_pool
 
@@ -59,6 +59,19 @@ class LayerPlan:
 
     def runs(self, branch: str) -> bool:
         return branch not in self.off
+
+
+def zero_touch(params) -> torch.Tensor:
+    """``0 * sum(p.sum())`` over ``params``: a scalar zero whose backward gives every parameter a zero gradient.
+    Added where a module is skipped in training (LayerDrop, a closed branch, a frozen encoder), so DDP without an
+    unused-parameter search sees a gradient for every parameter in every step. One reduction per parameter, no
+    host synchronisation."""
+    total = None
+    for p in params:
+        if p.requires_grad:
+            term = p.sum() * 0.0
+            total = term if total is None else total + term
+    return total if total is not None else torch.zeros(())
 
 
 class SelfAttention(nn.Module):
@@ -260,10 +273,18 @@ class Residual(nn.Module):
         """
         stride = plan.q_stride if getattr(self.body, "pools", False) else 1
         if not active:  # an exact identity (only the residual's pooling, when the branch pools)
-            return masked_avg_pool(x, lengths, stride)
+            out, out_len = masked_avg_pool(x, lengths, stride)
+            if self.training and torch.is_grad_enabled():
+                # a closed branch (pruned to width 0 in this sample, switched off) still gives its parameters,
+                # and the gate predictor that decided on it, a zero gradient: plain DDP needs one for each
+                touch = zero_touch(self.parameters())
+                if gate is not None and gate.requires_grad:
+                    touch = touch + gate.sum() * 0.0
+                out = out + touch.to(out.dtype)
+            return out, out_len
         if gate is None:
             return self._run(x, lengths, plan, stride)
-        if self.training or _tracing():  # traced: masked; the ONNX export turns the mix into an If (export/conditional.py)
+        if self.training or _capturing():  # traced or compiled: masked; the ONNX export turns the mix into an If (export/conditional.py)
             out, out_len = self._run(x, lengths, plan, stride)
             skip = masked_avg_pool(x, lengths, stride)[0]
             return gate_mix(gate, out, skip), out_len

@@ -89,6 +89,12 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def _capturing() -> bool:
+    """:func:`_tracing`, or ``torch.compile`` capturing a graph: value-dependent fast paths (a host
+    synchronisation to pick a kernel, ``nonzero`` row gathers) then take the general path, which has neither."""
+    return _tracing() or torch.compiler.is_compiling()
+
+
 def can_overwrite(x: torch.Tensor) -> bool:
     """True when an op may write its result into ``x`` (a temporary the caller owns) instead of a new tensor.
 
@@ -130,7 +136,7 @@ class MaskedInstanceNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: ``(B, C, T)``; lengths: ``(B,)`` valid frames per item -> ``(B, C, T)``."""
-        if not _tracing() and bool((lengths >= x.shape[-1]).all()):
+        if not _capturing() and bool((lengths >= x.shape[-1]).all()):
             return self.unpadded(x)
         return self.masked(x, lengths)
 

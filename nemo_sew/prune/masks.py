@@ -151,16 +151,19 @@ def support_layer_norm(x: torch.Tensor, support: torch.Tensor, norm: nn.LayerNor
     """``norm`` over the last axis of ``x`` with statistics over the channels where ``support`` is True only.
 
     What the materialised LayerNorm over the kept channels computes (the other channels' outputs are
-    masked to 0 afterwards). Written by hand: torch's layer_norm has no channel mask.
+    masked to 0 afterwards). Written by hand: torch's layer_norm has no channel mask. The
+    statistics are computed in fp32 whatever the input dtype (as ``nn.LayerNorm`` does under autocast), so bf16
+    and fp16 training keep ``nn.LayerNorm``'s accuracy and a sum of squares cannot overflow fp16; no host
+    synchronisation (a full support takes the same arithmetic path).
     """
-    if bool(support.all()):
-        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    s = support.to(x.dtype)
+    x32 = x.float()
+    s = support.to(torch.float32)
     n = s.sum().clamp_min(1.0)
-    mean = (x * s).sum(-1, keepdim=True) / n
-    d = (x - mean) * s
+    mean = (x32 * s).sum(-1, keepdim=True) / n
+    d = (x32 - mean) * s
     var = (d * d).sum(-1, keepdim=True) / n
-    return (x - mean) * torch.rsqrt(var + norm.eps) * norm.weight + norm.bias
+    y = (x32 - mean) * torch.rsqrt(var + norm.eps) * norm.weight.float() + norm.bias.float()
+    return y.to(x.dtype)
 
 
 class PruningMasks(nn.Module):
@@ -287,7 +290,7 @@ class PruningMasks(nn.Module):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             m = self.mask(key)
             x = args[0] if channels_last else args[0].transpose(1, 2)  # channels last
-            y = support_layer_norm(x, m != 0, module)
+            y = support_layer_norm(x, m != 0, module).to(output.dtype)  # the dtype nn.LayerNorm gave (autocast: fp32)
             if scale:
                 y = y * m.to(y.dtype)
             return y if channels_last else y.transpose(1, 2)

@@ -154,7 +154,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     per = 8 // bits
     pad = (-u.numel()) % per
     u = torch.cat([u, u.new_zeros(pad)]).reshape(-1, per).to(torch.int32)
-    shifts = torch.arange(per, dtype=torch.int32) * bits
+    shifts = torch.arange(per, dtype=torch.int32, device=codes.device) * bits  # on the weights' device (GPU PTQ)
     return (u << shifts).sum(-1).to(torch.uint8)
 
 
@@ -165,7 +165,7 @@ def unpack(packed: torch.Tensor, bits: int, shape: tuple[int, ...]) -> torch.Ten
         u = packed.to(torch.int16)
     else:
         per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.int32) * bits
+        shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
         u = ((packed.to(torch.int32)[:, None] >> shifts) & (2**bits - 1)).flatten().to(torch.int16)
     u = u[:n]
     codes = (2 * u - 1) if bits == 1 else u - _offset(bits)

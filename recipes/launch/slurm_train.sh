@@ -33,7 +33,7 @@ GPUS_PER_NODE=${SLURM_NTASKS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
 PYTHON=${PYTHON:-python}
 
 CMD=(srun --kill-on-bad-exit=1 "$PYTHON" -m nemo_sew.cli train "$RECIPE"
-     "trainer.num_nodes=$NODES" "trainer.devices=$GPUS_PER_NODE" "trainer.strategy=ddp" "$@")
+     "trainer.num_nodes=$NODES" "trainer.devices=$GPUS_PER_NODE" "$@")
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
     printf '%q ' "${CMD[@]}"
     echo

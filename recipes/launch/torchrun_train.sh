@@ -32,7 +32,7 @@ fi
 CMD=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$GPUS_PER_NODE"
      --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"
      -m nemo_sew.cli train "$RECIPE"
-     "trainer.num_nodes=$NNODES" "trainer.devices=$GPUS_PER_NODE" "trainer.accelerator=$ACCELERATOR" "trainer.strategy=ddp" "$@")
+     "trainer.num_nodes=$NNODES" "trainer.devices=$GPUS_PER_NODE" "trainer.accelerator=$ACCELERATOR" "$@")
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
     printf '%q ' "${CMD[@]}"
     echo
