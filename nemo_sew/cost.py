@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from nemo_sew.arch import BLOCK_KINDS, BlockSpec, EncoderArch, build_arch
+from nemo_sew.nn.compress import cif_lengths  # the compressor's own count: one formula
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
@@ -215,11 +216,7 @@ def cif_frames(frames: torch.Tensor, squeeze: float, keep_tail: bool = True) -> 
 
     At least 1 (the compressor clamps). ``keep_tail=True`` is the inference rule (what is counted here).
     """
-    total = frames.double() / float(squeeze)
-    n = torch.floor(total + 1e-9)
-    if keep_tail:
-        n = n + ((total - n) >= 0.5).double()
-    return n.long().clamp_min(1)
+    return cif_lengths(frames, float(squeeze), keep_tail).clamp_min(1)
 
 
 def frame_lengths(arch: ArchLike, input_lengths: int | torch.Tensor) -> torch.Tensor:

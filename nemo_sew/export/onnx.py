@@ -56,7 +56,8 @@ from torch import nn
 
 from nemo_sew.encoder import SqueezeEncoder
 from nemo_sew.export.conditional import MARKER_DOMAIN, conditional_branches, node_reads
-from nemo_sew.nn.frontend import time_mask
+from nemo_sew.nn.compress import SqueezeCompressor
+from nemo_sew.nn.frontend import MaskedInstanceNorm, time_mask
 from nemo_sew.preprocessor import WaveformPreprocessor
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
@@ -265,6 +266,26 @@ def _example(plan: _Plan) -> tuple[torch.Tensor, torch.Tensor]:
     return x, lengths
 
 
+PARITY_SECONDS: tuple[float, ...] = (0.5, 10.0, 25.0, 40.0)
+"""Durations the parity check always runs (beside the random short batches): the range users feed, up to 40 s
+(LibriSpeech utterances reach 35 s; fp16 graphs used to overflow past 20.47 s of waveform)."""
+
+
+def _long_cases(plan: _Plan, seconds: Sequence[float], seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch of 2 per duration: one item of that length and one padded to 3/4 of it (padding must not leak).
+    Audio-like magnitudes: waveforms at 0.1 RMS, features at unit variance."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    rate = plan.input_rate or 16000.0
+    need = plan.encoder.min_input_length()
+    cases = []
+    for sec in seconds:
+        t = max(need, int(round(sec * rate)))
+        lengths = torch.tensor([t, max(need, (3 * t) // 4)], dtype=torch.int64)
+        x = torch.randn(*_input_shape(plan, 2, t), generator=gen) * (0.1 if plan.input_kind == "waveform" else 1.0)
+        cases.append((x, lengths))
+    return cases
+
+
 def _cases(plan: _Plan, count: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Random batches: size 1, then random 2..4; random padded lengths; the longest item fills the batch."""
     lo, hi = _length_range(plan)
@@ -329,14 +350,83 @@ def _gate_metadata(encoder: SqueezeEncoder) -> dict[str, str]:
     return {"gates": mode, "gate_kind": encoder.gate_options.kind, "depth_threshold": str(threshold)}
 
 
-def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def onnx_scope(module_path: str) -> str:
+    """The node-name prefix the TorchScript ONNX exporter gives a module's ops: ``encoder.frontend.blocks.0.norm``
+    -> ``/encoder/frontend/blocks.0/norm`` (a container's numbered child stays joined to its name with a dot)."""
+    parts: list[str] = []
+    for part in module_path.split("."):
+        if part.isdigit() and parts:
+            parts[-1] += "." + part
+        else:
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def fp32_scopes(graph: nn.Module, encoder: SqueezeEncoder) -> list[str]:
+    """Node-name prefixes of the modules whose ops an fp16 graph keeps in fp32:
+
+    - the masked group norms of the waveform front ends (a frame count and sums over up to 128k frames: past
+      65,504 frames, 20.47 s of 16 kHz audio at the first layer's stride 5, fp16 overflows; the output was off
+      by ~3 at 22 s and no NaN showed it);
+    - the waveform preprocessor's per-utterance normalisation (sums over every sample);
+    - a CIF compressor (fractional squeeze, learned weights): segment boundaries are positions up to T / s, which
+      fp16's 11-bit mantissa cannot resolve past a few hundred frames (0.03 off at 0.5 s, 4 at 40 s)."""
+    cif = encoder.compressor.alpha is not None or not float(encoder.squeeze).is_integer()
+    kinds = (MaskedInstanceNorm, WaveformPreprocessor) + ((SqueezeCompressor,) if cif else ())
+    return [onnx_scope(name) for name, module in graph.named_modules() if name and isinstance(module, kinds)]
+
+
+def _to_fp16(model: onnx.ModelProto, keep_fp32_scopes: Sequence[str] = ()) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
+    prefixes = tuple(f"{scope}/" for scope in keep_fp32_scopes)
+    nodes = [n.name for n in model.graph.node if prefixes and n.name.startswith(prefixes)]
     model = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS)
-    )
+        model, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32_OPS),
+        node_block_list=nodes,
+    )  # fmt: skip
+    _drop_fp16_round_trips(model)
     _topological_sort(model.graph)  # the converter appends its input casts at the end
     return model
+
+
+def _drop_fp16_round_trips(model: onnx.ModelProto) -> None:
+    """Remove ``fp32 -> Cast(fp16) -> Cast(fp32)`` round trips the float16 converter leaves between two nodes it
+    kept in fp32 (it casts every kept node's outputs to fp16 and its inputs back): without this a chain of kept
+    nodes still passes its values through fp16 between the nodes, and a frame count over 65,504 becomes inf.
+    The fp32 consumer then reads the fp32 tensor directly; other consumers of the fp16 copy keep it."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    dtype = {v.name: v.type.tensor_type.elem_type for v in (*inferred.input, *inferred.value_info, *inferred.output)}
+    dtype.update({t.name: t.data_type for t in graph.initializer})
+    producer = {out: n for n in graph.node for out in n.output}
+
+    def cast_to(node: onnx.NodeProto) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or cast_to(first) != onnx.TensorProto.FLOAT16:
+            continue
+        if dtype.get(first.input[0]) == onnx.TensorProto.FLOAT:
+            rename[node.output[0]] = first.input[0]
+    if not rename:
+        return
+    outputs = {o.name for o in graph.output}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename and name not in outputs:
+                node.input[i] = rename[name]
+    used = {name for n in graph.node for name in n.input} | outputs
+    keep = [n for n in graph.node if not (n.op_type == "Cast" and all(o not in used for o in n.output))]
+    while len(keep) != len(graph.node):  # a dropped Cast(fp32) may leave its Cast(fp16) unused
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {name for n in graph.node for name in n.input} | outputs
+        keep = [n for n in graph.node if not (n.op_type == "Cast" and all(o not in used for o in n.output))]
 
 
 def _topological_sort(graph: onnx.GraphProto) -> None:
@@ -420,13 +510,14 @@ def export_onnx(
             **({"custom_opsets": {MARKER_DOMAIN: 1}} if gated else {}),
         )  # fmt: skip
         metadata = _metadata(plan, precision, opset)
+        scopes = fp32_scopes(plan.graph, plan.encoder)  # at the export's profile (its squeeze)
         gate_meta = _gate_metadata(plan.encoder) if gated else {}
     proto = onnx.load(str(path))
     if gated:
         gate_meta["conditional_branches"] = str(conditional_branches(proto))
         metadata.update(gate_meta)
     if precision == "fp16":
-        proto = _to_fp16(proto)
+        proto = _to_fp16(proto, scopes)
     _save(proto, path, metadata)
     onnx.checker.check_model(str(path))
     log.info("exported %s (%s graph, %s input, profile %s)", path, plan.kind, plan.input_kind, metadata["profile"])
@@ -506,13 +597,15 @@ def check_parity(
     encoder_only: bool | None = None,
     providers: Sequence[str] | None = None,
     session_config: dict[str, str] | None = None,
+    seconds: Sequence[float] = PARITY_SECONDS,
 ) -> ParityReport:
     """Run random padded batches through PyTorch (fp32) and onnxruntime; raise :class:`ParityError` above tolerance.
 
     The profile, the graph kind and the precision are read from the file's metadata, so this checks an
     exported file against the model it came from (or a changed one). Output lengths must match exactly;
     outputs are compared on valid frames only (padding frames are not specified). ``session_config``:
-    onnxruntime session config entries (``SessionOptions.add_session_config_entry``).
+    onnxruntime session config entries (``SessionOptions.add_session_config_entry``). ``seconds``: durations
+    always checked beside the ``cases`` random short batches (default :data:`PARITY_SECONDS`, 0.5 to 40 s).
     """
     path = Path(path)
     meta = read_metadata(path)
@@ -532,8 +625,9 @@ def check_parity(
                           provider=session.get_providers()[0])  # fmt: skip
     profile = CompressionProfile.from_dict(meta["profile"]) if "profile" in meta else None
     with _export_state(plan.root, plan.encoder, profile):
-        for x, lengths in _cases(plan, cases, seed):
-            ref, ref_len = plan.graph(x, lengths)
+        for x, lengths in _cases(plan, cases, seed) + _long_cases(plan, seconds, seed):
+            with torch.no_grad():
+                ref, ref_len = plan.graph(x, lengths)
             got, got_len = session.run(None, {"audio_signal": x.numpy(), "length": lengths.numpy()})
             if not np.array_equal(np.asarray(got_len), ref_len.numpy()):
                 raise ParityError(

@@ -7,6 +7,7 @@ which compressed frame covers each 20 ms frame (what a factor-agnostic expander 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,24 @@ def is_integer_rate(factor: float | torch.Tensor) -> bool:
     return not isinstance(factor, torch.Tensor) and float(factor) == int(factor)
 
 
+def rate_fraction(factor: float) -> tuple[int, int]:
+    """``factor`` as ``p / q`` (denominator at most 2^20: 1.5 -> 3/2, 3.3 -> 33/10), for exact integer CIF lengths."""
+    f = Fraction(float(factor)).limit_denominator(1 << 20)
+    return f.numerator, f.denominator
+
+
 def cif_lengths(lengths: torch.Tensor, factor: float, keep_tail: bool) -> torch.Tensor:
-    """Exact CIF output lengths: ``floor(L / s)``, plus the tail frame when ``keep_tail`` and its mass >= 0.5."""
-    total = lengths.double() / float(factor)
-    n = torch.floor(total + 1e-9)
+    """Exact CIF output lengths: ``floor(L / s)``, plus the tail frame when ``keep_tail`` and its mass >= 0.5.
+
+    Integer arithmetic on ``s = p / q`` (:func:`rate_fraction`): ``n = floor(L q / p)``, tail when ``2 (L q - n p)
+    >= p``. Exact at every length (no float rounding at a tail of exactly 0.5), the same in torch, onnxruntime
+    and TensorRT, and free of float64 (which TensorRT has not). The cost model counts frames with it too."""
+    p, q = rate_fraction(factor)
+    scaled = lengths.long() * q
+    n = torch.div(scaled, p, rounding_mode="floor")
     if keep_tail:
-        n = n + ((total - n) >= 0.5).double()
-    return n.long()
+        n = n + (2 * (scaled - n * p) >= p).long()
+    return n
 
 
 class AlphaPredictor(nn.Module):
@@ -146,12 +158,24 @@ class SqueezeCompressor(nn.Module):
         t = x.shape[1]
         s_value = float(s.detach()) if isinstance(s, torch.Tensor) else float(s)
         out_len = cif_lengths(lengths, s_value, keep_tail).clamp_min(1)
-        k_max = int(out_len.max()) if not torch.jit.is_tracing() else None
-        if k_max is None:  # traced: the longest item decides, computed with tensor ops
-            k_max = cif_lengths(lengths.max()[None], s_value, keep_tail).clamp_min(1)[0]
+        if not torch.jit.is_tracing():
+            k_max = int(out_len.max())  # eager: the longest item decides (CIF's one host synchronisation)
+        else:
+            # traced: the segment count of the padded length T, from the input's shape (not from the values of
+            # `length`), so the graph has no value-dependent shape (TensorRT); the longest item fills the batch,
+            # so it equals the eager count there, and extra segments are padding (zero, beyond every length)
+            padded = torch.arange(t, device=x.device)[-1:] + 1  # (1,) = T, traced from the shape
+            k_max = cif_lengths(padded, s_value, keep_tail).clamp_min(1)[0]
         a = self._weights(x, lengths, s, lam)  # (B, T) fp32
-        # accumulated in fp64 and rounded to fp32, so torch (CPU/CUDA) and ONNX runtimes agree on segment boundaries
-        cum = torch.cumsum(a.double(), dim=-1).float()  # (B, T) c_t
+        if self.alpha is None:
+            # uniform weights 1/s: c_t = min(t + 1, L) / s, one correctly rounded fp32 division per frame, so torch
+            # (CPU/CUDA), onnxruntime and TensorRT agree on segment boundaries without a float64 cumsum
+            steps = torch.minimum(torch.arange(1, t + 1, device=x.device)[None, :], lengths[:, None])
+            cum = steps.float() / float(s_value) if not isinstance(s, torch.Tensor) else steps.float() / s
+        elif torch.jit.is_tracing():
+            cum = torch.cumsum(a, dim=-1)  # learned weights, exported: fp32 accumulation (no float64 in the graph)
+        else:
+            cum = torch.cumsum(a.double(), dim=-1).float()  # learned weights: fp64 accumulation, rounded to fp32
         prev = cum - a  # c_{t-1}
         k = torch.arange(k_max, device=x.device, dtype=torch.float32)[None, :, None]  # (1, K, 1)
         # overlap of frame t's interval [c_{t-1}, c_t) with segment [k, k+1): (B, K, T); dense is fine at
