@@ -73,14 +73,32 @@ class EncoderOutput:
         hidden: ``(B, T, D)``.
         lengths: ``(B,)`` valid frames.
         aux_losses: scalar losses the training step adds to its objective (``rate_penalty``, ...).
-        stats: plain values about this forward: ``squeeze`` (the factor run, float), ``cif_lambda``,
-            ``q_pool`` / ``kv_pool`` (strides run), ``layers`` (blocks run).
+        stats: values about this forward: ``squeeze`` (the factor run, float), ``cif_lambda``,
+            ``q_pool`` / ``kv_pool`` (strides run), ``layers`` (blocks run); gate and pruning stats are detached
+            tensors (no host synchronisation in a step): :meth:`plain_stats` for Python values.
     """
 
     hidden: torch.Tensor
     lengths: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def plain_stats(self) -> dict[str, Any]:
+        """:attr:`stats` with tensors as Python numbers and lists (the one host synchronisation, for reports)."""
+        return plain_stats(self.stats)
+
+
+def plain_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Tensors in a stats dict (also nested in dicts) -> Python floats (0-dim) and lists."""
+    out: dict[str, Any] = {}
+    for key, value in stats.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.tolist()
+        elif isinstance(value, Mapping):
+            out[key] = plain_stats(value)
+        else:
+            out[key] = value
+    return out
 
 
 @dataclass
@@ -516,10 +534,13 @@ class SqueezeEncoder(NeuralModule, Exportable):
             # data is checked in the data layer (manifest validation: audio content, minimum duration), so a
             # training step has none; eager inference on raw tensors keeps them
             return
-        if not bool(torch.isfinite(audio_signal).all()):
-            bad = (~torch.isfinite(audio_signal)).flatten(1).any(1).nonzero().flatten().tolist()
-            raise ValueError(f"audio_signal contains NaN or inf values in batch items {bad}")
         need = self.min_input_length()
+        if not bool(torch.isfinite(audio_signal).all() & (length >= need).all()):  # one synchronisation; details below
+            if not bool(torch.isfinite(audio_signal).all()):
+                bad = (~torch.isfinite(audio_signal)).flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(f"audio_signal contains NaN or inf values in batch items {bad}")
+        else:
+            return
         short = (length < need).nonzero().flatten().tolist()
         if short:
             raise ValueError(
@@ -683,11 +704,12 @@ class SqueezeEncoder(NeuralModule, Exportable):
         weight = torch.stack([1.0 / per_layer[i] for (i, _) in probs]).to(some.device)  # each layer counts 1
         stacked_p, stacked_g = torch.stack(list(probs.values()), -1), torch.stack(list(hard.values()), -1)  # (B, G)
         depth_expected, depth = stacked_p @ weight, stacked_g @ weight  # (B,) in layers
-        stats["depth"] = [float(v) for v in depth]
-        stats["depth_expected"] = float(depth_expected.detach().mean())
-        stats["gates_open"] = float(stacked_g.mean())
+        # stats stay tensors (no host synchronisation in a step); EncoderOutput.plain_stats() gives Python values
+        stats["depth"] = depth.detach()
+        stats["depth_expected"] = depth_expected.detach().mean()
+        stats["gates_open"] = stacked_g.mean()
         nan = torch.full_like(some, float("nan"))  # a layer that did not run (LayerDrop, num_layers)
-        stats["gate_probs"] = torch.stack([probs.get(k, nan) for k in self.gate_slots], -1).detach().tolist()
+        stats["gate_probs"] = torch.stack([probs.get(k, nan) for k in self.gate_slots], -1).detach()
         fraction = stacked_p.mean(-1)  # expected fraction of open branches
         g = self.gate_options
         mac_budget = self.training and g.weight > 0 and g.budget == "macs"
@@ -699,8 +721,8 @@ class SqueezeEncoder(NeuralModule, Exportable):
             cost = encoder_cost(self.arch, profile, squeezed.input_lengths, keep=keep)
             blocks = cost.attention_proj + cost.attention_scores + cost.ffn + cost.conv_module  # (3, B)
             full_blocks, expected_blocks, realised_total = blocks[0], blocks[1], cost.total[2]
-            stats["macs"] = [float(v) for v in realised_total]
-            stats["macs_expected"] = float((expected_blocks.sum() / full_blocks.sum().clamp_min(1.0)).detach())
+            stats["macs"] = realised_total.detach()
+            stats["macs_expected"] = (expected_blocks.sum() / full_blocks.sum().clamp_min(1.0)).detach()
             if self.gate_options.budget == "macs":
                 fraction = expected_blocks / full_blocks.clamp_min(1.0)
         if self.training:

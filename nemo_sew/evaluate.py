@@ -147,7 +147,7 @@ def gated_utterance_stats(model, manifest: str | Path) -> dict[str, Any]:
                 audio = torch.as_tensor(wav, device=param.device)[None]
                 length = torch.tensor([audio.shape[1]], device=param.device)
                 signal, signal_len = model.preprocessor(input_signal=audio, length=length)
-                stats = encoder.run(signal, signal_len, measure=True).stats
+                stats = encoder.run(signal, signal_len, measure=True).plain_stats()
                 out["depth"].append(float(stats["depth"][0]))
                 out["macs"].append(float(stats["macs"][0]))
                 out["gate_probs"].append([float(p) for p in stats["gate_probs"][0]])

@@ -61,7 +61,7 @@ def test_gated_onnx_has_conditional_branches_and_matches_eager(preset, kind, tmp
         for i, n in enumerate(lengths.tolist()):  # one at a time: each item's own gates
             xi, li = x[i : i + 1, :, :n], lengths[i : i + 1]
             out = enc.run(xi, li)
-            opened = {slot for slot, p in zip(enc.gate_slots, out.stats["gate_probs"][0]) if p > threshold}
+            opened = {slot for slot, p in zip(enc.gate_slots, out.plain_stats()["gate_probs"][0]) if p > threshold}
             patterns.add(frozenset(opened))
             feeds = {"audio_signal": xi.numpy(), "length": li.numpy()}
             got = session.run(None, feeds)[0]
@@ -106,7 +106,7 @@ def test_static_profile_freezes_the_mean_decisions(kind, tmp_path):
     with torch.no_grad():
         out = enc.run(x, lengths)
         expected_depth = sum(v / len(enc.layers[int(k.split(".")[0])].branch_names) for k, v in static.static_gates.items())
-        assert out.stats["depth"] == pytest.approx([expected_depth] * 4)
+        assert out.plain_stats()["depth"] == pytest.approx([expected_depth] * 4)
         # the predictors do not run: poisoning them changes nothing
         for p in (p for n, p in enc.named_parameters() if "gate" in n):
             p.data.fill_(float("nan"))  # the predictors must not run at all

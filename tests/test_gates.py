@@ -36,7 +36,7 @@ def _inputs(enc, seconds=(1.0, 0.7, 0.45)):
 
 def _probs(enc, x, lengths):
     with torch.no_grad():
-        return torch.tensor(enc.run(x, lengths).stats["gate_probs"])  # (B, G)
+        return torch.tensor(enc.run(x, lengths).plain_stats()["gate_probs"])  # (B, G)
 
 
 def _splitting_threshold(probs: torch.Tensor) -> float:
@@ -95,14 +95,14 @@ def test_padding_never_changes_a_gate_and_batched_equals_single(preset, kind):
     enc.set_profile(CompressionProfile(depth_threshold=threshold))
     with torch.no_grad():
         batched = enc.run(x, lengths)
-        decisions = torch.tensor(batched.stats["gate_probs"]) > threshold
+        decisions = torch.tensor(batched.plain_stats()["gate_probs"]) > threshold
         assert decisions.any() and not decisions.all()  # some branches run, some are skipped
         assert decisions.any(0).any() and not decisions.all(0).all()  # rows differ: the sub-batch path runs
         for i, n in enumerate(lengths.tolist()):
             single = enc.run(x[i : i + 1, :, :n], lengths[i : i + 1])
             t = single.hidden.shape[1]
             assert (single.hidden[0] - batched.hidden[i, :t]).abs().max() <= 1e-4
-            assert single.stats["depth"][0] == pytest.approx(batched.stats["depth"][i])
+            assert single.plain_stats()["depth"][0] == pytest.approx(batched.plain_stats()["depth"][i])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -116,10 +116,10 @@ def test_threshold_zero_is_the_ungated_model_and_one_closes_everything(kind):
         enc.set_profile(CompressionProfile(depth_threshold=0.0))
         opened = enc.run(x, lengths)
         torch.testing.assert_close(opened.hidden, plain.run(x, lengths).hidden, rtol=0, atol=0)
-        assert opened.stats["depth"] == [4.0] * 3 and opened.stats["gates_open"] == 1.0
+        assert opened.plain_stats()["depth"] == [4.0] * 3 and opened.plain_stats()["gates_open"] == 1.0
         enc.set_profile(CompressionProfile(depth_threshold=1.0))
         closed = enc.run(x, lengths)
-        assert closed.stats["depth"] == [0.0] * 3 and closed.stats["gates_open"] == 0.0
+        assert closed.plain_stats()["depth"] == [0.0] * 3 and closed.plain_stats()["gates_open"] == 0.0
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -131,9 +131,9 @@ def test_realised_macs_match_the_flop_counter_on_a_gated_forward(kind):
     with torch.no_grad():
         out = enc.run(x, lengths, measure=True)
         assert "macs" not in enc.run(x, lengths).stats  # inference skips the cost model unless asked
-    assert 0 < out.stats["depth"][0] < 2
+    assert 0 < out.plain_stats()["depth"][0] < 2
     measured = count_macs(lambda: enc.run(x, lengths))  # includes the gate predictors' few MACs
-    assert out.stats["macs"][0] == pytest.approx(measured, rel=0.02)
+    assert out.plain_stats()["macs"][0] == pytest.approx(measured, rel=0.02)
     enc.set_profile(CompressionProfile(squeeze=2, kv_pool=(2, 1), depth_threshold=0.0))
     assert count_macs(lambda: enc.run(x, lengths)) > measured * 1.05  # closing gates saved real compute
 
@@ -146,7 +146,7 @@ def test_budget_with_the_squeeze_sampler_and_profile_errors():
     for step in range(6):
         out = enc.run(x, lengths, enc.draw(step))
         seen.add(out.stats["squeeze"])
-        assert out.aux_losses["gate_budget"] >= 0 and 0 <= out.stats["depth_expected"] <= 2
+        assert out.aux_losses["gate_budget"] >= 0 and 0 <= out.plain_stats()["depth_expected"] <= 2
     assert len(seen) > 1
     assert enc.config_dict()["gates"]["threshold"] == 0.5  # the default threshold travels with the .nemo
     with pytest.raises(NotImplementedError, match="needs an encoder built with gates"):
@@ -200,13 +200,13 @@ def test_temperature_annealing_and_per_utterance_hinge_budget():
     x, lengths = _inputs(enc)
     out = enc.run(x, lengths, enc.draw(50))
     assert out.stats["gate_tau"] == pytest.approx(1.0)
-    fraction = torch.tensor(out.stats["gate_probs"]).mean(-1)  # (B,) expected fraction of open branches
+    fraction = torch.tensor(out.plain_stats()["gate_probs"]).mean(-1)  # (B,) expected fraction of open branches
     expected = 2.0 * (fraction - 0.6).clamp_min(0.0).mean()
     assert float(out.aux_losses["gate_budget"]) == pytest.approx(float(expected), rel=1e-5)
     # the batch-mean square (the default) differs on the same probabilities
     enc.gate_options = Gates(**{**gates, "penalty": "square", "per_utterance": False})
     out = enc.run(x, lengths, enc.draw(50))
-    fraction = torch.tensor(out.stats["gate_probs"]).mean(-1)
+    fraction = torch.tensor(out.plain_stats()["gate_probs"]).mean(-1)
     assert float(out.aux_losses["gate_budget"]) == pytest.approx(float(2.0 * (fraction.mean() - 0.6) ** 2), rel=1e-5)
     with pytest.raises(ValueError, match="gates.penalty"):
         Gates(penalty="abs")

@@ -7,13 +7,22 @@ runs, then ``--iters`` timed runs with CUDA events on one stream (GPU time of ``
 host transfers, no preprocessing or decoding). Throughput = utterances per second at the median latency;
 RTFx = seconds of audio per second of compute (``batch * seconds / p50``). Shapes outside the engine's
 optimisation profile are skipped and listed. Uses TensorRT's name-based I/O tensor API (10.x and 11.x)
-and torch for CUDA memory.
+and torch for CUDA memory. The inputs are written on torch's current stream; the timed stream waits for it
+before the first run.
+
+Outputs: where ``get_tensor_shape`` is concrete once the input shapes are set (every graph the export writes
+today), a torch tensor of that shape. An output with a data-dependent dim (-1 after the input shapes are set:
+e.g. a frame count computed from the ``length`` values) gets a TensorRT ``IOutputAllocator`` backed by a torch
+buffer (:func:`torch_output_allocator`): it is preallocated for an upper bound -- our graphs emit at most one frame
+per 20 ms of audio, so each -1 dim is bounded by ``ceil(50 * seconds) + 1`` -- and TensorRT asks it for the exact
+byte size at run time, where it only grows (once, in the warm-up) if the bound was too small.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +36,45 @@ def _ints(text: str) -> list[int]:
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
+
+
+MAX_FRAMES_PER_SECOND = 50
+"""Upper bound of the output frame rate of our graphs (20 ms frames at the finest), for data-dependent outputs."""
+
+
+def frame_bound(seconds: float) -> int:
+    """Most output frames a graph emits for ``seconds`` of audio (the size of a data-dependent time axis)."""
+    return math.ceil(MAX_FRAMES_PER_SECOND * seconds) + 1
+
+
+def bounded_shape(shape: Sequence[int], seconds: float) -> tuple[int, ...]:
+    """``shape`` with every data-dependent dim (-1) replaced by :func:`frame_bound`."""
+    return tuple(frame_bound(seconds) if int(d) < 0 else int(d) for d in shape)
+
+
+def torch_output_allocator(trt: Any, nbytes: int) -> Any:
+    """A ``trt.IOutputAllocator`` over a torch CUDA buffer of ``nbytes`` (grown when TensorRT asks for more);
+    ``.shape`` is the shape TensorRT reported last. Built per call, so this module imports without TensorRT."""
+    import torch
+
+    class _Allocator(trt.IOutputAllocator):
+        def __init__(self) -> None:
+            trt.IOutputAllocator.__init__(self)
+            self.buffer = torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device="cuda")
+            self.shape: tuple[int, ...] | None = None
+
+        def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int) -> int:
+            if size > self.buffer.numel():
+                self.buffer = torch.empty(int(size), dtype=torch.uint8, device="cuda")
+            return self.buffer.data_ptr()
+
+        def reallocate_output_async(self, tensor_name: str, memory: int, size: int, alignment: int, stream: int) -> int:
+            return self.reallocate_output(tensor_name, memory, size, alignment)
+
+        def notify_shape(self, tensor_name: str, shape: Any) -> None:
+            self.shape = tuple(shape)
+
+    return _Allocator()
 
 
 def _engine_memory(engine: Any) -> int:
@@ -75,10 +123,17 @@ def bench_engine(
             for name in inputs:
                 context.set_input_shape(name, tuple(tensors[name].shape))
                 context.set_tensor_address(name, tensors[name].data_ptr())
+            allocators = {}  # kept alive while the context uses them
             for name in outputs:
                 out_shape = tuple(context.get_tensor_shape(name))
+                if any(d < 0 for d in out_shape):  # data-dependent: TensorRT asks for the size while it runs
+                    itemsize = torch.empty((), dtype=dtype[name]).element_size()
+                    allocators[name] = torch_output_allocator(trt, math.prod(bounded_shape(out_shape, sec)) * itemsize)
+                    context.set_output_allocator(name, allocators[name])
+                    continue
                 tensors[name] = torch.empty(out_shape, device="cuda", dtype=dtype[name])
                 context.set_tensor_address(name, tensors[name].data_ptr())
+            stream.wait_stream(torch.cuda.current_stream())  # the inputs were written on the current stream
             times = []
             with torch.cuda.stream(stream):
                 for i in range(warmup + iters):

@@ -2,12 +2,17 @@
 
     nemo-sew export model.nemo --profiles recipes/profiles/fixed_s2.yaml --out exported/
     python trt/build_engines.py exported/*.onnx --out engines/ --precision fp16 \\
-        --batch 1,8,32 --seconds 1,10,30 --workspace-gb 8
+        --batch 1,8,32 --seconds 0.5,10,40 --workspace-gb 8
+    python trt/build_engines.py --dry-run exported/*.onnx      # no TensorRT needed: "builds" / "refused: why"
 
 Writes ``engines/<stem>.<precision>.plan``, a ``.json`` beside each (TensorRT version, GPU, shapes, the
 ONNX metadata) and ``engines/engines.json``. The optimisation profile covers both inputs
-(``audio_signal`` and ``length``) for ``--batch`` and ``--seconds`` (min,opt,max); seconds become samples
-or 10 ms feature frames through the graph's metadata.
+(``audio_signal`` and ``length``) for ``--batch`` and ``--seconds`` (min,opt,max; default 0.5,10,40: LibriSpeech
+utterances reach 35 s); seconds become samples or 10 ms feature frames through the graph's metadata.
+
+``--dry-run`` builds nothing and imports no TensorRT: it prints one line per graph from the static check
+(``nemo_sew.export.trt_check``: float64 tensors, operators outside TensorRT 10's ONNX parser, data-dependent
+output shapes, INT4 placement) and exits 0 when every graph builds, 1 otherwise.
 
 I3D models: a graph with input-dependent gates (``If`` per branch) is skipped with a line saying so; build its
 static profile (``<name>_static``: gates frozen at their mean decisions, ``nemo-sew export --static-gates``),
@@ -29,9 +34,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from common import (  # trt/ is on sys.path as the script dir
+    DEFAULT_BATCH,
+    DEFAULT_SECONDS,
     autocast_onnx,
     conditional_skip,
     have_modelopt,
+    load_trt_check,
     parse_triple,
     precision_plan,
     read_onnx_metadata,
@@ -51,7 +59,7 @@ def build_engine(
     out_dir: Path,
     precision: str = "fp32",
     batch: Sequence[int] = (1, 8, 32),
-    seconds: Sequence[float] = (1.0, 10.0, 30.0),
+    seconds: Sequence[float] = (0.5, 10.0, 40.0),
     workspace_gb: float = 8.0,
     opt_level: int = 3,
     tf32: bool = False,
@@ -129,13 +137,36 @@ def build_engine(
     return info
 
 
+def dry_run(paths: Sequence[Path], allow_conditional: bool = False) -> int:
+    """Print one line per graph from the static TensorRT check (no TensorRT); 0 when every graph builds, else 1.
+
+    A graph the real run would skip (input-dependent I3D gates, without ``--conditional``) is printed as skipped
+    and does not fail the run, as in a real build."""
+    trt_check = load_trt_check()
+    refused = 0
+    for path in paths:
+        reason = conditional_skip(read_onnx_metadata(path), allow_conditional)
+        if reason is not None:
+            print(f"{path.name}: skipped: {reason}")
+            continue
+        report = trt_check.check_trt(path)
+        print(report.line(), flush=True)
+        refused += not report.ok
+    return 1 if refused else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("onnx", nargs="+", type=Path, help="ONNX files from `nemo-sew export`")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (required unless --dry-run)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="build nothing, no TensorRT needed: print 'builds' or 'refused: <reason>' per graph from a static check; "
+        "exit 0 when all build, 1 otherwise",
+    )  # fmt: skip
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    parser.add_argument("--batch", default="1,8,32", help="MIN,OPT,MAX batch size")
-    parser.add_argument("--seconds", default="1,10,30", help="MIN,OPT,MAX audio duration in seconds")
+    parser.add_argument("--batch", default=DEFAULT_BATCH, help="MIN,OPT,MAX batch size")
+    parser.add_argument("--seconds", default=DEFAULT_SECONDS, help="MIN,OPT,MAX audio duration in seconds")
     parser.add_argument("--workspace-gb", type=float, default=8.0, help="builder workspace limit (GiB)")
     parser.add_argument("--opt-level", type=int, default=3, choices=range(6), help="builder optimisation level")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 kernels in fp32 engines")
@@ -149,8 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch, seconds = parse_triple(args.batch, int), parse_triple(args.seconds, float)
     except ValueError as e:
         parser.error(str(e))
-    trt = require_tensorrt()
     missing = [str(p) for p in args.onnx if not p.is_file()]
+    if args.dry_run:
+        if missing:
+            parser.error(f"ONNX files not found: {missing}")
+        return dry_run(args.onnx, args.conditional)
+    if args.out is None:
+        parser.error("--out is required (except with --dry-run)")
+    trt = require_tensorrt()
     if missing:
         parser.error(f"ONNX files not found: {missing}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Everything except :func:`require_tensorrt`'s success path runs without TensorRT 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -17,6 +18,9 @@ TRT_MISSING = (
     "TensorRT is not installed (pip install nemo-sew[trt], or pip install tensorrt); "
     "these scripts build and run TensorRT engines on an NVIDIA GPU"
 )
+DEFAULT_BATCH = "1,8,32"
+DEFAULT_SECONDS = "0.5,10,40"
+"""Default optimisation profile (MIN,OPT,MAX): batch and seconds of audio (LibriSpeech utterances reach 35 s)."""
 NO_GPU = (
     "no CUDA GPU found (torch.cuda.is_available() is False): TensorRT engines are built and run on an "
     "NVIDIA GPU; run this script on a machine with one (and a CUDA build of torch)"
@@ -38,6 +42,34 @@ def require_tensorrt():
     if not torch.cuda.is_available():
         raise RequirementError(NO_GPU)
     return tensorrt
+
+
+def load_trt_check() -> Any:
+    """The module :mod:`nemo_sew.export.trt_check` (the static check behind ``build_engines.py --dry-run``).
+
+    Imported from its file when ``nemo_sew`` is not imported yet: the package's ``__init__`` imports NeMo (about
+    10 s), which the check (onnx and numpy only) does not need.
+    """
+    if "nemo_sew" in sys.modules:
+        from nemo_sew.export import trt_check
+
+        return trt_check
+    name = "nemo_sew.export.trt_check"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec("nemo_sew")  # finds the package without running its __init__
+    if spec is None or spec.origin is None:
+        raise RequirementError("nemo_sew is not installed (pip install -e . from the repository root)")
+    path = Path(spec.origin).parent / "export" / "trt_check.py"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def trt_major(trt: Any) -> int:

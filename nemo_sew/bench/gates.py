@@ -77,7 +77,7 @@ def bench_gates(
         return encoder.run(x, lengths, measure=measure)
 
     with torch.inference_mode():
-        macs = {name: run(p, measure=True).stats["macs"][0] for name, p in (("full", full), ("gated", gated))}
+        macs = {name: run(p, measure=True).plain_stats()["macs"][0] for name, p in (("full", full), ("gated", gated))}
     times = interleaved_ms({"full": lambda: run(full), "gated": lambda: run(gated)}, warmup, runs)
     return GateLatency(
         preset=preset, seconds=seconds, closed=len(closed), branches=len(encoder.gate_slots),

@@ -77,7 +77,7 @@ def noisy_depths(model, manifest: str | Path, snr_db: float | None, count: int, 
                 audio = audio.to(param.device)
                 length = torch.tensor([audio.shape[1]], device=param.device)
                 signal, signal_len = model.preprocessor(input_signal=audio, length=length)
-                stats = model.encoder.run(signal, signal_len).stats
+                stats = model.encoder.run(signal, signal_len).plain_stats()
                 out["depth"].append(float(stats["depth"][0]))
                 out["gate_probs"].append([float(p) for p in stats["gate_probs"][0]])
     finally:

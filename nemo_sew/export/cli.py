@@ -8,7 +8,9 @@
     nemo-sew transcribe model.nemo a.wav b.wav --backend torch --profile s2
 
 ``export`` writes one ONNX file per named profile (``DIR/<profile>.onnx``, each parity-checked against
-PyTorch in onnxruntime) and an index ``DIR/export.json`` with the parity results. Without ``--profiles``
+PyTorch in onnxruntime) and an index ``DIR/export.json`` with the parity results and, per file, whether the
+static TensorRT check passes (``"tensorrt": "builds"`` or ``"refused: <reasons>"``, also printed as one line per
+file; :mod:`nemo_sew.export.trt_check`, the check of ``trt/build_engines.py --dry-run``). Without ``--profiles``
 it exports the model's own named profiles (``cfg.profiles``), or its active profile as ``default``.
 An I3D model's graphs decide their gates from the input (one ``If`` per gated branch); ``--static-gates``
 adds ``<name>_static`` profiles with the gates frozen at their mean decisions over a manifest (fixed depth).
@@ -81,6 +83,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import nemo_sew
     from nemo_sew.export.onnx import ParityError, export_onnx
+    from nemo_sew.export.trt_check import check_trt
 
     if args.quant_form and args.precision != "fp32":
         raise ValueError("--quant-form exports fp32 activations with quantized weights; drop --precision fp16")
@@ -122,6 +125,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
             log.error("%s", e)
             entry["parity"] = {"passed": False, "error": str(e)}
             failed.append(name)
+        try:  # the static TensorRT check (no TensorRT needed); informative, never fails the export
+            report = check_trt(path)
+            entry["tensorrt"] = report.summary()
+            print(f"tensorrt: {report.line()}")
+        except Exception as e:  # noqa: BLE001
+            entry["tensorrt"] = f"not checked: {type(e).__name__}: {e}"
+            log.warning("%s: TensorRT check failed: %s", path.name, e)
         index["profiles"][name] = entry
         log.info("profile %s -> %s", name, path)
     (out / "export.json").write_text(json.dumps(index, indent=2) + "\n")

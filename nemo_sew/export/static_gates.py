@@ -78,7 +78,7 @@ def gate_open_rates(
             encoder.eval()
             with torch.no_grad():
                 for audio, length in inputs:
-                    probs = torch.tensor(encoder.run(audio, length).stats["gate_probs"])  # (B, G)
+                    probs = encoder.run(audio, length).stats["gate_probs"].float()  # (B, G)
                     rows.append(_decisions(probs, threshold))
     finally:
         encoder.set_profile(previous)

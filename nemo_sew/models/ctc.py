@@ -227,14 +227,15 @@ def log_gate_stats(module, stats: dict, prefix: str = "train_") -> None:
     from the decisions); nothing for an ungated encoder."""
     if "depth" not in stats:
         return
-    module.log(f"{prefix}depth", sum(stats["depth"]) / max(len(stats["depth"]), 1))
-    module.log(f"{prefix}depth_expected", stats["depth_expected"])
-    module.log(f"{prefix}gates_open", stats["gates_open"])
+    # tensors: Lightning reads their values when it writes the logs, not in the step
+    module.log(f"{prefix}depth", torch.as_tensor(stats["depth"]).float().mean())
+    module.log(f"{prefix}depth_expected", torch.as_tensor(stats["depth_expected"]))
+    module.log(f"{prefix}gates_open", torch.as_tensor(stats["gates_open"]))
     if "gate_tau" in stats:
         module.log(f"{prefix}gate_tau", stats["gate_tau"])
     if "macs" in stats:
-        module.log(f"{prefix}gmacs", sum(stats["macs"]) / max(len(stats["macs"]), 1) / 1e9)
-        module.log(f"{prefix}block_macs_expected_fraction", stats["macs_expected"])
+        module.log(f"{prefix}gmacs", torch.as_tensor(stats["macs"]).float().mean() / 1e9)
+        module.log(f"{prefix}block_macs_expected_fraction", torch.as_tensor(stats["macs_expected"]))
 
 
 def log_prune_stats(module, stats: dict, prefix: str = "train_") -> None:
@@ -242,7 +243,7 @@ def log_prune_stats(module, stats: dict, prefix: str = "train_") -> None:
     budget group, and the expected kept units per unit kind (nothing without masks)."""
     for key, value in stats.items():
         if key.startswith("prune_") and key != "prune_kept":
-            module.log(prefix + key, float(value))
+            module.log(prefix + key, value if isinstance(value, torch.Tensor) else float(value))
     pruning = getattr(module.encoder, "pruning", None)
     if "prune_kept" in stats and pruning is not None:
         totals: dict[str, float] = {}
@@ -360,7 +361,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             loss = loss + value
             self.log(name, value.detach())
         if self.encoder.learned_rate is not None:
-            self.log("learned_frame_period_ms", self.encoder.learned_frame_period_ms())
+            self.log("learned_frame_period_ms", 20.0 * self.encoder.learned_squeeze.detach())
         if self.encoder.sampler is not None:
             self.log("train_squeeze", out.stats["squeeze"])
         log_gate_stats(self, out.stats)

@@ -261,10 +261,12 @@ class Residual(nn.Module):
         x: torch.Tensor,
         lengths: torch.Tensor,
         plan: LayerPlan,
-        active: bool = True,
+        active: bool | torch.Tensor = True,
         gate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``gate``: per-item I3D decisions ``(B,)`` (1 = run, 0 = identity), or None to run every item.
+        ``active``: False makes the branch an identity; a 0-dim bool tensor (a pruning mask that may close the
+        branch, in training) runs it and selects branch or identity with ``torch.where``, without a host sync.
 
         In training every item is computed and mixed ``g * branch + (1 - g) * identity`` (straight-through
         gradients reach the gate). At inference a closed item is not computed: the branch runs on the rows
@@ -272,6 +274,10 @@ class Residual(nn.Module):
         at all when every gate is closed.
         """
         stride = plan.q_stride if getattr(self.body, "pools", False) else 1
+        if isinstance(active, torch.Tensor):
+            out, out_len = self.forward(x, lengths, plan, True, gate)
+            skip = masked_avg_pool(x, lengths, stride)[0]
+            return torch.where(active, out, skip), out_len
         if not active:  # an exact identity (only the residual's pooling, when the branch pools)
             out, out_len = masked_avg_pool(x, lengths, stride)
             if self.training and torch.is_grad_enabled():

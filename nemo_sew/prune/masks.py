@@ -299,9 +299,14 @@ class PruningMasks(nn.Module):
 
     def _empty_is_identity(self, keys: list[str]):
         def hook(module: nn.Module, args: tuple) -> tuple | None:
-            if len(args) < 4 or not args[3]:
+            if len(args) < 4 or args[3] is False:
                 return None
-            if any(not bool((self.mask(k) != 0).any()) for k in keys):
+            open_ = torch.stack([(self.mask(k) != 0).any() for k in keys]).all()
+            if module.training:
+                # a tensor: the branch runs and Residual selects it or the identity with torch.where, so a step
+                # has no host synchronisation and the closed branch's parameters get a zero gradient (plain DDP)
+                return args[:3] + (open_,) + tuple(args[4:])
+            if not bool(open_):
                 return args[:3] + (False,) + tuple(args[4:])  # the arch's width-0 branch: an exact identity
             return None
 
@@ -420,11 +425,11 @@ class PruningMasks(nn.Module):
             gap = (1.0 - fraction) - targets[g]
             linear = gap.abs() if self.options.penalty == "absolute" else gap
             total = total + self.lambda1[i] * linear + self.lambda2[i] * gap * gap
-            stats[f"prune_{g}_expected"] = float(fraction.detach())
+            stats[f"prune_{g}_expected"] = fraction.detach()  # tensors: no host synchronisation in a step
             stats[f"prune_{g}_target"] = 1.0 - targets[g]
-            stats[f"prune_{g}_lambda1"] = float(self.lambda1[i].detach())
-            stats[f"prune_{g}_lambda2"] = float(self.lambda2[i].detach())
-        stats["prune_kept"] = {key: float(v.detach()) for key, v in self.kept(expected=True).items()}
+            stats[f"prune_{g}_lambda1"] = self.lambda1[i].detach()
+            stats[f"prune_{g}_lambda2"] = self.lambda2[i].detach()
+        stats["prune_kept"] = {key: v.detach() for key, v in self.kept(expected=True).items()}
         return total, stats
 
     def mask_parameters(self) -> list[nn.Parameter]:
