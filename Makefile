@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts fortunes fortunes-min sox libsndfile1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast setup apt venv clean
+.PHONY: demo test test-fast gpu-check setup apt venv clean
 
 demo: setup
 	$(VENV)/bin/nemo-sew demo
@@ -18,6 +18,11 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the first thing to run on a CUDA machine (skips with its reason elsewhere): bf16 steps of every training family,
+# host-sync count, a 2-GPU DDP step, throughput and MFU, appended to BENCHMARKS.md
+gpu-check: setup
+	$(VENV)/bin/nemo-sew doctor --gpu --write BENCHMARKS.md
 
 setup: apt $(VENV)/.stamp-install
 

@@ -109,6 +109,18 @@ def _emit(section: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train_step(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.train_step import bench_train_step
+
+    return _emit(bench_train_step(args.preset, args.seconds, args.batch, args.warmup, args.runs, args.threads), args)
+
+
+def _cmd_bench_compile(args: argparse.Namespace) -> int:
+    from nemo_sew.bench.train_step import bench_compile
+
+    return _emit(bench_compile(args.preset, args.seconds, args.batch, args.squeeze, args.warmup, args.runs, args.threads), args)
+
+
 def _cmd_bench_gates(args: argparse.Namespace) -> int:
     from nemo_sew.bench.gates import bench_gates, gates_markdown
 
@@ -286,6 +298,15 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from nemo_sew.doctor import doctor
 
+    if args.gpu:  # make gpu-check: bf16 steps per family, sync count, DDP, throughput (skips without CUDA)
+        from nemo_sew.gpu_check import gpu_check
+
+        section, ok = gpu_check(args.preset, args.batch, args.seconds)
+        if section.startswith("skip:"):
+            print(section)
+            return 0
+        _emit(section, args)
+        return 0 if ok else 1
     findings = doctor(args.manifests, sample_rate=args.sample_rate)
     for finding in findings:
         print(finding.line())
@@ -313,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="check the environment (packages, CUDA, bf16, corpus tools) and manifests")
     p.add_argument("manifests", nargs="*", help="NeMo manifests to validate as training would")
     p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--gpu", action="store_true", help="the GPU check (make gpu-check): bf16 training steps of every "
+                   "family, host-sync count, a 2-GPU DDP step, throughput and MFU; skips without CUDA")  # fmt: skip
+    p.add_argument("--preset", default="sew_tiny", help="--gpu: the encoder size")
+    p.add_argument("--batch", type=int, default=8, help="--gpu: utterances per step")
+    p.add_argument("--seconds", type=float, default=10.0, help="--gpu: seconds per utterance")
+    p.add_argument("--write", default=None, help="--gpu: append the table to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("train", help="train a recipe YAML (NeMo trainer + exp_manager)")
@@ -370,6 +397,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onednn-linear", action="store_true", help="run nn.Linear through oneDNN (nemo_sew.nn.onednn)")
     p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
     p.set_defaults(func=_cmd_bench_squeeze)
+
+    p = bench_sub.add_parser("train-step", help="CTC training step time, encoder trained vs frozen (freeze_encoder_steps)")
+    p.add_argument("--preset", default="sew_tiny")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_train_step)
+
+    p = bench_sub.add_parser("compile", help="encoder inference, eager vs torch.compile (inductor) on CPU")
+    p.add_argument("--preset", default="sew_small")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--squeeze", type=float, default=2.0)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--write", default=None, help="append the section to this file (e.g. BENCHMARKS.md)")
+    p.set_defaults(func=_cmd_bench_compile)
 
     p = bench_sub.add_parser("gates", help="I3D: eager latency vs MACs with a fraction of the branches skipped")
     p.add_argument("--preset", default="sew_small")

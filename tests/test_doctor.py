@@ -43,3 +43,15 @@ def test_manifests_are_checked_like_training(tiny_corpus, tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert any(x.startswith("FAIL") and "nope.json" in x and "fix:" in x for x in out)
     assert any(x.startswith("ok   torch") for x in out)
+
+
+def test_gpu_check_skips_with_its_reason_without_cuda(monkeypatch):
+    """``make gpu-check`` on a machine without CUDA: one skip line naming why, exit 0 (the GPU run is its own)."""
+    import torch
+
+    from nemo_sew.gpu_check import FAMILIES, gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    section, ok = gpu_check()
+    assert ok and section.startswith("skip: GPU check not run: no CUDA device")
+    assert {"plain", "layerdrop", "stochastic", "gates_local", "gates_global", "pruning"} <= set(FAMILIES)

@@ -116,15 +116,21 @@ def _cmd(args: Any) -> int:
 
 def tiny_ctc_config(preset: str = "tiny_mel", labels: str = "abcdefghijklmnopqrstuvwxyz' ", **encoder: Any) -> dict:
     """A data-free :class:`nemo_sew.SqueezeCTCModel` config (log-mel preprocessor, char head) for tests/benches."""
+    from nemo_sew.arch import resolve_arch
     from nemo_sew.encoder import encoder_config
+    from nemo_sew.nn.frontend import frontend_layout
 
+    enc_cfg = encoder_config(preset, **encoder)
+    waveform = frontend_layout(resolve_arch(preset, enc_cfg["arch"]).frontend).port == "waveform"
+    preprocessor = ({"_target_": "nemo_sew.WaveformPreprocessor", "sample_rate": 16000} if waveform else
+                    {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+                     "sample_rate": 16000, "features": 80, "dither": 0.0, "pad_to": 0})  # fmt: skip
     return {
         "sample_rate": 16000,
         "labels": list(labels),
-        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-                         "sample_rate": 16000, "features": 80, "dither": 0.0, "pad_to": 0},
+        "preprocessor": preprocessor,
         "spec_augment": None,
-        "encoder": {"_target_": "nemo_sew.SqueezeEncoder", **encoder_config(preset, **encoder)},
+        "encoder": {"_target_": "nemo_sew.SqueezeEncoder", **enc_cfg},
         "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": 0, "num_classes": len(labels),
                     "vocabulary": list(labels)},
     }  # fmt: skip
