@@ -13,6 +13,7 @@ finished reduction in the prior iteration". The recipe path (Lightning, ``nemo-s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -159,3 +160,127 @@ def test_dropped_block_and_closed_branch_get_zero_gradients():
     Step(enc)(*_halves(0)[0], step=step).backward()
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
     assert all(torch.count_nonzero(p.grad) == 0 for p in enc.layers[1].parameters())
+
+
+# ------------------------------------------------------------------------------------------------------
+# model-level families: SSL objectives, a stochastic sandwich step, gradient accumulation
+
+class ModelStep(nn.Module):
+    """A whole model's training loss at the step's draw (what its training_step returns as ``loss``)."""
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, step: int) -> torch.Tensor:
+        if self.kind == "ssl":
+            return self.model(x, lengths, draw=self.model.encoder.draw(step, seed=SEED))["loss"]
+        targets = torch.arange(1, 7).repeat(x.shape[0], 1)  # fixed transcripts of 6 characters
+        target_lengths = torch.full((x.shape[0],), 6)
+        return self.model.stochastic_trainer().loss(self.model, x, lengths, targets, target_lengths, step)[0]
+
+
+def _ssl(objective: str) -> nn.Module:
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from nemo_sew.encoder import encoder_config
+    from nemo_sew.models.ssl import SqueezeSSLModel
+
+    enc = {"_target_": "nemo_sew.SqueezeEncoder", **encoder_config("tiny_wfe_c", num_layers=2, dropout={
+        **NO_DROPOUT, "layerdrop": 0.3}, squeeze_sampler={"values": [1, 2, 3]})}  # fmt: skip
+    cfg = {"sample_rate": 16000, "preprocessor": {"_target_": "nemo_sew.WaveformPreprocessor"}, "encoder": enc,
+           "objective": objective}  # fmt: skip
+    if objective == "wav2vec2":
+        cfg["wav2vec2"] = {"head_hidden": 32, "num_negatives": 5, "target_dropout": 0.0}
+    else:
+        path = os.path.join(tempfile.gettempdir(), f"nemo_sew_ddp_centroids_{os.getpid()}.npy")
+        np.save(path, np.random.default_rng(0).normal(size=(12, 78)).astype(np.float32))
+        cfg["hubert"] = {"num_clusters": 12, "centroids": path}
+    torch.manual_seed(0)
+    return ModelStep(SqueezeSSLModel(OmegaConf.create(cfg)).train(), "ssl")
+
+
+def _sandwich() -> nn.Module:
+    from omegaconf import open_dict
+
+    from nemo_sew.quant.model import build_tiny_ctc
+
+    torch.manual_seed(0)
+    model = build_tiny_ctc("tiny_mel", num_layers=2, dropout={**NO_DROPOUT, "layerdrop": 0.3},
+                           squeeze_sampler={"squeeze": {"values": [1, 2, 3, 4]}})  # fmt: skip
+    with open_dict(model.cfg):
+        model.cfg.stochastic = {"method": "sandwich"}
+    return ModelStep(model.train(), "ctc")
+
+
+LR = {"ctc_sandwich": 0.002}  # its CTC loss starts near 60: a larger step amplifies fp32 rounding into chaos
+MODEL_FAMILIES = {"ssl_wav2vec2": lambda: _ssl("wav2vec2"), "ssl_hubert": lambda: _ssl("hubert"),
+                  "ctc_sandwich": _sandwich}  # fmt: skip
+
+
+def _audio(step: int, items: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2000 + step)
+    return torch.randn(items, 8000, generator=g) * 0.1, torch.tensor([8000, 6100, 7000, 5200][:items])
+
+
+def _model_rank(rank: int, family: str, store: str, out: str, micro: int) -> None:
+    """Each rank trains on its half of each step's batch, in ``micro`` micro-batches (gradient accumulation:
+    the first ones under ``no_sync``, each with its own random stream, as StepSeed keys it)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        module = MODEL_FAMILIES[family]() if family in MODEL_FAMILIES else Step(_encoder(family))
+        model = DistributedDataParallel(module, find_unused_parameters=False)
+        opt = torch.optim.SGD(model.parameters(), lr=LR.get(family, 0.2))
+        for step in range(3):
+            x, lengths = _inputs(family, step)
+            x, lengths = x[rank * 2 : rank * 2 + 2], lengths[rank * 2 : rank * 2 + 2]
+            opt.zero_grad()
+            for m in range(micro):
+                torch.manual_seed(hash((step, rank, m)) % 2**31)
+                part = slice(m * 2 // micro, (m + 1) * 2 // micro)
+                with model.no_sync() if m < micro - 1 else contextlib.nullcontext():
+                    (model(x[part], lengths[part], step) / micro).backward()
+            opt.step()
+        if rank == 0:
+            torch.save({k: v for k, v in model.module.named_parameters()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _inputs(family: str, step: int):
+    return _audio(step) if family in MODEL_FAMILIES else _batch(step)
+
+
+def _model_reference(family: str, micro: int) -> dict[str, torch.Tensor]:
+    module = MODEL_FAMILIES[family]() if family in MODEL_FAMILIES else Step(_encoder(family))
+    opt = torch.optim.SGD(module.parameters(), lr=LR.get(family, 0.2))
+    for step in range(3):
+        x, lengths = _inputs(family, step)
+        opt.zero_grad()
+        for rank in range(2):
+            for m in range(micro):
+                torch.manual_seed(hash((step, rank, m)) % 2**31)
+                part = slice(rank * 2 + m * 2 // micro, rank * 2 + (m + 1) * 2 // micro)
+                (module(x[part], lengths[part], step) / (2 * micro)).backward()
+        opt.step()
+    return {k: v.detach() for k, v in module.named_parameters()}
+
+
+@pytest.mark.parametrize(("family", "micro"), [("ssl_wav2vec2", 1), ("ssl_hubert", 1), ("ctc_sandwich", 1),
+                                               ("layerdrop", 2)], ids=["ssl_wav2vec2", "ssl_hubert", "ctc_sandwich",
+                                                                       "grad_accumulation_layerdrop"])  # fmt: skip
+def test_plain_ddp_equals_one_process_for_models_and_accumulation(family, micro):
+    """SSL objectives (BatchNorm heads, Gumbel quantizer, negatives, span masks), a sandwich step (three paths of
+    one front end) and gradient accumulation (``no_sync`` micro-batches) under plain DDP with LayerDrop on."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store, out = os.path.join(tmp, "store"), os.path.join(tmp, "rank0.pt")
+        mp.start_processes(_model_rank, args=(family, store, out, micro), nprocs=2, join=True, start_method="spawn")
+        ddp = torch.load(out)
+    one = _model_reference(family, micro)
+    assert ddp.keys() == one.keys()
+    worst = max(float((ddp[k].double() - one[k].double()).abs().max()) for k in ddp)
+    assert worst < 1e-5, f"{family}: DDP and one process differ by up to {worst}"

@@ -32,7 +32,8 @@ def sample_negatives(
     count = counts.repeat_interleave(counts)  # (N,) masked frames in my utterance
     start = starts.repeat_interleave(counts)
     local = torch.arange(n, device=utterance.device) - start
-    r = torch.rand(n, num, generator=generator, device="cpu").to(utterance.device)
+    draw_on = generator.device if generator is not None else utterance.device  # on the model's device
+    r = torch.rand(n, num, generator=generator, device=draw_on).to(utterance.device)
     offset = 1 + torch.floor(r * (count - 1).clamp_min(1)[:, None].float()).long()  # 1 .. count-1
     offset = torch.where(count[:, None] > 1, offset, torch.zeros_like(offset))
     return start[:, None] + (local[:, None] + offset) % count[:, None]

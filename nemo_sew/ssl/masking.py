@@ -40,12 +40,14 @@ def span_mask(
     if prob == 0.0 and min_masks == 0 or max_len == 0:
         return torch.zeros(b, max_len, dtype=torch.bool, device=device)
     lengths = lengths.clamp(max=max_len)
-    u = torch.rand(b, generator=generator, device="cpu").to(device)
+    # drawn on the lengths' device (no host round trip per step on a GPU); a generator draws on its own device
+    draw_on = generator.device if generator is not None else device
+    u = torch.rand(b, generator=generator, device=draw_on).to(device)
     n = torch.floor(prob * lengths.float() / span + u).long().clamp_min(min_masks)
     starts_range = (lengths - span + 1).clamp_min(1)  # valid start positions [0, L - span]
     n = torch.minimum(n, starts_range).masked_fill(lengths == 0, 0)
     # n distinct starts per item: the n smallest of random keys over the valid start positions
-    keys = torch.rand(b, max_len, generator=generator, device="cpu").to(device)
+    keys = torch.rand(b, max_len, generator=generator, device=draw_on).to(device)
     keys = keys.masked_fill(~time_mask(starts_range, max_len), 2.0)  # invalid starts sort last
     order = keys.argsort(dim=1)
     rank = torch.empty_like(order)
@@ -61,5 +63,5 @@ def channel_mask(
     batch: int, channels: int, prob: float, span: int, generator: torch.Generator | None = None, device=None
 ) -> torch.Tensor:
     """A ``(B, C)`` bool mask of channel spans (fairseq ``mask_channel_prob`` / ``mask_channel_length``)."""
-    lengths = torch.full((batch,), channels, dtype=torch.long)
-    return span_mask(lengths, channels, prob, min(span, channels), generator=generator).to(device)
+    lengths = torch.full((batch,), channels, dtype=torch.long, device=device)
+    return span_mask(lengths, channels, prob, min(span, channels), generator=generator)
