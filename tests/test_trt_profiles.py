@@ -16,7 +16,8 @@ from nemo_sew.export.trt_check import check_trt
 
 PROFILES = Path(__file__).resolve().parents[1] / "recipes" / "profiles"
 STOCHASTIC = {"num_layers": 4, "squeeze_sampler": {"squeeze": {"low": 1.0, "high": 4.0}}}
-# known refusals, each with the reason the check must give (anything else must build)
+# known refusals, each with the reason the check must give (anything else must build): the onnxruntime QDQ form
+# (fp32 activations) keeps INT4 on convolutions; the TensorRT form (precision fp16) builds, tested below
 REFUSED = {("weight_bits", "w4"): "INT4"}
 
 
@@ -44,6 +45,29 @@ def test_i3d_profiles_build(tmp_path):
         path = export_onnx(enc, tmp_path / f"{profile}.onnx", profile=fields, check=False).path
         report = check_trt(path)
         assert report.ok, report.line()
+
+
+@pytest.mark.parametrize("preset", ["tiny_mel", "tiny_conformer"])
+def test_tensorrt_qdq_form_builds_and_matches_eager_in_fp16(preset, tmp_path):
+    """The TensorRT QDQ form (``--quant-form qdq --precision fp16``): fp16 activations, INT4 weights only on
+    MatMul (DequantizeLinear straight into it, blocks along K), convolutions in fp16 or per-channel INT8; every
+    weight-bits profile builds, within the fp16 tolerance of the eager quantized model from 0.5 to 40 s."""
+    import onnx
+
+    from nemo_sew.export.onnx import TOLERANCE
+    from nemo_sew.quant.model import build_tiny_ctc, quantize_model
+    from nemo_sew.quant.onnx import export_quantized_onnx
+
+    model = build_tiny_ctc(preset, num_layers=2)
+    quantize_model(model, (8, 4))
+    for profile, fields in _profiles("weight_bits").items():
+        model.set_profile(fields, default=False)
+        result = export_quantized_onnx(model, tmp_path / f"{profile}.onnx", form="qdq", precision="fp16", cases=1)
+        assert check_trt(result.path).ok, check_trt(result.path).line()
+        assert result.parity.max_abs_diff <= TOLERANCE["fp16"] and max(c.max_len for c in result.parity.cases) > 3000
+        graph = onnx.load(str(result.path)).graph
+        int4 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT4}
+        assert bool(int4) == (fields["weight_bits"] == 4)
 
 
 def test_weight_bits_profiles_build_or_are_refused_with_their_reason(tmp_path):

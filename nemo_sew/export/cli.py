@@ -85,8 +85,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nemo_sew.export.onnx import ParityError, export_onnx
     from nemo_sew.export.trt_check import check_trt
 
-    if args.quant_form and args.precision != "fp32":
-        raise ValueError("--quant-form exports fp32 activations with quantized weights; drop --precision fp16")
+    if args.quant_form and args.quant_form != "qdq" and args.precision != "fp32":
+        raise ValueError(f"--quant-form {args.quant_form} is an onnxruntime CPU form with fp32 activations; drop "
+                         "--precision fp16 (fp16 activations: --quant-form qdq --precision fp16, the TensorRT form)")
     model = _restore(args.model)
     profiles = _profiles(model, args.profiles)
     if args.static_gates:
@@ -113,7 +114,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
                 with model.profile_scope(profile):
                     result = export_quantized_onnx(model, path, args.quant_form, check=not args.no_check,
-                                                   encoder_only=args.encoder_only)  # fmt: skip
+                                                   encoder_only=args.encoder_only, precision=args.precision)  # fmt: skip
                 entry["quant_form"] = args.quant_form
             else:
                 result = export_onnx(
@@ -213,7 +214,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.add_argument(
         "--quant-form", choices=["qdq", "matmul_nbits", "int8_dynamic"], default=None,
-        help="a quantized model (nemo-sew quantize): INT8/INT4 DequantizeLinear weights (qdq, opset 21), onnxruntime "
+        help="a quantized model (nemo-sew quantize): INT8/INT4 DequantizeLinear weights (qdq, opset 21; with "
+        "--precision fp16 the TensorRT form: fp16 activations, INT4 only on MatMul weights), onnxruntime "
         "MatMulNBits (4-bit profiles) or int8 dynamic (8-bit profiles); default: fp32 initializers",
     )  # fmt: skip
     p.add_argument(

@@ -81,8 +81,30 @@ def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
     return out
 
 
-def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset()) -> list[str]:
-    """Replace the fp32 initializers holding ``encoder``'s active quantized weights by INT8/INT4 + DQ nodes."""
+def _consumers(graph: onnx.GraphProto, name: str) -> list[str]:
+    """The op types that read ``name`` in ``graph``, looking through Identity / Reshape / Transpose."""
+    out, frontier = [], [name]
+    while frontier:
+        current = frontier.pop()
+        for node in graph.node:
+            if current in node.input:
+                if node.op_type in ("Identity", "Reshape", "Transpose"):
+                    frontier.append(node.output[0])
+                else:
+                    out.append(node.op_type)
+    return out
+
+
+def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset(), tensorrt: bool = False) -> list[str]:
+    """Replace the fp32 initializers holding ``encoder``'s active quantized weights by INT8/INT4 + DQ nodes.
+
+    ``tensorrt``: the layout TensorRT builds (issue 27). A weight read by a MatMul / Gemm keeps its codes (INT4
+    block-wise or INT8) but stored in the MatMul's ``(K, N)`` layout, so ``DequantizeLinear`` feeds the MatMul
+    directly (``axis=0``, blocks along K; TensorRT's weight-only quantization of matrix multiplies). Any other
+    weight (convolutions, the 1x1 convs run as batched matmuls through ``Expand``) takes INT8 codes with one scale
+    per output channel where its scales are per channel (TensorRT's INT8 convolution), and otherwise its exact
+    dequantized values as a float initializer (fp16 after the fp16 conversion): TensorRT has no INT4 or
+    block-scaled convolution. The dequantized weights equal the eager ones either way."""
     bits = encoder.quant_config.active if encoder.quant_config is not None else 16
     if bits == 16:
         raise ValueError("the encoder runs fp weights: set_profile(weight_bits=...) to a held bit width first")
@@ -125,7 +147,32 @@ def qdq_weights(proto: onnx.ModelProto, encoder: Any, skip: set[str] = frozenset
         c2 = codes.reshape(out, -1).numpy()
         s = scale.numpy().astype(np.float32)  # (out, groups)
         base = f"{name}_q{bits}"
-        graph.initializer.append(_int_tensor(f"{base}_codes", c2, bits))
+        if tensorrt:
+            matmul = set(_consumers(graph, name)) <= {"MatMul", "Gemm"} and transposed and len(target.dims) == 2
+            if not matmul and s.shape[1] > 1:
+                # not a matmul weight and block-scaled: TensorRT has no such conv; exact float weights instead
+                graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w2.T if transposed else w2)
+                                                                 .reshape(target.dims).astype(np.float32), name))
+                (graph.initializer if isinstance(holder, TensorProto) else graph.node).remove(holder)
+                replaced.append(f"{mod_name}.weight")
+                continue
+            if matmul:  # (K, N) codes, blocks along K: DQ -> MatMul with no Transpose between
+                graph.initializer.append(_int_tensor(f"{base}_codes", np.ascontiguousarray(c2.T), bits))
+                if s.shape[1] == 1:
+                    graph.initializer.append(numpy_helper.from_array(s[:, 0], f"{base}_scale"))
+                    attrs = {"axis": 1}
+                else:
+                    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(s.T), f"{base}_scale"))
+                    attrs = {"axis": 0, "block_size": c2.shape[1] // s.shape[1]}
+                nodes.append(helper.make_node("DequantizeLinear", [f"{base}_codes", f"{base}_scale"], [name],
+                                              name=f"{base}_DQ", **attrs))  # fmt: skip
+                (graph.initializer if isinstance(holder, TensorProto) else graph.node).remove(holder)
+                replaced.append(f"{mod_name}.weight")
+                continue
+            bits_stored = 8  # a per-channel conv weight: INT8 codes (4-bit codes fit), one scale per channel
+        else:
+            bits_stored = bits
+        graph.initializer.append(_int_tensor(f"{base}_codes", c2, bits_stored))
         attrs: dict[str, int] = {"axis": 0}
         if s.shape[1] == 1:
             graph.initializer.append(numpy_helper.from_array(s[:, 0], f"{base}_scale"))
@@ -221,8 +268,13 @@ def export_quantized_onnx(
     encoder_only: bool = False,
     tolerance: float | None = None,
     accuracy_level: int = 4,
+    precision: str = "fp32",
 ) -> QuantExport:
     """Export the active quantized profile of a model (or encoder) in ``form``; see the module docstring.
+
+    ``precision="fp16"`` (``qdq`` only): the TensorRT form, fp16 activations (the exporter's fp16 conversion, its
+    overflow-prone nodes kept in fp32) and the weight layout of :func:`qdq_weights` with ``tensorrt=True``;
+    parity against the eager quantized model within the fp16 tolerance over the whole length range.
 
     ``accuracy_level`` (``matmul_nbits``): 4 = int8 activations inside ``MatMulNBits`` (the fast CPU kernel),
     0 = fp32 activations (exact: parity within :data:`QDQ_TOLERANCE`)."""
@@ -233,6 +285,10 @@ def export_quantized_onnx(
     bits = cfg.active if cfg is not None else 16
     if bits == 16:
         raise ValueError("the model runs fp weights: set_profile(weight_bits=8/4/2/1) to a held width first")
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"expected precision fp32 or fp16, got {precision!r}")
+    if precision == "fp16" and form != "qdq":
+        raise ValueError(f"precision fp16 is the TensorRT QDQ form; {form!r} is an onnxruntime CPU form (fp32 activations)")
     if form == "matmul_nbits" and bits != 4 or form == "int8_dynamic" and bits != 8:
         raise ValueError(f"form {form!r} runs {4 if form == 'matmul_nbits' else 8}-bit weights; the model runs {bits}-bit")
     path = Path(path)
@@ -244,9 +300,14 @@ def export_quantized_onnx(
     result = QuantExport(path=path, form=form, bits=bits)
     if form == "qdq":
         proto = version_converter.convert_version(proto, QDQ_OPSET)
-        result.replaced = qdq_weights(proto, enc)
+        result.replaced = qdq_weights(proto, enc, tensorrt=precision == "fp16")
         meta["opset"] = str(QDQ_OPSET)
         tol = QDQ_TOLERANCE if tolerance is None else tolerance
+        if precision == "fp16":
+            from nemo_sew.export.onnx import TOLERANCE, _plan, _to_fp16, fp32_scopes
+
+            proto = _to_fp16(proto, fp32_scopes(_plan(model_or_encoder, encoder_only).graph, enc))
+            tol = TOLERANCE["fp16"] if tolerance is None else tolerance
     elif form == "matmul_nbits":
         proto = version_converter.convert_version(proto, QDQ_OPSET)
         meta["opset"] = str(QDQ_OPSET)
@@ -260,7 +321,7 @@ def export_quantized_onnx(
         tol = ORT_TOLERANCE[form] if tolerance is None else tolerance
     else:
         raise ValueError(f"expected form in ('qdq', 'matmul_nbits', 'int8_dynamic'), got {form!r}")
-    meta.update(quant_form=form, weight_bits=str(bits), precision="fp32")
+    meta.update(quant_form=form, weight_bits=str(bits), precision=precision)
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
