@@ -100,6 +100,7 @@ class TimeBudgetAnnealing(pl.Callback):
 
     The time already spent travels in checkpoints (``state_dict``): a run killed after 10 minutes of an
     18-minute budget and resumed has 8 minutes left, not 18 (the rate is global steps over all the time spent).
+    Under DDP the ranks use rank 0's elapsed time, so they agree on the schedule.
     """
 
     def __init__(self, max_seconds: float, every_n_steps: int = 50, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -126,7 +127,9 @@ class TimeBudgetAnnealing(pl.Callback):
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps:
             return
-        elapsed = self.elapsed()
+        # rank 0's clock decides, so every DDP rank sets the same schedule (each rank's own clock differs a little
+        # and would give the ranks different learning rates); one broadcast every `every_n_steps` steps
+        elapsed = float(trainer.strategy.broadcast(self.elapsed(), src=0))
         total = int(step + max(self.max_seconds - elapsed, 0.0) * step / max(elapsed, 1e-9))
         if trainer.max_steps > 0:  # trainer.max_steps stops the run first: anneal by then
             total = min(total, trainer.max_steps)

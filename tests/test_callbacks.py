@@ -14,10 +14,36 @@ def test_parse_max_time():
 
 
 class _Trainer:
-    def __init__(self, scheduler, max_steps=-1):
+    def __init__(self, scheduler, max_steps=-1, strategy=None):
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
         self.global_step = 0
         self.max_steps = max_steps
         self.lr_scheduler_configs = [type("Cfg", (), {"scheduler": scheduler})()]
+        self.strategy = strategy or SingleDeviceStrategy(torch.device("cpu"))
+
+
+class _RankOneOfTwo:
+    """What Lightning's DDP strategy's broadcast gives rank 1: rank 0's object (here rank 0 had spent 40 s)."""
+
+    def broadcast(self, obj, src=0):
+        assert src == 0
+        return 40.0
+
+
+def test_time_budget_follows_rank_zeros_clock():
+    """Under DDP every rank plans with rank 0's elapsed time, so the ranks' learning rates agree."""
+    from nemo.core.optim.lr_scheduler import CosineAnnealing
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = CosineAnnealing(opt, max_steps=10_000, warmup_steps=10, min_lr=0.0)
+    trainer = _Trainer(sched, strategy=_RankOneOfTwo())
+    clock = iter([0.0, 50.0])  # this rank's own clock: 50 s; rank 0's: 40 s -> 0.4 s/step, 100 s -> 250 steps
+    cb = TimeBudgetAnnealing(max_seconds=100.0, every_n_steps=100, clock=lambda: next(clock))
+    cb.on_train_start(trainer, None)
+    trainer.global_step = 100
+    cb.on_train_batch_end(trainer, None, None, None, 99)
+    assert sched.max_steps == 250
 
 
 def test_time_budget_moves_the_schedule_end():
