@@ -24,6 +24,7 @@ widths (float64 holds integers up to 2**53).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -147,6 +148,36 @@ def _per_layer(arch: EncoderArch, fn: Callable[[BlockSpec], float], dev: torch.d
     return torch.tensor([float(fn(b)) for b in arch.blocks], dtype=_F64, device=dev)
 
 
+# the arch's constant vectors the cost model reads on every call, by name (see _constant)
+_LAYER_CONSTANTS: dict[str, Callable[[BlockSpec], float]] = {
+    "heads": lambda b: b.heads,
+    "head_dim": lambda b: b.head_dim,
+    "conv_channels": lambda b: b.conv_channels,
+    "conv_kernel": lambda b: b.conv_kernel,
+    "conv_module": lambda b: BLOCK_KINDS[b.kind].conv_module,
+    "ffn_first": lambda b: BLOCK_KINDS[b.kind].ffns_before_attention > 0,
+    "has_attn": lambda b: b.heads > 0,
+    "has_conv": lambda b: b.conv_channels > 0,
+}
+_FFN_CONSTANTS: dict[str, Callable[[BlockSpec, int], float]] = {
+    "ffn_dims": lambda b, j: b.ffn_dims[j],
+    "ffn_exists": lambda b, j: 1.0,
+    "has_ffn": lambda b, j: b.ffn_dims[j] > 0,
+}
+
+
+@functools.lru_cache(maxsize=512)
+def _constant(arch: EncoderArch, name: str, dev: torch.device) -> torch.Tensor:
+    """A constant float64 vector of ``arch`` (``heads``, ``ffn_dims``, ``frontend_channels``, ...) on ``dev``, built
+    once per (arch, device): the cost model runs in training steps (the gates' MAC budget, pruning), where building
+    ~10 tensors from Python lists per call would mean ~10 host-to-device copies per step on a GPU. Read-only."""
+    if name == "frontend_channels":
+        return torch.tensor([c for c, _, _ in arch.frontend.conv_layers], dtype=_F64, device=dev)
+    if name in _FFN_CONSTANTS:
+        return _per_ffn(arch, _FFN_CONSTANTS[name], dev)
+    return _per_layer(arch, _LAYER_CONSTANTS[name], dev)
+
+
 def ffn_columns(arch: EncoderArch) -> int:
     """Columns of ``ffn_dims`` tensors: the most FFNs a block of ``arch`` has (2 with any conformer block)."""
     return max((BLOCK_KINDS[b.kind].ffns for b in arch.blocks), default=1)
@@ -174,15 +205,15 @@ def _widths(arch: EncoderArch, soft: Mapping[str, Any] | None, dev: torch.device
     if unknown:
         raise ValueError(f"unknown soft widths {unknown}; expected a subset of {list(SOFT_KEYS)}")
     out = {
-        "heads": _per_layer(arch, lambda b: b.heads, dev),
-        "ffn_dims": _per_ffn(arch, lambda b, j: b.ffn_dims[j], dev),
-        "conv_channels": _per_layer(arch, lambda b: b.conv_channels, dev),
-        "frontend_channels": torch.tensor([c for c, _, _ in arch.frontend.conv_layers], dtype=_F64, device=dev),
+        "heads": _constant(arch, "heads", dev),
+        "ffn_dims": _constant(arch, "ffn_dims", dev),
+        "conv_channels": _constant(arch, "conv_channels", dev),
+        "frontend_channels": _constant(arch, "frontend_channels", dev),
     }
     for name, value in (soft or {}).items():
         out[name] = _checked(value, tuple(out[name].shape), f"soft {name}", dev)
-    out["ffn_dims"] = out["ffn_dims"] * _per_ffn(arch, lambda b, j: 1.0, dev)
-    out["conv_channels"] = out["conv_channels"] * _per_layer(arch, lambda b: BLOCK_KINDS[b.kind].conv_module, dev)
+    out["ffn_dims"] = out["ffn_dims"] * _constant(arch, "ffn_exists", dev)
+    out["conv_channels"] = out["conv_channels"] * _constant(arch, "conv_module", dev)
     return out
 
 
@@ -322,16 +353,16 @@ def encoder_cost(
         t_in_, t_q_, t_k_ = (torch.stack(v, dim=-1).to(_F64) for v in (t_in, t_q, t_k))  # (..., L)
     else:
         t_in_ = t_q_ = t_k_ = torch.zeros(squeezed.shape + (0,), dtype=_F64, device=dev)
-    attn_dim = w["heads"] * _per_layer(arch, lambda b: b.head_dim, dev)  # (..., L)
+    attn_dim = w["heads"] * _constant(arch, "head_dim", dev)  # (..., L)
     attn_proj = 2 * c * attn_dim * (t_q_ + t_k_) * kp["attn"]  # q, out on queries; k, v on keys
     attn_scores = 2 * attn_dim * t_q_ * t_k_ * kp["attn"]  # QK^T and AV
     # FFN lengths: a conformer's first FFN runs before the layer's query pooling, every other FFN after it
-    first_before = _per_layer(arch, lambda b: BLOCK_KINDS[b.kind].ffns_before_attention > 0, dev)
+    first_before = _constant(arch, "ffn_first", dev)
     t_ffn0 = first_before * t_in_ + (1 - first_before) * t_q_
     t_ffn = torch.stack([t_ffn0] + [t_q_] * (ffn_columns(arch) - 1), dim=-1)  # (..., L, n_ffn)
     ffn = (2 * c * w["ffn_dims"] * t_ffn * kp["ffn"]).sum(-1)  # (..., L)
     cc = w["conv_channels"]
-    conv_kernel = _per_layer(arch, lambda b: b.conv_kernel, dev)
+    conv_kernel = _constant(arch, "conv_kernel", dev)
     conv = t_q_ * (2 * c * cc + cc * conv_kernel + cc * c) * kp["conv"]  # pointwise1 (GLU), depthwise, pointwise2
     per_layer = attn_proj + attn_scores + ffn + conv
 
@@ -436,16 +467,16 @@ def encoder_params(
         compressor = compressor + (c * c * ALPHA_KERNEL + c) + 2 * c + (c + 1)  # conv, LayerNorm, Linear(C, 1)
 
     has = {  # a branch exists when the arch's integer width is > 0
-        "attn": _per_layer(arch, lambda b: b.heads > 0, dev),
-        "ffn": _per_ffn(arch, lambda b, j: b.ffn_dims[j] > 0, dev),
-        "conv": _per_layer(arch, lambda b: b.conv_channels > 0, dev),
+        "attn": _constant(arch, "has_attn", dev),
+        "ffn": _constant(arch, "has_ffn", dev),
+        "conv": _constant(arch, "has_conv", dev),
     }
-    attn_dim = w["heads"] * _per_layer(arch, lambda b: b.head_dim, dev)
+    attn_dim = w["heads"] * _constant(arch, "head_dim", dev)
     attention = (4 * c * attn_dim + 3 * attn_dim + has["attn"] * (c + 2 * c)).sum(-1)  # q, k, v, out (+ biases), norm
     f = w["ffn_dims"]
     ffn = (2 * c * f + f + has["ffn"] * (c + 2 * c)).sum((-2, -1))  # fc1, fc2 (+ biases), norm
     cc = w["conv_channels"]
-    conv_kernel = _per_layer(arch, lambda b: b.conv_kernel, dev)
+    conv_kernel = _constant(arch, "conv_kernel", dev)
     conv = (
         has["conv"] * 2 * c  # pre-norm
         + (c * 2 * cc + 2 * cc)  # pointwise1 C -> 2cc (GLU)

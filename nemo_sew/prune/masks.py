@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import checked_fields
-from nemo_sew.cost import encoder_cost, encoder_params, ffn_columns
+from nemo_sew.cost import _constant, encoder_cost, encoder_params, ffn_columns
 from nemo_sew.nn.blocks import BRANCH_COST
 from nemo_sew.nn.frontend import ChannelLayerNorm, frontend_layout
 from nemo_sew.prune.hardconcrete import HardConcrete
@@ -334,11 +334,11 @@ class PruningMasks(nn.Module):
         dev = next(iter(self.gates.values())).log_alpha.device if len(self.gates) else torch.device("cpu")
         f64 = torch.float64
         kept = self.kept(expected)
-        fe = [torch.tensor(float(c), dtype=f64, device=dev) for c, _, _ in arch.frontend.conv_layers]
-        heads = [torch.tensor(float(b.heads), dtype=f64, device=dev) for b in arch.blocks]
-        conv = [torch.tensor(float(b.conv_channels), dtype=f64, device=dev) for b in arch.blocks]
-        ffn = [[torch.tensor(float(b.ffn_dims[j]) if j < len(b.ffn_dims) else 0.0, dtype=f64, device=dev)
-                for j in range(cols)] for b in arch.blocks]  # fmt: skip
+        # the arch's widths from the cost model's per-device constants (no host-to-device copy per step)
+        fe = list(_constant(arch, "frontend_channels", dev).unbind())
+        heads = list(_constant(arch, "heads", dev).unbind())
+        conv = list(_constant(arch, "conv_channels", dev).unbind())
+        ffn = [list(row.unbind()) for row in _constant(arch, "ffn_dims", dev)]
         keep = {"attn": [torch.ones((), dtype=f64, device=dev)] * n, "conv": [torch.ones((), dtype=f64, device=dev)] * n,
                 "ffn": [[torch.ones((), dtype=f64, device=dev)] * cols for _ in range(n)]}  # fmt: skip
         for slot in self.slots:
