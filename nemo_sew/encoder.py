@@ -6,7 +6,7 @@ to 20 ms. Inside, one layout ``(B, T, C)`` + lengths; NeMo's ``(B, D, T)`` is co
 
 The model <-> encoder contract: the model decides what the encoder does in a training step (a
 :class:`Draw` from the profile sampler, seeded by the global step) and passes it in; the encoder returns
-an :class:`EncoderOutput` with its auxiliary losses (``rate_penalty``; L0 and gate penalties later) and
+an :class:`EncoderOutput` with its auxiliary losses (``rate_penalty``, ``gate_budget``, ``prune_budget``) and
 stats (the factor it ran, ...). Nothing is written into the encoder by the model and nothing is read
 back after a forward. Per forward, the profile becomes one :class:`~nemo_sew.nn.blocks.LayerPlan` per layer.
 """
@@ -713,6 +713,10 @@ class SqueezeEncoder(NeuralModule, Exportable):
         fraction = stacked_p.mean(-1)  # expected fraction of open branches
         g = self.gate_options
         mac_budget = self.training and g.weight > 0 and g.budget == "macs"
+        if mac_budget and squeezed.input_lengths is None:
+            raise ValueError("gates.budget=macs needs the input lengths to count MACs: pass input_lengths to "
+                             "squeeze_features (run() and front() do); without them the budget would silently "
+                             "become a fraction of modules")  # fmt: skip
         if squeezed.input_lengths is not None and (measure or mac_budget):
             profile = dataclasses.replace(draw.profile, squeeze=stats["squeeze"], depth_threshold=None)
             # one cost-model call for the three keep patterns: every branch (full depth), probabilities, decisions

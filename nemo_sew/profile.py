@@ -1,4 +1,4 @@
-"""Compression profiles: the unit users train for, sweep, export and ship (see DESIGN.md)."""
+"""Compression profiles: the unit users train for, sweep, export and ship (the project's design notes: README, Architecture)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class CompressionProfile:
             None means the encoder's trained default.
         q_pool: per-layer query pooling strides (MViT-style pooling attention), None = no pooling.
         kv_pool: per-layer key/value pooling strides, None = no pooling.
-        depth_threshold: I3D gate threshold, None = run all layers.
+        depth_threshold: I3D gate threshold (a gate opens when its probability is above it; 0 runs every branch),
+            None = the threshold the gates were trained with (``gates.threshold``).
         arch: the (possibly pruned) per-layer architecture (heads, FFN widths, conv channels), None = as built.
         weight_bits: weight-only quantization (16 = fp, 8, 4, 2 or 1 bits); the encoder must hold those weights
             (``nemo-sew quantize``, :mod:`nemo_sew.quant`).

@@ -146,9 +146,18 @@ def test_budget_with_the_squeeze_sampler_and_profile_errors():
     for step in range(6):
         out = enc.run(x, lengths, enc.draw(step))
         seen.add(out.stats["squeeze"])
-        assert out.aux_losses["gate_budget"] >= 0 and 0 <= out.plain_stats()["depth_expected"] <= 2
+        # the penalty is the one documented for these options, from the reported gate probabilities
+        g, probs = enc.gate_options, torch.tensor(out.plain_stats()["gate_probs"])  # (B, G)
+        excess = probs.mean(-1) - g.target if g.per_utterance else (probs.mean(-1) - g.target).mean()
+        penalty = excess.pow(2) if g.penalty == "square" else excess.clamp_min(0.0)
+        assert float(out.aux_losses["gate_budget"].detach()) == pytest.approx(g.weight * float(penalty.mean()), rel=1e-5)
+        assert out.plain_stats()["depth_expected"] == pytest.approx(float(probs.mean(-1).mean()) * 2, rel=1e-5)
     assert len(seen) > 1
     assert enc.config_dict()["gates"]["threshold"] == 0.5  # the default threshold travels with the .nemo
+    squeezed = enc.squeeze_features(enc.projection(enc.features(x, lengths)[0]), enc.frame_lengths(lengths), enc.draw(0))
+    macs = build_encoder("tiny_mel", num_layers=2, gates={"kind": "local", "budget": "macs"}).train()
+    with pytest.raises(ValueError, match="needs the input lengths"):
+        macs.context(squeezed, macs.draw(0))
     with pytest.raises(NotImplementedError, match="needs an encoder built with gates"):
         build_encoder("tiny_mel").set_profile(CompressionProfile(depth_threshold=0.5))
     with pytest.raises(ValueError, match="gates.kind"):

@@ -220,13 +220,13 @@ class ConvModule(nn.Module):
 
     pools = False
 
-    def __init__(self, dim: int, channels: int, kernel: int = 31) -> None:
+    def __init__(self, dim: int, channels: int, kernel: int = 31, eps: float = 1e-5) -> None:
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"expected an odd depthwise kernel, got {kernel}")
         self.pointwise1 = nn.Conv1d(dim, 2 * channels, 1)
         self.depthwise = nn.Conv1d(channels, channels, kernel, padding=kernel // 2, groups=channels)
-        self.norm = nn.LayerNorm(channels)
+        self.norm = nn.LayerNorm(channels, eps=eps)
         self.pointwise2 = nn.Conv1d(channels, dim, 1)
 
     def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,8 +411,8 @@ def conformer_branches(spec: BlockSpec, o: BlockOptions) -> tuple[dict[str, Resi
     if spec.heads:
         branches["attn"] = _attn(spec, o, False)
     if spec.conv_channels:
-        conv = ConvModule(o.d_model, spec.conv_channels, spec.conv_kernel)
-        branches["conv"] = Residual(nn.LayerNorm(o.d_model), conv, False, dropout=o.dropout)
+        conv = ConvModule(o.d_model, spec.conv_channels, spec.conv_kernel, eps=o.layer_norm_eps)
+        branches["conv"] = Residual(o.norm(), conv, False, dropout=o.dropout)
     if spec.ffn_dims[1]:
         branches["ffn2"] = _ffn(spec.ffn_dims[1], o, False, "swish", scale=0.5)
     return branches, o.norm()

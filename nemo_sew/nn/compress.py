@@ -237,9 +237,6 @@ class SEWUpsampler(nn.Module):
         nn.init.kaiming_normal_(self.linear.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.linear.bias)
 
-    def supports(self, factor: float) -> bool:
-        return factor == self.factor
-
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, frame_map: FrameMap, target_lengths: torch.Tensor, target_len: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -270,9 +267,6 @@ class PhaseExpander(nn.Module):
         self.phase = nn.Linear(1, dim, bias=False)
         nn.init.kaiming_normal_(self.linear.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.linear.bias)
-
-    def supports(self, factor: float) -> bool:
-        return factor >= 1
 
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, frame_map: FrameMap, target_lengths: torch.Tensor, target_len: int

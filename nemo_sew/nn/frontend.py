@@ -323,10 +323,6 @@ class ConvFeatureExtractor(nn.Module):
             rf = (rf - 1) * b.stride + b.kernel
         return rf
 
-    @property
-    def layout(self) -> FrontendLayout:
-        return FrontendLayout("waveform", 1, "samples", self.receptive_field, self.stride)
-
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
             lengths = conv_out_lengths(lengths, b.kernel, b.stride)
@@ -364,10 +360,6 @@ class MelStackFrontend(nn.Module):
     def receptive_field(self) -> int:
         """Input frames needed for one output frame."""
         return self.stack
-
-    @property
-    def layout(self) -> FrontendLayout:
-        return FrontendLayout("spectrogram", self.n_mels, "feature frames", self.stack, self.stack)
 
     def from_port(self, signal: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's input port ``(B, n_mels, T)`` -> ``(B, T // stack, stack * n_mels)`` and lengths."""
