@@ -20,6 +20,7 @@ import dataclasses
 import enum
 import importlib
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def _resolve(name: str) -> Any:
     module, _, attr = name.rpartition(".")
     try:
         obj = importlib.import_module(module)
-    except ImportError:
+    except (ImportError, ValueError):  # ValueError: no module part (torch names a builtin function bare)
         return None
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -89,13 +90,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refusing to load: it holds Python objects that would run code or are not plain data "
             f"({', '.join(sorted(refused)[:8])}); only load checkpoints from sources you trust"
         )
-    try:
-        with torch.serialization.safe_globals([_allowed(n) for n in names]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(f"{path}: refusing to load with weights_only=True: {str(err).splitlines()[0]}") from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    allowed = [_allowed(n) for n in names]
+    for _ in range(64):  # legacy files name one unsupported global per failed attempt: allow-listed ones are added
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            name = _unsupported_global(str(err))
+            obj = _allowed(name) if name else None
+            if obj is None or obj in allowed:
+                what = f" ({name})" if name else f": {str(err).splitlines()[0]}"
+                raise UnsafeCheckpointError(
+                    f"{path}: refusing to load: it holds Python objects that would run code or are not plain data"
+                    f"{what}; only load checkpoints from sources you trust"
+                ) from err
+            allowed.append(obj)
+        except (RuntimeError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    raise UnsafeCheckpointError(f"{path}: refusing to load: too many distinct Python globals")
+
+
+def _unsupported_global(message: str) -> str | None:
+    """The global torch's weights-only unpickler refused (``Unsupported global: GLOBAL module.name``), if named."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
 
 
 def restore(path: str | Path, map_location: str | torch.device = "cpu"):
