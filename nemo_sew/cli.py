@@ -66,7 +66,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     model = restore(args.model)
     rows = sweep(
         model, args.manifest, load_profiles(args.profiles), args.out, batch_size=args.batch_size,
-        command="nemo-sew " + " ".join(args.argv),
+        command="nemo-sew " + " ".join(args.argv), engines=args.engines,
     )  # fmt: skip
     print((Path(args.out) / "sweep.md").read_text())
     return 0 if rows else 1
@@ -362,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", required=True, help="YAML of named profiles (recipes/profiles/)")
     p.add_argument("--out", default="outputs/sweep")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--engines", default=None, metavar="BENCH.json",
+                   help="join per-profile TensorRT numbers from trt/bench_engines.py --out (matched by profile name)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("pick", help="best-WER profile on the measured Pareto front that meets a target")

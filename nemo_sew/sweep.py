@@ -41,15 +41,24 @@ def _markdown(rows: list[dict], command: str) -> str:
         "GMACs / utt. | latency 10 s (ms) | RTFx | Pareto |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    trt_cols = sorted({k for r in rows for k in r if k.startswith(("trt_p50_ms_b", "trt_rtfx_b"))})
+    if trt_cols:  # joined from trt/bench_engines.py (join_engines)
+        lines[2] = lines[2][:-len(" Pareto |")] + "".join(f" {c} |" for c in trt_cols) + " engine MB | TRT parity | Pareto |"
+        lines[3] = "|---" * (14 + len(trt_cols) + 2) + "|"
     for r in rows:
         p = r["profile"]
+        if trt_cols:
+            extra = "".join(f" {r.get(c, '-') if r.get(c) is not None else '-'} |" for c in trt_cols)
+            extra += f" {r.get('trt_engine_mb', '-')} | {r.get('trt_parity', '-')} |"
+        else:
+            extra = ""
         lines.append(
             f"| {r['name']} | {p['squeeze']} | {p['q_pool'] or '-'} | {p['kv_pool'] or '-'} | "
             f"{'-' if p.get('depth_threshold') is None else p['depth_threshold']} | "
             f"{'-' if r.get('depth_mean') is None else format(r['depth_mean'], '.2f')} | "
             f"{p.get('weight_bits', 16)} | {r['wer']:.3f} | "
             f"{r['cer']:.3f} | {r['encoder_gmacs_per_s']:.3f} | {r.get('encoder_gmacs_mean', 0.0):.3f} | "
-            f"{r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} | "
+            f"{r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} |{extra} "
             f"{'*' if r['name'] in front else ''} |"
         )
     lines += ["", "Encoder GMACs from the analytic cost model (nemo_sew.cost) on each test utterance's real length: "
@@ -96,6 +105,33 @@ def sweep_rows(
     return rows
 
 
+def join_engines(rows: list[dict], bench_json: str | Path) -> list[dict]:
+    """Add each profile's TensorRT numbers from ``trt/bench_engines.py --out`` (its ``rows``, matched by profile
+    name) to sweep rows: ``trt_p50_ms_b<batch>`` and ``trt_rtfx_b<batch>`` at the longest timed duration,
+    ``trt_engine_mb`` and ``trt_parity`` (max abs difference against onnxruntime). Rows without an engine are
+    left as they are; engine rows for profiles the sweep does not have are ignored."""
+    engines = json.loads(Path(bench_json).read_text()).get("rows", [])
+    by_profile: dict[str, list[dict]] = {}
+    for e in engines:
+        if e.get("profile") and "skipped" not in e:
+            by_profile.setdefault(str(e["profile"]), []).append(e)
+    out = []
+    for row in rows:
+        row = dict(row)
+        found = by_profile.get(str(row.get("name")), [])
+        if found:
+            longest = max(e["seconds"] for e in found)
+            for e in (e for e in found if e["seconds"] == longest):
+                row[f"trt_p50_ms_b{e['batch']}"] = e.get("p50_ms")
+                row[f"trt_rtfx_b{e['batch']}"] = e.get("rtfx")
+            row["trt_engine_mb"] = found[0].get("engine_mb")
+            parities = [e["parity_vs_onnxruntime"] for e in found if e.get("parity_vs_onnxruntime") is not None]
+            row["trt_parity"] = max(parities) if parities else None
+            row["trt_seconds"] = longest
+        out.append(row)
+    return out
+
+
 def write_sweep(rows: list[dict], out_dir: str | Path, command: str = "") -> None:
     """``sweep.json``, ``sweep.md`` (the table) and ``pareto.png`` (WER vs latency) of ``rows`` in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -112,9 +148,13 @@ def sweep(
     out_dir: str | Path,
     batch_size: int = 16,
     command: str = "",
+    engines: str | Path | None = None,
 ) -> list[dict]:
-    """Evaluate ``model`` at every profile; write ``sweep.json``, ``sweep.md`` and ``pareto.png`` in ``out_dir``."""
+    """Evaluate ``model`` at every profile; write ``sweep.json``, ``sweep.md`` and ``pareto.png`` in ``out_dir``.
+    ``engines``: a ``trt/bench_engines.py --out`` JSON whose per-profile TensorRT numbers join the rows."""
     rows = sweep_rows(model, manifest, profiles, batch_size)
+    if engines is not None:
+        rows = join_engines(rows, engines)
     write_sweep(rows, out_dir, command)
     return rows
 

@@ -197,3 +197,40 @@ def test_build_and_bench_engine_matches_onnxruntime(trt_scripts, tmp_path):
     assert io["encoded_len"].cpu().tolist() == ref_len.tolist()
     t = int(ref_len[1])
     np.testing.assert_allclose(io["encoded"][1, :, :t].cpu().numpy(), ref[1, :, :t], atol=1e-3)
+
+
+def test_engine_parity_counts_valid_frames_only_and_the_sweep_joins_engine_rows(trt_scripts, tmp_path):
+    """bench_engines' parity against onnxruntime ignores padding but sees any valid frame; ``nemo-sew sweep
+    --engines`` adds each profile's TensorRT latency, RTFx, engine size and parity by profile name."""
+    import json
+
+    from nemo_sew.sweep import _markdown, join_engines
+
+    bench = trt_scripts.bench
+    ref = np.zeros((2, 5, 3), dtype=np.float32)  # (B, T, V): a CTC graph's time axis 1
+    got = ref.copy()
+    got[1, 4] = 1.0  # padding of item 1 (length 4)
+    assert bench.valid_max_abs_diff(got, ref, [5, 4], time_axis=1) == 0.0
+    got[1, 3, 2] = 0.5  # its last valid frame
+    assert bench.valid_max_abs_diff(got, ref, [5, 4], time_axis=1) == 0.5
+    assert bench.valid_max_abs_diff(got[:, :4], ref, [5, 4], time_axis=1) == float("inf")
+    (tmp_path / "s2.onnx").write_bytes(b"")
+    assert bench.onnx_for(tmp_path / "s2.fp16.plan", {"onnx": "s2.onnx"}) == tmp_path / "s2.onnx"
+    assert bench.onnx_for(tmp_path / "x.plan", {"onnx": "missing.onnx"}) is None
+
+    rows = [{"name": "s2", "profile": {"squeeze": 2.0, "q_pool": None, "kv_pool": None}, "wer": 0.5, "cer": 0.2,
+             "encoder_gmacs_per_s": 1.0, "latency_ms_10s": 50.0, "rtfx": 200.0},
+            {"name": "s4", "profile": {"squeeze": 4.0, "q_pool": None, "kv_pool": None}, "wer": 0.6, "cer": 0.3,
+             "encoder_gmacs_per_s": 0.5, "latency_ms_10s": 30.0, "rtfx": 330.0}]  # fmt: skip
+    engine_rows = [{"profile": "s2", "batch": b, "seconds": s, "p50_ms": 1.0 * b * s, "rtfx": 100.0 / b,
+                    "engine_mb": 12.5, "parity_vs_onnxruntime": 0.004} for b in (1, 16) for s in (10.0, 40.0)]
+    engine_rows.append({"profile": "s2", "batch": 1, "seconds": 60.0, "skipped": "outside the profile"})
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": engine_rows}))
+    joined = join_engines(rows, tmp_path / "bench.json")
+    assert joined[0]["trt_p50_ms_b1"] == 40.0 and joined[0]["trt_p50_ms_b16"] == 640.0 and joined[0]["trt_seconds"] == 40.0
+    assert joined[0]["trt_engine_mb"] == 12.5 and joined[0]["trt_parity"] == 0.004
+    assert "trt_p50_ms_b1" not in joined[1]  # no engine for s4
+    table = _markdown(joined, "nemo-sew sweep ...")
+    header, rule, first = table.splitlines()[2:5]
+    assert header.count("|") == rule.count("|") == first.count("|")
+    assert "trt_p50_ms_b16" in header and "| 640.0 |" in first

@@ -5,7 +5,11 @@
 Per engine and per (batch, seconds): random audio of that length (every item full length), ``--warmup``
 runs, then ``--iters`` timed runs with CUDA events on one stream (GPU time of ``execute_async_v3``; no
 host transfers, no preprocessing or decoding). Throughput = utterances per second at the median latency;
-RTFx = seconds of audio per second of compute (``batch * seconds / p50``). Shapes outside the engine's
+RTFx = seconds of audio per second of compute (``batch * seconds / p50``); ``engine_mb`` the plan file's size;
+``parity_vs_onnxruntime`` the max abs difference of the engine's first output against onnxruntime (CPU) on the
+same input, over the valid frames (inf when the lengths differ), when the ONNX file is found (the sidecar's
+``onnx_path``, else beside the plan). ``nemo-sew sweep --engines bench_engines.json`` joins the rows by profile
+name. Shapes outside the engine's
 optimisation profile are skipped and listed. Uses TensorRT's name-based I/O tensor API (10.x and 11.x)
 and torch for CUDA memory. The inputs are written on torch's current stream; the timed stream waits for it
 before the first run.
@@ -77,6 +81,28 @@ def torch_output_allocator(trt: Any, nbytes: int) -> Any:
     return _Allocator()
 
 
+def onnx_for(plan_path: Path, info: dict[str, Any]) -> Path | None:
+    """The ONNX file an engine was built from (the sidecar's path, else its name beside the plan), if present."""
+    for candidate in (info.get("onnx_path"), plan_path.parent / info["onnx"] if info.get("onnx") else None):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def valid_max_abs_diff(engine_out: Any, ort_out: Any, lengths: Any, time_axis: int) -> float:
+    """Max abs difference of two outputs (numpy) over the valid frames given by ``lengths`` (the rest is padding)."""
+    import numpy as np
+
+    a, b = np.asarray(engine_out, dtype=np.float32), np.asarray(ort_out, dtype=np.float32)
+    if a.shape != b.shape:
+        return float("inf")
+    frames = np.arange(a.shape[time_axis])
+    valid = frames[None, :] < np.asarray(lengths).reshape(-1, 1)  # (B, T)
+    valid = valid[:, :, None] if time_axis == 1 else valid[:, None, :]
+    diff = np.where(valid, np.abs(a - b), 0.0)
+    return float(diff.max()) if diff.size else 0.0
+
+
 def _engine_memory(engine: Any) -> int:
     size = getattr(engine, "device_memory_size_v2", None)  # 10.x (newer) and 11.x
     if size is None:
@@ -104,6 +130,12 @@ def bench_engine(
     lo, _, hi = engine.get_tensor_profile_shape("audio_signal", 0)  # (min, opt, max) of profile 0
     signal_shape = tuple(engine.get_tensor_shape("audio_signal"))
     stream = torch.cuda.Stream()
+    onnx_path = onnx_for(plan_path, info)
+    session = None
+    if onnx_path is not None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rows = []
     for batch in batches:
         for sec in seconds:
@@ -145,10 +177,29 @@ def bench_engine(
                     end.synchronize()
                     if i >= warmup:
                         times.append(start.elapsed_time(end))  # ms
+            parity = None
+            if session is not None:  # the engine's outputs against onnxruntime (CPU) on the same input
+                got = []
+                for name in outputs:
+                    if name in allocators:
+                        a = allocators[name]
+                        n = math.prod(a.shape)
+                        got.append(a.buffer[: n * torch.empty((), dtype=dtype[name]).element_size()]
+                                   .view(dtype[name]).reshape(a.shape).float().cpu().numpy())
+                    else:
+                        got.append(tensors[name].float().cpu().numpy())
+                feed = {n: tensors[n].cpu().numpy() for n in inputs}
+                ref = session.run(outputs, feed)
+                time_axis = 1 if meta.get("graph") == "ctc" else 2
+                parity = valid_max_abs_diff(got[0], ref[0], ref[1], time_axis)
+                if not np.array_equal(np.asarray(got[1]).astype(np.int64), np.asarray(ref[1]).astype(np.int64)):
+                    parity = float("inf")  # output lengths differ
             p50, p90 = (float(np.percentile(times, q)) for q in (50, 90))
             row.update(
                 p50_ms=round(p50, 3), p90_ms=round(p90, 3), throughput_utt_s=round(batch / (p50 / 1e3), 1),
                 rtfx=round(batch * sec / (p50 / 1e3), 1), engine_memory_mb=round(_engine_memory(engine) / 2**20, 1),
+                engine_mb=round(plan_path.stat().st_size / 1e6, 2),
+                parity_vs_onnxruntime=None if parity is None else round(parity, 5),
                 io_memory_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1), iters=iters,
             )  # fmt: skip
             rows.append(row)
@@ -157,7 +208,7 @@ def bench_engine(
 
 def to_markdown(rows: Sequence[dict[str, Any]], header: str) -> str:
     cols = ["engine", "profile", "precision", "batch", "seconds", "p50_ms", "p90_ms", "throughput_utt_s", "rtfx",
-            "engine_memory_mb", "io_memory_mb"]  # fmt: skip
+            "engine_mb", "engine_memory_mb", "io_memory_mb", "parity_vs_onnxruntime"]  # fmt: skip
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if "skipped" in r:

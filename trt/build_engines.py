@@ -119,6 +119,7 @@ def build_engine(
     info = {
         "engine": plan_path.name,
         "onnx": onnx_path.name,
+        "onnx_path": str(onnx_path.resolve()),  # bench_engines.py checks the engine against it in onnxruntime
         "precision": precision,
         "strongly_typed": plan.strongly_typed,
         "builder_flag": plan.builder_flag,
