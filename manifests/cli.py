@@ -4,8 +4,8 @@
 ``nemo-sew`` CLI does so); ``main()`` runs them on their own
 (``python -m manifests``)::
 
-    prepare synthetic OUT_DIR [--hours H] [--seed S] [--engines E ...] [--cross-engine E] [-j N]
-    prepare librispeech CORPUS_DIR OUT_DIR [-p PART ...] [-j N]
+    prepare synthetic OUT_DIR [--hours H] [--seed S] [--engines E ...] [--cross-engine E] [--shards N] [-j N]
+    prepare librispeech CORPUS_DIR OUT_DIR [-p PART ...] [--shards N] [-j N]
     prepare librilight CORPUS_DIR OUT_DIR [-s SUBSET ...] [-j N]
     validate-manifest MANIFEST [--out PATH] [--sample-rate SR] [--min-duration S]
                       [--max-duration S] [--no-content-check] [-j N]
@@ -46,6 +46,15 @@ def run_synthetic(args: argparse.Namespace) -> int:
         engines=args.engines,
         cross_engine=None if args.cross_engine == "none" else args.cross_engine,
     )
+    if args.shards is not None:
+        from lhotse import CutSet
+
+        from manifests.shar import write_shar
+
+        for split, paths in outputs.items():
+            directory = Path(args.out_dir) / "shar" / split
+            write_shar(CutSet.from_file(paths["cuts"]), directory, args.shards, num_jobs=args.num_jobs or 1)
+            outputs[split] = {**paths, "shar": directory}
     _print_json(outputs)
     return 0
 
@@ -55,7 +64,7 @@ def run_librispeech(args: argparse.Namespace) -> int:
     from manifests.librispeech import prepare_librispeech_local
 
     outputs = prepare_librispeech_local(
-        args.corpus_dir, args.out_dir, dataset_parts=args.parts or "auto", num_jobs=args.num_jobs
+        args.corpus_dir, args.out_dir, dataset_parts=args.parts or "auto", num_jobs=args.num_jobs, shards=args.shards
     )
     _print_json(outputs)
     return 0
@@ -107,6 +116,15 @@ def _add_jobs(parser: argparse.ArgumentParser, default: int | None, help_default
     )  # fmt: skip
 
 
+def _add_shards(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add the ``--shards`` option (Lhotse Shar output, :mod:`manifests.shar`)."""
+    parser.add_argument(
+        "--shards", type=_positive_int, default=None, metavar="N",
+        help=f"also write each {what} as about N Lhotse Shar shards (FLAC audio) in OUT_DIR/shar/<{what}>/, "
+        "for sequential reads on shared storage (default: none)",
+    )  # fmt: skip
+
+
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prepare {synthetic,librispeech,librilight}``."""
     prepare = subparsers.add_parser("prepare", help="prepare a corpus: cuts and NeMo manifests")
@@ -129,6 +147,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         "--cross-engine", default="festival", metavar="ENGINE",
         help="engine held out of training, says the test sentences as the cross split (festival; none: no split)",
     )  # fmt: skip
+    _add_shards(synthetic, "split")
     _add_jobs(synthetic, None, "number of CPUs")
     synthetic.set_defaults(func=run_synthetic)
 
@@ -139,6 +158,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         "-p", "--part", dest="parts", action="append", metavar="PART",
         help="part to prepare, e.g. dev-clean; repeatable (default: all found)",
     )  # fmt: skip
+    _add_shards(libri, "part")
     _add_jobs(libri, 1, "1")
     libri.set_defaults(func=run_librispeech)
 

@@ -5,9 +5,11 @@ Uses lhotse's LibriSpeech recipe, then writes per part::
     librispeech_{recordings,supervisions}_<part>.jsonl.gz   lhotse recipe output
     <part>_cuts.jsonl.gz                                    CutSet, one cut per utterance
     <part>.json                                             NeMo manifest
+    shar/<part>/{cuts,recording}.NNNNNN.*                   with ``shards``: Lhotse Shar shards (audio as FLAC)
 
 with transcripts normalised to lowercase ``a-z``, apostrophes and spaces.
-Parts whose cuts and manifest already exist are skipped.
+Parts whose cuts and manifest already exist are skipped (their shards are written from the existing cuts
+if missing or stale, see :func:`manifests.shar.write_shar`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ def output_paths(out_dir: Path, part: str) -> dict[str, Path]:
     return {"cuts": out_dir / f"{part}_cuts.jsonl.gz", "manifest": out_dir / f"{part}.json"}
 
 
+def shar_dir(out_dir: Path, part: str) -> Path:
+    """Where the Lhotse Shar shards of ``part`` go (a directory of shards only: the recipes' ``shar_path``)."""
+    return out_dir / "shar" / part
+
+
 def _one_supervision_per_cut(cuts: CutSet) -> CutSet:
     """Trim cuts to their supervisions unless each already spans exactly one."""
     if all(
@@ -99,7 +106,6 @@ def build_cuts(manifests: Mapping[str, Any], part: str) -> CutSet:
     return cuts
 
 
-
 def prepare_part(root: Path, out_dir: Path, part: str, num_jobs: int) -> dict[str, Path]:
     """Run the lhotse recipe for one part and write its cuts and NeMo manifest."""
     paths = output_paths(out_dir, part)
@@ -122,15 +128,21 @@ def prepare_librispeech_local(
     out_dir: str | os.PathLike[str],
     dataset_parts: str | Sequence[str] = "auto",
     num_jobs: int = 1,
+    shards: int | None = None,
 ) -> dict[str, dict[str, Path]]:
     """Prepare the LibriSpeech parts found in ``corpus_dir`` into ``out_dir``.
 
     ``corpus_dir`` is the extracted ``LibriSpeech/`` directory or its parent.
     ``dataset_parts`` is ``"auto"`` (all parts present) or part names such as
-    ``"dev-clean"``. Returns ``{part: {"cuts": path, "manifest": path}}``.
+    ``"dev-clean"``. ``shards`` (None: none) also writes each part as about that many
+    Lhotse Shar shards in ``out_dir/shar/<part>/`` (:func:`manifests.shar.write_shar`,
+    ``num_jobs`` processes). Returns ``{part: {"cuts": path, "manifest": path}}``, with
+    ``"shar": directory`` added when ``shards`` is set.
     """
     if num_jobs < 1:
         raise ValueError(f"num_jobs: expected >= 1, got {num_jobs}")
+    if shards is not None and shards < 1:
+        raise ValueError(f"shards: expected >= 1, got {shards}")
     root = find_corpus_root(Path(corpus_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +152,18 @@ def prepare_librispeech_local(
         if all(path.is_file() for path in paths.values()):
             LOGGER.info("%s: already prepared in %s, skipping", part, out_dir)
             outputs[part] = paths
-            continue
-        outputs[part] = prepare_part(root, out_dir, part, num_jobs)
+        else:
+            outputs[part] = prepare_part(root, out_dir, part, num_jobs)
+        if shards is not None:
+            outputs[part] = {**outputs[part], "shar": write_part_shar(out_dir, part, shards, num_jobs)}
     return outputs
+
+
+def write_part_shar(out_dir: Path, part: str, shards: int, num_jobs: int = 1) -> Path:
+    """Write the prepared cuts of ``part`` as Lhotse Shar shards (kept if up to date); returns their directory."""
+    from manifests.shar import write_shar
+
+    cuts = CutSet.from_file(output_paths(out_dir, part)["cuts"])
+    directory = shar_dir(out_dir, part)
+    write_shar(cuts, directory, shards, num_jobs=num_jobs)
+    return directory
