@@ -225,7 +225,8 @@ def make_resumable(loader: Any, *, seed: int, rank: int = 0, world: int = 1) -> 
         return loader
     dataset: Dataset = loader.dataset
     if isinstance(dataset, IterableDataset):
-        log.warning("training data is an iterable dataset (%s): a mid-epoch resume restarts its epoch", type(dataset).__name__)
+        log.warning("training data is an iterable dataset (%s): a resumed run keeps its step and weights but its data "
+                    "stream starts anew (no data position is saved)", type(dataset).__name__)
         return loader
     if loader.batch_size is None:  # the sampler yields whole batches: NeMo's semi-sorted sampler, lhotse samplers
         sampler = ResumableBatchSampler(loader.sampler, seed=seed, batches_from_inner=True, rank=rank, world=world)
