@@ -1,4 +1,5 @@
-"""Mixed precision on CPU autocast (the code paths a GPU's bf16-mixed / 16-mixed training runs), pure-bf16
+"""Mixed precision on CPU autocast (the code paths a GPU's bf16-mixed / 16-mixed training runs) for every encoder
+family and the model-level ones (SSL wav2vec 2.0 and HuBERT, a stochastic sandwich step), pure-bf16
 inference (NeMo's transcribe_speech.py on bf16 GPUs), the pruning-aware LayerNorm's fp32 statistics and
 ``pack()`` on the weights' device (issue 31, item 5).
 
@@ -81,3 +82,24 @@ def test_pack_runs_on_the_weights_device():
         assert packed.device.type == "meta"
         assert unpack(pack(c, bits), bits, tuple(c.shape)).equal(c)
         assert unpack(packed, bits, tuple(c.shape)).device.type == "meta"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("family", ["ssl_wav2vec2", "ssl_hubert", "ctc_sandwich"])
+def test_one_autocast_model_step_is_finite_and_close_to_fp32(family, dtype):
+    """The model-level families (SSL objectives, a sandwich step) under CPU autocast: finite, close to fp32. The
+    SSL losses sit near log(1 + negatives) / log(clusters), so the same relative tolerance is a tight check."""
+    from test_ddp_families import MODEL_FAMILIES, _audio
+
+    x, lengths = _audio(0)
+    losses = {}
+    for name, ctx in (("fp32", torch.autocast("cpu", enabled=False)), ("mixed", torch.autocast("cpu", dtype=dtype))):
+        step = MODEL_FAMILIES[family]()
+        torch.manual_seed(3)
+        with ctx:
+            loss = step(x[:2], lengths[:2], 1)
+        loss.float().backward()
+        losses[name] = float(loss)
+        bad = [n for n, p in step.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, f"{family} {name}: non-finite gradients in {bad[:5]}"
+    assert abs(losses["mixed"] - losses["fp32"]) <= TOLERANCE[dtype] * abs(losses["fp32"]), losses
