@@ -86,24 +86,18 @@ def _halves(step: int):
     return [(x[h * HALF : (h + 1) * HALF], lengths[h * HALF : (h + 1) * HALF]) for h in range(2)]
 
 
-def _rank(rank: int, family: str, store: str, out: str) -> None:
+def _train_encoder_rank(rank: int, family: str) -> dict[str, torch.Tensor]:
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        model = DistributedDataParallel(Step(_encoder(family)), find_unused_parameters=False)
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        for step in range(STEPS):
-            torch.manual_seed(step * 2 + rank)  # each rank's own stream (StepSeed: (seed, step, rank))
-            x, lengths = _halves(step)[rank]
-            opt.zero_grad()
-            model(x, lengths, step).backward()
-            opt.step()
-        if rank == 0:
-            torch.save(model.module.encoder.state_dict(), out)
-    finally:
-        dist.destroy_process_group()
+    model = DistributedDataParallel(Step(_encoder(family)), find_unused_parameters=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(STEPS):
+        torch.manual_seed(step * 2 + rank)  # each rank's own stream (StepSeed: (seed, step, rank))
+        x, lengths = _halves(step)[rank]
+        opt.zero_grad()
+        model(x, lengths, step).backward()
+        opt.step()
+    return model.module.encoder.state_dict()
 
 
 def _reference(family: str) -> dict[str, torch.Tensor]:
@@ -119,11 +113,8 @@ def _reference(family: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_plain_ddp_equals_one_process(family):
-    with tempfile.TemporaryDirectory() as tmp:
-        store, out = os.path.join(tmp, "store"), os.path.join(tmp, "rank0.pt")
-        mp.start_processes(_rank, args=(family, store, out), nprocs=2, join=True, start_method="spawn")
-        ddp = torch.load(out)
+def test_plain_ddp_equals_one_process(family, ddp_runs):
+    ddp = _ddp_result(ddp_runs, "encoder", family, 1)
     one = _reference(family)
     assert ddp.keys() == one.keys()
     worst = max(float((ddp[k].double() - one[k].double()).abs().max()) for k in ddp if ddp[k].is_floating_point())
@@ -224,31 +215,66 @@ def _audio(step: int, items: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(items, 8000, generator=g) * 0.1, torch.tensor([8000, 6100, 7000, 5200][:items])
 
 
-def _model_rank(rank: int, family: str, store: str, out: str, micro: int) -> None:
+def _train_model_rank(rank: int, family: str, micro: int) -> dict[str, torch.Tensor]:
     """Each rank trains on its half of each step's batch, in ``micro`` micro-batches (gradient accumulation:
     the first ones under ``no_sync``, each with its own random stream, as StepSeed keys it)."""
     from torch.nn.parallel import DistributedDataParallel
 
+    module = MODEL_FAMILIES[family]() if family in MODEL_FAMILIES else Step(_encoder(family))
+    model = DistributedDataParallel(module, find_unused_parameters=False)
+    opt = torch.optim.SGD(model.parameters(), lr=LR.get(family, 0.2))
+    for step in range(3):
+        x, lengths = _inputs(family, step)
+        x, lengths = x[rank * 2 : rank * 2 + 2], lengths[rank * 2 : rank * 2 + 2]
+        opt.zero_grad()
+        for m in range(micro):
+            torch.manual_seed(hash((step, rank, m)) % 2**31)
+            part = slice(m * 2 // micro, (m + 1) * 2 // micro)
+            with model.no_sync() if m < micro - 1 else contextlib.nullcontext():
+                (model(x[part], lengths[part], step) / micro).backward()
+        opt.step()
+    return {k: v.detach() for k, v in model.module.named_parameters()}
+
+
+MODEL_JOBS = [("ssl_wav2vec2", 1), ("ssl_hubert", 1), ("ctc_sandwich", 1), ("layerdrop", 2)]
+JOBS = [("encoder", f, 1) for f in sorted(FAMILIES)] + [("model", f, m) for f, m in MODEL_JOBS]
+
+
+def _all_jobs(rank: int, out: str) -> None:
+    """Both ranks run every job, each in a fresh gloo process group (one spawn for the whole module: starting
+    two processes and importing NeMo costs ~10 s). A job that raises (DDP's "Expected to have finished
+    reduction" when a parameter gets no gradient) records its error and the next job starts cleanly."""
+    from datetime import timedelta
+
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        module = MODEL_FAMILIES[family]() if family in MODEL_FAMILIES else Step(_encoder(family))
-        model = DistributedDataParallel(module, find_unused_parameters=False)
-        opt = torch.optim.SGD(model.parameters(), lr=LR.get(family, 0.2))
-        for step in range(3):
-            x, lengths = _inputs(family, step)
-            x, lengths = x[rank * 2 : rank * 2 + 2], lengths[rank * 2 : rank * 2 + 2]
-            opt.zero_grad()
-            for m in range(micro):
-                torch.manual_seed(hash((step, rank, m)) % 2**31)
-                part = slice(m * 2 // micro, (m + 1) * 2 // micro)
-                with model.no_sync() if m < micro - 1 else contextlib.nullcontext():
-                    (model(x[part], lengths[part], step) / micro).backward()
-            opt.step()
-        if rank == 0:
-            torch.save({k: v for k, v in model.module.named_parameters()}, out)
-    finally:
-        dist.destroy_process_group()
+    for i, (kind, family, micro) in enumerate(JOBS):
+        name = os.path.join(out, f"{kind}-{family}-{micro}")
+        dist.init_process_group("gloo", init_method=f"file://{out}/store{i}", rank=rank, world_size=2,
+                                timeout=timedelta(seconds=120))  # fmt: skip
+        try:
+            state = _train_encoder_rank(rank, family) if kind == "encoder" else _train_model_rank(rank, family, micro)
+            if rank == 0:
+                torch.save(state, name + ".pt")
+        except Exception as err:  # noqa: BLE001 - reported by the job's test
+            if rank == 0:
+                with open(name + ".err", "w") as f:
+                    f.write(f"{type(err).__name__}: {err}")
+        finally:
+            dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("ddp_families"))
+    mp.start_processes(_all_jobs, args=(out,), nprocs=2, join=True, start_method="spawn")
+    return out
+
+
+def _ddp_result(out: str, kind: str, family: str, micro: int) -> dict[str, torch.Tensor]:
+    name = os.path.join(out, f"{kind}-{family}-{micro}")
+    if os.path.exists(name + ".err"):
+        pytest.fail(f"DDP run of {family} failed: {open(name + '.err').read()[:2000]}")
+    return torch.load(name + ".pt")
 
 
 def _inputs(family: str, step: int):
@@ -270,16 +296,12 @@ def _model_reference(family: str, micro: int) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in module.named_parameters()}
 
 
-@pytest.mark.parametrize(("family", "micro"), [("ssl_wav2vec2", 1), ("ssl_hubert", 1), ("ctc_sandwich", 1),
-                                               ("layerdrop", 2)], ids=["ssl_wav2vec2", "ssl_hubert", "ctc_sandwich",
-                                                                       "grad_accumulation_layerdrop"])  # fmt: skip
-def test_plain_ddp_equals_one_process_for_models_and_accumulation(family, micro):
+@pytest.mark.parametrize(("family", "micro"), MODEL_JOBS, ids=["ssl_wav2vec2", "ssl_hubert", "ctc_sandwich",
+                                                                 "grad_accumulation_layerdrop"])  # fmt: skip
+def test_plain_ddp_equals_one_process_for_models_and_accumulation(family, micro, ddp_runs):
     """SSL objectives (BatchNorm heads, Gumbel quantizer, negatives, span masks), a sandwich step (three paths of
     one front end) and gradient accumulation (``no_sync`` micro-batches) under plain DDP with LayerDrop on."""
-    with tempfile.TemporaryDirectory() as tmp:
-        store, out = os.path.join(tmp, "store"), os.path.join(tmp, "rank0.pt")
-        mp.start_processes(_model_rank, args=(family, store, out, micro), nprocs=2, join=True, start_method="spawn")
-        ddp = torch.load(out)
+    ddp = _ddp_result(ddp_runs, "model", family, micro)
     one = _model_reference(family, micro)
     assert ddp.keys() == one.keys()
     worst = max(float((ddp[k].double() - one[k].double()).abs().max()) for k in ddp)
