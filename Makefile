@@ -19,6 +19,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# re-measures tests/durations.json (the whole suite, as long as `make test`; with test paths in PYTEST_ARGS only
+# those, merged in), from which tests/conftest.py marks slow the tests that test-fast leaves out
+.PHONY: test-durations
+test-durations: setup
+	$(PY) tools/test_durations.py $(PYTEST_ARGS)
+
 # the first thing to run on a CUDA machine (skips with its reason elsewhere): bf16 steps of every training family,
 # host-sync count, a 2-GPU DDP step, throughput and MFU, appended to BENCHMARKS.md
 gpu-check: setup

@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 
+from nemo_sew.errors import UserError
+
 FrontendKind = Literal["mel_stack", "wfe_c", "wfe_o"]
 BlockKind = Literal["transformer", "conformer"]
 ExpanderKind = Literal["sew", "phase", "none"]
@@ -98,20 +100,20 @@ class FrontendSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "conv_layers", tuple(tuple(int(v) for v in layer) for layer in self.conv_layers))
         if self.kind not in ("mel_stack", "wfe_c", "wfe_o"):
-            raise ValueError(f"expected frontend kind in ('mel_stack', 'wfe_c', 'wfe_o'), got {self.kind!r}")
+            raise UserError(f"expected frontend kind in ('mel_stack', 'wfe_c', 'wfe_o'), got {self.kind!r}")
         if self.kind == "mel_stack":
             if self.conv_layers:
-                raise ValueError("a mel_stack front end has no conv_layers")
+                raise UserError("a mel_stack front end has no conv_layers")
             if self.n_mels < 1 or self.mel_stack < 1:
-                raise ValueError(f"expected n_mels >= 1 and mel_stack >= 1, got {self.n_mels}, {self.mel_stack}")
+                raise UserError(f"expected n_mels >= 1 and mel_stack >= 1, got {self.n_mels}, {self.mel_stack}")
             return
         if not self.conv_layers:
-            raise ValueError(f"a {self.kind} front end needs conv_layers")
+            raise UserError(f"a {self.kind} front end needs conv_layers")
         for layer in self.conv_layers:
             if len(layer) != 3 or min(layer) < 1:
-                raise ValueError(f"expected conv layers [channels, kernel, stride] of positive ints, got {list(layer)}")
+                raise UserError(f"expected conv layers [channels, kernel, stride] of positive ints, got {list(layer)}")
         if self.conv_norm not in ("group_norm", "layer_norm"):
-            raise ValueError(f"expected conv_norm 'group_norm' or 'layer_norm', got {self.conv_norm!r}")
+            raise UserError(f"expected conv_norm 'group_norm' or 'layer_norm', got {self.conv_norm!r}")
 
     @property
     def feat_in(self) -> int:
@@ -141,10 +143,10 @@ class CompressorSpec:
 
     def __post_init__(self) -> None:
         if int(self.squeeze) != self.squeeze or self.squeeze < 1:
-            raise ValueError(f"expected an integer trained squeeze >= 1, got {self.squeeze}")
+            raise UserError(f"expected an integer trained squeeze >= 1, got {self.squeeze}")
         object.__setattr__(self, "squeeze", int(self.squeeze))
         if self.pos_conv_kernel < 1 or self.pos_conv_groups < 1:
-            raise ValueError(f"expected a positive pos-conv kernel and groups, got {self.pos_conv_kernel}, {self.pos_conv_groups}")
+            raise UserError(f"expected a positive pos-conv kernel and groups, got {self.pos_conv_kernel}, {self.pos_conv_groups}")
 
 
 @dataclass(frozen=True)
@@ -178,20 +180,20 @@ class BlockSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ffn_dims", tuple(int(v) for v in self.ffn_dims))
         if self.kind not in BLOCK_KINDS:
-            raise ValueError(f"expected block kind in {sorted(BLOCK_KINDS)}, got {self.kind!r}")
+            raise UserError(f"expected block kind in {sorted(BLOCK_KINDS)}, got {self.kind!r}")
         if len(self.ffn_dims) != BLOCK_KINDS[self.kind].ffns:
-            raise ValueError(
+            raise UserError(
                 f"a {self.kind} block has {BLOCK_KINDS[self.kind].ffns} FFN(s): expected ffn_dims with that many "
                 f"entries, got {list(self.ffn_dims)}"
             )
         if self.heads < 0 or self.head_dim < 1 or min(self.ffn_dims) < 0 or self.conv_channels < 0:
-            raise ValueError(f"expected heads, ffn_dims, conv_channels >= 0 and head_dim >= 1, got {self}")
+            raise UserError(f"expected heads, ffn_dims, conv_channels >= 0 and head_dim >= 1, got {self}")
         if self.conv_channels and not BLOCK_KINDS[self.kind].conv_module:
-            raise ValueError(f"a {self.kind} block has no conv module: expected conv_channels=0")
+            raise UserError(f"a {self.kind} block has no conv module: expected conv_channels=0")
         if self.conv_channels and self.conv_kernel % 2 == 0:
-            raise ValueError(f"expected an odd depthwise kernel, got {self.conv_kernel}")
+            raise UserError(f"expected an odd depthwise kernel, got {self.conv_kernel}")
         if self.window < 0:
-            raise ValueError(f"expected window >= 0 (0 = full attention), got {self.window}")
+            raise UserError(f"expected window >= 0 (0 = full attention), got {self.window}")
 
     @property
     def attn_dim(self) -> int:
@@ -230,15 +232,15 @@ class EncoderArch:
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         if self.d_model < 1:
-            raise ValueError(f"expected d_model >= 1, got {self.d_model}")
+            raise UserError(f"expected d_model >= 1, got {self.d_model}")
         if self.expander not in ("sew", "phase", "none"):
-            raise ValueError(f"expected expander 'sew', 'phase' or 'none', got {self.expander!r}")
+            raise UserError(f"expected expander 'sew', 'phase' or 'none', got {self.expander!r}")
         if self.d_model % self.compressor.pos_conv_groups:
-            raise ValueError(
+            raise UserError(
                 f"expected d_model divisible by the pos-conv groups, got {self.d_model} and {self.compressor.pos_conv_groups}"
             )
         if self.feature_projection is False and self.frontend.out_dim != self.d_model:
-            raise ValueError(
+            raise UserError(
                 f"feature_projection=False needs front-end channels == d_model, got {self.frontend.out_dim} and {self.d_model}"
             )
 
@@ -277,7 +279,7 @@ def checked_fields(cls: type, data: Mapping[str, Any] | None, what: str) -> dict
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown {what} fields {unknown}; expected a subset of {sorted(known)}")
+        raise UserError(f"unknown {what} fields {unknown}; expected a subset of {sorted(known)}")
     return data
 
 
@@ -393,14 +395,14 @@ def build_arch(
         base = preset
     elif isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f"unknown encoder preset {preset!r}; expected one of {sorted(PRESETS)}")
+            raise UserError(f"unknown encoder preset {preset!r}; expected one of {sorted(PRESETS)}")
         base = PRESETS[preset]
     else:
         base = EncoderArch.from_dict(preset)
     data = base.to_dict()
     unknown = sorted(set(fields) - set(data))
     if unknown:
-        raise ValueError(f"unknown encoder arch fields {unknown}; expected a subset of {sorted(data)} (or blocks, num_layers)")
+        raise UserError(f"unknown encoder arch fields {unknown}; expected a subset of {sorted(data)} (or blocks, num_layers)")
     old_dim = base.d_model
     data = _merge(data, fields)
     block_list: list[dict[str, Any]] = data["blocks"]
@@ -414,16 +416,16 @@ def build_arch(
                 b["conv_channels"] = new_dim
     if num_layers is not None:
         if num_layers < 0:
-            raise ValueError(f"expected num_layers >= 0, got {num_layers}")
+            raise UserError(f"expected num_layers >= 0, got {num_layers}")
         if num_layers > len(block_list) and not block_list:
-            raise ValueError("num_layers can only repeat an existing block: give blocks too")
+            raise UserError("num_layers can only repeat an existing block: give blocks too")
         block_list = (block_list + [block_list[-1]] * num_layers)[:num_layers] if block_list else []
     if isinstance(blocks, Mapping):
         block_list = [_block_override(b, blocks, new_dim) for b in block_list]
     elif blocks is not None:
         blocks = list(blocks)
         if len(blocks) != len(block_list):
-            raise ValueError(f"expected one block override per layer ({len(block_list)}), got {len(blocks)}")
+            raise UserError(f"expected one block override per layer ({len(block_list)}), got {len(blocks)}")
         block_list = [_block_override(b, o, new_dim) for b, o in zip(block_list, blocks)]
     data["blocks"] = block_list
     return EncoderArch.from_dict(data)
@@ -448,10 +450,10 @@ def resolve_arch(preset: str | None, arch: "EncoderArch | Mapping[str, Any] | No
     the data guard reads before the encoder exists."""
     if preset is not None:
         if isinstance(arch, EncoderArch):
-            raise ValueError("give either a preset (with arch overrides) or a full EncoderArch, not both")
+            raise UserError("give either a preset (with arch overrides) or a full EncoderArch, not both")
         return build_arch(preset, **dict(arch or {}))
     if arch is None:
-        raise ValueError("an encoder config needs a preset name or an arch")
+        raise UserError("an encoder config needs a preset name or an arch")
     return arch if isinstance(arch, EncoderArch) else build_arch(arch)
 
 

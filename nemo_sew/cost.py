@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from nemo_sew.arch import BLOCK_KINDS, BlockSpec, EncoderArch, build_arch
+from nemo_sew.errors import UserError
 from nemo_sew.nn.compress import cif_lengths  # the compressor's own count: one formula
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
@@ -93,6 +94,34 @@ def _as_arch(arch: ArchLike) -> EncoderArch:
     return build_arch(arch)  # a preset name or a full arch dict
 
 
+def validate_profile(arch: EncoderArch, p: CompressionProfile) -> int | float:
+    """The squeeze ``p`` runs on ``arch`` (int for integer rates), or the error saying why ``arch`` cannot run
+    ``p``'s squeeze and pooling. The one check of those fields: the encoder's ``set_profile`` and the cost model
+    both call it."""
+    s: int | float = arch.compressor.squeeze if p.squeeze is None else float(p.squeeze)
+    if s < 1:
+        raise UserError(f"expected a squeeze factor >= 1, got {s}")
+    s = int(s) if float(s) == int(s) else float(s)
+    trained = arch.compressor.squeeze
+    if arch.expander == "sew" and s != trained:
+        kind = "an integer" if float(s) == int(s) else "a fractional rate"
+        raise UserError(
+            f"this encoder cannot run at squeeze {p.squeeze} ({kind}): it was built with a fixed squeeze of {trained}; "
+            f"supported: only {trained} (SEW's upsampler expands by exactly that factor). Train with a "
+            f"squeeze_sampler (factor-agnostic expander, expander='phase') to run other factors"
+        )
+    n = arch.num_layers
+    for name in ("q_pool", "kv_pool"):
+        strides = getattr(p, name)
+        if strides is None:
+            continue
+        if len(strides) != n or min(strides, default=1) < 1:
+            raise UserError(f"expected {name} to list {n} strides >= 1 (one per layer), got {list(strides)}")
+        if name == "q_pool" and arch.expander == "sew" and max(strides, default=1) > 1:
+            raise UserError("query pooling changes the output rate; SEW's fixed upsampler cannot expand it")
+    return s
+
+
 def resolve(arch: ArchLike, profile: ProfileLike = None) -> tuple[EncoderArch, CompressionProfile, int | float]:
     """The arch a profile runs (``profile.arch``, if any, as :func:`~nemo_sew.arch.build_arch` overrides),
     the profile, and the active squeeze (int for integer rates). Raises what the encoder's ``set_profile``
@@ -102,24 +131,7 @@ def resolve(arch: ArchLike, profile: ProfileLike = None) -> tuple[EncoderArch, C
     p = as_profile(profile)
     if p.arch is not None:
         arch = p.arch if isinstance(p.arch, EncoderArch) else build_arch(arch, **dict(p.arch))
-    s: int | float = arch.compressor.squeeze if p.squeeze is None else float(p.squeeze)
-    if s < 1:
-        raise ValueError(f"expected a squeeze factor >= 1, got {s}")
-    s = int(s) if float(s) == int(s) else float(s)
-    if arch.expander == "sew" and s != arch.compressor.squeeze:
-        raise ValueError(
-            f"an arch with SEW's expander runs only its trained squeeze {arch.compressor.squeeze}, got {s}; "
-            f"use expander='phase' for other factors"
-        )
-    n = arch.num_layers
-    for name in ("q_pool", "kv_pool"):
-        strides = getattr(p, name)
-        if strides is None:
-            continue
-        if len(strides) != n or min(strides, default=1) < 1:
-            raise ValueError(f"expected {name} to list {n} strides >= 1 (one per layer), got {list(strides)}")
-        if name == "q_pool" and arch.expander == "sew" and max(strides, default=1) > 1:
-            raise ValueError("query pooling changes the output rate; SEW's fixed expander cannot expand it")
+    s = validate_profile(arch, p)
     return arch, p, s
 
 

@@ -1,7 +1,7 @@
 """The demo (``make demo``): synthetic corpus -> CPU training -> evaluation -> profile sweep and ONNX per
 profile -> ``outputs/demo/``.
 
-    nemo-sew demo --out outputs/demo --hours 3.5 --train-minutes 18 [--sweep-utterances 100 | --no-sweep]
+    nemo-sew demo --out outputs/demo --hours 3.5 [--train-steps 2000 | --train-minutes 18] [--sweep-utterances 100 | --no-sweep]
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ BASELINES = [
     ("NeMo ConformerEncoder, 4 x 128, 8x subsampling (80 ms), char CTC", 1.8, "blank plateau", "-", "18 min"),
     ("transformers SEWForCTC, WFE-C waveform front end, squeeze 2", 5.9, "0.99", "-", "514 steps, 18 min"),
 ]
+
+
+# The demo's training length: a fixed step count (fp32, seeded) so `make demo` gives the same model everywhere.
+DEMO_STEPS = 2000
 
 
 def _minutes_to_max_time(minutes: float) -> str:
@@ -106,17 +110,22 @@ def run_demo(
     data_dir: str | Path = "data/synthetic",
     recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
     hours: float = 3.5,
-    train_minutes: float = 18.0,
+    train_minutes: float | None = None,
     seed: int = 0,
+    train_steps: int | None = DEMO_STEPS,
     num_jobs: int | None = None,
     overrides: list[str] | None = None,
     command: str = "make demo",
     sweep: bool = True,
     sweep_utterances: int | None = 100,
 ):
-    """Build the corpus, train the recipe for ``train_minutes`` on CPU, evaluate, sweep the model's profiles on
-    at most ``sweep_utterances`` test utterances (None or 0: all) and export one ONNX file per profile
-    (``sweep=False`` skips both), write the outputs."""
+    """Build the corpus, train the recipe on CPU, evaluate, sweep the model's profiles on at most
+    ``sweep_utterances`` test utterances (None or 0: all) and export one ONNX file per profile (``sweep=False``
+    skips both), write the outputs.
+
+    Training runs ``train_steps`` steps in fp32 with the recipe's seed, so the model and its CER are the same on
+    any machine (only the time taken differs); ``train_minutes`` instead trains for a time budget (the recipe's
+    precision, LR schedule fitted to the time; the step reached, and so the result, depends on the machine)."""
     from manifests.synthetic import prepare_synthetic
 
     out_dir, data_dir = Path(out_dir), Path(data_dir)
@@ -126,14 +135,23 @@ def run_demo(
     summary = json.loads((data_dir / "corpus.json").read_text())
     split_hours = {name: info["hours"] for name, info in summary["splits"].items()}
 
-    log.info("step 2/5: training %s for up to %.0f min", recipe, train_minutes)
+    if train_minutes is not None:
+        log.info("step 2/5: training %s for up to %.1f min (a time budget: the result depends on the machine)",
+                 recipe, train_minutes)  # fmt: skip
+        length = [f"trainer.max_time={_minutes_to_max_time(train_minutes)}"]
+    elif train_steps:
+        log.info("step 2/5: training %s for %d steps in fp32 (seeded: the same model on any machine)", recipe, train_steps)
+        length = [f"trainer.max_steps={int(train_steps)}", "trainer.max_time=null", "trainer.precision=32",
+                  "++anneal_to_max_time=false"]  # fmt: skip
+    else:
+        raise ValueError("the demo needs train_steps or train_minutes")
     model_path = out_dir / "model.nemo"
     cfg = load_config(
         recipe,
         [
             f"model.train_ds.manifest_filepath={splits['train']['manifest']}",
             f"model.validation_ds.manifest_filepath={splits['dev']['manifest']}",
-            f"trainer.max_time={_minutes_to_max_time(train_minutes)}",
+            *length,
             f"exp_manager.exp_dir={out_dir / 'experiments'}",
             f"save_to={model_path}",
             *(overrides or []),

@@ -195,7 +195,7 @@ def run_profile_sweep(
 ) -> DemoSweep:
     """Sweep ``model`` (saved at ``model_path``) over :func:`demo_profiles` on at most ``max_utterances``
     evenly spaced lines of ``manifest``; write ``sweep.{json,md}`` and ``pareto.png`` in ``out_dir``, one ONNX
-    file per profile in ``out_dir/onnx`` and their parity results in ``out_dir/onnx/onnx.json``."""
+    file per profile in ``out_dir/onnx`` and their parity results in ``out_dir/onnx/export.json`` (the layout of ``nemo-sew export``'s index)."""
     from nemo_sew.quant.model import quantize_model
     from nemo_sew.safe_load import restore
     from nemo_sew.sweep import sweep_rows, write_sweep
@@ -221,7 +221,10 @@ def run_profile_sweep(
     files = [_export_checked(name, p, onnx_dir, model=model) for name, p in plan.fp.items()]
     files += [_export_checked(name, p, onnx_dir, qmodel=qmodel) for name, p in plan.quantized.items()]
     export_seconds = time.perf_counter() - start
-    (onnx_dir / "onnx.json").write_text(json.dumps([f.to_dict() for f in files], indent=2))
+    # the same index file name and layout as `nemo-sew export` (export.json: profiles by name)
+    index = {"model": Path(model_path).name, "graph": "ctc",
+             "profiles": {f.profile: {"file": f.path.name, **f.to_dict()} for f in files}}  # fmt: skip
+    (onnx_dir / "export.json").write_text(json.dumps(index, indent=2) + "\n")
     for f in files:
         (log.info if f.passed else log.error)("ONNX %s: %.2f MB, parity max abs diff %.3g (tolerance %g): %s",
                                                f.path.name, f.bytes / 1e6, f.max_abs_diff, f.tolerance,
@@ -250,7 +253,7 @@ def sweep_section(result: DemoSweep, out_dir: str | Path) -> str:
         + f". This run's time: sweep {result.sweep_seconds:.0f} s, ONNX "
         f"export and parity checks {result.export_seconds:.0f} s. Latency as above (batch 1, 10 s of audio, eager "
         "PyTorch, median of 7 runs): on a shared machine it moves with the load. Files: `sweep.json`, `sweep.md`, "
-        "`pareto.png`, `onnx/` (`onnx/onnx.json`: size and parity per file).",
+        "`pareto.png`, `onnx/` (`onnx/export.json`: size and parity per file).",
         "",
         *(f"- {note}" for note in result.plan.notes),
     ]
@@ -289,12 +292,13 @@ def register(sub: Any) -> None:
 
 
 def _cmd(args: Any) -> int:
+    from nemo_sew.cli import command_line
     from nemo_sew.safe_load import restore
 
     start = time.perf_counter()
     model = restore(args.model)
     result = run_profile_sweep(model, args.model, args.manifest, args.out, args.utterances or None, tuple(args.bits),
-                               command="nemo-sew " + " ".join(args.argv))  # fmt: skip
+                               command=command_line(args))  # fmt: skip
     section = sweep_section(result, args.out)
     (Path(args.out) / "profile_sweep.md").write_text(section)
     print(section)

@@ -34,13 +34,17 @@ def has_teacher(model: Any) -> bool:
 def distillation_loss(
     student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, lengths: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """``KL(teacher || student)`` of the frame posteriors ``(B, T, V)``, averaged over valid frames."""
-    t = float(temperature)
-    s = torch.log_softmax(student_log_probs.float() / t, -1)
-    p = torch.log_softmax(teacher_log_probs.float() / t, -1)
+    """``KL(teacher || student)`` of the frame posteriors ``(B, T, V)`` (log-probabilities on the same frames; the
+    longer one is cut to the shorter), averaged over valid frames; the teacher is detached; ``temperature``
+    softens both (the loss is scaled by ``temperature**2``, as in Hinton et al.). The one KL of the project:
+    teacher distillation (pruning, QAT) and in-place distillation of stochastic models use it."""
+    t = min(student_log_probs.shape[1], teacher_log_probs.shape[1])
+    temp = float(temperature)
+    s = torch.log_softmax(student_log_probs[:, :t].float() / temp, -1)
+    p = torch.log_softmax(teacher_log_probs[:, :t].detach().float() / temp, -1)
     kl = (p.exp() * (p - s)).sum(-1)  # (B, T)
-    valid = torch.arange(kl.shape[1], device=kl.device)[None, :] < lengths[:, None]
-    return (kl * valid).sum() / valid.sum().clamp_min(1) * (t * t)
+    valid = torch.arange(t, device=kl.device)[None, :] < lengths.clamp(max=t)[:, None]
+    return (kl * valid).sum() / valid.sum().clamp_min(1) * (temp * temp)
 
 
 def teacher_distillation(model, signal: torch.Tensor, signal_len: torch.Tensor, log_probs: torch.Tensor, lengths) -> torch.Tensor | None:
@@ -52,8 +56,7 @@ def teacher_distillation(model, signal: torch.Tensor, signal_len: torch.Tensor, 
     teacher.to(signal.device)
     with torch.no_grad():
         teacher_log_probs, _, _ = teacher(input_signal=signal, input_signal_length=signal_len)
-    t = min(teacher_log_probs.shape[1], log_probs.shape[1])
-    return weight * distillation_loss(log_probs[:, :t], teacher_log_probs[:, :t], lengths, temperature)
+    return weight * distillation_loss(log_probs, teacher_log_probs, lengths, temperature)
 
 
 __all__ = ["attach_teacher", "distillation_loss", "has_teacher", "teacher_distillation"]

@@ -13,6 +13,7 @@ back after a forward. Per forward, the profile becomes one :class:`~nemo_sew.nn.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -36,13 +37,15 @@ from torch import nn
 from nemo_sew.arch import EncoderArch, resolve_arch
 from nemo_sew.nn.blocks import BRANCH_COST, BlockOptions, LayerPlan, build_block, legacy_layer_keys, zero_touch
 from nemo_sew.nn.compress import PhaseExpander, SEWUpsampler, SqueezeCompressor
-from nemo_sew.cost import encoder_cost, ffn_columns
+from nemo_sew.cost import encoder_cost, ffn_columns, validate_profile
+from nemo_sew.errors import UserError
 from nemo_sew.nn.frontend import FeatureProjection, _tracing, build_frontend, frontend_layout, time_mask
 from nemo_sew.nn.gates import GlobalGatePredictor, gate_decisions
 from nemo_sew.nn.pooling import FrameMap, pooled_lengths
 from nemo_sew.options import Dropout, Gates, LearnedRate, Masking, upgrade_encoder_config
 from nemo_sew.profile import CompressionProfile, ProfileLike, ProfileSampler, as_profile
-from nemo_sew.quant.weights import apply_config as apply_quant_config, set_weight_bits
+from nemo_sew.nn.units import FrontendPlan
+from nemo_sew.quant.weights import apply_config as apply_quant_config, set_weight_bits, weights_at
 
 log = logging.getLogger("nemo_sew.encoder")
 
@@ -108,6 +111,9 @@ class Front:
     hidden: torch.Tensor  # (B, T, D)
     lengths: torch.Tensor  # 20 ms frames (B,)
     input_lengths: torch.Tensor  # the input port's lengths (samples / 10 ms frames)
+    units: dict[str, torch.Tensor] | None = None  # this forward's pruning-mask values (shared by every path)
+    features: torch.Tensor | None = None  # (B, T, C_front): the front end's output, before the projection
+    normed: torch.Tensor | None = None  # (B, T, C_front): after the feature LayerNorm (wav2vec 2.0's targets)
 
 
 @dataclass
@@ -123,6 +129,7 @@ class Squeezed:
     num_frames: int  # 20 ms padded length
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     input_lengths: torch.Tensor | None = None  # the input port's lengths (samples / 10 ms frames), for the cost model
+    units: dict[str, torch.Tensor] | None = None  # this forward's pruning-mask values, if the encoder has masks
 
 
 def _plain(value: Any) -> Any:
@@ -218,17 +225,21 @@ class SqueezeEncoder(NeuralModule, Exportable):
         self.cif_lambda = float(cif_lambda)
         self._build(mask_emb)
         self.pruning = None
-        if pruning is not None:  # hooks on the modules just built (nemo_sew.prune.masks)
+        if pruning is not None:  # masks of the modules just built, applied through the plan (nemo_sew.prune.masks)
             from nemo_sew.prune.masks import Pruning, PruningMasks
 
             self.pruning = PruningMasks(self, Pruning.of(pruning))
         if self.masking is not None and self.masking.time_prob > 0 and self.mask_emb is None:
             raise ValueError("time masking replaces frames by the mask embedding: set mask_emb=True")
-        self._train_forwards = 0  # draws for stock NeMo models, which call forward() without a draw
+        # the step of a training forward made without a draw (stock NeMo models call forward() alone): counted
+        # here and saved with the weights, so annealing, warm-ups and LayerDrop continue where a resumed run stopped
+        self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
+        self._train_step = 0  # its host copy (reading the buffer would synchronise with the device)
         self.quant_config = apply_quant_config(self, _plain(quant))  # parametrizations only; a state dict fills them
         # squeeze None = the trained (or learned) factor
         self._profile = CompressionProfile(weight_bits=self.quant_config.active if self.quant_config else 16)
         self._register_load_state_dict_pre_hook(_upgrade_legacy_state_dict)
+        self.register_load_state_dict_post_hook(_sync_train_step)
 
     def _build(self, mask_emb: bool) -> None:
         a, d = self.arch, self.dropout_options
@@ -345,24 +356,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
         """Make ``profile`` the active one; fields this encoder cannot act on raise a clear error."""
         p = as_profile(profile)
         squeeze = p.squeeze
-        if squeeze is not None and self.fixed_factor and float(squeeze) != self.compressor.factor:
-            kind = "an integer" if float(squeeze) == int(squeeze) else "a fractional rate"
-            raise ValueError(
-                f"this encoder cannot run at squeeze {squeeze} ({kind}): it was built with a fixed squeeze of "
-                f"{self.compressor.factor}; supported: {self.supported_squeeze()}. Train with a squeeze_sampler "
-                f"(factor-agnostic expander) to run other factors"
-            )
-        n = len(self.layers)
-        for name in ("q_pool", "kv_pool"):
-            strides = getattr(p, name)
-            if strides is None:
-                continue
-            if len(strides) != n or min(strides) < 1:
-                raise ValueError(f"expected {name} to list {n} strides >= 1 (one per layer), got {list(strides)}")
-            if name == "q_pool" and self.fixed_factor and max(strides) > 1:
-                raise ValueError("query pooling changes the output rate; SEW's fixed upsampler cannot expand it")
+        validate_profile(self.arch, p)  # squeeze and pooling: the cost model's check too
         if p.depth_threshold is not None and not 0.0 <= float(p.depth_threshold) <= 1.0:
-            raise ValueError(f"expected depth_threshold in [0, 1], got {p.depth_threshold}")
+            raise UserError(f"expected depth_threshold in [0, 1], got {p.depth_threshold}")
         unsupported = {}
         if p.arch is not None:
             self._check_profile_arch(p.arch)
@@ -372,7 +368,7 @@ class SqueezeEncoder(NeuralModule, Exportable):
         if p.static_gates is not None and self.gate_options is not None:
             slots = {f"{i}.{name}" for i, name in self.gate_slots}
             if set(p.static_gates) - slots:
-                raise ValueError(f"static_gates names unknown gates {sorted(set(p.static_gates) - slots)}; known: {sorted(slots)}")
+                raise UserError(f"static_gates names unknown gates {sorted(set(p.static_gates) - slots)}; known: {sorted(slots)}")
         if p.weight_bits not in (self.quant_config.available if self.quant_config else (16,)):
             set_weight_bits(self, p.weight_bits, self.quant_config)  # raises: says what this encoder holds
         if unsupported:
@@ -393,9 +389,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
         try:
             wanted = arch if isinstance(arch, EncoderArch) else build_arch(self.arch, **dict(_plain(arch)))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"profile arch {arch!r} is not an arch or arch overrides: {err}") from err
+            raise UserError(f"profile arch {arch!r} is not an arch or arch overrides: {err}") from err
         if wanted != self.arch:
-            raise ValueError(
+            raise UserError(
                 "profile arch differs from the arch this model's weights have; weight shapes cannot change at run "
                 "time, so each pruned size is a separate .nemo (see README: shipping pruned sizes). This model: "
                 f"{self.arch.to_dict()}, profile: {wanted.to_dict()}"
@@ -404,29 +400,49 @@ class SqueezeEncoder(NeuralModule, Exportable):
     def draw(self, step: int | None = None, seed: int = 0) -> Draw:
         """The profile one forward runs at.
 
-        In training with a sampler: the sampler's draw for global step ``step`` (a pure function of the step,
-        so every DDP rank draws the same); ``step=None`` counts this encoder's own training forwards, which
-        is what stock NeMo models get (they call ``forward`` without a draw). Otherwise: the active profile.
+        In training: with a sampler, the sampler's draw for global step ``step`` (a pure function of the step,
+        so every DDP rank draws the same), else the active profile; the draw carries ``step``. ``step=None``
+        in training takes the next value of this encoder's own step counter (``train_step``, saved with the
+        weights), which is what stock NeMo models get (they call ``forward`` without a draw). At inference:
+        the active profile.
         """
+        if self.training and step is None:
+            step = self._train_step
+            self._train_step += 1
+            self.train_step.fill_(self._train_step)  # a fill from a host value: no synchronisation
         if not (self.training and self.sampler is not None):
             return Draw(self._profile, self.cif_lambda, step, int(seed))
-        if step is None:
-            step = self._train_forwards
         drawn, lam = self.sampler.sample(int(step))
         if drawn.squeeze is None:
             drawn = dataclasses.replace(drawn, squeeze=self._profile.squeeze)
         return Draw(drawn, lam, int(step), int(seed))
 
+    def _checked_draw(self, draw: Draw | None) -> Draw:
+        """``draw``, or :meth:`draw` without a step; a training draw must carry its step (annealing, warm-ups
+        and LayerDrop are functions of it), and its weight bits must be held."""
+        if draw is None:
+            draw = self.draw()
+        elif self.training and draw.step is None:
+            raise ValueError("a training forward's Draw must carry its step (Draw(step=...), or encoder.draw(step)): "
+                             "gate annealing, the pruning warm-up and LayerDrop are functions of it")  # fmt: skip
+        bits = draw.profile.weight_bits
+        if bits != 16 or self.quant_config is not None:
+            available = self.quant_config.available if self.quant_config is not None else (16,)
+            if bits not in available:
+                set_weight_bits(self, bits, self.quant_config)  # raises: says what this encoder holds
+        return draw
+
+    def _weights_at(self, bits: int):
+        """The scope in which quantized weights read ``bits`` (nothing to scope without quantization state)."""
+        return weights_at(bits) if self.quant_config is not None else contextlib.nullcontext()
+
     def layerdrop_decisions(self, draw: Draw, num_layers: int) -> frozenset[int]:
         """The blocks LayerDrop skips in this training forward: a pure function of ``(draw.seed, draw.step,
         layer)``, so every DDP rank (and a one-process run of the same recipe) drops the same blocks, and a
-        resumed run repeats them. Drawn on the host from numpy's SeedSequence: no device tensor, no sync.
-        A draw without a step counts this encoder's own training forwards (stock NeMo models)."""
-        step = draw.step
-        if step is None:
-            step = self._train_forwards
-            self._train_forwards += 1
-        return layerdrop_decisions(self.layerdrop, int(draw.seed), int(step), num_layers)
+        resumed run repeats them. Drawn on the host from numpy's SeedSequence: no device tensor, no sync."""
+        if draw.step is None:
+            raise ValueError("LayerDrop needs the draw's step (Draw.step)")
+        return layerdrop_decisions(self.layerdrop, int(draw.seed), int(draw.step), num_layers)
 
     def compile_blocks(self, **options: Any) -> None:
         """``torch.compile`` each block in place (regional compilation: ``nn.Module.compile``), for training
@@ -460,10 +476,16 @@ class SqueezeEncoder(NeuralModule, Exportable):
         return float(g.tau) * (float(g.tau_final) / float(g.tau)) ** done
 
     def plan(
-        self, profile: CompressionProfile, gates: list[dict] | None = None, tau: float | None = None
+        self,
+        profile: CompressionProfile,
+        gates: list[dict] | None = None,
+        tau: float | None = None,
+        units: Mapping[str, torch.Tensor] | None = None,
     ) -> list[LayerPlan]:
         """One :class:`LayerPlan` per layer for ``profile`` (worked out once per forward); ``gates``: the global
-        predictor's decisions per layer; ``tau``: the gates' training temperature (default :meth:`gate_tau`)."""
+        predictor's decisions per layer; ``tau``: the gates' training temperature (default :meth:`gate_tau`);
+        ``units``: this forward's pruning-mask values (:meth:`PruningMasks.sample`), which become each branch's
+        :class:`~nemo_sew.nn.units.BranchPlan`."""
         n = len(self.layers)
         q_pool = profile.q_pool or (1,) * n
         kv_pool = profile.kv_pool or (1,) * n
@@ -475,9 +497,16 @@ class SqueezeEncoder(NeuralModule, Exportable):
             closed = [k.split(".", 1) for k, v in profile.static_gates.items() if not v]
             off = [frozenset(name for layer, name in closed if int(layer) == i) for i in range(n)]
             gates = [{}] * n
+        branches: list[dict | None] = [None] * n
+        if self.pruning is not None and units is not None:
+            branches = [
+                {name: self.pruning.branch_plan(i, name, units, self.training) for name in layer.branch_names}
+                for i, layer in enumerate(self.layers)
+            ]
         return [
-            LayerPlan(int(q), int(kv), o, weight_bits=profile.weight_bits, depth_threshold=threshold, gate_tau=tau, gates=g)
-            for q, kv, o, g in zip(q_pool, kv_pool, off, gates)
+            LayerPlan(int(q), int(kv), o, weight_bits=profile.weight_bits, depth_threshold=threshold, gate_tau=tau,
+                      gates=g, branches=b)  # fmt: skip
+            for q, kv, o, g, b in zip(q_pool, kv_pool, off, gates, branches)
         ]
 
     # ----------------------------------------------------------------------------------------------
@@ -564,35 +593,62 @@ class SqueezeEncoder(NeuralModule, Exportable):
         (training), squeeze, blocks, expander. ``draw`` None: :meth:`draw` without a step. ``measure``: a gated
         encoder also reports each item's realised MACs (``stats["macs"]``; training with a MAC budget always
         does), which costs a cost-model call, so inference skips it unless asked."""
-        return self.from_front(self.front(audio_signal, length), draw, measure=measure)
+        draw = self._checked_draw(draw)
+        return self.from_front(self.front(audio_signal, length, draw=draw), draw, measure=measure)
 
-    def front(self, audio_signal: torch.Tensor, length: torch.Tensor) -> Front:
+    def front(
+        self,
+        audio_signal: torch.Tensor,
+        length: torch.Tensor,
+        draw: Draw | None = None,
+        masking: bool = True,
+        feature_grad_mult: float = 1.0,
+    ) -> Front:
         """The part of :meth:`run` no draw changes: features, projection and fine-tuning masking (training).
         Training steps that run several profiles (``nemo_sew.stochastic``: sandwich, in-place distillation)
         compute it once and pass it to :meth:`from_front` per profile, so every path sees the same masked
-        features (and one pruning-mask sample) and the front end's forward and backward run once."""
+        features (and one pruning-mask sample) and the front end's forward and backward run once.
+
+        Args:
+            draw: whose weight bits the front end reads (None: the active profile's); a multi-path step passes
+                its first path's.
+            masking: apply fine-tuning masking in training (self-supervised objectives mask on their own).
+            feature_grad_mult: scale of the gradient reaching the front end (wav2vec 2.0's ``feature_grad_mult``).
+        """
         self.check_inputs(audio_signal, length)
-        x, frames = self.features(audio_signal, length)  # (B, T, C_front) at 20 ms
-        x = self.projection(x)  # (B, T, D)
-        if self.training and self.masking is not None:
+        bits = draw.profile.weight_bits if draw is not None else self._profile.weight_bits
+        units = self.pruning.sample() if self.pruning is not None else None  # one mask sample per forward
+        fe_plan = self.pruning.frontend_plan(units) if units is not None else None
+        with self._weights_at(bits):
+            feats, frames = self.frontend.from_port(audio_signal, length, fe_plan)  # (B, T, C_front) at 20 ms
+            if self.training and feature_grad_mult != 1.0:
+                feats = _GradMultiply.apply(feats, float(feature_grad_mult))
+            normed = self.projection.normalize(feats, fe_plan.feature_units if fe_plan is not None else None)
+            x = self.projection.project(normed)  # (B, T, D)
+        if masking and self.training and self.masking is not None:
             x = self.apply_masking(x, frames)
-        return Front(x, frames, length)
+        return Front(x, frames, length, units, feats, normed)
 
-    def from_front(self, front: Front, draw: Draw | None = None, measure: bool = False) -> EncoderOutput:
-        """The rest of :meth:`run` at ``draw`` (None: :meth:`draw` without a step, counted as one training
-        forward): squeeze, blocks, expander on a :meth:`front`'s output."""
-        if draw is None:
-            draw = self.draw()
-            if self.training and self.sampler is not None:
-                self._train_forwards += 1
-        return self.context(self.squeeze_features(front.hidden, front.lengths, draw, input_lengths=front.input_lengths),
-                            draw, measure=measure)  # fmt: skip
+    def from_front(
+        self,
+        front: Front,
+        draw: Draw | None = None,
+        measure: bool = False,
+        num_layers: int | None = None,
+        expand: bool = True,
+    ) -> EncoderOutput:
+        """The rest of :meth:`run` at ``draw`` (None: :meth:`draw` without a step): squeeze, blocks, expander on a
+        :meth:`front`'s output (``num_layers``, ``expand``: see :meth:`context`)."""
+        draw = self._checked_draw(draw)
+        squeezed = self.squeeze_features(front.hidden, front.lengths, draw, input_lengths=front.input_lengths, units=front.units)
+        return self.context(squeezed, draw, num_layers=num_layers, expand=expand, measure=measure)
 
-    def features(self, audio_signal: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection)."""
-        if self.pruning is not None:
-            self.pruning.new_forward()  # one mask sample for the whole forward
-        return self.frontend.from_port(audio_signal, length)
+    def features(
+        self, audio_signal: torch.Tensor, length: torch.Tensor, plan: FrontendPlan | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Front-end features ``(B, T, C_front)`` at 20 ms and their lengths (before the projection), with the
+        front end's plan ``plan`` (pruning's channel scales; None: unmasked)."""
+        return self.frontend.from_port(audio_signal, length, plan)
 
     def apply_masking(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Fine-tuning masking of projected features ``(B, T, D)``: time spans -> ``mask_emb``, channel spans -> 0."""
@@ -610,10 +666,16 @@ class SqueezeEncoder(NeuralModule, Exportable):
         return x
 
     def squeeze_features(
-        self, x: torch.Tensor, lengths: torch.Tensor, draw: Draw, input_lengths: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        draw: Draw,
+        input_lengths: torch.Tensor | None = None,
+        units: dict[str, torch.Tensor] | None = None,
     ) -> Squeezed:
         """The compressor on projected 20 ms features ``(B, T, D)`` at the draw's factor (``input_lengths``: the
-        input port's lengths, which the gates' MAC budget and stats need)."""
+        input port's lengths, which the gates' MAC budget and stats need; ``units``: the forward's pruning-mask
+        values from :meth:`front`, which the blocks' plans carry)."""
         profile, lam = draw.profile, draw.cif_lambda
         aux: dict[str, torch.Tensor] = {}
         factor: float | torch.Tensor = self.squeeze if profile.squeeze is None else float(profile.squeeze)
@@ -623,8 +685,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 aux["rate_penalty"] = self._rate_penalty(factor)
         if not isinstance(factor, torch.Tensor) and factor == int(factor):
             factor = int(factor)
-        h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
-        return Squeezed(h, h_len, frame_map, factor, lam, lengths, x.shape[1], aux, input_lengths)
+        with self._weights_at(profile.weight_bits):
+            h, h_len, frame_map = self.compressor(x, lengths, factor, lam=lam, keep_tail=not self.training)  # (B, T', D)
+        return Squeezed(h, h_len, frame_map, factor, lam, lengths, x.shape[1], aux, input_lengths, units)
 
     def context(
         self, squeezed: Squeezed, draw: Draw, num_layers: int | None = None, expand: bool = True, measure: bool = False
@@ -636,14 +699,23 @@ class SqueezeEncoder(NeuralModule, Exportable):
             expand: False returns the squeezed (and pooled) sequence without the expander.
             measure: report a gated encoder's realised MACs (see :meth:`run`).
         """
+        if self.quant_config is None:  # no quantized weight to read the width (and no context manager to compile)
+            return self._context(squeezed, draw, num_layers, expand, measure)
+        with weights_at(draw.profile.weight_bits):
+            return self._context(squeezed, draw, num_layers, expand, measure)
+
+    def _context(self, squeezed: Squeezed, draw: Draw, num_layers: int | None, expand: bool, measure: bool) -> EncoderOutput:
         h, h_len, frame_map = squeezed.hidden, squeezed.lengths, squeezed.frame_map
+        units = squeezed.units
+        if self.pruning is not None and units is None:  # squeezed without front(): draw this forward's masks here
+            units = self.pruning.sample()
         if not self.arch.layer_norm_first:
             h = self.norm(h)
         h = self.dropout(h)
         static = draw.profile.static_gates is not None
         tau = self.gate_tau(draw.step if self.training else None)
         global_gates = self._global_gates(h, h_len, draw.profile, tau) if self.gate_predictor is not None and not static else None
-        plans = self.plan(draw.profile, global_gates, tau)
+        plans = self.plan(draw.profile, global_gates, tau, units)
         layers = list(self.layers) if num_layers is None else list(self.layers)[:num_layers]
         ran = 0
         decisions: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -697,11 +769,10 @@ class SqueezeEncoder(NeuralModule, Exportable):
 
     def _gate_outputs(self, decisions: dict, squeezed: Squeezed, draw: Draw, stats: dict, aux: dict, measure: bool) -> None:
         """Depth and MACs (expected from the probabilities, realised from the decisions), and the budget penalty."""
-        per_layer = torch.tensor([len(layer.branch_names) for layer in self.layers], dtype=torch.float32)
         hard = {k: g.detach().float() for k, (g, _) in decisions.items()}
         probs = {k: p.float() for k, (_, p) in decisions.items()}
         some = next(iter(probs.values()))
-        weight = torch.stack([1.0 / per_layer[i] for (i, _) in probs]).to(some.device)  # each layer counts 1
+        weight = self._depth_weight(tuple(probs), some.device)  # each layer counts 1
         stacked_p, stacked_g = torch.stack(list(probs.values()), -1), torch.stack(list(hard.values()), -1)  # (B, G)
         depth_expected, depth = stacked_p @ weight, stacked_g @ weight  # (B,) in layers
         # stats stay tensors (no host synchronisation in a step); EncoderOutput.plain_stats() gives Python values
@@ -722,7 +793,14 @@ class SqueezeEncoder(NeuralModule, Exportable):
             # one cost-model call for the three keep patterns: every branch (full depth), probabilities, decisions
             keeps = [self._keep_tensors(v, some.shape[0], some.device) for v in ({}, probs, hard)]
             keep = {name: torch.stack([k[name] for k in keeps]) for name in keeps[0]}  # (3, B, L[, n_ffn])
-            cost = encoder_cost(self.arch, profile, squeezed.input_lengths, keep=keep)
+            soft = None
+            if self.pruning is not None:
+                # the widths the pruning masks leave (expected in training, the deterministic masks' at inference),
+                # detached: the gates' budget is over the pruned model and does not move the masks
+                soft, pruned_keep = self.pruning.soft_widths(expected=self.training)
+                soft = {k: v.detach() for k, v in soft.items()}
+                keep = {k: v * pruned_keep[k].detach().to(v.dtype) for k, v in keep.items()}
+            cost = encoder_cost(self.arch, profile, squeezed.input_lengths, soft=soft, keep=keep)
             blocks = cost.attention_proj + cost.attention_scores + cost.ffn + cost.conv_module  # (3, B)
             full_blocks, expected_blocks, realised_total = blocks[0], blocks[1], cost.total[2]
             stats["macs"] = realised_total.detach()
@@ -737,6 +815,15 @@ class SqueezeEncoder(NeuralModule, Exportable):
                 excess = excess.mean()
             penalty = excess.pow(2) if g.penalty == "square" else excess.clamp_min(0.0)
             aux["gate_budget"] = g.weight * penalty.mean()
+
+    def _depth_weight(self, slots: tuple[tuple[int, str], ...], device: torch.device) -> torch.Tensor:
+        """``(G,)``: each gate slot's share of its layer (1 / branches in the layer), cached per slot set and
+        device (built once, not copied from the host every step)."""
+        cache = self.__dict__.setdefault("_depth_weights", {})
+        key = (slots, str(device))
+        if key not in cache:
+            cache[key] = torch.tensor([1.0 / len(self.layers[i].branch_names) for i, _ in slots], device=device)
+        return cache[key]
 
     def _keep_tensors(self, values: dict, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Per-branch keep values ``{(layer, branch): (B,)}`` -> the cost model's ``keep`` tensors (1 elsewhere)."""
@@ -774,6 +861,24 @@ def layerdrop_decisions(p: float, seed: int, step: int, num_layers: int) -> froz
     return frozenset(int(i) for i in np.flatnonzero(u < p))
 
 
+class _GradMultiply(torch.autograd.Function):
+    """Scale the gradient into the front end (fairseq ``feature_grad_mult``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def _sync_train_step(module: "SqueezeEncoder", incompatible_keys) -> None:
+    """After a state dict is loaded: the host copy of the step counter follows the loaded buffer."""
+    module._train_step = int(module.train_step)
+
+
 def _plain_sampler(sampler: ProfileSampler) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(sampler):
@@ -783,7 +888,10 @@ def _plain_sampler(sampler: ProfileSampler) -> dict[str, Any]:
 
 
 def _upgrade_legacy_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-    """Rename the layer parameters of checkpoints written before blocks were residual branches."""
+    """Rename the layer parameters of checkpoints written before blocks were residual branches; a checkpoint
+    written before the encoder counted its own training steps starts the count at 0."""
+    if any(k.startswith(prefix) for k in state_dict):
+        state_dict.setdefault(prefix + "train_step", torch.zeros((), dtype=torch.long))
     layer_prefix = prefix + "layers."
     keys = [k for k in state_dict if k.startswith(layer_prefix)]
     legacy_markers = (".attention.", ".attn_norm.", ".ffn_norm.", ".ffn1_norm.", ".ffn2_norm.", ".conv.pre_norm.")

@@ -13,9 +13,10 @@ import torch
 from nemo.collections.asr.metrics.wer import word_error_rate
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from nemo_sew.bench.timing import timed_ms
 from nemo_sew.cost import encoder_cost, macs_per_second
 from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.errors import UserError
+from nemo_sew.measure import timed_ms
 from nemo_sew.profile import CompressionProfile
 
 
@@ -29,12 +30,12 @@ def read_manifest(path: str | Path) -> list[dict]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: malformed JSON line ({e})") from e
+            raise UserError(f"{path}:{i}: malformed JSON line ({e})") from e
         audio = Path(entry["audio_filepath"])
         entry["audio_filepath"] = str(audio if audio.is_absolute() else path.parent / audio)
         entries.append(entry)
     if not entries:
-        raise ValueError(f"{path}: manifest has no entries")
+        raise UserError(f"{path}: manifest has no entries")
     return entries
 
 
@@ -57,17 +58,23 @@ def error_rates(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[f
     )
 
 
-def checked_manifest(model, manifest: str | Path) -> tuple[Path, list]:
+def checked_manifest(model, manifest: str | Path, max_utterances: int | None = None) -> tuple[Path, list]:
     """Validate ``manifest`` the way training does (:func:`manifests.validate.validate_manifest`: malformed
     lines, missing or unreadable audio, multi-channel or wrong-rate audio, clips too short for the model's
-    active profile are logged skips); the checked manifest's path and the skipped lines.
-    Raises ``ValueError`` naming the manifest when no line is usable."""
+    active profile are logged skips); the checked manifest's path (at most ``max_utterances`` evenly spaced
+    lines of it, when given) and the skipped lines. Raises ``ValueError`` naming the manifest when no line is
+    usable."""
     from manifests.validate import validate_manifest
 
     min_seconds = model.min_input_seconds() if hasattr(model, "min_input_seconds") else 0.0
     report = validate_manifest(manifest, sample_rate=int(model.cfg.get("sample_rate", 16000)), min_duration=min_seconds)
     report.raise_if_empty()
-    return report.out_path, list(report.skipped)
+    path = Path(report.out_path)
+    if max_utterances:
+        from nemo_sew.demo_sweep import bounded_manifest
+
+        path = bounded_manifest(path, max_utterances, path.with_name(f"{path.stem}.subset{max_utterances}.json"))[0]
+    return path, list(report.skipped)
 
 
 def transcribe_manifest(model, manifest: str | Path, batch_size: int = 16, profile=None) -> tuple[list[str], list[str]]:
@@ -170,7 +177,7 @@ class Latency:
 def measure_latency(model, seconds: float = 10.0, batch: int = 1, warmup: int = 2, runs: int = 7) -> Latency:
     """Median wall time of the model's forward (preprocessor + encoder + CTC head) on ``batch`` x ``seconds``.
 
-    Timed by :func:`nemo_sew.bench.timing.timed_ms` (``warmup`` untimed forwards, then ``runs`` timed ones,
+    Timed by :func:`nemo_sew.measure.timed_ms` (``warmup`` untimed forwards, then ``runs`` timed ones,
     with a CUDA synchronize inside every timed span on GPU). RTFx = seconds of audio processed per second of
     compute (``batch * seconds / median``).
     """
@@ -224,20 +231,40 @@ class EvalResult:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def summary(self) -> str:
+        """One line: what a user asks ``evaluate`` for (the rest is in :meth:`to_json`)."""
+        bits = self.profile.get("weight_bits") if isinstance(self.profile, dict) else None
+        profile = {k: v for k, v in (self.profile or {}).items() if v is not None and k != "weight_bits"}
+        profile["weights"] = "fp" if bits in (None, 16) else f"{bits}-bit"
+        text = (f"WER {self.wer:.3f}  CER {self.cer:.3f}  ({self.utterances} utterances"
+                + (f", {self.skipped} skipped" if self.skipped else "") + ")"
+                + (f"  cross-engine CER {self.cross_cer:.3f} ({self.cross_ratio:.2f}x)" if self.cross_cer is not None else "")
+                + f"  {self.encoder_gmacs_per_s:.3f} encoder GMACs/s  latency {self.latency_ms_10s:.1f} ms per 10 s"
+                + f"  RTFx {self.rtfx:.0f}"
+                + (f"  depth {self.depth_mean:.2f}" if self.depth_mean is not None else "")
+                + "  profile " + ", ".join(f"{k}={v}" for k, v in profile.items()))  # fmt: skip
+        return text
+
 
 def evaluate(
-    model, manifest: str | Path, batch_size: int = 16, profile=None, cross_manifest: str | Path | None = None
+    model,
+    manifest: str | Path,
+    batch_size: int = 16,
+    profile=None,
+    cross_manifest: str | Path | None = None,
+    max_utterances: int | None = None,
 ) -> EvalResult:
     """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``;
-    with ``cross_manifest`` (the synthetic corpus's ``cross.json``), also WER and CER on that cross-engine test."""
+    with ``cross_manifest`` (the synthetic corpus's ``cross.json``), also WER and CER on that cross-engine test;
+    ``max_utterances``: at most that many evenly spaced usable lines of each manifest."""
     cross: dict[str, Any] = {}
     source = manifest
     with model.profile_scope(profile):
-        manifest, skipped = checked_manifest(model, source)  # bad lines: logged skips, counted in the result
+        manifest, skipped = checked_manifest(model, source, max_utterances)  # bad lines: logged skips, counted
         hyps, refs = transcribe_manifest(model, manifest, batch_size=batch_size)
         wer, cer = error_rates(hyps, refs)
         if cross_manifest is not None:
-            cross_checked, cross_skipped = checked_manifest(model, cross_manifest)
+            cross_checked, cross_skipped = checked_manifest(model, cross_manifest, max_utterances)
             skipped = [*skipped, *cross_skipped]
             cross_hyps, cross_refs = transcribe_manifest(model, cross_checked, batch_size=batch_size)
             cross_wer, cross_cer = error_rates(cross_hyps, cross_refs)

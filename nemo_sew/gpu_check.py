@@ -169,7 +169,7 @@ def gpu_check(preset: str = "sew_tiny", batch: int = 8, seconds: float = 10.0) -
         return f"skip: GPU check not run: {reason}; run it on a CUDA machine (README 'GPU machines')", True
     import torch
 
-    from nemo_sew.bench.report import machine_line
+    from nemo_sew.measure import machine_line
 
     rows, ok = [], True
     for family in FAMILIES:

@@ -23,6 +23,7 @@ from nemo_sew.arch import (
     wfe_c_layers,
     wfe_o_layers,
 )
+from nemo_sew.errors import UserError
 
 log = logging.getLogger("nemo_sew.options")
 
@@ -57,7 +58,7 @@ class Dropout:
         for f in dataclasses.fields(self):
             value = float(getattr(self, f.name))
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"expected dropout.{f.name} in [0, 1), got {value}")
+                raise UserError(f"expected dropout.{f.name} in [0, 1), got {value}")
             object.__setattr__(self, f.name, value)
 
     @classmethod
@@ -88,13 +89,13 @@ class LearnedRate:
     def __post_init__(self) -> None:
         lo, hi = float(self.min), float(self.max)
         if not 1.0 <= lo < hi:
-            raise ValueError(f"expected learned_rate 1 <= min < max, got min={lo}, max={hi}")
+            raise UserError(f"expected learned_rate 1 <= min < max, got min={lo}, max={hi}")
         if self.init is not None and not lo <= float(self.init) <= hi:
-            raise ValueError(f"expected learned_rate init in [min, max] = [{lo}, {hi}], got {self.init}")
+            raise UserError(f"expected learned_rate init in [min, max] = [{lo}, {hi}], got {self.init}")
         if self.target is not None and float(self.target) < 1.0:
-            raise ValueError(f"expected learned_rate target >= 1, got {self.target}")
+            raise UserError(f"expected learned_rate target >= 1, got {self.target}")
         if float(self.penalty) < 0:
-            raise ValueError(f"expected learned_rate penalty >= 0, got {self.penalty}")
+            raise UserError(f"expected learned_rate penalty >= 0, got {self.penalty}")
 
     @classmethod
     def of(cls, data: "LearnedRate | Mapping[str, Any] | None") -> "LearnedRate | None":
@@ -128,11 +129,11 @@ class Masking:
     def __post_init__(self) -> None:
         for name in ("time_prob", "channel_prob"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"expected masking.{name} in [0, 1], got {getattr(self, name)}")
+                raise UserError(f"expected masking.{name} in [0, 1], got {getattr(self, name)}")
         for name in ("time_length", "channel_length", "min_masks"):
             value = getattr(self, name)
             if int(value) != value or value < (0 if name == "min_masks" else 1):
-                raise ValueError(f"expected masking.{name} to be an integer >= {0 if name == 'min_masks' else 1}, got {value}")
+                raise UserError(f"expected masking.{name} to be an integer >= {0 if name == 'min_masks' else 1}, got {value}")
             object.__setattr__(self, name, int(value))
 
     @classmethod
@@ -193,27 +194,27 @@ class Gates:
 
     def __post_init__(self) -> None:
         if self.penalty not in ("square", "hinge"):
-            raise ValueError(f"expected gates.penalty 'square' or 'hinge', got {self.penalty!r}")
+            raise UserError(f"expected gates.penalty 'square' or 'hinge', got {self.penalty!r}")
         if self.tau_final is not None and (float(self.tau_final) <= 0 or int(self.anneal_steps) < 1):
-            raise ValueError(
+            raise UserError(
                 f"expected gates.tau_final > 0 with gates.anneal_steps >= 1, got {self.tau_final}, {self.anneal_steps}"
             )
         if self.max_logit is not None and float(self.max_logit) <= 0:
-            raise ValueError(f"expected gates.max_logit > 0 or None, got {self.max_logit}")
+            raise UserError(f"expected gates.max_logit > 0 or None, got {self.max_logit}")
         if self.kind not in ("local", "global"):
-            raise ValueError(f"expected gates.kind 'local' or 'global', got {self.kind!r}")
+            raise UserError(f"expected gates.kind 'local' or 'global', got {self.kind!r}")
         if self.budget not in ("macs", "modules"):
-            raise ValueError(f"expected gates.budget 'macs' or 'modules', got {self.budget!r}")
+            raise UserError(f"expected gates.budget 'macs' or 'modules', got {self.budget!r}")
         if self.hidden is None:
             object.__setattr__(self, "hidden", 32 if self.kind == "local" else 64)
         if int(self.hidden) < 1:
-            raise ValueError(f"expected gates.hidden >= 1, got {self.hidden}")
+            raise UserError(f"expected gates.hidden >= 1, got {self.hidden}")
         if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"expected gates.threshold in [0, 1], got {self.threshold}")
+            raise UserError(f"expected gates.threshold in [0, 1], got {self.threshold}")
         if not 0.0 < float(self.target) <= 1.0:
-            raise ValueError(f"expected gates.target in (0, 1], got {self.target}")
+            raise UserError(f"expected gates.target in (0, 1], got {self.target}")
         if float(self.tau) <= 0 or float(self.weight) < 0:
-            raise ValueError(f"expected gates.tau > 0 and gates.weight >= 0, got {self.tau}, {self.weight}")
+            raise UserError(f"expected gates.tau > 0 and gates.weight >= 0, got {self.tau}, {self.weight}")
 
     @classmethod
     def of(cls, data: "Gates | Mapping[str, Any] | None") -> "Gates | None":
@@ -246,7 +247,7 @@ def _per_layer(value: Any, n: int, name: str) -> list[int]:
         return [value] * n
     values = [int(v) for v in value]
     if len(values) != n:
-        raise ValueError(f"expected {name} to be an int or a list of {n} ints, got {len(values)} values")
+        raise UserError(f"expected {name} to be an int or a list of {n} ints, got {len(values)} values")
     return values
 
 
@@ -263,13 +264,13 @@ def legacy_arch(config: Mapping[str, Any]) -> EncoderArch:
         frontend = FrontendSpec("mel_stack", n_mels=int(c["feat_in"]), mel_stack=int(c["mel_stack"]))
     else:
         if int(c["feat_in"]) != 1:
-            raise ValueError(f"expected feat_in=1 for waveform front end {kind!r}, got {c['feat_in']}")
+            raise UserError(f"expected feat_in=1 for waveform front end {kind!r}, got {c['feat_in']}")
         layers = c["conv_layers"] or (wfe_c_layers(int(c["wfe_c"]), int(c["wfe_l"])) if kind == "wfe_c" else wfe_o_layers())
         frontend = FrontendSpec(kind, tuple(tuple(layer) for layer in layers), c["conv_norm"], bool(c["conv_bias"]))
     n = int(c["num_layers"])
     kind_b = c["block"]
     if kind_b not in BLOCK_KINDS:
-        raise ValueError(f"expected block 'transformer' or 'conformer', got {kind_b!r}")
+        raise UserError(f"expected block 'transformer' or 'conformer', got {kind_b!r}")
     d = int(c["d_model"])
     blocks = tuple(
         BlockSpec(kind_b, h, int(c["head_dim"]), (f,) * BLOCK_KINDS[kind_b].ffns, d if kind_b == "conformer" else 0,
@@ -305,7 +306,7 @@ def upgrade_encoder_config(config: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = config[key]
     unknown = sorted(set(config) - set(out) - LEGACY_ARCH_KEYS - set(LEGACY_DROPOUT_KEYS))
     if unknown:
-        raise ValueError(f"unknown encoder arguments {unknown}")
+        raise UserError(f"unknown encoder arguments {unknown}")
     return out
 
 
@@ -322,5 +323,5 @@ def upgrade_encoder_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
         out["dropout"] = dropout
     arch_keys = sorted(set(out) & LEGACY_ARCH_KEYS)
     if arch_keys:
-        raise ValueError(f"encoder overrides {arch_keys} change the architecture: give them under arch: {{...}}")
+        raise UserError(f"encoder overrides {arch_keys} change the architecture: give them under arch: {{...}}")
     return out

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from nemo_sew.arch import checked_fields
+from nemo_sew.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ class CompressionProfile:
 
     def __post_init__(self) -> None:
         if self.squeeze is not None and not float(self.squeeze) >= 1.0:
-            raise ValueError(f"expected squeeze >= 1, got {self.squeeze}")
+            raise UserError(f"expected squeeze >= 1, got {self.squeeze}")
         if self.weight_bits not in (16, 8, 4, 2, 1):
-            raise ValueError(f"expected weight_bits in (16, 8, 4, 2, 1), got {self.weight_bits}")
+            raise UserError(f"expected weight_bits in (16, 8, 4, 2, 1), got {self.weight_bits}")
         for field in ("q_pool", "kv_pool"):
             value = getattr(self, field)
             if value is not None:
@@ -54,7 +55,7 @@ class CompressionProfile:
         if self.static_gates is not None:
             bad = {k: v for k, v in dict(self.static_gates).items() if v not in (0, 1) or str(k).count(".") != 1}
             if bad:
-                raise ValueError(f"expected static_gates as {{'<layer>.<branch>': 0 or 1}}, got {bad}")
+                raise UserError(f"expected static_gates as {{'<layer>.<branch>': 0 or 1}}, got {bad}")
             object.__setattr__(self, "static_gates", {str(k): int(v) for k, v in dict(self.static_gates).items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def load_profiles(path: str | Path) -> dict[str, CompressionProfile]:
         raise FileNotFoundError(f"profiles file not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"expected a mapping of profile names to fields in {path}, got {type(data).__name__}")
+        raise UserError(f"expected a mapping of profile names to fields in {path}, got {type(data).__name__}")
     return {name: dataclasses.replace(as_profile(fields), name=str(name)) for name, fields in data.items()}
 
 
@@ -123,11 +124,11 @@ class ProfileSampler:
                 continue
             if "values" in spec:
                 if not list(spec["values"]):
-                    raise ValueError(f"{name} sampler: 'values' must not be empty")
+                    raise UserError(f"{name} sampler: 'values' must not be empty")
             elif not ("low" in spec and "high" in spec and float(spec["low"]) <= float(spec["high"])):
-                raise ValueError(f"{name} sampler: expected {{'values': [...]}} or {{'low': a, 'high': b}} with a <= b, got {dict(spec)}")
+                raise UserError(f"{name} sampler: expected {{'values': [...]}} or {{'low': a, 'high': b}} with a <= b, got {dict(spec)}")
         if self.squeeze is not None and min(self.squeeze_choices()) < 1:
-            raise ValueError(f"squeeze sampler must draw values >= 1, got {dict(self.squeeze)}")
+            raise UserError(f"squeeze sampler must draw values >= 1, got {dict(self.squeeze)}")
 
     def squeeze_choices(self) -> list[float]:
         spec = self.squeeze or {}

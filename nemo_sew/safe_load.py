@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from nemo_sew.errors import UserError
+
 SAFE_BUILTINS = {"int", "float", "str", "bool", "bytes", "complex", "dict", "list", "tuple", "set", "frozenset", "slice", "NoneType"}
 SAFE_NAMES = {
     "collections.defaultdict": collections.defaultdict,
@@ -36,7 +38,7 @@ NUMPY_NAMES = ("_reconstruct", "scalar", "ndarray", "dtype")
 SAFE_TYPING = {"Any", "List", "Dict", "Optional", "Union", "Tuple", "Sequence", "Mapping"}  # OmegaConf type markers
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError):
     """A checkpoint holds Python objects (code) that loading it would run."""
 
 
@@ -106,7 +108,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 ) from err
             allowed.append(obj)
         except (RuntimeError, EOFError) as err:
-            raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+            raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
     raise UnsafeCheckpointError(f"{path}: refusing to load: too many distinct Python globals")
 
 
@@ -116,9 +118,12 @@ def _unsupported_global(message: str) -> str | None:
     return match.group(1) if match else None
 
 
-def restore(path: str | Path, map_location: str | torch.device = "cpu"):
-    """NeMo's ``ASRModel.restore_from`` (weights with ``weights_only=True``), with the file named in its errors."""
+def restore(path: str | Path, map_location: str | torch.device = "cpu", model_class=None):
+    """NeMo's ``ASRModel.restore_from`` (weights with ``weights_only=True``), with the file named in its errors.
+
+    ``model_class`` restores through another NeMo class (``ModelPT`` for a teacher of any kind)."""
     from nemo.collections.asr.models import ASRModel
+    from nemo.core import ModelPT
 
     import nemo_sew  # noqa: F401  (registers the _target_ prefix)
 
@@ -126,6 +131,10 @@ def restore(path: str | Path, map_location: str | torch.device = "cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
     try:
-        return ASRModel.restore_from(str(path), map_location=map_location)
+        return (model_class or ASRModel).restore_from(str(path), map_location=map_location)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(f"{path}: refusing to load its weights: {str(err).splitlines()[0]}") from err
+    finally:
+        # NeMo sets a process-wide "model is being restored" flag and clears it only on success; left set, every
+        # model built later in this process skips its data set-up (train_dataloader() is None).
+        ModelPT._set_model_restore_state(is_being_restored=False)

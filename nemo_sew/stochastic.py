@@ -26,8 +26,8 @@ end (features, projection, fine-tuning masking) run once (``SqueezeCTCModel.forw
 teacher and the student see the same augmented input and the front end's forward and backward run once.
 
 Every draw is a pure function of the global step (and, for ``weighted``, of the rank-averaged losses seen
-so far), so DDP ranks run the same profiles. Not checkpointed: ``weighted`` restarts its averages when a
-run resumes.
+so far), so DDP ranks run the same profiles. ``weighted``'s averages are saved in the Lightning checkpoint
+(``stochastic_ema_loss``), so a resumed run continues with them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import torch
 
+from nemo_sew.distill import distillation_loss as distill_loss  # noqa: F401 (the in-place distillation KL)
 from nemo_sew.encoder import Draw
 
 METHODS = ("uniform", "sandwich", "inplace_distill", "weighted")
@@ -103,18 +104,6 @@ class TrainingPath:
 
     draw: Draw
     role: str = "ctc"
-
-
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Mean over valid frames of KL(teacher || student) between CTC posteriors given as log-probabilities
-    ``(B, T, V)`` on the same frames; the teacher is detached; ``temperature`` softens both (the loss is
-    scaled by ``temperature**2``, as in Hinton et al.)."""
-    t = min(student.shape[1], teacher.shape[1])
-    s_log = torch.log_softmax(student[:, :t].float() / temperature, dim=-1)
-    t_log = torch.log_softmax(teacher[:, :t].detach().float() / temperature, dim=-1)
-    kl = (t_log.exp() * (t_log - s_log)).sum(-1)  # (B, T)
-    valid = torch.arange(t, device=kl.device)[None, :] < lengths.clamp(max=t)[:, None]
-    return (kl * valid).sum() / valid.sum().clamp(min=1) * temperature**2
 
 
 def run_seed(model) -> int:

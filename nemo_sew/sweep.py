@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
+from nemo_sew.errors import UserError
 from nemo_sew.evaluate import EvalResult, evaluate
 from nemo_sew.profile import CompressionProfile
 
@@ -30,6 +31,11 @@ def pareto_front(rows: list[dict]) -> list[dict]:
         if not dominated:
             front.append(r)
     return sorted(front, key=lambda r: r["latency_ms_10s"])
+
+
+def _bits(bits: int | None) -> str:
+    """A weight width as a table shows it: ``fp`` for full precision (16 in a profile), else the bits."""
+    return "fp" if bits in (None, 16) else str(bits)
 
 
 def _markdown(rows: list[dict], command: str) -> str:
@@ -56,7 +62,7 @@ def _markdown(rows: list[dict], command: str) -> str:
             f"| {r['name']} | {p['squeeze']} | {p['q_pool'] or '-'} | {p['kv_pool'] or '-'} | "
             f"{'-' if p.get('depth_threshold') is None else p['depth_threshold']} | "
             f"{'-' if r.get('depth_mean') is None else format(r['depth_mean'], '.2f')} | "
-            f"{p.get('weight_bits', 16)} | {r['wer']:.3f} | "
+            f"{_bits(p.get('weight_bits', 16))} | {r['wer']:.3f} | "
             f"{r['cer']:.3f} | {r['encoder_gmacs_per_s']:.3f} | {r.get('encoder_gmacs_mean', 0.0):.3f} | "
             f"{r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} |{extra} "
             f"{'*' if r['name'] in front else ''} |"
@@ -91,17 +97,33 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 
 def sweep_rows(
-    model, manifest: str | Path, profiles: Mapping[str, CompressionProfile], batch_size: int = 16
+    model,
+    manifest: str | Path,
+    profiles: Mapping[str, CompressionProfile],
+    batch_size: int = 16,
+    max_utterances: int | None = None,
+    source: str | None = None,
 ) -> list[dict]:
-    """Evaluate ``model`` at every profile: one row per profile (its name and :class:`EvalResult` fields)."""
+    """Evaluate ``model`` at every profile: one row per profile (its name and :class:`EvalResult` fields). A
+    profile the model cannot run (a factor its expander cannot produce, bits it does not hold, ...) is skipped
+    with one warning naming the profile, ``source`` (the profile file) and the reason."""
     if not profiles:
-        raise ValueError("expected at least one profile to sweep")
+        raise UserError("expected at least one profile to sweep")
     rows = []
     for name, profile in profiles.items():
+        try:
+            with model.profile_scope(profile):  # can the model run it? (the scope restores the active profile)
+                pass
+        except (UserError, NotImplementedError) as err:
+            log.warning("sweep: skipping profile %s%s: %s", name, f" of {source}" if source else "", " ".join(str(err).split()))
+            continue
         log.info("sweep: profile %s (%s)", name, profile)
-        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile)
+        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile, max_utterances=max_utterances)
         rows.append({"name": name, **asdict(result)})
         log.info("sweep: %s WER %.3f CER %.3f latency %.1f ms", name, result.wer, result.cer, result.latency_ms_10s)
+    if not rows:
+        raise UserError(f"none of the {len(profiles)} profiles{' of ' + source if source else ''} can run on this model "
+                        "(see the warnings above)")  # fmt: skip
     return rows
 
 
@@ -149,24 +171,41 @@ def sweep(
     batch_size: int = 16,
     command: str = "",
     engines: str | Path | None = None,
+    max_utterances: int | None = None,
+    source: str | None = None,
 ) -> list[dict]:
     """Evaluate ``model`` at every profile; write ``sweep.json``, ``sweep.md`` and ``pareto.png`` in ``out_dir``.
-    ``engines``: a ``trt/bench_engines.py --out`` JSON whose per-profile TensorRT numbers join the rows."""
-    rows = sweep_rows(model, manifest, profiles, batch_size)
+    ``engines``: a ``trt/bench_engines.py --out`` JSON whose per-profile TensorRT numbers join the rows;
+    ``max_utterances``, ``source``: see :func:`sweep_rows`."""
+    rows = sweep_rows(model, manifest, profiles, batch_size, max_utterances=max_utterances, source=source)
     if engines is not None:
         rows = join_engines(rows, engines)
     write_sweep(rows, out_dir, command)
     return rows
 
 
-def pick(sweep_json: str | Path, max_latency_ms: float | None = None, min_rtfx: float | None = None) -> dict:
-    """The Pareto-front row with the best WER that meets the latency or RTFx target."""
-    if (max_latency_ms is None) == (min_rtfx is None):
-        raise ValueError("give exactly one target: max_latency_ms or min_rtfx")
+def pick(
+    sweep_json: str | Path,
+    max_latency_ms: float | None = None,
+    min_rtfx: float | None = None,
+    max_gmacs: float | None = None,
+) -> dict:
+    """The Pareto-front row with the best WER that meets the latency or RTFx target; or, with ``max_gmacs`` (encoder
+    GMACs per second of audio: a property of the model, not of the machine that timed it), the best-WER row
+    within that compute."""
+    if sum(t is not None for t in (max_latency_ms, min_rtfx, max_gmacs)) != 1:
+        raise UserError("give exactly one target: max_latency_ms, min_rtfx or max_gmacs")
     path = Path(sweep_json)
     if path.is_dir():
         path = path / "sweep.json"
     rows = json.loads(path.read_text())["rows"]
+    if max_gmacs is not None:
+        within = [r for r in rows if r["encoder_gmacs_per_s"] <= max_gmacs]
+        if not within:
+            cheapest = min(rows, key=lambda r: r["encoder_gmacs_per_s"])
+            raise UserError(f"no profile runs within {max_gmacs} encoder GMACs/s; the cheapest is {cheapest['name']} "
+                            f"({cheapest['encoder_gmacs_per_s']:.3f})")  # fmt: skip
+        return min(within, key=lambda r: (r["wer"], r["encoder_gmacs_per_s"]))
     ok = [
         r for r in pareto_front(rows)
         if (max_latency_ms is None or r["latency_ms_10s"] <= max_latency_ms) and (min_rtfx is None or r["rtfx"] >= min_rtfx)
@@ -174,7 +213,7 @@ def pick(sweep_json: str | Path, max_latency_ms: float | None = None, min_rtfx: 
     if not ok:
         target = f"latency <= {max_latency_ms} ms" if max_latency_ms is not None else f"RTFx >= {min_rtfx}"
         fastest = min(rows, key=lambda r: r["latency_ms_10s"])
-        raise ValueError(
+        raise UserError(
             f"no measured profile meets {target}; the fastest is {fastest['name']} "
             f"({fastest['latency_ms_10s']:.1f} ms, RTFx {fastest['rtfx']:.0f})"
         )

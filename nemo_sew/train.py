@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 import nemo_sew  # noqa: F401  (registers the _target_ prefix)
 from nemo_sew.callbacks import ProgressLogger, SaveAtSteps, StepRecorder, TimeBudgetAnnealing, ValidationHistory, parse_max_time
+from nemo_sew.errors import UserError
 from nemo_sew.resume import StepSeed
 
 log = logging.getLogger("nemo_sew.train")
@@ -35,7 +36,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     cfg = _compose(path)
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ValueError(f"expected overrides of the form key=value, got {bad}")
+        raise UserError(f"expected overrides of the form key=value, got {bad}")
     # Hydra's "+key=value" (add a key) and "key=value" mean the same here
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
 
@@ -83,10 +84,8 @@ def finetune_model(cfg: DictConfig, trainer: pl.Trainer) -> ModelPT:
         from nemo_sew.quant import prepare_qat
 
         prepare_qat(model.encoder, **OmegaConf.to_container(cfg.qat, resolve=True))
+    model.sync_encoder_config(profile=False)  # no sampler; the QAT state
     with open_dict(model.cfg):
-        model.cfg.encoder.squeeze_sampler = None
-        if model.encoder.quant_config is not None:
-            model.cfg.encoder.quant = model.encoder.quant_config.to_dict()
         for key in ("train_ds", "validation_ds", "optim"):
             if key in cfg.model:
                 override = OmegaConf.to_container(cfg.model[key], resolve=True)  # resolve ${model.*} here

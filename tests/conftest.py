@@ -45,3 +45,82 @@ def tiny_ctc_nemo(tiny_corpus, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_ctc") / "model.nemo"
     build_model(_cfg(tiny_corpus)).save_to(str(path))
     return path
+
+
+def nemo_with_weights(good, out, edit, save=torch.save):
+    """Copy the ``.nemo`` file ``good`` to ``out`` with its weights replaced by ``edit(state)``, written by ``save``
+    (``torch.save``, or a writer of another serialisation format)."""
+    import shutil
+    import tarfile
+
+    unpacked = out.parent / f"{out.stem}_unpacked"
+    with tarfile.open(good) as tar:
+        tar.extractall(unpacked, filter="data")
+    weights = next(unpacked.rglob("model_weights.ckpt"))
+    save(edit(torch.load(weights, weights_only=True)), weights)
+    with tarfile.open(out, "w:") as tar:
+        for item in sorted(unpacked.iterdir()):
+            tar.add(item, arcname=f"./{item.name}")
+    shutil.rmtree(unpacked)
+    return out
+
+
+
+# `make test-fast` (`pytest -m "not slow"`, the inner loop) leaves out the tests marked slow by hand (end-to-end) and
+# those that tests/durations.json (`make test-durations`, tools/test_durations.py) measured as slow. The limit is
+# relative, so that times measured on a busy or a fast machine give the same split: the cut-off is the largest
+# measured test time such that all the tests up to it take at most FAST_SHARE of the suite's measured time. A test is
+# slow when its own time (setup + call + teardown) exceeds the cut-off, or when it needs a shared (module or session)
+# fixture whose set-up exceeds it (paid once, by whichever selected test needs it first: tiny_corpus, a module's
+# trained model). Tests missing from the file (new ones) count as fast unless such a fixture makes them slow; the
+# run says how many there are.
+FAST_SHARE = 0.08
+
+
+def fast_cutoff(times) -> float:
+    times = sorted(times)
+    budget, spent, cutoff = FAST_SHARE * sum(times), 0.0, 0.0
+    for t in times:
+        if spent + t > budget:
+            break
+        spent, cutoff = spent + t, t
+    return cutoff
+
+
+def pytest_collection_modifyitems(config, items):
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).with_name("durations.json")
+    if not path.exists():
+        return
+    measured = json.loads(path.read_text())
+    tests, fixtures = measured.get("tests", {}), measured.get("fixtures", {})
+    cutoff = fast_cutoff(tests.values())
+    unmeasured = 0
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            continue
+        own = tests.get(item.nodeid)
+        unmeasured += own is None
+        info = getattr(item, "_fixtureinfo", None)
+        param = getattr(getattr(item, "callspec", None), "indices", {})
+        shared = 0.0
+        for name, defs in info.name2fixturedefs.items() if info is not None else ():
+            key = f"{defs[-1].baseid}::{name}" if defs else ""
+            shared = max(shared, fixtures.get(f"{key}[{param.get(name)}]", fixtures.get(key, 0.0)))
+        if (own or 0.0) > cutoff or shared > cutoff:
+            item.add_marker(pytest.mark.slow)
+    config.stash[_UNMEASURED] = unmeasured
+
+
+_UNMEASURED = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    unmeasured = config.stash.get(_UNMEASURED, 0)
+    if unmeasured:
+        terminalreporter.write_line(
+            f"{unmeasured} collected tests are not in tests/durations.json and count as fast "
+            "(`make test-durations` measures them)"
+        )

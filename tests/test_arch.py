@@ -10,7 +10,7 @@ import yaml
 import nemo_sew
 from nemo_sew import PRESETS, CompressionProfile, EncoderArch, build_arch, build_encoder
 from nemo_sew.encoder import SqueezeEncoder
-from nemo_sew.nn.blocks import BlockOptions, LayerPlan, build_block
+from nemo_sew.nn.blocks import CLOSED, BlockOptions, LayerPlan, build_block
 from nemo_sew.options import LearnedRate, Masking, upgrade_encoder_config, upgrade_encoder_overrides
 
 
@@ -95,7 +95,7 @@ def test_a_switched_off_branch_is_an_exact_identity(kind, post_norm):
     with torch.no_grad():
         for name in names:
             branch = block.branches()[name]
-            y, y_len = branch(x, lengths, LayerPlan(), active=False)
+            y, y_len = branch(x, lengths, LayerPlan(), CLOSED)
             assert torch.equal(y, x) and torch.equal(y_len, lengths), name  # bit-exact, norm included
             on, _ = branch(x, lengths, LayerPlan())
             assert not torch.allclose(on, x)  # switched on, it changes the stream
@@ -105,7 +105,7 @@ def test_a_switched_off_branch_is_an_exact_identity(kind, post_norm):
         expected = block.final_norm(x) if block.final_norm is not None else x
         assert torch.equal(y, expected)
         # with query pooling, an off attention branch still pools the residual stream
-        y, y_len = block.branches()["attn"](x, lengths, LayerPlan(q_stride=2), active=False)
+        y, y_len = block.branches()["attn"](x, lengths, LayerPlan(q_stride=2), CLOSED)
         assert y.shape[1] == 5 and y_len.tolist() == [5, 3]
 
 

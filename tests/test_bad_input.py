@@ -42,9 +42,14 @@ def _manifest_with_bad_lines(tiny_corpus, tmp_path) -> tuple[Path, int]:
 @pytest.mark.slow
 def test_evaluate_skips_malformed_lines_and_counts_them(tiny_ctc_nemo, tiny_corpus, tmp_path):
     manifest, kept = _manifest_with_bad_lines(tiny_corpus, tmp_path)
-    proc = _cli("evaluate", tiny_ctc_nemo, "--manifest", manifest, cwd=tmp_path)
+    proc = _cli("evaluate", tiny_ctc_nemo, "--manifest", manifest, "--json", tmp_path / "result.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("WER ")]
+    assert len(summary) == 1 and f"({kept} utterances, 2 skipped)" in summary[0], proc.stdout
+    # the result and the skipped lines, not NeMo's config dumps and telemetry (those need --verbose)
+    printed = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(printed) <= 10 and not any("OneLogger" in line or "NeMo I" in line for line in printed), printed
+    result = json.loads((tmp_path / "result.json").read_text())
     assert result["utterances"] == kept and result["skipped"] == 2
     assert [line for line, _, _ in result["skipped_lines"]] == [2, 4]
     assert "malformed JSON" in result["skipped_lines"][0][2] and "missing.wav" in result["skipped_lines"][1][1]

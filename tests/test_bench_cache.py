@@ -1,4 +1,4 @@
-"""Benchmark runs kept with the settings that made them (nemo_sew.bench.cache)."""
+"""Benchmark runs kept with the settings that made them (benchmarks.cache)."""
 
 import json
 import multiprocessing
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from nemo_sew.bench.cache import file_digest, kept_file, kept_result
+from benchmarks.cache import file_digest, kept_file, kept_result
 
 
 def test_kept_result_reuses_only_the_same_settings(tmp_path):

@@ -3,7 +3,7 @@ and in the counted compute, and the section reports both."""
 
 import torch
 
-from nemo_sew.bench.gates import bench_gates, fix_gates, gates_markdown
+from benchmarks.gates import bench_gates, fix_gates, gates_markdown
 from nemo_sew.encoder import build_encoder
 from nemo_sew.evaluate import count_macs
 from nemo_sew.profile import CompressionProfile

@@ -25,7 +25,8 @@ KINDS = ["full", "i3d_local", "i3d_global", "pruned", "scratch"]
 
 
 def test_cli_parses_bench_i3d():
-    from nemo_sew.cli import _cmd_bench_i3d, build_parser
+    from benchmarks.cli import _cmd_bench_i3d
+    from nemo_sew.cli import build_parser
 
     args = build_parser().parse_args(["bench", "i3d", "--corpus-dir", "d", "--steps", "7", "--thresholds", "0.2,0.6",
                                       "--prune-to", "3", "--write", "B.md", "++model.encoder.arch.d_model=64"])  # fmt: skip
@@ -36,7 +37,7 @@ def test_cli_parses_bench_i3d():
 
 
 def test_gate_matrix_means_per_layer_and_branch():
-    from nemo_sew.bench.i3d import gate_matrix
+    from benchmarks.i3d import gate_matrix
 
     stats = {"slots": [[0, "attn"], [0, "ffn"], [1, "attn"]], "gate_probs": [[0.2, 1.0, 0.5], [0.4, 0.0, float("nan")]]}
     matrix, branches = gate_matrix(stats)
@@ -47,7 +48,7 @@ def test_gate_matrix_means_per_layer_and_branch():
 def test_bench_i3d_trains_prunes_and_draws(tiny_corpus, tmp_path):
     from nemo.collections.asr.models import ASRModel
 
-    from nemo_sew.bench.i3d import bench_i3d_table, drop_layer
+    from benchmarks.i3d import bench_i3d_table, drop_layer
     from nemo_sew.evaluate import read_manifest
 
     out = tmp_path / "bench_i3d"

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_spearman_with_ties_and_noise_level():
-    from nemo_sew.bench.i3d_analysis import add_noise, spearman
+    from benchmarks.i3d_analysis import add_noise, spearman
 
     assert spearman([1, 2, 2, 3], [10, 20, 20, 30]) == pytest.approx(1.0)
     assert spearman([3, 2, 2, 1], [1, 5, 5, 9]) == pytest.approx(-1.0)
@@ -30,7 +30,8 @@ def test_spearman_with_ties_and_noise_level():
 
 
 def test_cli_parses_bench_i3d_analysis():
-    from nemo_sew.cli import _cmd_bench_i3d_analysis, build_parser
+    from benchmarks.cli import _cmd_bench_i3d_analysis
+    from nemo_sew.cli import build_parser
 
     args = build_parser().parse_args(["bench", "i3d-analysis", "m.nemo", "--manifest", "t.json", "--snr", "10,0"])
     assert args.func is _cmd_bench_i3d_analysis and args.snr == [10.0, 0.0] and args.out == "benchmarks/i3d_analysis"
@@ -38,7 +39,7 @@ def test_cli_parses_bench_i3d_analysis():
 
 @pytest.mark.slow
 def test_analysis_draws_the_pictures(tiny_corpus, tmp_path):
-    from nemo_sew.bench.i3d_analysis import analyse_i3d, analysis_markdown
+    from benchmarks.i3d_analysis import analyse_i3d, analysis_markdown
     from nemo_sew.train import load_config, train
 
     overrides = [

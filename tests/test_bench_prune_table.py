@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nemo_sew.bench.prune_table import bench_prune_table
+from benchmarks.prune_table import bench_prune_table
 from nemo_sew.safe_load import restore
 
 FAST = ["trainer.limit_val_batches=1", "model.train_ds.batch_size=4", "model.validation_ds.batch_size=4",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nemo_sew.bench.purity import ctc_frame_labels, pnmi
+from benchmarks.purity import ctc_frame_labels, pnmi
 
 
 def test_pnmi_extremes_and_a_known_value():
@@ -44,7 +44,7 @@ def test_two_models_of_one_file_name_keep_their_own_centroids(tiny_ctc_nemo, tin
 
     import numpy as np
 
-    from nemo_sew.bench.purity import bench_target_purity
+    from benchmarks.purity import bench_target_purity
 
     targets = []
     for run in ("run_a", "run_b"):

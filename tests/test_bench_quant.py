@@ -1,11 +1,11 @@
-"""The quantization study (nemo_sew.bench.quant): a tiny real study whose re-runs retrain only what their settings
+"""The quantization study (benchmarks.quant): a tiny real study whose re-runs retrain only what their settings
 change, and the report's relative-change table."""
 
 from __future__ import annotations
 
 import pytest
 
-from nemo_sew.bench.quant import bench_quant, quant_markdown
+from benchmarks.quant import bench_quant, quant_markdown
 
 
 def _row(fp=(0.5, 0.2), ptq4=(0.51, 0.21), qat4=(0.5, 0.2)):
@@ -55,7 +55,7 @@ def test_report_states_relative_change_against_fp(tmp_path):
 
 
 def test_fast_paths_transcribe_and_time_every_onnxruntime_form(tiny_ctc_nemo, tiny_corpus, tmp_path):
-    from nemo_sew.bench.quant_paths import FORMS, fast_paths, fast_paths_markdown
+    from benchmarks.quant_paths import FORMS, fast_paths, fast_paths_markdown
 
     manifest = tiny_corpus["test"]["manifest"]
     rows = fast_paths(tiny_ctc_nemo, manifest, tmp_path, threads=1, seconds=1.0, runs=3)

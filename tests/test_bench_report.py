@@ -2,7 +2,7 @@
 
 import torch
 
-from nemo_sew.bench.report import machine_line
+from nemo_sew.measure import machine_line
 
 
 def test_machine_line_states_cores_torch_and_threads():
@@ -17,7 +17,8 @@ def test_machine_line_states_cores_torch_and_threads():
 
 
 def test_mean_spread_is_the_mean_and_half_the_range():
-    from nemo_sew.bench.report import mean_spread, threads_text
+    from benchmarks.report import mean_spread
+    from nemo_sew.measure import threads_text
 
     assert mean_spread([0.5]) == "0.500" and mean_spread([0.4, 0.6]) == "0.500 ± 0.100"
     assert mean_spread(x for x in (0.1, 0.2, 0.6)) == "0.300 ± 0.250"

@@ -14,7 +14,8 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", 
 
 
 def test_cli_parses_bench_ssl_curve():
-    from nemo_sew.cli import _cmd_bench_ssl_curve, build_parser
+    from benchmarks.cli import _cmd_bench_ssl_curve
+    from nemo_sew.cli import build_parser
 
     args = build_parser().parse_args(["bench", "ssl-curve", "--objectives", "hubert", "wav2vec2", "--pretrain-steps",
                                       "5", "10", "--labelled-minutes", "20", "60", "--seeds", "0", "1"])  # fmt: skip
@@ -26,7 +27,7 @@ def test_cli_parses_bench_ssl_curve():
 
 
 def test_labelled_subset_takes_the_first_minutes(tmp_path):
-    from nemo_sew.bench.ssl_curve import labelled_subset
+    from benchmarks.ssl_curve import labelled_subset
 
     manifest = tmp_path / "train.json"
     manifest.write_text("".join(json.dumps({"audio_filepath": f"{i}.wav", "duration": 30.0, "text": "a"}) + "\n"
@@ -36,7 +37,7 @@ def test_labelled_subset_takes_the_first_minutes(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    from nemo_sew.bench.ssl_curve import bench_ssl_curve
+    from benchmarks.ssl_curve import bench_ssl_curve
 
     with pytest.raises(ValueError, match="objectives"):
         bench_ssl_curve(None, tmp_path, objectives=["data2vec"], splits={})
@@ -48,7 +49,7 @@ def test_bad_arguments_are_refused(tmp_path):
 def test_bench_ssl_curve_trains_tabulates_and_reuses(tiny_corpus, tmp_path):
     from nemo.core.classes import ModelPT
 
-    from nemo_sew.bench.ssl_curve import bench_ssl_curve
+    from benchmarks.ssl_curve import bench_ssl_curve
 
     kwargs = dict(objectives=["hubert", "hubert2", "wav2vec2"], pretrain_steps=[1, 2], labelled_minutes=[0.5],
                   finetune_steps=1, seeds=[0], clusters=8, iter2_layer=1, extra_pretrain=[*TINY_ENCODER, *QUIET],
@@ -82,7 +83,7 @@ def test_bench_ssl_curve_trains_tabulates_and_reuses(tiny_corpus, tmp_path):
 def test_finetune_tag_keeps_another_set_of_fine_tunings_beside(tmp_path, monkeypatch):
     """Another fine-tuning setup on the same snapshots goes to its own run folders and raw file (here with the
     training runs replaced by recorders: the naming is under test, the runs are in the slow test above)."""
-    import nemo_sew.bench.ssl_curve as ssl_curve
+    import benchmarks.ssl_curve as ssl_curve
 
     manifest = tmp_path / "train.json"
     manifest.write_text(json.dumps({"audio_filepath": "a.wav", "duration": 30.0, "text": "a"}) + "\n")

@@ -13,7 +13,8 @@ QUIET = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", 
 
 
 def test_cli_parses_bench_ssl_stochastic():
-    from nemo_sew.cli import _cmd_bench_ssl_stochastic, build_parser
+    from benchmarks.cli import _cmd_bench_ssl_stochastic
+    from nemo_sew.cli import build_parser
 
     args = build_parser().parse_args(["bench", "ssl-stochastic", "--factors", "1", "4", "--seeds", "0", "1",
                                       "--finetune-method", "uniform", "--objective", "wav2vec2", "--no-random-init"])  # fmt: skip
@@ -25,7 +26,7 @@ def test_cli_parses_bench_ssl_stochastic():
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    from nemo_sew.bench.ssl_stochastic import bench_ssl_stochastic
+    from benchmarks.ssl_stochastic import bench_ssl_stochastic
 
     with pytest.raises(ValueError, match="objective"):
         bench_ssl_stochastic(None, tmp_path, objective="hubert2", splits={})
@@ -39,7 +40,7 @@ def test_bad_arguments_are_refused(tmp_path):
 def test_bench_ssl_stochastic_trains_tabulates_and_reuses(tiny_corpus, tmp_path):
     from nemo.core.classes import ModelPT
 
-    from nemo_sew.bench.ssl_stochastic import bench_ssl_stochastic
+    from benchmarks.ssl_stochastic import bench_ssl_stochastic
 
     kwargs = dict(pretrain_steps=2, labelled_minutes=0.5, finetune_steps=2, factors=[1, 2], sampler_values=[1, 2],
                   seeds=[0], clusters=8, extra_pretrain=[*TINY_ENCODER, *QUIET], extra_finetune=[*QUIET, *TINY_ENCODER],

@@ -15,7 +15,8 @@ SMALL = ["model.train_ds.batch_size=4", "model.train_ds.num_workers=0", "model.v
 
 
 def test_cli_parses_bench_stochastic_methods():
-    from nemo_sew.cli import _cmd_bench_stochastic, build_parser
+    from benchmarks.cli import _cmd_bench_stochastic
+    from nemo_sew.cli import build_parser
 
     args = build_parser().parse_args(["bench", "stochastic", "--methods", "uniform", "sandwich", "--steps", "9",
                                       "--seeds", "3", "4", "--no-fixed", "trainer.max_epochs=2"])  # fmt: skip
@@ -29,7 +30,7 @@ def test_cli_parses_bench_stochastic_methods():
 
 @pytest.mark.slow
 def test_method_step_costs_times_every_method(tiny_corpus):
-    from nemo_sew.bench.stochastic import method_step_costs
+    from benchmarks.stochastic import method_step_costs
 
     section = method_step_costs(None, recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", rounds=2, splits=tiny_corpus,
                                 extra=["model.train_ds.batch_size=4", *TINY_ENCODER], command="nemo-sew bench stochastic")  # fmt: skip
@@ -39,7 +40,7 @@ def test_method_step_costs_times_every_method(tiny_corpus):
 
 
 def test_methods_are_checked(tmp_path):
-    from nemo_sew.bench.stochastic import bench_stochastic_methods
+    from benchmarks.stochastic import bench_stochastic_methods
 
     with pytest.raises(ValueError, match="stochastic method: expected one of"):
         bench_stochastic_methods(None, tmp_path, methods=["uniform", "dropout"], splits={"test": {}})
@@ -51,7 +52,7 @@ def test_methods_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
-    from nemo_sew.bench.stochastic import bench_stochastic_methods
+    from benchmarks.stochastic import bench_stochastic_methods
 
     kwargs = dict(recipe=ROOT / "recipes" / "ctc_char_tiny_mel.yaml", methods=["uniform", "sandwich"], steps=2,
                   seeds=[0], factors=[1, 2], finetune_steps=1, cost_rounds=2, extra=SMALL,
@@ -93,7 +94,7 @@ def test_bench_stochastic_methods_trains_and_tabulates(tiny_corpus, tmp_path):
 
 
 def test_convergence_line_reports_each_fixed_models_last_fifth():
-    from nemo_sew.bench.stochastic import convergence_line
+    from benchmarks.stochastic import convergence_line
 
     def run(*wers):
         return {"validation": [{"step": 200 * (i + 1), "val_wer": w} for i, w in enumerate(wers)]}
@@ -111,7 +112,7 @@ def test_convergence_line_reports_each_fixed_models_last_fifth():
 def test_factor_losses_reports_each_factor_and_the_weighted_draws(tiny_corpus, tmp_path):
     """A (randomly initialised) stochastic model: one loss per factor, and the draw probabilities are what the
     weighted sampler computes for those losses with the model's own options (power 1 here, floor 0.4)."""
-    from nemo_sew.bench.stochastic import factor_losses
+    from benchmarks.stochastic import factor_losses
     from nemo_sew.stochastic import StochasticOptions, StochasticTrainer
     from nemo_sew.train import build_model, load_config
 

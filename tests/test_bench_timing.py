@@ -1,4 +1,4 @@
-"""The one timing loop (``nemo_sew.bench.timing``): sample counts, warm-up calls, time cap, interleaving, sync."""
+"""The one timing loop (``nemo_sew.measure``): sample counts, warm-up calls, time cap, interleaving, sync."""
 
 import time
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from nemo_sew.bench.timing import MIN_RUNS, interleaved_ms, timed_ms
 from nemo_sew.evaluate import measure_latency
+from nemo_sew.measure import MIN_RUNS, interleaved_ms, timed_ms
 
 
 class Counter:
@@ -97,6 +97,28 @@ def test_interleaved_with_no_functions_is_empty():
     assert interleaved_ms({}, warmup=1, runs=3) == {}
 
 
+def test_interleaved_training_steps_run_with_autograd_and_their_own_backward():
+    """``inference=False`` (``bench train-step``): autograd on even inside ``no_grad``, each call's backward timed
+    with it; the rounds, warm-up and rotation are the inference timer's."""
+    weight = nn.Parameter(torch.ones(3))
+    log: list[str] = []
+    grad_enabled: list[bool] = []
+
+    def step(name: str):
+        def run() -> None:
+            log.append(name)
+            grad_enabled.append(torch.is_grad_enabled() and not torch.is_inference_mode_enabled())
+            (weight * 2.0).sum().backward()
+
+        return run
+
+    with torch.no_grad():
+        times = interleaved_ms({"a": step("a"), "b": step("b")}, warmup=1, runs=3, inference=False)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert log == ["a", "b", "a", "b", "b", "a", "a", "b"] and all(grad_enabled)
+    assert torch.equal(weight.grad, torch.full((3,), 2.0 * 8))  # 1 warm-up + 3 timed rounds x 2 steps
+
+
 class _TinyModel(nn.Module):
     """What measure_latency needs of a NeMo model: ``cfg``, parameters, ``forward(input_signal, input_signal_length)``."""
 
@@ -122,30 +144,30 @@ def test_measure_latency_uses_the_timing_loop():
 
 
 def test_library_core_never_imports_the_benchmarks():
-    """Every module outside ``nemo_sew.bench`` (and the CLI's parser) imports at most the timing loop and report."""
+    """Importing every library module and building the CLI's parser loads only the ``bench`` registration
+    (``benchmarks.cli``, through the entry point), never a benchmark driver (the AST check of the source is
+    ``tests/test_package_edges.py``)."""
     import subprocess
     import sys
 
     code = (
         "import importlib, pkgutil, sys\n"
         "import nemo_sew\n"
-        "names = [m.name for m in pkgutil.walk_packages(nemo_sew.__path__, 'nemo_sew.')\n"
-        "         if not m.name.startswith('nemo_sew.bench')]\n"
-        "for name in names:\n"
-        "    importlib.import_module(name)\n"
+        "for m in pkgutil.walk_packages(nemo_sew.__path__, 'nemo_sew.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))\n"
         "importlib.import_module('nemo_sew.cli').build_parser()\n"
-        "allowed = {'nemo_sew.bench', 'nemo_sew.bench.timing', 'nemo_sew.bench.report'}\n"
-        "print(sorted(m for m in sys.modules if m.startswith('nemo_sew.bench') and m not in allowed))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'benchmarks'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.stdout.strip().splitlines()[-2:] == ["[]", "['benchmarks', 'benchmarks.cli']"], out.stdout[-2000:]
 
 
 def test_torch_threads_restores_the_setting_even_after_an_error():
     import torch
 
-    from nemo_sew.bench.timing import torch_threads
+    from nemo_sew.measure import torch_threads
 
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError):
@@ -156,7 +178,7 @@ def test_torch_threads_restores_the_setting_even_after_an_error():
 
 
 def test_runner_latency_times_every_runner_on_the_same_waveform():
-    from nemo_sew.bench.timing import runner_latency_ms
+    from nemo_sew.measure import runner_latency_ms
 
     seen = {}
 

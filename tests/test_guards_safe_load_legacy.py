@@ -10,13 +10,13 @@ it: the payload here would create a marker file (``open(marker, "w")``), which m
 from __future__ import annotations
 
 import argparse
-import shutil
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from conftest import nemo_with_weights
 
 from nemo_sew.safe_load import UnsafeCheckpointError, load_checkpoint, restore
 
@@ -83,19 +83,10 @@ def test_a_nemo_file_with_legacy_format_weights_holding_a_callable_is_refused(tm
 
     good = tmp_path / "good.nemo"
     build_tiny_ctc("tiny_mel", num_layers=1).save_to(str(good))
-    unpacked = tmp_path / "unpacked"
-    with tarfile.open(good) as tar:
-        tar.extractall(unpacked, filter="data")
-    weights = next(unpacked.rglob("model_weights.ckpt"))
-    state = torch.load(weights, weights_only=True)
     marker = tmp_path / "pwned"
-    state["payload"] = _Payload(marker)
-    _save_legacy(state, weights)
-    evil = tmp_path / "evil.nemo"
-    with tarfile.open(evil, "w:") as tar:
-        for item in sorted(unpacked.iterdir()):
-            tar.add(item, arcname=f"./{item.name}")
-    shutil.rmtree(unpacked)
+    evil = nemo_with_weights(
+        good, tmp_path / "evil.nemo", lambda state: {**state, "payload": _Payload(marker)}, save=_save_legacy
+    )
     with pytest.raises(UnsafeCheckpointError, match=r"evil\.nemo: refusing to load its weights"):
         restore(evil)
     assert not marker.exists(), "the checkpoint's code ran"

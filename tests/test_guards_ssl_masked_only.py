@@ -61,35 +61,37 @@ def _loss_and_grad(objective: SSLObjective, y, mask, target_src, out_len) -> tup
 BUILD = {"wav2vec2": _wav2vec2, "hubert": _hubert}
 
 
-@pytest.mark.parametrize("name", ["wav2vec2", "hubert"])
-def test_the_loss_does_not_depend_on_unmasked_outputs(name):
-    """Changing ``y`` everywhere outside the mask (valid frames and padding) leaves the loss bit-identical."""
+@pytest.fixture(params=list(BUILD))
+def case(request) -> tuple[SSLObjective, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each objective (wav2vec 2.0, HuBERT at its default ``unmasked_weight: 0``) built from seed 0, with its batch:
+    ``(objective, y, mask, target_src, out_len)``. Every test below runs once per objective."""
     torch.manual_seed(0)
-    objective = BUILD[name]()
-    y, mask, target_src, out_len = _batch(objective)
-    loss, grad = _loss_and_grad(objective, y, mask, target_src, out_len)
+    objective = BUILD[request.param]()
+    return (objective, *_batch(objective))
+
+
+def test_the_loss_does_not_depend_on_unmasked_outputs(case):
+    """Changing ``y`` everywhere outside the mask (valid frames and padding) leaves the loss bit-identical."""
+    objective, y, mask, target_src, out_len = case
+    loss, _ = _loss_and_grad(objective, y, mask, target_src, out_len)
     changed = torch.where(mask[..., None], y, 5.0 * torch.randn_like(y) + 3.0)
     loss2, _ = _loss_and_grad(objective, changed, mask, target_src, out_len)
     assert torch.isfinite(loss) and torch.equal(loss, loss2), (loss, loss2)
 
 
-@pytest.mark.parametrize("name", ["wav2vec2", "hubert"])
-def test_the_gradient_reaches_masked_outputs_only(name):
+def test_the_gradient_reaches_masked_outputs_only(case):
     """d loss / d y is zero at every unmasked position and nonzero at the masked ones."""
-    torch.manual_seed(0)
-    objective = BUILD[name]()
-    y, mask, target_src, out_len = _batch(objective)
+    objective, y, mask, target_src, out_len = case
     _, grad = _loss_and_grad(objective, y, mask, target_src, out_len)
     per_frame = grad.abs().sum(-1)  # (B, T)
     assert torch.count_nonzero(per_frame[~mask]) == 0, "unmasked frames receive gradient"
     assert bool((per_frame[mask] > 0).all()), "some masked frame receives no gradient"
 
 
-@pytest.mark.parametrize("name", ["wav2vec2", "hubert"])
-def test_changing_one_masked_output_changes_the_loss(name):
-    torch.manual_seed(0)
-    objective = BUILD[name]()
-    y, mask, target_src, out_len = _batch(objective)
+def test_changing_one_masked_output_changes_the_loss(case):
+    """Every masked frame is scored, down to the last one of the shortest item (an objective that dropped masked frames
+    near the end of a sequence, or of the padded batch, would not see this change)."""
+    objective, y, mask, target_src, out_len = case
     loss, _ = _loss_and_grad(objective, y, mask, target_src, out_len)
     b, t = (int(i) for i in mask.nonzero()[-1])  # the last masked frame (of the shortest item)
     changed = y.clone()

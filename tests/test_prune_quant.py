@@ -149,6 +149,12 @@ def test_cli_export_qdq_of_a_pruned_quantized_model(files, capsys):
     capsys.readouterr()
     assert main(["export", str(files["q84"]), "--quant-form", "matmul_nbits", "--precision", "fp16", "--out", str(out)]) == 2
     assert "drop --precision fp16" in capsys.readouterr().err
+    # without --quant-form, a low-bit profile is exported as what it runs (QDQ), not as a full-size fp32 graph
+    plain = files["tmp"] / "onnx_default_form"
+    assert main(["export", str(files["q84"]), "--profiles", profiles, "--out", str(plain)]) == 0
+    default = json.loads((plain / "export.json").read_text())["profiles"]
+    assert default["w4"]["quant_form"] == "qdq" and default["w4"]["parity"]["passed"]
+    assert (plain / "w4.onnx").stat().st_size == (out / "w4.onnx").stat().st_size
 
 
 @pytest.mark.parametrize("form,bits", [("matmul_nbits", 4), ("int8_dynamic", 8)])
@@ -180,11 +186,12 @@ def test_cost_and_bytes_of_a_pruned_quantized_model(files):
     state = enc.state_dict()
     held = {f"{name}.parametrizations.weight.0": h for name, _, h in held_weights(enc)}
     table = {name.removesuffix(".weight"): shape for name, shape, _ in weight_bits_table(enc)}
-    fp_values = sum(v.numel() for k, v in state.items() if not any(k.startswith(h) for h in held))
+    # (train_step: the encoder's int64 step counter, not a weight)
+    fp_values = sum(v.numel() for k, v in state.items() if not any(k.startswith(h) for h in held) and k != "train_step")
     # the positional conv's weight norm (g of shape (1, 1, K) and v) is baked into one held weight
     k = arch.compressor.pos_conv_kernel
     assert fp_values + sum(int(np.prod(s)) for s in table.values()) == float(encoder_params(arch)["total"]) - k
-    expected = 4 * fp_values + sum(packed_numel(h.shape, 4) + 4 * h.codes(4)[1].numel() for h in held.values())
+    expected = 4 * fp_values + 8 + sum(packed_numel(h.shape, 4) + 4 * h.codes(4)[1].numel() for h in held.values())
     assert storage_bytes(enc) == expected
     assert all(bits == 4 for *_, bits in weight_bits_table(enc))
     info = files["info4"]

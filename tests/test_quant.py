@@ -287,7 +287,7 @@ def test_quantizing_a_deepcopy_leaves_the_original_working():
 
 def test_branch_errors_and_plot(tmp_path):
     """The study's hypothesis measurement: per-layer relative error of each branch (attention, conv, FFN)."""
-    from nemo_sew.bench.quant import branch_errors, plot_layer_errors
+    from benchmarks.quant import branch_errors, plot_layer_errors
     from nemo_sew.quant.model import build_tiny_ctc, quantize_model
 
     fp = build_tiny_ctc("tiny_mel_conformer", num_layers=2)

@@ -2,8 +2,6 @@
 is refused with an error naming the file, through init_from_ssl, convert and `.nemo` restores."""
 
 import os
-import shutil
-import tarfile
 
 import pytest
 import torch
@@ -69,6 +67,7 @@ def test_a_real_lightning_checkpoint_loads_with_weights_only(tiny_corpus, tmp_pa
 
 
 def test_a_nemo_file_with_a_pickled_callable_is_refused(tiny_corpus, tmp_path, monkeypatch):
+    from conftest import nemo_with_weights
     from test_models import _cfg
 
     from nemo_sew.train import build_model
@@ -76,18 +75,7 @@ def test_a_nemo_file_with_a_pickled_callable_is_refused(tiny_corpus, tmp_path, m
     monkeypatch.chdir(tmp_path)
     good = tmp_path / "good.nemo"
     build_model(_cfg(tiny_corpus)).save_to(str(good))
-    unpacked = tmp_path / "unpacked"
-    with tarfile.open(good) as tar:
-        tar.extractall(unpacked, filter="data")
-    weights = next(unpacked.rglob("model_weights.ckpt"))
-    state = torch.load(weights, weights_only=True)
-    state["payload"] = _Payload()
-    torch.save(state, weights)
-    evil = tmp_path / "evil.nemo"
-    with tarfile.open(evil, "w:") as tar:
-        for item in sorted(unpacked.iterdir()):
-            tar.add(item, arcname=f"./{item.name}")
-    shutil.rmtree(unpacked)
+    evil = nemo_with_weights(good, tmp_path / "evil.nemo", lambda state: {**state, "payload": _Payload()})
     with pytest.raises(UnsafeCheckpointError, match=r"evil\.nemo: refusing to load its weights"):
         restore(evil)
     assert not (tmp_path / MARKER).exists()
@@ -108,3 +96,22 @@ def test_a_fairseq_checkpoint_with_omegaconf_and_namespace_args_loads(tmp_path):
     data = load_fairseq(path)
     assert data["cfg"].model.encoder_layers == 2 and data["args"].arch == "wav2vec2"
     assert torch.equal(data["model"]["w"], torch.ones(2))
+
+
+def test_a_failed_restore_leaves_later_models_able_to_set_up_their_data(tiny_corpus, tmp_path):
+    """NeMo flags "a model is being restored" for the whole process and clears it only on success; while it is set,
+    every model built in the process skips its data set-up (a notebook that once opened a bad file cannot train)."""
+    from conftest import nemo_with_weights
+    from test_models import _cfg
+
+    from nemo_sew.train import build_model
+
+    good = tmp_path / "good.nemo"
+    build_model(_cfg(tiny_corpus)).save_to(str(good))
+    wrong = nemo_with_weights(
+        good, tmp_path / "wrong.nemo", lambda state: {k: v[..., :1] if v.dim() else v for k, v in state.items()}
+    )
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        restore(wrong)
+    model = build_model(_cfg(tiny_corpus))
+    assert model._train_dl is not None, "a model built after a failed restore did not set up its training data"

@@ -207,3 +207,17 @@ def test_weighted_draws_agree_across_ddp_ranks(tmp_path):
     # fork: the ranks inherit the imported modules (spawn would re-import NeMo in each, ~20 s on 2 cores)
     mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True, start_method="fork")
     assert results[0] == results[1] == {float(s): 1.0 + s / 2 for s in VALUES}  # the rank mean, on both
+
+
+def test_weighted_averages_survive_a_checkpoint():
+    """``weighted``'s per-factor loss averages go into the Lightning checkpoint and come back on resume (they are
+    not a function of the step)."""
+    from nemo_sew.quant.model import build_tiny_ctc
+
+    model = build_tiny_ctc("tiny_mel", num_layers=1, squeeze_sampler={"squeeze": {"values": [1, 2]}})
+    model.stochastic_trainer().ema_loss.update({1.0: 2.5, 2.0: 3.25})
+    checkpoint: dict = {}
+    model.on_save_checkpoint(checkpoint)
+    resumed = build_tiny_ctc("tiny_mel", num_layers=1, squeeze_sampler={"squeeze": {"values": [1, 2]}})
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.stochastic_trainer().ema_loss == {1.0: 2.5, 2.0: 3.25}

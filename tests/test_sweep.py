@@ -68,6 +68,12 @@ def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, tiny
 
     restored = ASRModel.restore_from(str(picked_model), map_location="cpu")
     assert restored.profile.name == pick(out, min_rtfx=0)["name"]
+    # a compute target (machine-independent): the best WER among the profiles within it
+    budget = gmacs["s2_5"]
+    within = [r for r in rows if r["encoder_gmacs_per_s"] <= budget]
+    assert pick(out, max_gmacs=budget)["wer"] == min(r["wer"] for r in within) and "s1" not in [r["name"] for r in within]
+    with pytest.raises(ValueError, match="no profile runs within 1e-06 encoder GMACs/s"):
+        pick(out, max_gmacs=1e-6)
 
 
 def test_finetune_recipe_fixes_the_profile(stochastic_model, tiny_corpus, tmp_path):
@@ -120,3 +126,30 @@ def test_learned_rate_model_logs_and_stores_frame_period(tiny_corpus, tmp_path):
     ckpt = {}
     model.on_save_checkpoint(ckpt)
     assert ckpt["learned_frame_period_ms"] == pytest.approx(period)
+
+
+def test_sweep_skips_profiles_the_model_cannot_run_with_one_warning_each(tiny_ctc_nemo, tiny_corpus, tmp_path):
+    """A profile file made for another model (the demo model has SEW's fixed squeeze-2 upsampler) does not abort the
+    sweep: each profile it cannot run is skipped with one warning naming the profile, the file and the reason;
+    ``--utterances`` bounds the evaluation."""
+    import logging
+
+    from nemo_sew.cli import main
+
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("s1: {squeeze: 1}\ns2: {squeeze: 2}\ns2_w4: {squeeze: 2, weight_bits: 4}\n")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # on the sweep's own logger: NeMo reconfigures the root logger's handlers
+    logging.getLogger("nemo_sew.sweep").addHandler(handler)
+    try:
+        assert main(["sweep", str(tiny_ctc_nemo), "--manifest", str(tiny_corpus["test"]["manifest"]), "--profiles",
+                     str(profiles), "--out", str(tmp_path / "out"), "--utterances", "2"]) == 0  # fmt: skip
+    finally:
+        logging.getLogger("nemo_sew.sweep").removeHandler(handler)
+    rows = json.loads((tmp_path / "out" / "sweep.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["s2"] and rows[0]["utterances"] == 2
+    warnings = [r.getMessage() for r in records if "skipping profile" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert "s1 of " + str(profiles) in warnings[0] and "squeeze 1" in warnings[0]
+    assert "s2_w4" in warnings[1] and "weight_bits=4" in warnings[1]

@@ -7,23 +7,25 @@
 imported only inside the functions that load a model directory or a tokenizer.
 """
 
-from nemo_sew.convert.common import (
-    ConvertedCTC,
-    UnsupportedModelError,
-    blank_last_order,
-    ctc_model_config,
-    labels_from_tokens,
-    load_encoder_checkpoint,
-    save_encoder_checkpoint,
-    to_nemo_ctc_model,
-)
-from nemo_sew.convert.fairseq import convert_fairseq_checkpoint, from_fairseq
-from nemo_sew.convert.transformers import (
-    convert_local_dir,
-    encoder_config_from_transformers,
-    encoder_state_dict_from_transformers,
-    from_transformers,
-)
+from nemo_sew._lazy import lazy_exports
+
+_EXPORTS = {
+    "ConvertedCTC": "nemo_sew.convert.common",
+    "UnsupportedModelError": "nemo_sew.convert.common",
+    "blank_last_order": "nemo_sew.convert.common",
+    "ctc_model_config": "nemo_sew.convert.common",
+    "labels_from_tokens": "nemo_sew.convert.common",
+    "load_encoder_checkpoint": "nemo_sew.convert.common",
+    "save_encoder_checkpoint": "nemo_sew.convert.common",
+    "to_nemo_ctc_model": "nemo_sew.convert.common",
+    "convert_fairseq_checkpoint": "nemo_sew.convert.fairseq",
+    "from_fairseq": "nemo_sew.convert.fairseq",
+    "convert_local_dir": "nemo_sew.convert.transformers",
+    "encoder_config_from_transformers": "nemo_sew.convert.transformers",
+    "encoder_state_dict_from_transformers": "nemo_sew.convert.transformers",
+    "from_transformers": "nemo_sew.convert.transformers",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ConvertedCTC", "UnsupportedModelError", "blank_last_order", "convert_fairseq_checkpoint", "convert_local_dir",

@@ -15,6 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from nemo_sew.errors import UserError
+
 log = logging.getLogger("nemo_sew.convert")
 
 
@@ -26,7 +28,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         out = convert_fairseq_checkpoint(source, args.out, dictionary=args.dict, allow_pickle=args.allow_pickle)
     else:
         if args.dict is not None:
-            raise ValueError(f"--dict is for fairseq checkpoint files; {source} is not a file")
+            raise UserError(f"--dict is for fairseq checkpoint files; {source} is not a file")
         from nemo_sew.convert.transformers import convert_local_dir
 
         out = convert_local_dir(source, args.out)

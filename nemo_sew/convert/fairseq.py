@@ -39,6 +39,7 @@ from nemo_sew.convert.common import (
 )
 from nemo_sew.convert.transformers import encoder_config_from_transformers, encoder_state_dict_from_transformers
 from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.errors import UserError
 
 FINETUNED_PREFIX = "w2v_encoder.w2v_model."
 CTC_HEAD = "w2v_encoder.proj."
@@ -120,7 +121,7 @@ def _model_configs(checkpoint: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
     elif checkpoint.get("args") is not None:
         outer = _plain(checkpoint["args"])
     else:
-        raise ValueError("expected a fairseq checkpoint with a 'cfg' or 'args' entry")
+        raise UserError("expected a fairseq checkpoint with a 'cfg' or 'args' entry")
     if outer.get("w2v_args") is None:
         return outer, outer
     w2v = _plain(outer["w2v_args"])
@@ -249,7 +250,7 @@ def _convert(
     if dictionary is not None:
         tokens = read_dictionary(dictionary)
         if len(tokens) != weight.shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"{dictionary}: expected {weight.shape[0] - len(FAIRSEQ_SPECIALS)} symbols for the CTC head's "
                 f"{weight.shape[0]} classes, got {len(tokens) - len(FAIRSEQ_SPECIALS)}"
             )
@@ -312,12 +313,12 @@ def convert_fairseq_checkpoint(
         encoder = converted.encoder if isinstance(converted, ConvertedCTC) else converted
         return save_encoder_checkpoint(encoder_config, encoder, out)
     if not isinstance(converted, ConvertedCTC):
-        raise ValueError(
+        raise UserError(
             f"{path} is a pre-trained checkpoint without a CTC head: a .nemo CTC model needs a fine-tuned (CTC) "
             f"checkpoint; give an output path ending in .pt to write an encoder-only checkpoint instead"
         )
     if converted.labels is None:
-        raise ValueError(f"{path}: a .nemo CTC model needs the fine-tuning dictionary (dict.ltr.txt): pass it")
+        raise UserError(f"{path}: a .nemo CTC model needs the fine-tuning dictionary (dict.ltr.txt): pass it")
     sample_rate, normalize = _task_settings(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = to_nemo_ctc_model(converted, sample_rate=sample_rate, normalize=normalize, normalize_eps=1e-5)

@@ -44,6 +44,7 @@ from nemo_sew.convert.common import (
 )
 from nemo_sew.arch import EncoderArch
 from nemo_sew.encoder import SqueezeEncoder
+from nemo_sew.errors import UserError
 from nemo_sew.options import upgrade_encoder_config
 
 SUPPORTED_MODEL_TYPES = ("sew", "wav2vec2", "hubert")
@@ -250,6 +251,7 @@ def encoder_state_dict_from_transformers(
     sew = config.model_type == "sew"
     with torch.device("meta"):
         template = SqueezeEncoder(**encoder_config).state_dict()
+    template.pop("train_step", None)  # the encoder's own step counter: not a weight (loading starts it at 0)
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     g, v, names = _pos_conv_weight_norm(state_dict, prefix)
@@ -391,7 +393,7 @@ def convert_local_dir(local_dir: str | Path, out: str | Path) -> Path:
     architectures = list(getattr(config, "architectures", None) or [])
     is_ctc = any(a.endswith("ForCTC") for a in architectures)
     if out.suffix == ".nemo" and not is_ctc:
-        raise ValueError(
+        raise UserError(
             f"{local_dir} holds {architectures or [config.model_type]}, not a *ForCTC model: a .nemo CTC model needs a "
             f"CTC head; give an output path ending in .pt to write an encoder-only checkpoint instead"
         )

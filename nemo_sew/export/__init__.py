@@ -7,17 +7,22 @@
 TensorRT engines are built from these files by ``trt/build_engines.py``.
 """
 
-from nemo_sew.export.onnx import (
-    TOLERANCE,
-    ExportResult,
-    ParityError,
-    ParityReport,
-    check_parity,
-    export_onnx,
-    read_metadata,
-    to_onnx,
-)
-from nemo_sew.export.ort import OnnxCTCRunner, TorchCTCRunner, ctc_greedy_decode
+from nemo_sew._lazy import lazy_exports
+
+_EXPORTS = {
+    "TOLERANCE": "nemo_sew.export.onnx",
+    "ExportResult": "nemo_sew.export.onnx",
+    "ParityError": "nemo_sew.export.onnx",
+    "ParityReport": "nemo_sew.export.onnx",
+    "check_parity": "nemo_sew.export.onnx",
+    "export_onnx": "nemo_sew.export.onnx",
+    "read_metadata": "nemo_sew.export.onnx",
+    "to_onnx": "nemo_sew.export.onnx",
+    "OnnxCTCRunner": "nemo_sew.export.ort",
+    "TorchCTCRunner": "nemo_sew.export.ort",
+    "ctc_greedy_decode": "nemo_sew.export.ort",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "TOLERANCE", "ExportResult", "OnnxCTCRunner", "ParityError", "ParityReport", "TorchCTCRunner",

@@ -27,16 +27,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nemo_sew.errors import UserError
+
 log = logging.getLogger("nemo_sew.export")
 
 
 def _restore(path: str):
-    import nemo_sew  # noqa: F401  (registers nemo_sew with NeMo's target allowlist)
-    from nemo.collections.asr.models import ASRModel
+    from nemo_sew.safe_load import restore
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    return ASRModel.restore_from(path, map_location="cpu")
+    return restore(path)
 
 
 def _profiles(model: Any, profiles_yaml: str | None) -> dict[str, Any]:
@@ -56,7 +55,7 @@ def _profiles(model: Any, profiles_yaml: str | None) -> dict[str, Any]:
             profiles = {"default": model.encoder.profile}
     for name in profiles:
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-            raise ValueError(f"profile name {name!r} is not usable as a file name (letters, digits, _ . + - only)")
+            raise UserError(f"profile name {name!r} is not usable as a file name (letters, digits, _ . + - only)")
     return profiles
 
 
@@ -66,7 +65,7 @@ def _with_static(model: Any, profiles: dict[str, Any], manifest: str) -> dict[st
     from nemo_sew.export.static_gates import freeze_gates
 
     if model.encoder.gate_options is None:
-        raise ValueError("--static-gates needs a model with I3D gates; this model has none")
+        raise UserError("--static-gates needs a model with I3D gates; this model has none")
     out = {}
     for name, profile in profiles.items():
         out[name] = profile
@@ -86,7 +85,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from nemo_sew.export.trt_check import check_trt
 
     if args.quant_form and args.quant_form != "qdq" and args.precision != "fp32":
-        raise ValueError(f"--quant-form {args.quant_form} is an onnxruntime CPU form with fp32 activations; drop "
+        raise UserError(f"--quant-form {args.quant_form} is an onnxruntime CPU form with fp32 activations; drop "
                          "--precision fp16 (fp16 activations: --quant-form qdq --precision fp16, the TensorRT form)")
     model = _restore(args.model)
     profiles = _profiles(model, args.profiles)
@@ -108,14 +107,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for name, profile in profiles.items():
         path = out / f"{name}.onnx"
         entry: dict[str, Any] = {"file": path.name, "profile": profile.to_dict()}
+        form = args.quant_form
+        if form is None and profile.weight_bits != 16:
+            # a profile of held low-bit weights: exported as what it is (QDQ), never as a full-size fp32 graph
+            form = "qdq"
+            log.info("profile %s runs %d-bit weights: exporting them as QDQ (--quant-form qdq; matmul_nbits or "
+                     "int8_dynamic for onnxruntime's CPU kernels)", name, profile.weight_bits)  # fmt: skip
         try:
-            if args.quant_form:  # a quantized model's held weights as QDQ / ORT-native ONNX (nemo_sew.quant.onnx)
+            if form:  # a quantized model's held weights as QDQ / ORT-native ONNX (nemo_sew.quant.onnx)
                 from nemo_sew.quant.onnx import export_quantized_onnx
 
                 with model.profile_scope(profile):
-                    result = export_quantized_onnx(model, path, args.quant_form, check=not args.no_check,
+                    result = export_quantized_onnx(model, path, form, check=not args.no_check,
                                                    encoder_only=args.encoder_only, precision=args.precision)  # fmt: skip
-                entry["quant_form"] = args.quant_form
+                entry["quant_form"] = form
             else:
                 result = export_onnx(
                     model, path, profile=profile, opset=args.opset, check=not args.no_check, precision=args.precision,
@@ -145,7 +150,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.manifest and args.audio:
-        raise ValueError("give either --manifest or audio files, not both")
+        raise UserError("give either --manifest or audio files, not both")
     if args.manifest:
         from manifests.validate import validate_manifest
         from nemo_sew.evaluate import read_manifest
@@ -154,7 +159,7 @@ def _inputs(args: argparse.Namespace) -> list[dict[str, Any]]:
         report.raise_if_empty()
         return read_manifest(report.out_path)
     if not args.audio:
-        raise ValueError("nothing to transcribe: give --manifest M or audio files")
+        raise UserError("nothing to transcribe: give --manifest M or audio files")
     return [{"audio_filepath": str(p)} for p in args.audio]
 
 
@@ -164,14 +169,14 @@ def _runner(args: argparse.Namespace):
     backend = args.backend or ("onnxruntime" if args.model.endswith(".onnx") else "torch")
     if backend == "onnxruntime":
         if not args.model.endswith(".onnx"):
-            raise ValueError(f"the onnxruntime backend runs an exported .onnx file, got {args.model}")
+            raise UserError(f"the onnxruntime backend runs an exported .onnx file, got {args.model}")
         if args.profile is not None:
-            raise ValueError(
+            raise UserError(
                 "--profile is for the torch backend; an ONNX file has its profile baked in (export one per profile)"
             )
         return OnnxCTCRunner(args.model, intra_op_threads=args.threads)
     if args.model.endswith(".onnx"):
-        raise ValueError(f"the torch backend runs a .nemo model, got {args.model}; use --backend onnxruntime")
+        raise UserError(f"the torch backend runs a .nemo model, got {args.model}; use --backend onnxruntime")
     if args.threads:
         import torch
 

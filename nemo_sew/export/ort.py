@@ -209,9 +209,9 @@ class TorchCTCRunner(CTCRunner):
     def __init__(self, model: Any, profile: Any = None, device: str | torch.device = "cpu") -> None:
         if isinstance(model, (str, Path)):
             import nemo_sew  # noqa: F401  (registers our classes with NeMo's allowlist)
-            from nemo.collections.asr.models import ASRModel
+            from nemo_sew.safe_load import restore
 
-            model = ASRModel.restore_from(str(model), map_location=str(device))
+            model = restore(model, map_location=str(device))
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.profile = profile

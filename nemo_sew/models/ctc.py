@@ -62,12 +62,20 @@ class ProfileAPIMixin:
     def _init_profile(self) -> None:
         if not isinstance(self.encoder, SqueezeEncoder):
             return  # a stock encoder: nothing to set
-        with open_dict(self._cfg):  # the .nemo stores the full arch, not only a preset name
-            self._cfg.encoder = {"_target_": self.cfg.encoder._target_, **self.encoder.config_dict()}
+        self.sync_encoder_config(profile=False)  # the .nemo stores the full arch, not only a preset name
         profile = self.cfg.get("profile")
         if profile is not None:
             self.encoder.set_profile(CompressionProfile.from_dict(OmegaConf.to_container(profile)))
         self._write_profile_to_cfg(self.encoder.profile)
+
+    def sync_encoder_config(self, profile: bool = True) -> None:
+        """Write the encoder's constructor arguments (its arch, sampler, masks, quantization state) and, with
+        ``profile``, its active profile into ``cfg``: the one place the config follows a changed encoder, so a
+        saved ``.nemo`` rebuilds it."""
+        with open_dict(self._cfg):
+            self._cfg.encoder = {"_target_": self.cfg.encoder._target_, **self.encoder.config_dict()}
+        if profile:
+            self._write_profile_to_cfg(self.encoder.profile)
 
     def _write_profile_to_cfg(self, profile: CompressionProfile) -> None:
         with open_dict(self._cfg):
@@ -313,7 +321,8 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
             processed_signal = self.spec_augmentation(input_spec=processed_signal, length=processed_signal_length)
         frozen = self.encoder_frozen()
         with torch.no_grad() if frozen else contextlib.nullcontext():
-            front = self.encoder.front(processed_signal, processed_signal_length)
+            # the shared front end reads the first path's weight bits
+            front = self.encoder.front(processed_signal, processed_signal_length, draw=next(iter(draws), None))
             encoded = [self.encoder.from_front(front, draw) for draw in draws]
         if frozen:  # no encoder backward; a zero gradient per encoder parameter keeps plain DDP's buckets complete
             encoded[0].hidden = encoded[0].hidden + zero_touch(self.encoder.parameters()).to(encoded[0].hidden.dtype)
@@ -425,6 +434,15 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         period = self.encoder.learned_frame_period_ms() if isinstance(self.encoder, SqueezeEncoder) else None
         if period is not None:
             checkpoint["learned_frame_period_ms"] = period
+        trainer = getattr(self, "_stochastic_trainer", None)
+        if trainer is not None and trainer.ema_loss:  # the weighted method's averages: a resumed run keeps them
+            checkpoint["stochastic_ema_loss"] = {str(k): float(v) for k, v in trainer.ema_loss.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("stochastic_ema_loss")
+        if saved:
+            self.stochastic_trainer().ema_loss.update({float(k): float(v) for k, v in saved.items()})
 
 
 class SqueezeCTCModel(SqueezeProfileMixin, EncDecCTCModel):

@@ -49,19 +49,6 @@ log = logging.getLogger("nemo_sew.models")
 ENGLISH_CHARS = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
 
 
-class _GradMultiply(torch.autograd.Function):
-    """Scale the gradient into the front end (fairseq ``feature_grad_mult``)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad * ctx.scale, None
-
-
 class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
     """Self-supervised pre-training of a :class:`nemo_sew.SqueezeEncoder` (see the module docstring)."""
 
@@ -139,15 +126,11 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         enc = self.encoder
         draw = draw if draw is not None else enc.draw()
         signal, signal_len = self.preprocessor(input_signal=input_signal, length=input_signal_length)
-        enc.check_inputs(signal, signal_len)
-        feats, frames = enc.features(signal, signal_len)  # (B, T, C_front) at 20 ms
-        if self.training and float(self.cfg.feature_grad_mult) != 1.0:
-            feats = _GradMultiply.apply(feats, float(self.cfg.feature_grad_mult))
+        front = enc.front(signal, signal_len, draw=draw, masking=False, feature_grad_mult=float(self.cfg.feature_grad_mult))
+        feats, frames, normed, x = front.features, front.lengths, front.normed, front.hidden  # x: (B, T, D)
         t = feats.shape[1]
         valid = time_mask(frames, t)
         feature_pen = feats.float().pow(2)[valid].mean()
-        normed = enc.projection.normalize(feats)
-        x = enc.projection.project(normed)  # (B, T, D): the encoder's own projection
 
         objective = self.objective
         target_src = objective.target_source(normed, input_signal, input_signal_length, t)  # (B, T, F)
@@ -155,10 +138,9 @@ class SqueezeSSLModel(ProfileAPIMixin, DataGuardMixin, ModelPT):
         if not self.compressed:
             mask, out_len = span_mask(frames, t, float(m.prob), int(m.length), int(m.get("min_masks", 2))), frames
             x = torch.where(mask[..., None], enc.mask_emb.to(x.dtype), x)
-            squeezed = enc.squeeze_features(x, frames, draw, input_lengths=signal_len)
-            encoded = enc.context(squeezed, draw)  # (B, T, D) back at 20 ms
+            encoded = enc.from_front(dataclasses.replace(front, hidden=x), draw)  # (B, T, D) back at 20 ms
         else:
-            squeezed = enc.squeeze_features(x, frames, draw, input_lengths=signal_len)
+            squeezed = enc.squeeze_features(x, frames, draw, input_lengths=signal_len, units=front.units)
             h, out_len = squeezed.hidden, squeezed.lengths
             mask = span_mask(out_len, h.shape[1], float(m.prob), int(m.length), int(m.get("min_masks", 2)))
             squeezed = dataclasses.replace(squeezed, hidden=torch.where(mask[..., None], enc.mask_emb.to(h.dtype), h))

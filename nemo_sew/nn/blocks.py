@@ -7,13 +7,15 @@ module) plus, for conformers, a final LayerNorm. Pre-LN and post-LN are decided 
 * pre-LN:  ``x <- x + scale * dropout(body(norm(x)))``
 * post-LN: ``x <- norm(x + scale * dropout(body(x)))``  (SEW, wav2vec 2.0 base)
 
-A branch that is **switched off** (:class:`LayerPlan`, I3D gates, pruning to width 0) is an exact identity
+A branch that is **switched off** (its :class:`BranchPlan`: a profile's static gates, pruning to width 0; an
+I3D gate per item) is an exact identity
 ``x <- x`` in both layouts. For post-LN that means the branch's LayerNorm is skipped too: normalising
 ``x`` without adding anything would change the residual stream, so "off" skips ``norm(x + ...)`` as a
 whole. (With query pooling the identity still pools the residual, so the time axis stays consistent.)
 
-Per forward, the encoder turns its active profile into one :class:`LayerPlan` per layer; blocks read their
-plan and nothing else. Adding a block kind: describe it in :data:`nemo_sew.arch.BLOCK_KINDS` (its FFNs, conv
+Per forward, the encoder turns its draw (profile, gate decisions, pruning-mask sample, weight bits) into one
+:class:`LayerPlan` per layer holding one :class:`~nemo_sew.nn.units.BranchPlan` per branch; blocks and branch
+bodies read their plan and nothing else (no hooks, no state written between forwards). Adding a block kind: describe it in :data:`nemo_sew.arch.BLOCK_KINDS` (its FFNs, conv
 module, final norm) and write one builder in :data:`BLOCK_BUILDERS` that returns its named branches.
 """
 
@@ -30,6 +32,9 @@ from nemo_sew.arch import BlockSpec
 from nemo_sew.nn.frontend import _capturing, can_overwrite, time_mask
 from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions, gate_mix
 from nemo_sew.nn.pooling import masked_avg_pool
+from nemo_sew.nn.units import OPEN, BranchPlan, layer_norm_over, scale_channels
+
+CLOSED = BranchPlan(open=False)
 
 GateDecision = tuple[torch.Tensor, torch.Tensor]  # (gates (B,) 0/1 with straight-through grads, probabilities (B,))
 
@@ -42,6 +47,8 @@ class LayerPlan:
         q_stride: query pooling stride of the attention branch (shortens this and every later layer).
         kv_stride: key/value pooling stride (cuts attention cost only).
         off: names of branches switched off for this forward (an exact identity; see the module docstring).
+        branches: per branch name, what pruning decided for it this forward (:class:`BranchPlan`: open or
+            closed, unit scales, branch scale); a branch not named runs fully.
         weight_bits: weight-only quantization of this layer's weights (16 = full precision).
         depth_threshold: I3D inference threshold of the layer's gate predictors (``p > threshold`` opens).
         gate_tau: temperature of the Gumbel-sigmoid gate samples in training.
@@ -56,9 +63,16 @@ class LayerPlan:
     depth_threshold: float = 0.5
     gate_tau: float = 1.0
     gates: Mapping[str, GateDecision] | None = None
+    branches: Mapping[str, BranchPlan] | None = None
 
     def runs(self, branch: str) -> bool:
         return branch not in self.off
+
+    def branch(self, name: str) -> BranchPlan:
+        """Branch ``name``'s plan this forward (switched off: closed)."""
+        if name in self.off:
+            return CLOSED
+        return self.branches.get(name, OPEN) if self.branches else OPEN
 
 
 def zero_touch(params) -> torch.Tensor:
@@ -95,9 +109,11 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(dim, inner)
         self.out_proj = nn.Linear(inner, dim)
 
-    def attend(self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(
+        self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None, units: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: queries ``(B, Tq, C)``; kv: keys/values ``(B, Tk, C)`` (default ``x``); key_mask: ``(B, Tk)`` True = valid,
-        or ``(B, Tq, Tk)`` per query."""
+        or ``(B, Tq, Tk)`` per query; units: one scale per head on its context, before ``out_proj`` (pruning)."""
         kv = x if kv is None else kv
         b, tq, _ = x.shape
         tk = kv.shape[1]
@@ -112,7 +128,7 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, Tq, d)
         y = y.transpose(1, 2).reshape(b, tq, self.num_heads * self.head_dim)  # (B, Tq, H*d)
-        return self.out_proj(y)
+        return self.out_proj(scale_channels(y, units, repeat=self.head_dim))
 
     forward = attend
 
@@ -147,8 +163,9 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc2 = nn.Linear(ffn_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(_activation(self.act, self.fc1(x))))
+    def forward(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """``units``: one scale per intermediate unit, before ``fc2`` (pruning)."""
+        return self.fc2(scale_channels(self.dropout(_activation(self.act, self.fc1(x))), units))
 
 
 def _activation(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -190,13 +207,15 @@ class AttentionBody(SelfAttention):
         super().__init__(dim, num_heads, head_dim, dropout)
         self.window = int(window)
 
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, units: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         hq, q_len, h_kv, kv_mask = pooled_attention_inputs(h, lengths, plan.q_stride, plan.kv_stride)
         if self.window:
             band = band_mask(hq.shape[1], h_kv.shape[1], plan.q_stride, plan.kv_stride, self.window, h.device)
             q_pad = ~time_mask(q_len, hq.shape[1])  # (B, Tq)
             kv_mask = kv_mask[:, None, :] & (band[None] | q_pad[:, :, None])  # (B, Tq, Tk)
-        return self.attend(hq, kv_mask, h_kv), q_len
+        return self.attend(hq, kv_mask, h_kv, units), q_len
 
 
 class FeedForwardBody(FeedForward):
@@ -204,8 +223,10 @@ class FeedForwardBody(FeedForward):
 
     pools = False
 
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().forward(h), lengths
+    def forward(
+        self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, units: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().forward(h, units), lengths
 
 
 class ConvModule(nn.Module):
@@ -229,13 +250,17 @@ class ConvModule(nn.Module):
         self.norm = nn.LayerNorm(channels, eps=eps)
         self.pointwise2 = nn.Conv1d(channels, dim, 1)
 
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, h: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, units: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``units``: one scale per inner channel (pruning): the norm takes its statistics over the kept channels
+        and the scales multiply the input of ``pointwise2``."""
         mask = time_mask(lengths, h.shape[1])
         y = F.glu(self.pointwise1(h.transpose(1, 2)), dim=1)  # (B, C, T)
         y = y.masked_fill(~mask[:, None, :], 0.0)
         y = self.depthwise(y)  # (B, C, T)
-        y = F.silu(self.norm(y.transpose(1, 2))).transpose(1, 2)  # (B, C, T)
-        return self.pointwise2(y).transpose(1, 2), lengths  # (B, T, D)
+        y = F.silu(layer_norm_over(y.transpose(1, 2), self.norm, units)).transpose(1, 2)  # (B, C, T)
+        return self.pointwise2(scale_channels(y, units, dim=1)).transpose(1, 2), lengths  # (B, T, D)
 
 
 class Residual(nn.Module):
@@ -261,12 +286,13 @@ class Residual(nn.Module):
         x: torch.Tensor,
         lengths: torch.Tensor,
         plan: LayerPlan,
-        active: bool | torch.Tensor = True,
+        branch: BranchPlan = OPEN,
         gate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``gate``: per-item I3D decisions ``(B,)`` (1 = run, 0 = identity), or None to run every item.
-        ``active``: False makes the branch an identity; a 0-dim bool tensor (a pruning mask that may close the
-        branch, in training) runs it and selects branch or identity with ``torch.where``, without a host sync.
+        """``branch``: this branch's plan (:class:`~nemo_sew.nn.units.BranchPlan`): ``open=False`` makes it an exact
+        identity; a 0-dim bool tensor (pruning masks that may close it, in training) runs it and selects branch or
+        identity with ``torch.where``, without a host sync; its unit and branch scales go to the body.
+        ``gate``: per-item I3D decisions ``(B,)`` (1 = run, 0 = identity), or None to run every item.
 
         In training every item is computed and mixed ``g * branch + (1 - g) * identity`` (straight-through
         gradients reach the gate). At inference a closed item is not computed: the branch runs on the rows
@@ -274,24 +300,26 @@ class Residual(nn.Module):
         at all when every gate is closed.
         """
         stride = plan.q_stride if getattr(self.body, "pools", False) else 1
-        if isinstance(active, torch.Tensor):
-            out, out_len = self.forward(x, lengths, plan, True, gate)
-            skip = masked_avg_pool(x, lengths, stride)[0]
-            return torch.where(active, out, skip), out_len
-        if not active:  # an exact identity (only the residual's pooling, when the branch pools)
+        if branch.open is False:  # an exact identity (only the residual's pooling, when the branch pools)
             out, out_len = masked_avg_pool(x, lengths, stride)
             if self.training and torch.is_grad_enabled():
-                # a closed branch (pruned to width 0 in this sample, switched off) still gives its parameters,
-                # and the gate predictor that decided on it, a zero gradient: plain DDP needs one for each
+                # a closed branch (switched off, pruned to width 0) still gives its parameters, and the gate
+                # predictor that decided on it, a zero gradient: plain DDP needs one for each
                 touch = zero_touch(self.parameters())
                 if gate is not None and gate.requires_grad:
                     touch = touch + gate.sum() * 0.0
                 out = out + touch.to(out.dtype)
             return out, out_len
+        if isinstance(branch.open, torch.Tensor):  # decided on the device: the closed side gets zero gradients
+            out, out_len = self._run(x, lengths, plan, stride, branch)
+            skip = masked_avg_pool(x, lengths, stride)[0]
+            if gate is not None:
+                out = gate_mix(gate, out, skip)
+            return torch.where(branch.open, out, skip), out_len
         if gate is None:
-            return self._run(x, lengths, plan, stride)
+            return self._run(x, lengths, plan, stride, branch)
         if self.training or _capturing():  # traced or compiled: masked; the ONNX export turns the mix into an If (export/conditional.py)
-            out, out_len = self._run(x, lengths, plan, stride)
+            out, out_len = self._run(x, lengths, plan, stride, branch)
             skip = masked_avg_pool(x, lengths, stride)[0]
             return gate_mix(gate, out, skip), out_len
         skip, skip_len = masked_avg_pool(x, lengths, stride)
@@ -299,16 +327,20 @@ class Residual(nn.Module):
         if rows.numel() == 0:
             return skip, skip_len
         if rows.numel() == x.shape[0]:
-            return self._run(x, lengths, plan, stride)
+            return self._run(x, lengths, plan, stride, branch)
         sub_len = lengths[rows]
-        y, _ = self._run(x[rows, : int(sub_len.max())], sub_len, plan, stride)
+        y, _ = self._run(x[rows, : int(sub_len.max())], sub_len, plan, stride, branch)
         out = skip.clone()
         out[rows, : y.shape[1]] = y
         return out, skip_len
 
-    def _run(self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(
+        self, x: torch.Tensor, lengths: torch.Tensor, plan: LayerPlan, stride: int, branch: BranchPlan = OPEN
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         h = x if self.post_norm else self.norm(x)
-        y, out_len = self.body(h, lengths, plan)
+        y, out_len = self.body(h, lengths, plan, branch.units)
+        if branch.scale is not None:  # the whole-branch mask (pruning), folded into the body's output layer
+            y = y * branch.scale.to(y.dtype)
         skip = x if stride == 1 else masked_avg_pool(x, lengths, stride)[0]
         y = self.dropout(y)
         out = skip + (y if self.scale == 1.0 else self.scale * y)
@@ -346,7 +378,8 @@ class Block(nn.Module):
             x, lengths = masked_avg_pool(x, lengths, plan.q_stride)
         decisions: dict[str, GateDecision] = {}
         for name in self.branch_names:
-            active, gate = plan.runs(name), None
+            branch, gate = plan.branch(name), None
+            active = branch.open is not False
             if active and plan.gates is not None:  # decided before the blocks (global predictor, frozen gates: {})
                 if name in plan.gates:
                     decisions[name] = plan.gates[name]
@@ -354,7 +387,7 @@ class Block(nn.Module):
                 decisions[name] = gate_decisions(self.gates[name](x, lengths), self.training, plan.depth_threshold, plan.gate_tau)
             if name in decisions:
                 gate = decisions[name][0]
-            x, lengths = getattr(self, name)(x, lengths, plan, active, gate)
+            x, lengths = getattr(self, name)(x, lengths, plan, branch, gate)
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, lengths, decisions

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import ConvLayer, FrontendSpec, wfe_c_layers, wfe_o_layers  # noqa: F401 (re-exported)
+from nemo_sew.nn.units import FrontendPlan, layer_norm_over, scale_channels
 
 
 @dataclass(frozen=True)
@@ -262,14 +263,21 @@ class ConvBlock(nn.Module):
         x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)  # a view when x is channels-last
         return F.conv2d(x4, weight.unsqueeze(2), bias, stride=(1, self.stride))[:, :, 0, :]
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, units: torch.Tensor | None = None, scale: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``units``: scales of the output channels (pruning; a channel LayerNorm then normalises over the kept
+        channels); ``scale=False`` leaves the output unscaled (the projection applies them after its norm)."""
         x = self._conv(x)  # (B, C_out, T_out)
         lengths = conv_out_lengths(lengths, self.kernel, self.stride)
         if isinstance(self.norm, MaskedInstanceNorm):
             x = self.norm(x, lengths)
+        elif isinstance(self.norm, ChannelLayerNorm) and units is not None:
+            x = layer_norm_over(x.transpose(1, 2), self.norm, units).transpose(1, 2)
         elif self.norm is not None:
             x = self.norm(x)
-        return gelu(x, inplace=can_overwrite(x)), lengths
+        x = gelu(x, inplace=can_overwrite(x))
+        return (scale_channels(x, units, dim=1) if scale else x), lengths
 
 
 class ConvFeatureExtractor(nn.Module):
@@ -328,17 +336,26 @@ class ConvFeatureExtractor(nn.Module):
             lengths = conv_out_lengths(lengths, b.kernel, b.stride)
         return lengths
 
-    def from_port(self, signal: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_port(
+        self, signal: torch.Tensor, lengths: torch.Tensor, plan: FrontendPlan | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's input port ``(B, 1, N)`` -> ``(B, T, C)`` frames at 20 ms and their lengths."""
-        return self(signal[:, 0, :], lengths)
+        return self(signal[:, 0, :], lengths, plan)
 
-    def forward(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, wav: torch.Tensor, lengths: torch.Tensor, plan: FrontendPlan | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``plan``: the conv channels' unit scales this forward (pruning), or None."""
         if wav.dim() != 2:
             raise ValueError(f"expected waveform of shape (B, N), got {tuple(wav.shape)}")
         # zero the padding so every item sees the same samples as when run alone
         x = wav.masked_fill(~time_mask(lengths, wav.shape[1]), 0.0)[:, None, :]  # (B, 1, N)
-        for block in self.blocks:
-            x, lengths = block(x, lengths)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if plan is None:
+                x, lengths = block(x, lengths)
+            else:
+                x, lengths = block(x, lengths, plan.layer(i), scale=not (i == last and plan.feature_units is not None))
         return x.transpose(1, 2), lengths  # (B, T, C), contiguous on the channels-last path
 
 
@@ -361,8 +378,11 @@ class MelStackFrontend(nn.Module):
         """Input frames needed for one output frame."""
         return self.stack
 
-    def from_port(self, signal: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's input port ``(B, n_mels, T)`` -> ``(B, T // stack, stack * n_mels)`` and lengths."""
+    def from_port(
+        self, signal: torch.Tensor, lengths: torch.Tensor, plan: FrontendPlan | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input port ``(B, n_mels, T)`` -> ``(B, T // stack, stack * n_mels)`` and lengths (no conv
+        channels: ``plan`` has nothing to apply here)."""
         return self(signal, lengths)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -412,13 +432,16 @@ class FeatureProjection(nn.Module):
         self.projection = nn.Linear(in_dim, out_dim) if project else None
         self.dropout = nn.Dropout(dropout)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The LayerNorm part (identity without one): what wav2vec 2.0 quantizes for its targets."""
-        return self.layer_norm(x) if self.layer_norm is not None else x
+    def normalize(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """The LayerNorm part (identity without one): what wav2vec 2.0 quantizes for its targets. ``units``: the
+        last conv layer's channel scales (pruning): statistics over the kept channels, then the scales."""
+        if self.layer_norm is None:
+            return scale_channels(x, units)
+        return scale_channels(layer_norm_over(x, self.layer_norm, units), units)
 
     def project(self, normed: torch.Tensor) -> torch.Tensor:
         """The linear map and dropout on normalized features."""
         return self.dropout(self.projection(normed) if self.projection is not None else normed)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.normalize(x))
+    def forward(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project(self.normalize(x, units))

@@ -7,9 +7,19 @@
   (``nemo-sew prune MODEL.nemo --out pruned.nemo``).
 """
 
-from nemo_sew.prune.hardconcrete import HardConcrete
-from nemo_sew.prune.masks import Pruning, PruningMasks, optimizer_groups, realised_fraction
-from nemo_sew.prune.materialize import materialize_encoder, materialize_model, materialize_state
+from nemo_sew._lazy import lazy_exports
+
+_EXPORTS = {
+    "HardConcrete": "nemo_sew.prune.hardconcrete",
+    "Pruning": "nemo_sew.prune.masks",
+    "PruningMasks": "nemo_sew.prune.masks",
+    "optimizer_groups": "nemo_sew.prune.masks",
+    "realised_fraction": "nemo_sew.prune.masks",
+    "materialize_encoder": "nemo_sew.prune.materialize",
+    "materialize_model": "nemo_sew.prune.materialize",
+    "materialize_state": "nemo_sew.prune.materialize",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "HardConcrete", "Pruning", "PruningMasks", "materialize_encoder", "materialize_model", "materialize_state",

@@ -15,13 +15,13 @@ import json
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     import nemo_sew  # noqa: F401  (registers nemo_sew. targets with NeMo)
-    from nemo.collections.asr.models import ASRModel
 
     from nemo_sew.cost import encoder_params, macs_per_second
     from nemo_sew.prune.masks import realised_fraction
     from nemo_sew.prune.materialize import materialize_model
+    from nemo_sew.safe_load import restore
 
-    model = ASRModel.restore_from(args.model, map_location="cpu")
+    model = restore(args.model)
     if getattr(model.encoder, "pruning", None) is None:
         raise SystemExit(f"{args.model}: this model has no pruning masks (train it with a pruning recipe first)")
     options = model.encoder.pruning.options

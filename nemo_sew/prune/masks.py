@@ -15,8 +15,11 @@ conformer conv channels   after norm + swish, before ``pointwise2``   ``pointwis
 whole branch (optional)   the branch body's output                    its output weight and bias
 ========================  ==========================================  ============================
 
-The masks attach through forward hooks on the encoder's own modules (nothing in ``nemo_sew.nn`` knows
-about pruning); an encoder without pruning has no hooks and is unchanged.
+The masks are applied by the modules that own the units: per forward the encoder draws one value of every
+mask (:meth:`PruningMasks.sample`) and puts it into the forward's plan (one
+:class:`~nemo_sew.nn.units.BranchPlan` per branch, a :class:`~nemo_sew.nn.units.FrontendPlan` for the front end);
+the bodies multiply their unit scales in (``nemo_sew.nn`` knows unit scales, not pruning). No hooks and no state
+between forwards; an encoder without pruning has plans without scales and is unchanged.
 
 **Channel norms (notes A7, A10.5).** A LayerNorm over channels that sees pruned channels would normalise
 over a different set than the materialised model. Every channel LayerNorm whose channels are masked is
@@ -40,13 +43,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import checked_fields
 from nemo_sew.cost import _constant, encoder_cost, encoder_params, ffn_columns
+from nemo_sew.errors import UserError
 from nemo_sew.nn.blocks import BRANCH_COST
-from nemo_sew.nn.frontend import ChannelLayerNorm, frontend_layout
+from nemo_sew.nn.frontend import frontend_layout
+from nemo_sew.nn.units import OPEN, BranchPlan, FrontendPlan, support_layer_norm  # noqa: F401 (re-exported)
 from nemo_sew.prune.hardconcrete import HardConcrete
 
 UNITS = ("frontend", "heads", "ffn", "conv", "branches")
@@ -101,19 +105,19 @@ class Pruning:
         object.__setattr__(self, "units", tuple(self.units))
         bad = sorted(set(self.units) - set(UNITS))
         if bad or not self.units:
-            raise ValueError(f"expected pruning.units a non-empty subset of {list(UNITS)}, got {list(self.units)}")
+            raise UserError(f"expected pruning.units a non-empty subset of {list(UNITS)}, got {list(self.units)}")
         if self.budget not in GROUPS:
-            raise ValueError(f"expected pruning.budget in {sorted(GROUPS)}, got {self.budget!r}")
+            raise UserError(f"expected pruning.budget in {sorted(GROUPS)}, got {self.budget!r}")
         for name in ("target", "target_frontend", "target_transformer"):
             value = getattr(self, name)
             if value is not None and not 0.0 < float(value) <= 1.0:
-                raise ValueError(f"expected pruning.{name} in (0, 1], got {value}")
+                raise UserError(f"expected pruning.{name} in (0, 1], got {value}")
         if self.reg_lr_schedule not in ("shared", "constant"):
-            raise ValueError(f"expected pruning.reg_lr_schedule 'shared' or 'constant', got {self.reg_lr_schedule!r}")
+            raise UserError(f"expected pruning.reg_lr_schedule 'shared' or 'constant', got {self.reg_lr_schedule!r}")
         if self.penalty not in ("signed", "absolute"):
-            raise ValueError(f"expected pruning.penalty 'signed' or 'absolute', got {self.penalty!r}")
+            raise UserError(f"expected pruning.penalty 'signed' or 'absolute', got {self.penalty!r}")
         if self.warmup_steps < 0 or self.reference_seconds <= 0 or self.reg_lr <= 0:
-            raise ValueError(f"expected warmup_steps >= 0, reference_seconds > 0 and reg_lr > 0, got {self}")
+            raise UserError(f"expected warmup_steps >= 0, reference_seconds > 0 and reg_lr > 0, got {self}")
 
     @classmethod
     def of(cls, data: "Pruning | Mapping[str, Any] | None") -> "Pruning | None":
@@ -147,32 +151,12 @@ class Slot:
     branch: str = ""
 
 
-def support_layer_norm(x: torch.Tensor, support: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm`` over the last axis of ``x`` with statistics over the channels where ``support`` is True only.
-
-    What the materialised LayerNorm over the kept channels computes (the other channels' outputs are
-    masked to 0 afterwards). Written by hand: torch's layer_norm has no channel mask. The
-    statistics are computed in fp32 whatever the input dtype (as ``nn.LayerNorm`` does under autocast), so bf16
-    and fp16 training keep ``nn.LayerNorm``'s accuracy and a sum of squares cannot overflow fp16; no host
-    synchronisation (a full support takes the same arithmetic path).
-    """
-    x32 = x.float()
-    s = support.to(torch.float32)
-    n = s.sum().clamp_min(1.0)
-    mean = (x32 * s).sum(-1, keepdim=True) / n
-    d = (x32 - mean) * s
-    var = (d * d).sum(-1, keepdim=True) / n
-    y = (x32 - mean) * torch.rsqrt(var + norm.eps) * norm.weight.float() + norm.bias.float()
-    return y.to(x.dtype)
-
-
 class PruningMasks(nn.Module):
-    """The masks of one encoder (``encoder.pruning``), the hooks that apply them, their expected cost and the
-    Lagrangian (multipliers ``lambda1``, ``lambda2``, one per budget group).
+    """The masks of one encoder (``encoder.pruning``), where each applies (the plan's unit and branch scales),
+    their expected cost and the Lagrangian (multipliers ``lambda1``, ``lambda2``, one per budget group).
 
-    Built by :class:`~nemo_sew.SqueezeEncoder` when its config has ``pruning``; the hooks hold no reference to
-    the encoder's modules beyond their registration. Call :meth:`new_forward` once per encoder forward (the
-    encoder does), so every hook of that forward sees the same sample.
+    Built by :class:`~nemo_sew.SqueezeEncoder` when its config has ``pruning``; holds no reference to the
+    encoder's modules. The encoder draws :meth:`sample` once per forward and builds its plans from it.
     """
 
     def __init__(self, encoder: nn.Module, options: Pruning) -> None:
@@ -181,10 +165,12 @@ class PruningMasks(nn.Module):
         self.arch = encoder.arch
         self.gates = nn.ModuleDict()
         self.slots: list[Slot] = []
-        self._current: dict[str, torch.Tensor] = {}
-        self._handles: list[Any] = []
+        # where each mask goes in a forward's plan: front-end conv layer -> key, (layer, branch) -> unit / branch key
+        self.frontend_keys: dict[int, str] = {}
+        self.feature_key: str | None = None  # the last conv layer's mask, applied after the feature LayerNorm
+        self.unit_keys: dict[tuple[int, str], str] = {}
+        self.branch_keys: dict[tuple[int, str], str] = {}
         self._attach(encoder)
-        self.register_buffer("train_forwards", torch.zeros((), dtype=torch.long), persistent=False)
         self._dense = {k: float(v) for k, v in self._costs(None, None).items()}
         # a group without cost (sepmac on a mel front end: no front-end MACs) has no constraint
         self.group_names = tuple(g for g in GROUPS[options.budget] if self._dense[g] > 0)
@@ -197,24 +183,44 @@ class PruningMasks(nn.Module):
         self.gates[slot.key] = HardConcrete(n, init_drop, min_keep)
         self.slots.append(slot)
 
-    def mask(self, key: str) -> torch.Tensor:
-        """The current value of mask ``key`` (one sample per forward in training, deterministic at inference)."""
-        if key not in self._current:
-            self._current[key] = self.gates[key]()
-        return self._current[key]
-
-    def new_forward(self) -> None:
-        """Forget the masks of the previous forward (the next hooks draw new samples)."""
-        self._current = {}
-        if self.training:
-            self.train_forwards += 1
+    def sample(self) -> dict[str, torch.Tensor]:
+        """One value of every mask for one forward: a HardConcrete sample in training, the deterministic mask at
+        inference. The encoder draws it once per forward (the paths of a multi-path step share it) and hands it
+        to the modules through the plan (:meth:`frontend_plan`, :meth:`branch_plan`)."""
+        return {key: gate() for key, gate in self.gates.items()}
 
     @torch.no_grad()
     def deterministic(self) -> dict[str, torch.Tensor]:
         """Every mask's inference value."""
         return {key: gate.deterministic() for key, gate in self.gates.items()}
 
+    def frontend_plan(self, units: Mapping[str, torch.Tensor]) -> FrontendPlan:
+        """The front end's part of the plan for the mask values ``units`` (:meth:`sample`)."""
+        if not self.frontend_keys:
+            return FrontendPlan()
+        n = max(self.frontend_keys) + 1
+        channels = tuple(units[self.frontend_keys[i]] if i in self.frontend_keys else None for i in range(n))
+        return FrontendPlan(channels, units[self.feature_key] if self.feature_key is not None else None)
+
+    def branch_plan(self, layer: int, name: str, units: Mapping[str, torch.Tensor], training: bool) -> BranchPlan:
+        """Branch ``name`` of block ``layer``'s part of the plan: its unit scales, its branch scale, and whether it
+        is open. A branch whose every unit (or whose branch mask) is 0 is the arch's width-0 branch, an exact
+        identity: decided on the device in training (``open`` a 0-dim bool tensor, no host synchronisation), and on
+        the host at inference (``open=False`` skips its compute)."""
+        unit_key, branch_key = self.unit_keys.get((layer, name)), self.branch_keys.get((layer, name))
+        if unit_key is None and branch_key is None:
+            return OPEN
+        values = [units[k] for k in (unit_key, branch_key) if k is not None]
+        open_ = torch.stack([(v != 0).any() for v in values]).all() if len(values) > 1 else (values[0] != 0).any()
+        plan = BranchPlan(
+            open=open_ if training else bool(open_),
+            units=units[unit_key] if unit_key is not None else None,
+            scale=units[branch_key] if branch_key is not None else None,
+        )
+        return plan
+
     def _attach(self, encoder: nn.Module) -> None:
+        """The masks of ``encoder``'s prunable units (the table in the module docstring) and where they apply."""
         units, o = set(self.options.units), self.options
         fe = encoder.arch.frontend
         if "frontend" in units and fe.conv_layers:
@@ -222,100 +228,29 @@ class PruningMasks(nn.Module):
             n_conv = len(fe.conv_layers)
             # the last layer's channels are the projection's input: maskable only when a Linear follows
             last = n_conv - 1 if proj.projection is not None else n_conv - 2
-            for i, block in enumerate(encoder.frontend.blocks):
-                if i > last:
-                    break
+            for i in range(min(last + 1, n_conv)):
                 key = f"fe{i}"
                 self._add(Slot(key, "frontend", i), fe.conv_layers[i][0], o.init_drop, min_keep=1)
-                if isinstance(block.norm, ChannelLayerNorm):
-                    self._hook_norm(block.norm, key, channels_last=False)
+                self.frontend_keys[i] = key
                 if i == n_conv - 1 and proj.layer_norm is not None:  # after the feature LayerNorm (see above)
-                    self._hook_norm(proj.layer_norm, key, channels_last=True, scale=True)
-                else:
-                    self._handles.append(block.register_forward_hook(self._scale_output(key, channel_dim=1)))
+                    self.feature_key = key
         for li, layer in enumerate(encoder.layers):
             for name in layer.branch_names:
-                residual = getattr(layer, name)
-                body = residual.body
+                body = getattr(layer, name).body
                 kind = BRANCH_COST[name][0]
-                keys = []
+                key = f"l{li}_{name}"
                 if kind == "attn" and "heads" in units:
-                    key = f"l{li}_{name}"
                     self._add(Slot(key, "heads", li, name), body.num_heads, o.init_drop)
-                    self._handles.append(body.out_proj.register_forward_pre_hook(self._scale_input(key, repeat=body.head_dim)))
-                    keys.append(key)
+                    self.unit_keys[(li, name)] = key
                 elif kind == "ffn" and "ffn" in units:
-                    key = f"l{li}_{name}"
                     self._add(Slot(key, "ffn", li, name), body.fc1.out_features, o.ffn_init_drop)
-                    self._handles.append(body.fc2.register_forward_pre_hook(self._scale_input(key)))
-                    keys.append(key)
+                    self.unit_keys[(li, name)] = key
                 elif kind == "conv" and "conv" in units:
-                    key = f"l{li}_{name}"
                     self._add(Slot(key, "conv", li, name), body.depthwise.out_channels, o.init_drop)
-                    self._hook_norm(body.norm, key, channels_last=True)
-                    self._handles.append(body.pointwise2.register_forward_pre_hook(self._scale_input(key, channel_dim=1)))
-                    keys.append(key)
+                    self.unit_keys[(li, name)] = key
                 if "branches" in units:
-                    key = f"l{li}_{name}_branch"
-                    self._add(Slot(key, "branch", li, name), 1, o.init_drop)
-                    self._handles.append(body.register_forward_hook(self._scale_output(key, channel_dim=None)))
-                    keys.append(key)
-                if keys:
-                    self._handles.append(residual.register_forward_pre_hook(self._empty_is_identity(keys)))
-
-    def _scale_input(self, key: str, repeat: int = 1, channel_dim: int = -1):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            m = self.mask(key).to(args[0].dtype)
-            if repeat > 1:
-                m = m.repeat_interleave(repeat)  # one value per head -> per channel of its context
-            shape = [1] * args[0].dim()
-            shape[channel_dim] = -1
-            return (args[0] * m.view(shape),) + tuple(args[1:])
-
-        return hook
-
-    def _scale_output(self, key: str, channel_dim: int | None):
-        def hook(module: nn.Module, args: tuple, output: tuple) -> tuple:
-            y, rest = output[0], output[1:]
-            m = self.mask(key).to(y.dtype)
-            if channel_dim is not None:
-                shape = [1] * y.dim()
-                shape[channel_dim] = -1
-                m = m.view(shape)
-            return (y * m,) + tuple(rest)
-
-        return hook
-
-    def _hook_norm(self, norm: nn.LayerNorm, key: str, channels_last: bool, scale: bool = False) -> None:
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            m = self.mask(key)
-            x = args[0] if channels_last else args[0].transpose(1, 2)  # channels last
-            y = support_layer_norm(x, m != 0, module).to(output.dtype)  # the dtype nn.LayerNorm gave (autocast: fp32)
-            if scale:
-                y = y * m.to(y.dtype)
-            return y if channels_last else y.transpose(1, 2)
-
-        self._handles.append(norm.register_forward_hook(hook))
-
-    def _empty_is_identity(self, keys: list[str]):
-        def hook(module: nn.Module, args: tuple) -> tuple | None:
-            if len(args) < 4 or args[3] is False:
-                return None
-            open_ = torch.stack([(self.mask(k) != 0).any() for k in keys]).all()
-            if module.training:
-                # a tensor: the branch runs and Residual selects it or the identity with torch.where, so a step
-                # has no host synchronisation and the closed branch's parameters get a zero gradient (plain DDP)
-                return args[:3] + (open_,) + tuple(args[4:])
-            if not bool(open_):
-                return args[:3] + (False,) + tuple(args[4:])  # the arch's width-0 branch: an exact identity
-            return None
-
-        return hook
-
-    def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+                    self._add(Slot(f"{key}_branch", "branch", li, name), 1, o.init_drop)
+                    self.branch_keys[(li, name)] = f"{key}_branch"
 
     # ------------------------------------------------------------------------------------------ cost
 
@@ -415,7 +350,10 @@ class PruningMasks(nn.Module):
         """``sum_g lambda1_g (s_g - t_g) + lambda2_g (s_g - t_g)^2`` (``penalty: absolute``: ``|s_g - t_g|`` in the
         first term) with the expected sparsity ``s_g = 1 -
         cost_g / dense_g`` (minimised over the masks, maximised over the multipliers), and what to log."""
-        step = int(self.train_forwards) if step is None else int(step)
+        if step is None:
+            raise UserError("the pruning penalty needs the training step (its target ramps with it): pass the "
+                             "draw's step (Draw.step)")  # fmt: skip
+        step = int(step)
         costs = self.group_costs(expected=True)
         targets = self.target_sparsity(step)
         total = torch.zeros((), dtype=torch.float32, device=self.lambda1.device)

@@ -112,9 +112,15 @@ def materialize_state(encoder) -> tuple[EncoderArch, dict[str, torch.Tensor]]:
             blocks[li]["ffn_dims"][col] = 0
         else:
             blocks[li]["conv_channels"] = 0
-        prefix = f"layers.{li}.{name}."
-        for key in [k for k in state if k.startswith(prefix)]:
-            del state[key]
+        # the branch and its I3D local gate predictor go (a width-0 branch has neither)
+        for prefix in (f"layers.{li}.{name}.", f"layers.{li}.gates.{name}."):
+            for key in [k for k in state if k.startswith(prefix)]:
+                del state[key]
+    if dropped and "gate_predictor.fc2.weight" in state:
+        # the global gate predictor emits one logit per (layer, branch) slot: keep the rows of the branches that stay
+        kept = torch.tensor([k for k, slot in enumerate(encoder.gate_slots) if slot not in dropped], dtype=torch.long)
+        for suffix in ("weight", "bias"):
+            state[f"gate_predictor.fc2.{suffix}"] = _rows(state[f"gate_predictor.fc2.{suffix}"], kept)
 
     data = arch.to_dict()
     data["frontend"]["conv_layers"] = fe_layers

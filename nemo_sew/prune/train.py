@@ -19,15 +19,16 @@ log = logging.getLogger("nemo_sew.prune")
 def pruning_model(cfg: DictConfig, trainer):
     """The model ``cfg.init_from_nemo`` rebuilt with masks ``cfg.pruning`` (every weight copied), with data and
     optimiser settings from ``cfg.model`` (as :func:`nemo_sew.train.finetune_model` does)."""
-    from nemo.collections.asr.models import ASRModel
+    from nemo_sew.safe_load import restore
 
     if not cfg.get("init_from_nemo"):
         raise ValueError("pruning needs init_from_nemo: the fine-tuned (or converted) CTC model to prune")
-    source = ASRModel.restore_from(str(cfg.init_from_nemo), map_location="cpu")
+    source = restore(cfg.init_from_nemo)
     model_cfg = source.cfg.copy()
     with open_dict(model_cfg):
         model_cfg.encoder.pruning = OmegaConf.to_container(cfg.pruning, resolve=True)
-        model_cfg.encoder.squeeze_sampler = None
+        # a stochastic model keeps its squeeze sampler: the pruned model is fine-tuned over the same factors, so
+        # every factor it served still works (encoder_overrides.squeeze_sampler: null fine-tunes at one factor)
         for key in ("train_ds", "validation_ds", "optim", "finetune"):
             if key in cfg.model:
                 override = OmegaConf.to_container(cfg.model[key], resolve=True)
@@ -36,6 +37,8 @@ def pruning_model(cfg: DictConfig, trainer):
                 model_cfg[key] = OmegaConf.merge(model_cfg.get(key) or {}, override)
         overrides = cfg.model.get("encoder_overrides")
         overrides = OmegaConf.to_container(overrides, resolve=True) if overrides is not None else {}
+        if "squeeze_sampler" in overrides:
+            model_cfg.encoder.squeeze_sampler = overrides["squeeze_sampler"]
         if "dropout" in overrides:
             model_cfg.encoder.dropout = OmegaConf.merge(model_cfg.encoder.get("dropout") or {}, overrides["dropout"])
         if overrides.get("masking") and model_cfg.encoder.get("mask_emb"):  # time masking needs the model's mask_emb

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from omegaconf import open_dict
 
+from nemo_sew.errors import UserError
 from nemo_sew.quant.weights import PRUNE_FIRST, QuantConfig, quantize_encoder, storage_bytes
 
 log = logging.getLogger(__name__)
@@ -21,9 +22,7 @@ log = logging.getLogger(__name__)
 
 def sync_model_config(model: Any) -> None:
     """Write the encoder's config (with its ``quant`` state) and active profile into ``model.cfg``."""
-    with open_dict(model._cfg):
-        model._cfg.encoder = {"_target_": model.cfg.encoder._target_, **model.encoder.config_dict()}
-    model._write_profile_to_cfg(model.encoder.profile)
+    model.sync_encoder_config()
 
 
 def quantize_model(model: Any, bits: int | tuple[int, ...], keep_fp: bool = False, group_size: int | None = 32,
@@ -69,18 +68,16 @@ def _sync_named_profiles(model: Any, config: QuantConfig) -> None:
 def quantize_nemo(src: str | Path, out: str | Path, bits: int | tuple[int, ...], keep_fp: bool = False,
                   group_size: int | None = 32, method: str = "minmax") -> dict[str, Any]:
     """Restore ``src``, quantize, save ``out``; returns the file sizes."""
-    from nemo.collections.asr.models import ASRModel
-
-    import nemo_sew  # noqa: F401  (registers our classes for restore_from)
+    from nemo_sew.safe_load import restore
 
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise FileNotFoundError(f"no such .nemo file: {src}")
-    model = ASRModel.restore_from(str(src), map_location="cpu").eval()
+    model = restore(src).eval()
     if not hasattr(model.encoder, "quant_config"):
-        raise ValueError(f"{src} does not hold a nemo_sew SqueezeEncoder (got {type(model.encoder).__name__})")
+        raise UserError(f"{src} does not hold a nemo_sew SqueezeEncoder (got {type(model.encoder).__name__})")
     if getattr(model.encoder, "pruning", None) is not None:
-        raise ValueError(f"{src}: {PRUNE_FIRST.replace('MODEL.nemo', str(src))}")
+        raise UserError(f"{src}: {PRUNE_FIRST.replace('MODEL.nemo', str(src))}")
     fp_bytes = storage_bytes(model)
     config = quantize_model(model, bits, keep_fp, group_size, method)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,26 +89,6 @@ def quantize_nemo(src: str | Path, out: str | Path, bits: int | tuple[int, ...],
     }  # fmt: skip
     info["file_ratio"] = info["out_bytes"] / info["src_bytes"]
     return info
-
-
-def register(sub: Any) -> None:
-    """Add the ``quantize`` subcommand to the ``nemo-sew`` parser."""
-    p = sub.add_parser("quantize", help="PTQ: pack a .nemo's encoder weights at 8/4/2/1 bits (CTC head stays fp)")
-    p.add_argument("model", help="the fp (or QAT-trained) .nemo")
-    p.add_argument("--bits", type=int, nargs="+", required=True, choices=(8, 4, 2, 1),
-                   help="bit widths to hold (several: set_profile(weight_bits=...) switches between them)")
-    p.add_argument("--out", required=True, help="the quantized .nemo")
-    p.add_argument("--keep-fp", action="store_true", help="also keep the fp weights (weight_bits=16 stays available)")
-    p.add_argument("--group-size", type=int, default=32, help="4-bit columns per scale (32, 64, 128; 0 = per channel)")
-    p.add_argument("--method", choices=("minmax", "mse"), default="minmax", help="8/4-bit scale choice")
-    p.set_defaults(func=_cmd)
-
-
-def _cmd(args: Any) -> int:
-    info = quantize_nemo(args.model, args.out, tuple(args.bits), args.keep_fp, args.group_size or None, args.method)
-    print(f"wrote {args.out}: {info['out_bytes'] / 1e6:.2f} MB ({info['file_ratio']:.3f} x {args.model}); "
-          f"bits {info['bits']}, fp kept: {info['keep_fp']}")
-    return 0
 
 
 def tiny_ctc_config(preset: str = "tiny_mel", labels: str = "abcdefghijklmnopqrstuvwxyz' ", **encoder: Any) -> dict:

@@ -9,7 +9,12 @@ miss the direct reads). Two parametrizations:
 * :class:`FakeQuant` -- quantize-dequantize with straight-through gradients, over the fp weight (QAT, and PTQ
   analysis). Chained after weight norm where there is one.
 * :class:`HeldWeight` -- the packed codes and scales of one or more bit widths (what a ``.nemo`` carries),
-  with or without the fp weight; :func:`set_weight_bits` picks which one the forward reads.
+  with or without the fp weight.
+
+Which width a forward reads is the plan's decision: the encoder runs each forward inside
+:func:`weights_at` ``(draw.profile.weight_bits)``, which every parametrization reads, so a training draw's
+``weight_bits`` takes effect like an inference profile's. Outside an encoder forward (a module called on its
+own, a trace of a sub-module) the width :func:`set_weight_bits` made the default applies.
 
 The state lives in :class:`QuantConfig`, which the encoder stores in its config (``encoder.quant``), so a
 restored ``.nemo`` rebuilds the same parametrizations before its state dict is loaded. Only weights with two
@@ -19,6 +24,8 @@ or more dimensions are quantized; biases, norms and the mask embedding stay fp (
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -27,9 +34,24 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from nemo_sew.errors import UserError
 from nemo_sew.quant.schemes import BITS, QuantSpec, dequantize, pack, packed_numel, quantize, scale_shape, unpack
 
 WEIGHT_BITS = (16, *BITS)  # 16 = full precision (what a profile's weight_bits takes)
+
+# the weight width of the forward in progress (None outside one): set by the encoder from its plan, read by the
+# parametrizations; a context variable, so it is scoped to the forward (and to its thread)
+_FORWARD_BITS: contextvars.ContextVar[int | None] = contextvars.ContextVar("nemo_sew_weight_bits", default=None)
+
+
+@contextlib.contextmanager
+def weights_at(bits: int | None):
+    """Every quantized weight read inside this block reads ``bits`` (16 = fp; None = each one's default)."""
+    token = _FORWARD_BITS.set(None if bits is None else int(bits))
+    try:
+        yield
+    finally:
+        _FORWARD_BITS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -56,15 +78,15 @@ class QuantConfig:
         object.__setattr__(self, "held", tuple(sorted({int(b) for b in self.held}, reverse=True)))
         bad = [b for b in self.held if b not in BITS]
         if bad:
-            raise ValueError(f"expected held bit widths in {BITS}, got {bad}")
+            raise UserError(f"expected held bit widths in {BITS}, got {bad}")
         if self.qat is not None and self.qat not in BITS:
-            raise ValueError(f"expected qat bits in {BITS} or None, got {self.qat}")
+            raise UserError(f"expected qat bits in {BITS} or None, got {self.qat}")
         if self.qat is not None and (self.held or not self.fp):
-            raise ValueError("QAT trains the fp weights: it cannot be combined with held packed weights")
+            raise UserError("QAT trains the fp weights: it cannot be combined with held packed weights")
         if not self.fp and not self.held:
-            raise ValueError("an encoder must hold fp weights, packed weights, or both")
+            raise UserError("an encoder must hold fp weights, packed weights, or both")
         if self.active not in self.available:
-            raise ValueError(f"active weight_bits {self.active} is not held; available: {self.available}")
+            raise UserError(f"active weight_bits {self.active} is not held; available: {self.available}")
         spec(4, self)  # validates group_size / method
 
     @property
@@ -105,8 +127,11 @@ class FakeQuant(nn.Module):
         self.spec, self.enabled = quant_spec, True
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
+        bits = _FORWARD_BITS.get()
+        if bits == 16 or (bits is None and not self.enabled):
             return w
+        if bits is not None and bits != self.spec.bits:
+            raise UserError(f"this weight fake-quantizes at {self.spec.bits} bits (QAT), not {bits}")
         wq = dequantize(*quantize(w, self.spec), dtype=w.dtype)
         return w + (wq - w).detach()
 
@@ -145,24 +170,29 @@ class HeldWeight(nn.Module):
 
     def set_active(self, bits: int) -> None:
         if bits != 16 and bits not in self.specs:
-            raise ValueError(f"this weight holds bit widths {sorted(self.specs)} (and fp), not {bits}")
+            raise UserError(f"this weight holds bit widths {sorted(self.specs)} (and fp), not {bits}")
         if bits != self.active:
             self.active, self._cache = bits, None
         if bits != 16 and self._cache is None:  # dequantize now: a traced forward (ONNX) then sees a constant
             self._cache = (self._key(torch.float32), self.weight(bits))
 
-    def _key(self, dtype: torch.dtype) -> tuple:
-        return (self.active, dtype, getattr(self, f"scale_{self.active}").device)
+    def _key(self, dtype: torch.dtype, bits: int | None = None) -> tuple:
+        bits = self.active if bits is None else bits
+        return (bits, dtype, getattr(self, f"scale_{bits}").device)
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        if self.active == 16:
+        bits = _FORWARD_BITS.get()
+        bits = self.active if bits is None else bits
+        if bits == 16:
             if original.numel() == 0:
                 raise RuntimeError("the fp weights are not held (the encoder was saved with quantized weights only)")
             return original
+        if bits not in self.specs:
+            raise UserError(f"this weight holds bit widths {sorted(self.specs)} (and fp), not {bits}")
         dtype = original.dtype if original.is_floating_point() else torch.float32
-        key = self._key(dtype)
+        key = self._key(dtype, bits)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.weight(self.active, dtype))
+            self._cache = (key, self.weight(bits, dtype))
         return self._cache[1]
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
@@ -262,7 +292,7 @@ def refuse_pruning_masks(encoder: nn.Module) -> None:
     ``weight`` tensors by name) and packed codes of channels about to be removed would disagree. Prune, then
     quantize (README: "Pruning and quantization together")."""
     if getattr(encoder, "pruning", None) is not None:
-        raise ValueError(PRUNE_FIRST)
+        raise UserError(PRUNE_FIRST)
 
 
 def apply_config(encoder: nn.Module, config: QuantConfig | Mapping[str, Any] | None, values: bool = False) -> QuantConfig | None:
@@ -294,7 +324,7 @@ def set_weight_bits(encoder: nn.Module, bits: int, config: QuantConfig | None) -
             how = f"it holds only packed {list(config.held)}-bit weights (saved without fp weights)"
         else:
             how = f"it holds {', '.join(map(str, available))}-bit weights"
-        raise ValueError(f"cannot run at weight_bits={bits}: {how}")
+        raise UserError(f"cannot run at weight_bits={bits}: {how}")
     for m in weight_targets(encoder).values():
         for q in _quantizers(m):
             if isinstance(q, HeldWeight):
@@ -315,7 +345,7 @@ def quantize_encoder(
     refuse_pruning_masks(encoder)
     old = getattr(encoder, "quant_config", None)
     if old is not None and old.held:
-        raise ValueError(f"this encoder already holds packed {list(old.held)}-bit weights; quantize its fp model")
+        raise UserError(f"this encoder already holds packed {list(old.held)}-bit weights; quantize its fp model")
     config = QuantConfig(held=held, fp=keep_fp, group_size=group_size, method=method, active=min(held))
     for m in weight_targets(encoder).values():
         _register_held(m, config, values=True)
@@ -327,7 +357,7 @@ def quantize_encoder(
 def prepare_qat(encoder: nn.Module, bits: int, group_size: int | None = 32, method: str = "minmax") -> QuantConfig:
     """QAT: fake-quantize every weight of an fp ``encoder`` at ``bits`` (straight-through gradients)."""
     if getattr(encoder, "quant_config", None) is not None:
-        raise ValueError("QAT starts from an fp encoder without quantization state")
+        raise UserError("QAT starts from an fp encoder without quantization state")
     refuse_pruning_masks(encoder)
     config = QuantConfig(qat=bits, group_size=group_size, method=method, active=bits)
     apply_config(encoder, config)

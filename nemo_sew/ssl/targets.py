@@ -102,7 +102,9 @@ class TeacherFeatures(nn.Module):
         super().__init__()
         from nemo.core.classes import ModelPT
 
-        teacher = ModelPT.restore_from(str(model_path), map_location="cpu")
+        from nemo_sew.safe_load import restore
+
+        teacher = restore(model_path, model_class=ModelPT)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -118,10 +120,9 @@ class TeacherFeatures(nn.Module):
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         signal, signal_len = self.preprocessor(input_signal=wave, length=lengths)
         enc = self.encoder
-        x, frames = enc.features(signal, signal_len)
         draw = enc.draw()  # the teacher's active profile (it is always in eval mode)
-        y = enc.context(enc.squeeze_features(enc.projection(x), frames, draw), draw, num_layers=self.layer).hidden
-        return y, frames
+        front = enc.front(signal, signal_len, draw=draw, masking=False)
+        return enc.from_front(front, draw, num_layers=self.layer).hidden, front.lengths
 
 
 def build_target_features(spec: str, sample_rate: int = 16000, layer: int | None = None) -> nn.Module:

@@ -17,7 +17,7 @@ batch size it measures, in one process and at one thread count:
 * the machine's fp32 matmul throughput (median of timed ``n x n`` matmuls), the reference for "% of peak".
 
 The runtimes of one model and batch (and a matmul) are timed in interleaved rounds
-(:func:`nemo_sew.bench.timing.interleaved_ms`), so load from other work on the machine affects them alike;
+(:func:`nemo_sew.measure.interleaved_ms`), so load from other work on the machine affects them alike;
 the matmul samples pool over the whole run.
 ``threads`` sets torch's and onnxruntime's intra-op threads (default: torch's current setting). On a machine
 busy with other work, 1 thread is the steadier choice: with 2 threads on 2 busy cores every parallel op
@@ -48,11 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from nemo_sew.bench.report import machine_line
-from nemo_sew.bench.timing import interleaved_ms, timed_ms
+from benchmarks.report import machine_line
 from nemo_sew.convert.transformers import transformers_config
 from nemo_sew.cost import encoder_cost
 from nemo_sew.evaluate import count_macs
+from nemo_sew.measure import interleaved_ms, timed_ms
 
 SAMPLE_RATE = 16000
 MEL_FRAMES_PER_SECOND = 100  # NeMo's default 10 ms hop
@@ -137,7 +137,7 @@ class CpuBenchResult:
 
 
 # ------------------------------------------------------------------------------------------------------
-# the matmul reference (timing: nemo_sew.bench.timing)
+# the matmul reference (timing: nemo_sew.measure)
 
 
 class MatmulProbe:
@@ -235,7 +235,7 @@ def _ort_session(path: Path, threads: int):
 # op profile of our eager encoder
 
 
-SCOPE = "nemo_sew_bench::"
+SCOPE = "benchmarks::"
 
 
 def _our_scopes(encoder: nn.Module) -> dict[str, list[nn.Module]]:
@@ -392,7 +392,7 @@ def _bench_family(
                  _max_abs_diff(hf_out, ref)),
         ]  # fmt: skip
     if s.quant and 1 in s.batches:
-        from nemo_sew.bench.quant_cpu import quant_rows
+        from benchmarks.quant_cpu import quant_rows
 
         rows += quant_rows(ours, inputs, preset, s, probe, threads, work_dir, log, our_macs)
     return rows, ours, inputs
@@ -471,7 +471,7 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
     result = CpuBenchResult(settings=s, command=command, machine=machine_line(), threads=threads,
                             load_average={"start": load_start}, matmul={})  # fmt: skip
     first: tuple[nn.Module, Callable] | None = None
-    with tempfile.TemporaryDirectory(prefix="nemo_sew_bench_cpu_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="benchmarks_cpu_") as tmp:
         for preset in s.presets:
             rows, ours, inputs = _bench_family(preset, s, probe, threads, Path(tmp), log)
             result.rows += rows
@@ -484,7 +484,7 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
         row.peak_fraction = row.gflops / result.matmul["gflops"]
     result.ratios = _ratios(result.rows, s.presets, s.batches)
     if s.quant:
-        from nemo_sew.bench.quant_cpu import int8_matmul_peak, quant_ratios
+        from benchmarks.quant_cpu import int8_matmul_peak, quant_ratios
 
         result.matmul["int8"] = int8_matmul_peak(probe, s.runs)
         result.ratios += quant_ratios(result.rows, s.presets)
@@ -507,7 +507,7 @@ def _bench_cpu(s: CpuBenchSettings, command: str, profile: bool, log: Callable[[
     ]
     if s.quant:
         result.notes.append(
-            "PTQ rows (nemo_sew.bench.quant_cpu): our encoder with every weight quantized (8-bit per channel, 4-bit "
+            "PTQ rows (benchmarks.quant_cpu): our encoder with every weight quantized (8-bit per channel, 4-bit "
             "groups of 32), batch 1; % of matmul peak is against the fp32 peak; max abs diff is against our fp32 "
             "eager (the quantization error, not a runtime mismatch)."
         )

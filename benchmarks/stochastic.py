@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from nemo_sew.bench.cache import file_digest, kept_result
-from nemo_sew.bench.report import machine_line, mean_spread
+from benchmarks.cache import file_digest, kept_result
+from benchmarks.report import machine_line, mean_spread
 
 
 def bench_stochastic_table(

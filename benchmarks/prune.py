@@ -6,7 +6,7 @@ The pruned *shape* comes from the Lagrangian controller alone on random weights 
 task loss, so which units go is decided by the budget and the initial noise, not by importance); this measures
 whether a structure pruned to ``target`` of the MACs runs in ``target`` of the time, not its accuracy (that
 needs training: ``recipes/prune_*.yaml``). Both encoders run at batch 1 on ``seconds`` of audio, fp32 eager,
-timed in interleaved rounds (:func:`nemo_sew.bench.timing.interleaved_ms`). Issue 12's goal on a wav2vec 2.0
+timed in interleaved rounds (:func:`nemo_sew.measure.interleaved_ms`). Issue 12's goal on a wav2vec 2.0
 base-shaped model at 50% of the MACs: latency <= 0.55 x the unpruned model's.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from nemo_sew.bench.report import machine_line
-from nemo_sew.bench.timing import interleaved_ms
+from benchmarks.report import machine_line
 from nemo_sew.cost import encoder_cost, encoder_params
 from nemo_sew.encoder import SqueezeEncoder, build_encoder
+from nemo_sew.measure import interleaved_ms
 from nemo_sew.prune.masks import optimizer_groups
 from nemo_sew.prune.materialize import materialize_encoder
 

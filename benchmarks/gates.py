@@ -6,7 +6,7 @@ A gated encoder of ``preset`` (local gates) gets predictors whose decisions are 
 fraction of the branches (spread over layers and branch kinds, seeded) always closes, the rest always opens.
 The same model then runs at ``depth_threshold`` 0 (every branch runs) and at its default threshold (those
 branches skipped); both at batch 1 on ``seconds`` of audio, timed in interleaved rounds by
-:func:`nemo_sew.bench.timing.interleaved_ms`. The MACs of both come from :mod:`nemo_sew.cost` (realised
+:func:`nemo_sew.measure.interleaved_ms`. The MACs of both come from :mod:`nemo_sew.cost` (realised
 decisions). Issue 11's goal: latency saving >= 0.8 x MAC saving. No training is needed: what is measured is
 the skipping, not what the gates learned.
 """
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nemo_sew.bench.report import machine_line
-from nemo_sew.bench.timing import interleaved_ms
+from benchmarks.report import machine_line
 from nemo_sew.encoder import SqueezeEncoder, build_encoder
+from nemo_sew.measure import interleaved_ms
 from nemo_sew.profile import CompressionProfile
 
 

@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from nemo_sew.bench.i3d import _pyplot, gate_matrix, plot_depth_scatter, plot_gate_heatmap, utterance_gate_stats
-from nemo_sew.bench.report import machine_line
+from benchmarks.i3d import _pyplot, gate_matrix, plot_depth_scatter, plot_gate_heatmap, utterance_gate_stats
+from benchmarks.report import machine_line
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from nemo_sew.bench.timing import interleaved_ms
+from nemo_sew.measure import interleaved_ms
 
 QUANT_FORMS = (
     ("onnxruntime int8 dynamic (W8 per channel, A8 per batch)", "int8_dynamic", 8),
@@ -55,7 +55,7 @@ def int8_matmul_peak(probe: Any, runs: int = 10) -> dict[str, Any]:
 def quant_rows(ours: torch.nn.Module, inputs: Callable, preset: str, s: Any, probe: Any, threads: int, work_dir: Path,
                log: Callable[[str], None], macs: float) -> list:  # fmt: skip
     """Batch-1 rows of the quantized forms of ``ours`` (see the module docstring)."""
-    from nemo_sew.bench.cpu import _max_abs_diff, _ort_session, _params_m, _row
+    from benchmarks.cpu import _max_abs_diff, _ort_session, _params_m, _row
     from nemo_sew.quant import quantize_encoder
     from nemo_sew.quant.onnx import export_quantized_onnx
 
@@ -82,7 +82,7 @@ def quant_rows(ours: torch.nn.Module, inputs: Callable, preset: str, s: Any, pro
 
 def quant_ratios(rows: list, presets: Any) -> list:
     """Quantized rows vs the transformers fp32 peer and vs our fp32 onnxruntime, batch 1."""
-    from nemo_sew.bench.cpu import Ratio
+    from benchmarks.cpu import Ratio
 
     out = []
     for preset in presets:

@@ -15,8 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from nemo_sew.bench.report import threads_text
-from nemo_sew.bench.timing import runner_latency_ms, torch_threads
+from benchmarks.report import threads_text
+from nemo_sew.measure import runner_latency_ms, torch_threads
 
 FORMS = (  # (label, nemo_sew.quant.onnx form, weight bits)
     ("onnxruntime int8 dynamic (W8 per channel, A8 per batch)", "int8_dynamic", 8),

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from nemo_sew.bench.report import machine_line
+from benchmarks.report import machine_line
 
 
 def bench_ssl_table(
@@ -37,7 +37,7 @@ def bench_ssl_table(
 
     from manifests.synthetic import prepare_synthetic
 
-    from nemo_sew.bench.ssl_curve import labelled_subset
+    from benchmarks.ssl_curve import labelled_subset
     from nemo_sew.callbacks import validation_metrics
     from nemo_sew.evaluate import error_rates, transcribe_manifest
     from nemo_sew.ssl.targets import kmeans_from_manifest

@@ -1,4 +1,7 @@
-"""The one timing loop of nemo-sew: every latency number (``evaluate``, ``bench squeeze``, ``bench cpu``) comes from here.
+"""Measurement in the library: the one timing loop of nemo-sew (every latency number: ``evaluate``, ``sweep``,
+``bench squeeze``, ``bench cpu`` comes from here) and what every ``BENCHMARKS.md`` section carries (the machine
+line, appending a section). The benchmark drivers themselves live outside the library, in the top-level
+``benchmarks`` package (``nemo-sew bench ...``); the library never imports them.
 
 :func:`interleaved_ms` times one or more callables in rounds; :func:`timed_ms` is its one-callable case.
 Both share these rules:
@@ -7,7 +10,8 @@ Both share these rules:
 * then up to ``runs`` timed rounds, each call timed on its own with ``time.perf_counter``;
 * a time cap: once the timed calls took more than ``max_timed_s`` per callable, timing stops after the
   current round, but never before 3 rounds (or ``runs``, when fewer were asked for);
-* everything under ``torch.inference_mode``; ``sync`` (e.g. ``torch.cuda.synchronize``), when given, is
+* everything under ``torch.inference_mode`` (``inference=False``: autograd on, for training steps whose
+  callable runs its own backward); ``sync`` (e.g. ``torch.cuda.synchronize``), when given, is
   called after every call and inside the timed span, so asynchronous device work is counted.
 
 Quote the median of the samples (:func:`statistics.median`); ratios between callables timed in one
@@ -17,7 +21,10 @@ Quote the median of the samples (:func:`statistics.median`); ratios between call
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -33,6 +40,7 @@ def interleaved_ms(
     runs: int,
     max_timed_s: float = float("inf"),
     sync: Callable[[], Any] | None = None,
+    inference: bool = True,
 ) -> dict[str, list[float]]:
     """Wall times (ms) of each of ``fns``, timed in rounds that call every function once (order rotated).
 
@@ -40,12 +48,14 @@ def interleaved_ms(
     the same mix of conditions, so the ratios between their medians stay fair. ``warmup`` untimed rounds
     first; then up to ``runs`` rounds, stopping (after at least 3) once the rounds took more than
     ``max_timed_s`` per function. Returns one list of samples per name, in call order.
+    ``inference``: the calls run under ``torch.inference_mode`` (default); ``False``: with autograd enabled
+    (training steps: each callable runs its own backward, timed with it).
     """
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in names}
     if not names:
         return times
-    with torch.inference_mode():
+    with torch.inference_mode() if inference else torch.enable_grad():
         for _ in range(warmup):
             for name in names:
                 fns[name]()
@@ -98,4 +108,29 @@ def runner_latency_ms(
     return interleaved_ms({name: (lambda r=r: r.logprobs(wave)) for name, r in runners.items()}, warmup, runs, max_timed_s)
 
 
-__all__ = ["MIN_RUNS", "interleaved_ms", "runner_latency_ms", "timed_ms", "torch_threads"]
+def threads_text(threads: int) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{threads} thread{'s' if threads != 1 else ''}"
+
+
+def machine_line() -> str:
+    """The machine a ``BENCHMARKS.md`` section was measured on: processor, cores, torch, threads, date."""
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads_text(torch.get_num_threads())}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def append_benchmark(section: str, path: str | Path = "BENCHMARKS.md") -> None:
+    """Append a section to BENCHMARKS.md (created with a header if missing)."""
+    path = Path(path)
+    if not path.exists():
+        path.write_text("# nemo-sew benchmarks\n\nEvery section names the command that produced it; ratios are within one run.\n\n")
+    with path.open("a") as f:
+        f.write(section + "\n")
+
+
+__all__ = [
+    "MIN_RUNS", "append_benchmark", "interleaved_ms", "machine_line", "runner_latency_ms", "threads_text", "timed_ms",
+    "torch_threads",
+]  # fmt: skip

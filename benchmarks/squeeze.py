@@ -3,7 +3,7 @@
     nemo-sew bench squeeze --preset sew_small --seconds 10 --factors 1 2 4
 
 Latency is the median of ``runs`` timed forwards after ``warmup`` untimed ones, the factors interleaved in
-rounds (:func:`nemo_sew.bench.timing.interleaved_ms`), all in one process, so ratios between rows of one run
+rounds (:func:`nemo_sew.measure.interleaved_ms`), all in one process, so ratios between rows of one run
 are the numbers to quote. ``channels_first`` adds the same factors with the front end and positional conv in
 their channels-first form (:data:`nemo_sew.nn.frontend.CHANNELS_LAST` off), timed in the same rounds.
 """
@@ -16,10 +16,10 @@ from typing import Sequence
 
 import torch
 
-from nemo_sew.bench.report import machine_line
-from nemo_sew.bench.timing import interleaved_ms
+from benchmarks.report import machine_line
 from nemo_sew.evaluate import encoder_gmacs_per_second
 from nemo_sew.encoder import build_encoder
+from nemo_sew.measure import interleaved_ms
 from nemo_sew.profile import CompressionProfile
 
 
@@ -39,7 +39,7 @@ def bench_squeeze(
     """Encoder latency and MACs of one stochastic (any-factor) encoder at several squeeze factors.
 
     ``frontend_macs``: first prune the front end's channels to that fraction of its MACs (the pruning budget
-    controller alone on random weights, :func:`nemo_sew.bench.prune.controller_shape`; the blocks are kept).
+    controller alone on random weights, :func:`benchmarks.prune.controller_shape`; the blocks are kept).
     ``threads``: torch intra-op threads (default: torch's). ``channels_first``: also time every factor with
     the channels-first front end (rows with ``form`` ``channels-first``). ``onednn_linear``: the encoder's
     ``nn.Linear`` layers through oneDNN (:func:`nemo_sew.nn.onednn.use_onednn_linear`)."""
@@ -51,7 +51,7 @@ def bench_squeeze(
     if frontend_macs is None:
         enc = build_encoder(preset, squeeze_sampler=sampler).eval()
     else:
-        from nemo_sew.bench.prune import controller_shape
+        from benchmarks.prune import controller_shape
         from nemo_sew.prune.materialize import materialize_encoder
 
         pruning = {"units": ["frontend"], "budget": "sepmac", "target_frontend": frontend_macs, "target_transformer": 1.0,

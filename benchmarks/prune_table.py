@@ -18,7 +18,7 @@ that what pruning costs is not confused with what the extra steps give. Every mo
 (WER, CER), counted (parameters, analytic encoder MACs at 10 s) and timed (eager, batch 1, 10 s of audio,
 preprocessor + encoder + head, all models in the same interleaved rounds).
 
-Every trained model is kept in ``--out`` with the settings that made it (``nemo_sew.bench.cache.kept_file``); a re-run
+Every trained model is kept in ``--out`` with the settings that made it (``benchmarks.cache.kept_file``); a re-run
 with the same settings (overrides, base model bytes) reuses it, other settings train it again.
 """
 
@@ -31,9 +31,9 @@ from typing import Any, Sequence
 
 import torch
 
-from nemo_sew.bench.cache import file_digest, kept_file
-from nemo_sew.bench.report import machine_line, threads_text
-from nemo_sew.bench.timing import runner_latency_ms, torch_threads
+from benchmarks.cache import file_digest, kept_file
+from benchmarks.report import machine_line, threads_text
+from nemo_sew.measure import runner_latency_ms, torch_threads
 
 BUDGETS = ("size", "mac", "sepmac", "transformer", "frontend")
 _UNITS = {"transformer": ["heads", "ffn", "conv"], "frontend": ["frontend"]}

@@ -15,7 +15,7 @@ Runs, all on the same corpus, pre-training recipe, targets and fine-tuning recip
     one model for every budget.
 
 Pre-training runs once per model (seed 0); fine-tuning runs once per seed in ``seeds`` (cells: mean ± half the
-range). Every run is kept in ``out_dir/<run>/result.json`` (fine-tuned models in ``model.nemo`` beside it) and reused (:mod:`nemo_sew.bench.cache`), so seeds
+range). Every run is kept in ``out_dir/<run>/result.json`` (fine-tuned models in ``model.nemo`` beside it) and reused (:mod:`benchmarks.cache`), so seeds
 or factors can run as separate processes on one ``--out``. Cost at the defaults on one CPU thread (tiny_mel
 conformer, 3.5 h corpus, 3-4 such jobs sharing 2 cores; ``bench ssl-curve``'s runs): about 25 min per 1200-step
 pre-training, 15 min per 1000-step fine-tuning, 2.5-3.7x that for the sandwich fine-tuning (its measured step
@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from nemo_sew.bench.report import machine_line, mean_spread
-from nemo_sew.bench.ssl_curve import finetune_ctc, labelled_subset, pretrain_ssl
+from benchmarks.report import machine_line, mean_spread
+from benchmarks.ssl_curve import finetune_ctc, labelled_subset, pretrain_ssl
 
 
 def bench_ssl_stochastic(

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import torch
 
-from nemo_sew.bench.report import machine_line
+from benchmarks.report import machine_line
 
-log = logging.getLogger("nemo_sew.bench.purity")
+log = logging.getLogger("benchmarks.purity")
 
 
 def pnmi(labels: torch.Tensor, clusters: torch.Tensor) -> float:

@@ -29,9 +29,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from nemo_sew.bench.report import machine_line
+from benchmarks.report import machine_line
 
-log = logging.getLogger("nemo_sew.bench.i3d")
+log = logging.getLogger("benchmarks.i3d")
 
 DATA_KEYS = ("train_ds", "validation_ds", "test_ds")
 

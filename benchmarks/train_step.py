@@ -7,7 +7,7 @@
 with the encoder trainable (``full``) and in the ``finetune.freeze_encoder_steps`` period (``frozen``: the encoder
 runs without autograd). ``compile``: encoder inference at a fixed profile, eager against ``torch.compile``
 (inductor) of the whole encoder and of its blocks only (:meth:`SqueezeEncoder.compile_blocks`). Variants are
-timed interleaved in rounds in one process (:func:`nemo_sew.bench.timing.interleaved_ms`), so their ratio is the
+timed interleaved in rounds in one process (:func:`nemo_sew.measure.interleaved_ms`), so their ratio is the
 number to quote; compile time is reported separately.
 """
 
@@ -19,24 +19,10 @@ from typing import Callable
 
 import torch
 
-from nemo_sew.bench.report import machine_line
+from benchmarks.report import machine_line
+from nemo_sew.measure import interleaved_ms
 
 LABELS = "abcdefghijklmnopqrstuvwxyz' "
-
-
-def _interleaved_train_ms(fns: dict[str, Callable[[], None]], warmup: int, runs: int) -> dict[str, list[float]]:
-    """Like :func:`nemo_sew.bench.timing.interleaved_ms`, with autograd on (training steps)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    for r in range(runs):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def bench_train_step(preset: str = "sew_tiny", seconds: float = 10.0, batch: int = 4, warmup: int = 2,
@@ -68,7 +54,7 @@ def bench_train_step(preset: str = "sew_tiny", seconds: float = 10.0, batch: int
 
         return run
 
-    times = _interleaved_train_ms({"full": step(False), "frozen": step(True)}, warmup, runs)
+    times = interleaved_ms({"full": step(False), "frozen": step(True)}, warmup, runs, inference=False)
     med = {k: statistics.median(v) for k, v in times.items()}
     cmd = f"nemo-sew bench train-step --preset {preset} --seconds {seconds:g} --batch {batch} --runs {runs}"
     return "\n".join([
@@ -84,7 +70,6 @@ def bench_train_step(preset: str = "sew_tiny", seconds: float = 10.0, batch: int
 def bench_compile(preset: str = "sew_small", seconds: float = 10.0, batch: int = 1, squeeze: float = 2.0,
                   warmup: int = 3, runs: int = 10, threads: int | None = None) -> str:  # fmt: skip
     """Eager vs inductor-compiled encoder inference at a fixed profile; returns a BENCHMARKS.md section."""
-    from nemo_sew.bench.timing import interleaved_ms
     from nemo_sew.encoder import build_encoder
     from nemo_sew.profile import CompressionProfile
 

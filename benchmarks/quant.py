@@ -16,10 +16,10 @@ weight bit widths? On the synthetic corpus, for each family (``study_conformer``
 
 Table 2 (size, MACs, CPU latency per width): the packed ``.nemo`` sizes and analytic MACs here; with
 ``--fast-paths`` the onnxruntime int8 and 4-bit forms of each fp model (the widths with CPU kernels) are
-transcribed and timed (:mod:`nemo_sew.bench.quant_paths`).
+transcribed and timed (:mod:`benchmarks.quant_paths`).
 
 Every trained model is kept in ``OUT/<family>/`` with the settings that made it, and each family's results in
-``OUT/<family>/result.json`` with the models they measured (:mod:`nemo_sew.bench.cache`): a re-run resumes where a
+``OUT/<family>/result.json`` with the models they measured (:mod:`benchmarks.cache`): a re-run resumes where a
 stopped one left off and retrains only what its settings change (other bit widths or QAT steps reuse the
 pre-trained and fp models), and families can run as separate processes (``--families``) before one run over all of
 them writes the report.
@@ -35,11 +35,11 @@ from typing import Any, Sequence
 
 import torch
 
-from nemo_sew.bench.cache import file_digest, kept_file, kept_result
-from nemo_sew.bench.report import machine_line
+from benchmarks.cache import file_digest, kept_file, kept_result
+from benchmarks.report import machine_line
 from nemo_sew.cost import macs_per_second
 
-log = logging.getLogger("nemo_sew.bench.quant")
+log = logging.getLogger("benchmarks.quant")
 
 FAMILIES = ("study_conformer", "study_attn_deep_narrow", "study_attn_shallow_wide")
 BITS = (16, 8, 4, 2, 1)
@@ -127,7 +127,7 @@ def _int_keys(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trained(path: Path, recipe: str, overrides: list[str], init: Path | None = None) -> Path:
-    """``path``, a model ``recipe`` trains with ``overrides`` (:func:`nemo_sew.bench.cache.kept_file`: reused while
+    """``path``, a model ``recipe`` trains with ``overrides`` (:func:`benchmarks.cache.kept_file`: reused while
     the recipe path, the overrides and the model it starts from are the same; a second process waits for it). The
     training's minutes are kept beside it (:func:`_training_minutes`), so a report counts reused models too."""
     from nemo_sew.train import load_config, train
@@ -247,14 +247,14 @@ def bench_quant(
         plot_layer_errors(errors, out_dir / "layer_error.png", error_bits)
     fast = None
     if fast_paths_threads:  # the onnxruntime int8 / 4-bit forms of each fp model: WER and latency
-        from nemo_sew.bench.quant_paths import family_rows
+        from benchmarks.quant_paths import family_rows
 
         fast = family_rows(list(results), out_dir, test, fast_paths_threads)
     (out_dir / "bench_quant.json").write_text(json.dumps({"families": results, "fast_paths": fast}, indent=1, default=str))
     section = quant_markdown(results, bits, pretrain_steps, finetune_steps, qat_steps, error_bits, minutes, command,
                              out_dir, distill)  # fmt: skip
     if fast:
-        from nemo_sew.bench.quant_paths import fast_paths_markdown
+        from benchmarks.quant_paths import fast_paths_markdown
 
         section += "\n".join(fast_paths_markdown(fast, fast_paths_threads, 10.0)) + "\n"
     return section, results

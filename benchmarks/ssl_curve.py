@@ -16,7 +16,7 @@ Each objective pre-trains once, to the largest of ``pretrain_steps``, and writes
 listed step (``save_at_steps``, so every point of a curve shares one LR schedule). Every snapshot, and a random
 initialisation, is fine-tuned on the first ``labelled_minutes`` of the training manifest for each size and seed.
 Every run's result is kept in ``out_dir/<run>/result.json`` with the settings that made it (and the bytes of the
-model it starts from) and reused by a later call with the same settings (:mod:`nemo_sew.bench.cache`).
+model it starts from) and reused by a later call with the same settings (:mod:`benchmarks.cache`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from nemo_sew.bench.cache import file_digest, kept_result
-from nemo_sew.bench.report import machine_line, mean_spread
+from benchmarks.cache import file_digest, kept_result
+from benchmarks.report import machine_line, mean_spread
 
 OBJECTIVES = ("hubert", "hubert2", "wav2vec2")
 
