@@ -12,6 +12,8 @@ from lhotse.cut import Cut
 
 from manifests.io import temporary_sibling
 
+from nemo_sew.errors import UserError
+
 _DECIMALS = 6
 
 
@@ -23,11 +25,11 @@ def cut_audio_path(cut: Cut) -> str:
     """
     recording = getattr(cut, "recording", None)
     if recording is None:
-        raise ValueError(f"cut {cut.id}: expected a cut with a recording, found none")
+        raise UserError(f"cut {cut.id}: expected a cut with a recording, found none")
     sources = recording.sources
     if len(sources) != 1 or sources[0].type != "file":
         kinds = [source.type for source in sources]
-        raise ValueError(
+        raise UserError(
             f"cut {cut.id}: expected exactly one audio source of type 'file', got {kinds}"
         )
     return str(Path(sources[0].source).resolve())
@@ -78,5 +80,5 @@ def read_nemo_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             try:
                 entries.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {line!r}") from exc
+                raise UserError(f"{path}:{line_no}: expected a JSON object, got {line!r}") from exc
     return entries

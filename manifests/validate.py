@@ -33,6 +33,8 @@ from manifests import LOGGER_NAME
 from manifests.audio import AudioError, check_audio_header, load_audio
 from manifests.io import temporary_sibling, write_text_atomic
 
+from nemo_sew.errors import UserError
+
 LOGGER = logging.getLogger(LOGGER_NAME)
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -68,7 +70,7 @@ class ValidationReport:
         """Raise :class:`ValueError` naming the manifest if no line was kept."""
         if self.kept == 0:
             reasons = Counter(skip.reason.split(":")[0] for skip in self.skipped)
-            raise ValueError(
+            raise UserError(
                 f"{self.manifest}: expected at least one usable line, found none "
                 f"({len(self.skipped)} skipped: {dict(reasons)})"
             )
@@ -379,15 +381,15 @@ def _check_arguments(
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: manifest not found")
     if out_path.resolve() == manifest.resolve():
-        raise ValueError(f"{manifest}: out_path must differ from the manifest, got the same file")
+        raise UserError(f"{manifest}: out_path must differ from the manifest, got the same file")
     if min_duration < 0:
-        raise ValueError(f"min_duration: expected >= 0, got {min_duration}")
+        raise UserError(f"min_duration: expected >= 0, got {min_duration}")
     if max_duration is not None and max_duration < min_duration:
-        raise ValueError(
+        raise UserError(
             f"max_duration: expected >= min_duration ({min_duration}), got {max_duration}"
         )
     if num_jobs < 1:
-        raise ValueError(f"num_jobs: expected >= 1, got {num_jobs}")
+        raise UserError(f"num_jobs: expected >= 1, got {num_jobs}")
 
 
 def validate_manifest(
