@@ -43,6 +43,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    if args.train_minutes is None:
+        # the same fp32 arithmetic on every x86 CPU: MKL's conditional numerical reproducibility and oneDNN capped
+        # at AVX2 (set before torch first calls them: nothing above has imported torch), and a fixed thread count
+        os.environ.setdefault("MKL_CBWR", "AVX2")
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+        import torch
+
+        torch.set_num_threads(args.threads)
     from nemo_sew.demo import DEMO_STEPS, run_demo
 
     run_demo(
@@ -241,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=3.5)
     p.add_argument("--train-steps", type=int, default=None,
                    help="training steps (default 2000; fp32 from the recipe's seed: the same model on any machine)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch threads of the fixed-step demo (part of what makes its result the same everywhere)")
     p.add_argument("--train-minutes", type=float, default=None,
                    help="train for a time budget instead (the step reached, and so the result, depends on the machine)")
     p.add_argument("--seed", type=int, default=0)

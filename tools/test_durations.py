@@ -1,17 +1,17 @@
 """Measure every test's duration and write ``tests/durations.json`` (``make test-durations``), which
 ``tests/conftest.py`` reads to mark the slow tests that ``make test-fast`` (``pytest -m "not slow"``) leaves out.
 
-    python tools/test_durations.py [PYTEST_ARGS...]       # the whole suite by default; takes as long as `make test`
+    python tools/test_durations.py [PYTEST_ARGS...]       # the whole suite by default, ~15 minutes on 2 cores
 
 It runs pytest with this file as a plugin, which records, per test, its **own** time (setup + call + teardown,
 less the set-up of shared fixtures that happened during its set-up) and, per shared fixture (module, class, package
-or session scope), its set-up time once, keyed ``<where it is defined>::<name>`` (its ``baseid``; ``[i]`` added
-for the i-th parameter of a parametrised one). A shared fixture's
-set-up is paid by whichever selected test needs it first, so ``conftest.py`` judges it on its own: a test is slow
-when its own time or the set-up of any shared fixture it needs exceeds a limit. Times come from the machine that
-ran this; the limits in ``conftest.py`` are meant for a quiet 2-core machine. Tests that fail or error are not
-recorded (their times say little). A run given test paths (or ``-k``, ``-m``, ``-x``) merges into the existing file (the others
-keep their times); a run of the whole suite replaces it, dropping tests that no longer exist.
+or session scope), its set-up time once, keyed ``<where it is defined>::<name>`` (its ``baseid``; ``[i]`` added for
+the i-th parameter of a parametrised one): a shared fixture's set-up is paid by whichever selected test needs it
+first, so ``conftest.py`` judges it on its own. Its cut-off is relative (a share of the suite's measured time), so
+the machine's speed matters little; its load matters less with ``OMP_WAIT_POLICY=PASSIVE``, set here unless given.
+Tests that fail or error are not recorded (their times say little). A run given test paths (or ``-k``, ``-m``,
+``-x``) merges into the existing file (the other tests keep their times); a run of the whole suite replaces it,
+dropping tests that no longer exist.
 """
 
 from __future__ import annotations
@@ -96,14 +96,19 @@ def main(argv: list[str]) -> int:
     if not measured["tests"]:
         print("test_durations: no test ran; tests/durations.json left as it is", file=sys.stderr)
         return int(rc) or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    # the whole-suite run that the file comes from (a partial run merged in keeps it)
+    wall = round(time.perf_counter() - start, 1)
+    machine = {"cpus": os.cpu_count(), "load_at_end": load and round(load, 2), "wall_s": wall,
+               "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}  # fmt: skip
     if not full and OUT.exists():
         old = json.loads(OUT.read_text())
         measured = {k: {**old.get(k, {}), **measured[k]} for k in ("tests", "fixtures")}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        machine = old.get("machine", machine)
     doc = {
         "about": "per-test own time and per-shared-fixture set-up time in seconds, from tools/test_durations.py "
         "(make test-durations); tests/conftest.py marks the slow ones",
-        "machine": {"cpus": os.cpu_count(), "load_at_end": load, "wall_s": round(time.perf_counter() - start, 1)},
+        "machine": machine,
         **measured,
     }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
