@@ -425,11 +425,9 @@ class SqueezeEncoder(NeuralModule, Exportable):
         elif self.training and draw.step is None:
             raise ValueError("a training forward's Draw must carry its step (Draw(step=...), or encoder.draw(step)): "
                              "gate annealing, the pruning warm-up and LayerDrop are functions of it")  # fmt: skip
-        bits = draw.profile.weight_bits
-        if bits != 16 or self.quant_config is not None:
-            available = self.quant_config.available if self.quant_config is not None else (16,)
-            if bits not in available:
-                set_weight_bits(self, bits, self.quant_config)  # raises: says what this encoder holds
+        available = self.quant_config.available if self.quant_config is not None else (16,)
+        if draw.profile.weight_bits not in available:
+            set_weight_bits(self, draw.profile.weight_bits, self.quant_config)  # raises: says what this encoder holds
         return draw
 
     def _weights_at(self, bits: int):

@@ -212,12 +212,11 @@ class PruningMasks(nn.Module):
             return OPEN
         values = [units[k] for k in (unit_key, branch_key) if k is not None]
         open_ = torch.stack([(v != 0).any() for v in values]).all() if len(values) > 1 else (values[0] != 0).any()
-        plan = BranchPlan(
+        return BranchPlan(
             open=open_ if training else bool(open_),
             units=units[unit_key] if unit_key is not None else None,
             scale=units[branch_key] if branch_key is not None else None,
         )
-        return plan
 
     def _attach(self, encoder: nn.Module) -> None:
         """The masks of ``encoder``'s prunable units (the table in the module docstring) and where they apply."""
