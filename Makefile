@@ -30,6 +30,12 @@ test-fast: setup
 test-durations: setup
 	$(PY) tools/test_durations.py $(PYTEST_ARGS)
 
+# regenerates docs/cli.md, the --help of every command and subcommand, from the parser (tests/test_docs.py fails
+# when the committed file differs from what this writes)
+.PHONY: docs
+docs: setup
+	$(PY) tools/gen_cli_docs.py
+
 # the first thing to run on a CUDA machine (skips with its reason elsewhere): bf16 steps of every training family,
 # host-sync count, a 2-GPU DDP step, throughput and MFU, appended to BENCHMARKS.md
 gpu-check: setup
