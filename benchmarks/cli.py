@@ -222,6 +222,7 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
 
     settings = CpuBenchSettings.quick() if args.quick else CpuBenchSettings()
     given = {k: getattr(args, k) for k in ("presets", "seconds", "batches", "warmup", "runs", "threads", "seed")}
+    given["torchao"] = args.torchao or None
     settings = dataclasses.replace(settings, **{k: tuple(v) if isinstance(v, list) else v
                                                 for k, v in given.items() if v is not None})  # fmt: skip
     result = bench_cpu(settings, command=command_line(args), profile=args.profile_ops,
@@ -439,5 +440,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny configs, 1 s audio, few runs (tests)")
     p.add_argument("--profile-ops", action="store_true", help="torch.profiler op groups of our eager encoder")
+    p.add_argument("--torchao", action="store_true",
+                   help="add torchao's PT2E int8 + torch.compile row beside the onnxruntime forms (needs torchao)")
     p.add_argument("--json", default=None, help="write the raw numbers to this JSON file")
     p.set_defaults(func=_cmd_bench_cpu)

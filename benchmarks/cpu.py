@@ -85,6 +85,7 @@ class CpuBenchSettings:
     perturb: float = 0.02  # std of noise added to every random weight (exercises constant-initialised ones)
     seed: int = 0
     quant: bool = True  # batch-1 rows of the quantized onnxruntime forms + the int8 matmul peak (issue 13)
+    torchao: bool = False  # and torchao's PT2E int8 + torch.compile row (issue 27; compiling takes a minute or more)
 
     @classmethod
     def quick(cls) -> "CpuBenchSettings":
@@ -394,7 +395,9 @@ def _bench_family(
     if s.quant and 1 in s.batches:
         from benchmarks.quant_cpu import quant_rows
 
-        rows += quant_rows(ours, inputs, preset, s, probe, threads, work_dir, log, our_macs)
+        x1q = inputs(1)[0][:, 0]
+        peer = (hf_name, hf_params, hf_macs, lambda: hf(input_values=x1q))
+        rows += quant_rows(ours, inputs, preset, s, probe, threads, work_dir, log, our_macs, peer)
     return rows, ours, inputs
 
 
@@ -430,7 +433,7 @@ def _ratios(rows: list[Row], presets: Sequence[str], batches: Sequence[int]) -> 
         mine = [r for r in rows if r.preset == preset and not r.model.endswith("PTQ")]  # PTQ rows: quant_ratios
         ours = {r.batch: r for r in mine if r.model.startswith("ours") and r.runtime == "PyTorch eager"}
         ort = {r.batch: r for r in mine if r.runtime.startswith("onnxruntime")}
-        peer = {r.batch: r for r in mine if r.model.startswith("transformers")}
+        peer = {r.batch: r for r in mine if r.model.startswith("transformers") and r.runtime == "PyTorch eager"}
         for b in batches:
             v = peer[b].latency_ms / ours[b].latency_ms
             g = GOALS["eager_vs_transformers"]

@@ -249,7 +249,7 @@ def bench_quant(
     if fast_paths_threads:  # the onnxruntime int8 / 4-bit forms of each fp model: WER and latency
         from benchmarks.quant_paths import family_rows
 
-        fast = family_rows(list(results), out_dir, test, fast_paths_threads)
+        fast = family_rows(list(results), out_dir, test, fast_paths_threads, calibration=dev)
     (out_dir / "bench_quant.json").write_text(json.dumps({"families": results, "fast_paths": fast}, indent=1, default=str))
     section = quant_markdown(results, bits, pretrain_steps, finetune_steps, qat_steps, error_bits, minutes, command,
                              out_dir, distill)  # fmt: skip

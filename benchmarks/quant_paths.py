@@ -19,6 +19,7 @@ from benchmarks.report import threads_text
 from nemo_sew.measure import runner_latency_ms, torch_threads
 
 FORMS = (  # (label, nemo_sew.quant.onnx form, weight bits)
+    ("onnxruntime int8 static (W8 per channel, A8 calibrated, fused attention)", "int8_static", 8),
     ("onnxruntime int8 dynamic (W8 per channel, A8 per batch)", "int8_dynamic", 8),
     ("onnxruntime QDQ int8 weights (fused MatMulNBits)", "qdq", 8),
     ("onnxruntime MatMulNBits 4-bit g32 (int8 compute)", "matmul_nbits", 4),
@@ -34,15 +35,20 @@ def fast_paths(
     runs: int = 10,
     max_timed_s: float = 20.0,
     batch_size: int = 16,
+    calibration: str | Path | None = None,
+    calibration_utterances: int = 32,
 ) -> list[dict[str, Any]]:
-    """One row per runtime of the model ``fp_path``: ``runtime, wer, cer, mb, ms`` (median batch-1 latency)."""
+    """One row per runtime of the model ``fp_path``: ``runtime, wer, cer, mb, ms`` (median batch-1 latency).
+    ``calibration``: the manifest whose first ``calibration_utterances`` utterances calibrate the int8 static form
+    (never the test manifest); without it that form is left out."""
     import torch
     from nemo.collections.asr.models import ASRModel
 
+    from manifests.audio import load_audio
     from nemo_sew.evaluate import error_rates, read_manifest
     from nemo_sew.export import OnnxCTCRunner, TorchCTCRunner, export_onnx
     from nemo_sew.quant.model import quantize_model
-    from nemo_sew.quant.onnx import export_quantized_onnx
+    from nemo_sew.quant.onnx import calibration_feeds, export_quantized_onnx
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +64,14 @@ def fast_paths(
         runners["onnxruntime fp32"], sizes["onnxruntime fp32"] = OnnxCTCRunner(fp_onnx, threads), fp_onnx.stat().st_size
         for label, form, bits in FORMS:
             q.set_profile({"weight_bits": bits})
-            path = export_quantized_onnx(q, work_dir / f"{form}_{bits}.onnx", form, check=False).path
+            extra = {}
+            if form == "int8_static":
+                if calibration is None:
+                    continue
+                cal = read_manifest(calibration)[:calibration_utterances]
+                waves = [load_audio(e["audio_filepath"])[0] for e in cal]
+                extra["calibration"] = calibration_feeds(q, waves)
+            path = export_quantized_onnx(q, work_dir / f"{form}_{bits}.onnx", form, check=False, **extra).path
             runners[label], sizes[label] = OnnxCTCRunner(path, threads), path.stat().st_size
         rows = []
         for label, runner in runners.items():
@@ -91,9 +104,12 @@ def fast_paths_markdown(per_family: dict[str, list[dict[str, Any]]], threads: in
     return lines
 
 
-def family_rows(families: Sequence[str], out_dir: Path, manifest: str, threads: int, seconds: float = 10.0) -> dict:
-    """:func:`fast_paths` of ``out_dir/<family>/fp.nemo`` for each family (ONNX files in ``<family>/onnx``)."""
-    return {f: fast_paths(out_dir / f / "fp.nemo", manifest, out_dir / f / "onnx", threads, seconds) for f in families}
+def family_rows(families: Sequence[str], out_dir: Path, manifest: str, threads: int, seconds: float = 10.0,
+                calibration: str | None = None) -> dict:  # fmt: skip
+    """:func:`fast_paths` of ``out_dir/<family>/fp.nemo`` for each family (ONNX files in ``<family>/onnx``);
+    ``calibration``: the manifest the int8 static form calibrates on (the dev split)."""
+    return {f: fast_paths(out_dir / f / "fp.nemo", manifest, out_dir / f / "onnx", threads, seconds,
+                          calibration=calibration) for f in families}  # fmt: skip
 
 
 __all__ = ["FORMS", "fast_paths", "fast_paths_markdown", "family_rows"]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 
 from nemo_sew.cli import main  # noqa: E402
+from benchmarks.quant_cpu import INT8_GOAL, PEER_RUNTIME  # noqa: E402
 from nemo_sew.convert.transformers import transformers_config  # noqa: E402
 from nemo_sew.evaluate import count_macs  # noqa: E402
 
@@ -39,12 +40,12 @@ def test_quick_run_writes_every_row_and_column(quick_run):
     assert rc == 0
     settings = data["settings"]
     rows = data["rows"]
-    # per preset: ours eager, ours onnxruntime, transformers, at every batch, and 3 quantized forms at batch 1;
-    # then the Conformer at every batch
-    assert len(rows) == (3 * len(settings["presets"]) + 1) * len(settings["batches"]) + 3 * len(settings["presets"])
+    # per preset: ours eager, ours onnxruntime, transformers, at every batch, and 4 quantized forms plus the
+    # transformers peer timed in their rounds at batch 1; then the Conformer at every batch
+    assert len(rows) == (3 * len(settings["presets"]) + 1) * len(settings["batches"]) + 5 * len(settings["presets"])
     runtimes = {(r["model"].split(" ")[0], r["runtime"]) for r in rows if not r["model"].endswith("PTQ")}
     assert runtimes == {("ours", "PyTorch eager"), ("ours", "onnxruntime fp32"), ("transformers", "PyTorch eager"),
-                        ("NeMo", "PyTorch eager")}  # fmt: skip
+                        ("transformers", PEER_RUNTIME), ("NeMo", "PyTorch eager")}  # fmt: skip
     for r in rows:
         for key in ("params_m", "gmacs_per_s", "latency_ms", "rtfx", "gflops", "peak_fraction"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["model"], key, r[key])
@@ -64,7 +65,7 @@ def test_quick_run_writes_every_row_and_column(quick_run):
 
 def test_quick_run_parity_with_transformers_and_onnxruntime(quick_run):
     _, data, _ = quick_run
-    compared = [r for r in data["rows"] if not r["model"].endswith("PTQ")
+    compared = [r for r in data["rows"] if not r["model"].endswith("PTQ") and r["runtime"] != PEER_RUNTIME
                 and (r["model"].startswith("transformers") or r["runtime"].startswith("onnx"))]  # fmt: skip
     assert len(compared) == 2 * len(data["settings"]["presets"]) * len(data["settings"]["batches"])
     for r in compared:
@@ -102,8 +103,15 @@ def test_transformers_config_rejects_mel_presets():
 def test_quantized_rows_and_int8_peak(quick_run):
     _, data, markdown = quick_run
     ptq = [r for r in data["rows"] if r["model"].endswith("PTQ")]
-    assert {r["batch"] for r in ptq} == {1} and len(ptq) == 3 * len(data["settings"]["presets"])
+    assert {r["batch"] for r in ptq} == {1} and len(ptq) == 4 * len(data["settings"]["presets"])
     assert any("MatMulNBits 4-bit" in r["runtime"] for r in ptq) and any("int8 dynamic" in r["runtime"] for r in ptq)
+    assert any("int8 static" in r["runtime"] for r in ptq)
+    # the quantized forms are compared with the transformers peer timed in their own rounds, against the int8 goal
+    for preset in data["settings"]["presets"]:
+        peer = next(r for r in data["rows"] if r["preset"] == preset and r["runtime"] == PEER_RUNTIME)
+        static = next(q for q in data["ratios"] if q["name"].startswith(f"{preset}: onnxruntime int8 static")
+                      and "vs transformers" in q["name"])  # fmt: skip
+        assert static["detail"].startswith(f"{peer['latency_ms']:.1f} ms /") and static["goal"] == INT8_GOAL
     for r in ptq:  # the quantization error shows, but the output is the same encoder's
         assert 0 < r["max_abs_diff"] < 10 and r["latency_ms"] > 0  # random weights: 4-bit error is O(1)
     assert data["matmul"]["int8"]["gflops"] > 0 and data["matmul"]["int8"]["ratio"] > 0 and "int8 matmul (torch._int_mm" in markdown

@@ -58,14 +58,19 @@ def test_fast_paths_transcribe_and_time_every_onnxruntime_form(tiny_ctc_nemo, ti
     from benchmarks.quant_paths import FORMS, fast_paths, fast_paths_markdown
 
     manifest = tiny_corpus["test"]["manifest"]
-    rows = fast_paths(tiny_ctc_nemo, manifest, tmp_path, threads=1, seconds=1.0, runs=3)
+    rows = fast_paths(tiny_ctc_nemo, manifest, tmp_path, threads=1, seconds=1.0, runs=3,
+                      calibration=tiny_corpus["dev"]["manifest"], calibration_utterances=4)
     by = {r["runtime"]: r for r in rows}
     assert list(by) == ["PyTorch eager fp32", "onnxruntime fp32", *(label for label, *_ in FORMS)]
     # the fp32 graph decodes what the eager model decodes
     assert (by["onnxruntime fp32"]["wer"], by["onnxruntime fp32"]["cer"]) == pytest.approx(
         (by["PyTorch eager fp32"]["wer"], by["PyTorch eager fp32"]["cer"]), abs=1e-9)
-    sizes = [by[label]["mb"] for label in ("onnxruntime fp32", FORMS[1][0], FORMS[2][0])]
+    label = {form: label for label, form, _ in FORMS}
+    sizes = [by[name]["mb"] for name in ("onnxruntime fp32", label["qdq"], label["matmul_nbits"])]
     assert sizes[0] > sizes[1] > sizes[2]  # fp32 > int8 QDQ > 4-bit MatMulNBits
+    assert by[label["int8_static"]]["mb"] < sizes[0]  # int8 weights
+    # the int8 static form decodes close to fp32 (calibrated on the dev split, scored on the test split)
+    assert by[label["int8_static"]]["cer"] <= by["onnxruntime fp32"]["cer"] + 0.05
     assert all(r["ms"] > 0 and r["samples"] >= 3 for r in rows)
     lines = fast_paths_markdown({"tiny": rows}, 1, 1.0)
     assert sum(line.startswith("| tiny |") for line in lines) == len(rows)

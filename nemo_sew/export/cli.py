@@ -3,7 +3,7 @@
     nemo-sew export model.nemo --profiles recipes/profiles/fixed_s2.yaml --out exported/   # exported/s2.onnx
     nemo-sew export model.nemo --out exported/ --precision fp16 --encoder-only
     nemo-sew export q.nemo --profiles recipes/profiles/weight_bits.yaml --quant-form qdq --out exported/  # w8, w4
-    nemo-sew export i3d.nemo --profiles recipes/profiles/i3d_thresholds.yaml --static-gates dev.json --out exported/
+    nemo-sew export i3d.nemo --profiles recipes/profiles/i3d.yaml --static-gates dev.json --out exported/
     nemo-sew transcribe exported/s2.onnx --backend onnxruntime --manifest test.json --out hyps.jsonl
     nemo-sew transcribe model.nemo a.wav b.wav --backend torch --profile s2
 
@@ -104,6 +104,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         "profiles": {},
     }
     failed = []
+    calibration = _calibration_waves(args) if args.quant_form == "int8_static" else None  # read once
     for name, profile in profiles.items():
         path = out / f"{name}.onnx"
         entry: dict[str, Any] = {"file": path.name, "profile": profile.to_dict()}
@@ -117,16 +118,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
             if form:  # a quantized model's held weights as QDQ / ORT-native ONNX (nemo_sew.quant.onnx)
                 from nemo_sew.quant.onnx import export_quantized_onnx
 
+                extra = {"calibration_method": args.calibration_method} if form == "int8_static" else {}
                 with model.profile_scope(profile):
+                    if form == "int8_static":
+                        from nemo_sew.quant.onnx import calibration_feeds
+
+                        extra["calibration"] = calibration_feeds(model, calibration, args.encoder_only)
                     result = export_quantized_onnx(model, path, form, check=not args.no_check,
-                                                   encoder_only=args.encoder_only, precision=args.precision)  # fmt: skip
+                                                   encoder_only=args.encoder_only, precision=args.precision,
+                                                   **extra)  # fmt: skip
                 entry["quant_form"] = form
             else:
                 result = export_onnx(
                     model, path, profile=profile, opset=args.opset, check=not args.no_check, precision=args.precision,
                     encoder_only=args.encoder_only,
                 )  # fmt: skip
-            entry["parity"] = result.parity.to_dict() if result.parity is not None else None
+            parity = result.parity
+            entry["parity"] = parity.to_dict() if hasattr(parity, "to_dict") else parity  # int8_static: a dict
         except ParityError as e:
             log.error("%s", e)
             entry["parity"] = {"passed": False, "error": str(e)}
@@ -204,6 +212,20 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_waves(args: argparse.Namespace) -> list:
+    """The first ``--calibration-utterances`` waveforms of ``--calibration`` (int8_static)."""
+    from manifests.audio import load_audio
+    from nemo_sew.evaluate import read_manifest
+
+    if args.calibration is None:
+        raise UserError("--quant-form int8_static needs --calibration MANIFEST: utterances to calibrate the "
+                        "activation scales on (a training or dev manifest, not the test set)")  # fmt: skip
+    if args.calibration_utterances < 1:
+        raise UserError(f"--calibration-utterances must be >= 1, got {args.calibration_utterances}")
+    entries = read_manifest(args.calibration)[: args.calibration_utterances]
+    return [load_audio(e["audio_filepath"])[0] for e in entries]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` and ``transcribe`` commands to the ``nemo-sew`` parser."""
     p = subparsers.add_parser(
@@ -218,11 +240,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.add_argument(
-        "--quant-form", choices=["qdq", "matmul_nbits", "int8_dynamic"], default=None,
+        "--quant-form", choices=["qdq", "matmul_nbits", "int8_dynamic", "int8_static"], default=None,
         help="a quantized model (nemo-sew quantize): INT8/INT4 DequantizeLinear weights (qdq, opset 21; with "
         "--precision fp16 the TensorRT form: fp16 activations, INT4 only on MatMul weights), onnxruntime "
-        "MatMulNBits (4-bit profiles) or int8 dynamic (8-bit profiles); default: fp32 initializers",
+        "MatMulNBits (4-bit profiles), int8 dynamic or int8 static (8-bit profiles; static: the fastest CPU "
+        "form, activations calibrated on --calibration); default: qdq for low-bit profiles, fp32 for fp ones",
     )  # fmt: skip
+    p.add_argument("--calibration", metavar="MANIFEST", default=None,
+                   help="int8_static: utterances whose activation ranges set the int8 scales (not the test set)")
+    p.add_argument("--calibration-utterances", type=int, default=32, metavar="N",
+                   help="int8_static: the first N utterances of --calibration (default 32)")
+    p.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="int8_static: onnxruntime's calibrator (default minmax)")
     p.add_argument(
         "--static-gates", metavar="MANIFEST", default=None,
         help="I3D models: also export each profile with its gates frozen at their mean decisions over MANIFEST "

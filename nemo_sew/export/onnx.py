@@ -58,6 +58,7 @@ from nemo_sew.encoder import SqueezeEncoder
 from nemo_sew.export.conditional import MARKER_DOMAIN, conditional_branches, node_reads
 from nemo_sew.nn.compress import SqueezeCompressor
 from nemo_sew.nn.frontend import MaskedInstanceNorm, time_mask
+from nemo_sew.nn.ort_ops import ORT_DOMAIN, onnxruntime_contrib_ops
 from nemo_sew.preprocessor import WaveformPreprocessor
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
@@ -473,6 +474,7 @@ def export_onnx(
     tolerance: float | None = None,
     cases: int = 4,
     seed: int = 0,
+    contrib_ops: bool = False,
 ) -> ExportResult:
     """Export at ``profile`` to ``path`` and (``check``) verify it against PyTorch; see the module docstring.
 
@@ -484,6 +486,9 @@ def export_onnx(
         encoder_only: for a model, export only its encoder (the model's metadata is kept).
         tolerance: parity tolerance; default :data:`TOLERANCE` of ``precision``.
         cases: random batches in the parity check; ``seed`` makes them reproducible.
+        contrib_ops: write onnxruntime's fused CPU operators (``com.microsoft.MultiHeadAttention``; 1x1 front-end
+            convs as ``Conv``): the base of the onnxruntime int8 static form (:mod:`nemo_sew.nn.ort_ops`). Such a
+            graph runs on onnxruntime only (metadata ``contrib_ops=1``; the TensorRT check refuses it).
 
     Raises :class:`ParityError` when ``check`` finds a difference above the tolerance (the file stays, so it
     can be inspected).
@@ -504,12 +509,18 @@ def export_onnx(
                 "fp16 export of input-dependent I3D gates is not supported (onnxruntime's float16 converter "
                 "misplaces casts around If subgraphs): export fp32, or a static profile (freeze_gates) in fp16"
             )
-        torch.onnx.export(
-            plan.graph, (x, lengths), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
-            opset_version=opset, do_constant_folding=True, dynamo=False,
-            **({"custom_opsets": {MARKER_DOMAIN: 1}} if gated else {}),
-        )  # fmt: skip
+        if contrib_ops and precision != "fp32":
+            raise ValueError(f"contrib_ops is the onnxruntime CPU int8 base graph (fp32); got precision {precision!r}")
+        custom = {**({MARKER_DOMAIN: 1} if gated else {}), **({ORT_DOMAIN: 1} if contrib_ops else {})}
+        with onnxruntime_contrib_ops(contrib_ops):
+            torch.onnx.export(
+                plan.graph, (x, lengths), str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+                **({"custom_opsets": custom} if custom else {}),
+            )  # fmt: skip
         metadata = _metadata(plan, precision, opset)
+        if contrib_ops:
+            metadata["contrib_ops"] = "1"
         scopes = fp32_scopes(plan.graph, plan.encoder)  # at the export's profile (its squeeze)
         gate_meta = _gate_metadata(plan.encoder) if gated else {}
     proto = onnx.load(str(path))

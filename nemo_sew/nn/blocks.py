@@ -31,6 +31,7 @@ from torch import nn
 from nemo_sew.arch import BlockSpec
 from nemo_sew.nn.frontend import _capturing, can_overwrite, time_mask
 from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions, gate_mix
+from nemo_sew.nn.ort_ops import MultiHeadAttentionOp, contrib_ops_active
 from nemo_sew.nn.pooling import masked_avg_pool
 from nemo_sew.nn.units import OPEN, BranchPlan, layer_norm_over, scale_channels
 
@@ -121,6 +122,10 @@ class SelfAttention(nn.Module):
         def heads(y: torch.Tensor, t: int) -> torch.Tensor:
             return y.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
 
+        if key_mask.dim() == 2 and contrib_ops_active():  # onnxruntime's fused kernel (export only, see ort_ops)
+            inner = self.num_heads * self.head_dim
+            y = MultiHeadAttentionOp.apply(self.q_proj(x), self.k_proj(kv), self.v_proj(kv), key_mask, self.num_heads, inner)
+            return self.out_proj(scale_channels(y, units, repeat=self.head_dim))
         q, k, v = heads(self.q_proj(x), tq), heads(self.k_proj(kv), tk), heads(self.v_proj(kv), tk)
         # (B, 1, 1, Tk) broadcast over heads and queries, or a per-query mask (B, 1, Tq, Tk) (local attention)
         attn_mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]

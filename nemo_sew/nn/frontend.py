@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import ConvLayer, FrontendSpec, wfe_c_layers, wfe_o_layers  # noqa: F401 (re-exported)
+from nemo_sew.nn.ort_ops import contrib_ops_active
 from nemo_sew.nn.units import FrontendPlan, layer_norm_over, scale_channels
 
 
@@ -236,7 +237,7 @@ class ConvBlock(nn.Module):
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         if _channels_last(x):
             return self._conv_channels_last(x)
-        if self.kernel == 1 and self.stride == 1:
+        if self.kernel == 1 and self.stride == 1 and not contrib_ops_active():  # onnxruntime's int8 form: a Conv
             # (C_out, C_in) @ (B, C_in, T) -> (B, C_out, T), contiguous: the conv's sums as one batched GEMM.
             # bmm on the expanded weight, not torch.matmul: with a weight that requires grad, matmul takes a
             # path ~2x slower on CPU (even under inference_mode)

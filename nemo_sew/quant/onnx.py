@@ -12,8 +12,17 @@
   lie on our grid; hand-written packing avoids that.) Convs and the other weights keep QDQ.
   ``accuracy_level=4`` computes with int8 activations (the fast kernel, :data:`ORT_TOLERANCE`), 0 in fp32.
 * ``int8_dynamic`` -- ``onnxruntime.quantization.quantize_dynamic`` (int8 weights per channel, int8
-  activations quantized per batch): the int8 CPU fast path; compared with the int8 eager model at
+  activations quantized per batch, MatMuls only); compared with the int8 eager model at
   :data:`ORT_TOLERANCE` (activation quantization adds error).
+* ``int8_static`` -- the fastest CPU form: ``onnxruntime.quantization.quantize_static`` (QDQ; int8 weights per
+  channel, uint8 activations with scales calibrated on real utterances: :func:`calibration_feeds`) of every
+  ``Conv`` (the front end too) and every weight ``MatMul``, on the graph
+  ``export_onnx(..., contrib_ops=True, opset=20)`` writes: attention as onnxruntime's fused
+  ``MultiHeadAttention`` (fp32), GELU as one ``Gelu`` node (opset 20; the erf pattern of opset 17 gets split
+  by the quantizer's duplicated dequantize and is left unfused). The fp32 graph is checked against the eager
+  model first (:data:`~nemo_sew.export.TOLERANCE`, the usual lengths); the quantized graph is compared on the
+  calibration utterances themselves (:data:`STATIC_TOLERANCE`, relative error), since random-noise parity
+  inputs fall outside speech's calibrated ranges. onnxruntime only (contrib operators).
 
 How the QDQ pass finds the weights (hand-written; no library rewrites existing initializers into QDQ): the
 TorchScript exporter folds every parametrized weight into an fp32 initializer, possibly transposed (MatMul)
@@ -27,23 +36,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from nemo_sew.errors import UserError
 from nemo_sew.export.onnx import ExportResult, check_parity, export_onnx, read_metadata
 from nemo_sew.quant.weights import held_weights
 
 log = logging.getLogger("nemo_sew.quant")
 
-Form = Literal["qdq", "matmul_nbits", "int8_dynamic"]
+Form = Literal["qdq", "matmul_nbits", "int8_dynamic", "int8_static"]
 QDQ_OPSET = 21
 QDQ_TOLERANCE = 1e-4
 ORT_TOLERANCE = {"matmul_nbits": 0.15, "int8_dynamic": 0.15}
 """Max abs difference on valid frames vs the eager quantized model (log-probs / encoder outputs)."""
+STATIC_TOLERANCE = 0.25
+"""``int8_static``: largest mean relative error (mean |graph - eager| / mean |eager| on valid frames) allowed on
+a calibration utterance; a broken calibration or graph gives errors of order 1."""
+STATIC_OPSET = 20  # the first opset with a Gelu operator
 EXACT_QDQ_SESSION = {"session.qdq_matmulnbits_accuracy_level": "0"}
 """onnxruntime fuses ``DequantizeLinear -> MatMul`` into ``MatMulNBits``; at its default accuracy level (4) that
 quantizes activations to int8 (fast, not exact). Level 0 keeps fp32 activations: the QDQ parity check uses it,
@@ -259,6 +273,94 @@ def constants_to_initializers(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+
+def calibration_feeds(
+    model_or_encoder: Any, waveforms: Sequence[np.ndarray], encoder_only: bool = False
+) -> list[dict[str, np.ndarray]]:
+    """The graph's feeds (``audio_signal``, ``length``) for 1-D float waveforms, one utterance per feed: the
+    waveform itself where the graph starts at the waveform, else the model's own preprocessor's features (dither
+    off, as in transcription). A features encoder alone has no preprocessor: pass its feature feeds directly."""
+    import torch
+
+    from nemo_sew.export.onnx import _plan
+    from nemo_sew.export.ort import _inference_preprocessor
+
+    plan = _plan(model_or_encoder, encoder_only)
+    feeds = []
+    for wave in waveforms:
+        wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+        if plan.input_kind == "waveform":
+            x = wave[None, :] if plan.channels is None else wave[None, None, :]
+            feeds.append({"audio_signal": x, "length": np.array([wave.size], dtype=np.int64)})
+            continue
+        pre = getattr(model_or_encoder, "preprocessor", None)
+        if pre is None:
+            raise UserError("this graph starts at features and the object has no preprocessor: pass feature feeds")
+        with _inference_preprocessor(model_or_encoder), torch.inference_mode():
+            feats, n = pre(input_signal=torch.from_numpy(wave)[None], length=torch.tensor([wave.size]))
+        feeds.append({"audio_signal": feats.float().numpy(), "length": n.to(torch.int64).numpy()})
+    return feeds
+
+
+def _quantize_static(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]], method: str) -> None:
+    """onnxruntime's static QDQ quantization of every Conv and weight MatMul (see the module docstring)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class _Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    proto = onnx.load(str(src))
+    weights = {t.name for t in proto.graph.initializer}
+    # MatMuls of two activations (none left after MultiHeadAttention, but local attention keeps its products)
+    # stay fp32: quantizing attention scores costs more in quantize/dequantize than it saves
+    skip = [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
+    quantize_static(
+        str(src), str(dst), _Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul"],
+        nodes_to_exclude=skip, calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+    )  # fmt: skip
+
+
+def check_static_error(
+    model_or_encoder: Any, path: Path, feeds: Sequence[dict[str, np.ndarray]], tolerance: float, encoder_only: bool
+) -> dict[str, Any]:
+    """Mean relative error (valid frames) of an ``int8_static`` graph against the eager model on the calibration
+    utterances; :class:`~nemo_sew.export.ParityError` above ``tolerance`` or when output lengths differ."""
+    import torch
+
+    from nemo_sew.export.onnx import ParityError, _export_state, _plan, _session
+
+    plan = _plan(model_or_encoder, encoder_only)
+    session = _session(Path(path), None)
+    time_axis = 1 if plan.kind == "ctc" else 2
+    errors = []
+    with _export_state(plan.root, plan.encoder, None):
+        for feed in feeds:
+            with torch.no_grad():
+                ref, ref_len = plan.graph(torch.from_numpy(feed["audio_signal"]), torch.from_numpy(feed["length"]))
+            got, got_len = session.run(None, feed)
+            if not np.array_equal(np.asarray(got_len), ref_len.numpy()):
+                raise ParityError(f"{path}: encoded_len {np.asarray(got_len).tolist()} != torch {ref_len.tolist()}")
+            n = int(ref_len[0])
+            r = ref.numpy().take(range(n), axis=time_axis)
+            g = np.asarray(got).take(range(n), axis=time_axis)
+            errors.append(float(np.abs(g - r).mean() / max(np.abs(r).mean(), 1e-12)))
+    worst = max(errors)
+    if worst > tolerance:
+        raise ParityError(f"{path}: int8_static differs from the eager model by mean relative error {worst:.3g} on "
+                          f"a calibration utterance, tolerance {tolerance:g}")  # fmt: skip
+    log.info("int8_static %s: mean relative error %.3g (worst %.3g, %d utterances)", path.name,
+             float(np.mean(errors)), worst, len(errors))  # fmt: skip
+    return {"mean_relative_error": float(np.mean(errors)), "worst_relative_error": worst, "tolerance": tolerance,
+            "utterances": len(errors)}  # fmt: skip
+
+
 def export_quantized_onnx(
     model_or_encoder: Any,
     path: str | Path,
@@ -269,6 +371,8 @@ def export_quantized_onnx(
     tolerance: float | None = None,
     accuracy_level: int = 4,
     precision: str = "fp32",
+    calibration: Sequence[dict[str, np.ndarray]] | None = None,
+    calibration_method: str = "minmax",
 ) -> QuantExport:
     """Export the active quantized profile of a model (or encoder) in ``form``; see the module docstring.
 
@@ -277,7 +381,11 @@ def export_quantized_onnx(
     parity against the eager quantized model within the fp16 tolerance over the whole length range.
 
     ``accuracy_level`` (``matmul_nbits``): 4 = int8 activations inside ``MatMulNBits`` (the fast CPU kernel),
-    0 = fp32 activations (exact: parity within :data:`QDQ_TOLERANCE`)."""
+    0 = fp32 activations (exact: parity within :data:`QDQ_TOLERANCE`).
+
+    ``calibration`` (``int8_static``, required): the graph's feeds for real utterances, one per utterance
+    (:func:`calibration_feeds`); ``calibration_method``: ``minmax``, ``percentile`` (99.999) or ``entropy``
+    (onnxruntime's calibrators)."""
     from onnx import version_converter
 
     enc = _encoder(model_or_encoder)
@@ -289,11 +397,23 @@ def export_quantized_onnx(
         raise ValueError(f"expected precision fp32 or fp16, got {precision!r}")
     if precision == "fp16" and form != "qdq":
         raise ValueError(f"precision fp16 is the TensorRT QDQ form; {form!r} is an onnxruntime CPU form (fp32 activations)")
-    if form == "matmul_nbits" and bits != 4 or form == "int8_dynamic" and bits != 8:
+    if form == "matmul_nbits" and bits != 4 or form in ("int8_dynamic", "int8_static") and bits != 8:
         raise ValueError(f"form {form!r} runs {4 if form == 'matmul_nbits' else 8}-bit weights; the model runs {bits}-bit")
+    static = form == "int8_static"
+    if static and not calibration:
+        raise UserError(
+            "form int8_static calibrates its activation scales on real utterances: pass calibration= the graph "
+            "feeds of some (nemo_sew.quant.onnx.calibration_feeds; the CLI: --calibration MANIFEST)"
+        )
+    if static and calibration_method not in CALIBRATION_METHODS:
+        raise UserError(f"expected calibration_method in {sorted(CALIBRATION_METHODS)}, got {calibration_method!r}")
     path = Path(path)
     fp_path = path.with_name(path.stem + ".dequantized.onnx")
-    base: ExportResult = export_onnx(model_or_encoder, fp_path, check=False, encoder_only=encoder_only)
+    # int8_static: the contrib-op fp32 graph is checked against the eager model before it is quantized
+    base: ExportResult = export_onnx(
+        model_or_encoder, fp_path, check=static and check, encoder_only=encoder_only, cases=cases,
+        **({"contrib_ops": True, "opset": STATIC_OPSET} if static else {}),
+    )  # fmt: skip
     proto = constants_to_initializers(onnx.load(str(fp_path)))
     onnx.save(proto, str(fp_path))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -319,15 +439,22 @@ def export_quantized_onnx(
         quantize_dynamic(str(fp_path), str(path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
         proto = onnx.load(str(path))
         tol = ORT_TOLERANCE[form] if tolerance is None else tolerance
+    elif static:
+        _quantize_static(fp_path, path, calibration, calibration_method)
+        proto = onnx.load(str(path))
+        meta["calibration"] = f"{calibration_method}, {len(calibration)} utterances"
+        tol = STATIC_TOLERANCE if tolerance is None else tolerance
     else:
-        raise ValueError(f"expected form in ('qdq', 'matmul_nbits', 'int8_dynamic'), got {form!r}")
+        raise ValueError(f"expected form in ('qdq', 'matmul_nbits', 'int8_dynamic', 'int8_static'), got {form!r}")
     meta.update(quant_form=form, weight_bits=str(bits), precision=precision)
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(path))
     fp_path.unlink(missing_ok=True)
-    if check:
+    if check and static:
+        result.parity = check_static_error(model_or_encoder, path, calibration, tol, encoder_only)
+    elif check:
         config = EXACT_QDQ_SESSION if form == "qdq" else None
         result.parity = check_parity(model_or_encoder, path, tolerance=tol, cases=cases, encoder_only=encoder_only,
                                      session_config=config)  # fmt: skip
@@ -341,5 +468,6 @@ def initializer_bytes(path: str | Path) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in proto.graph.initializer)
 
 
-__all__ = ["QDQ_OPSET", "QDQ_TOLERANCE", "ORT_TOLERANCE", "QuantExport", "export_quantized_onnx", "qdq_weights",
+__all__ = ["QDQ_OPSET", "QDQ_TOLERANCE", "ORT_TOLERANCE", "STATIC_TOLERANCE", "QuantExport", "calibration_feeds",
+           "check_static_error", "export_quantized_onnx", "qdq_weights",
            "initializer_bytes", "read_metadata"]  # fmt: skip
