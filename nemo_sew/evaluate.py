@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from nemo_sew.cost import encoder_cost, macs_per_second
 from nemo_sew.encoder import SqueezeEncoder
 from nemo_sew.errors import UserError
-from nemo_sew.measure import timed_ms
+from nemo_sew.measure import NOISY_SPREAD, spread, timed_ms
 from nemo_sew.profile import CompressionProfile
 
 
@@ -172,6 +172,7 @@ class Latency:
     median_ms: float
     rtfx: float
     runs: int
+    spread: float = 0.0  # interquartile range / median of the samples (nemo_sew.measure.spread)
 
 
 def measure_latency(model, seconds: float = 10.0, batch: int = 1, warmup: int = 2, runs: int = 7) -> Latency:
@@ -181,21 +182,32 @@ def measure_latency(model, seconds: float = 10.0, batch: int = 1, warmup: int = 
     with a CUDA synchronize inside every timed span on GPU). RTFx = seconds of audio processed per second of
     compute (``batch * seconds / median``).
     """
+    call, sync = forward_call(model, seconds, batch)
+    was_training = model.training
+    model.eval()
+    try:
+        times_ms = timed_ms(call, warmup, runs, sync=sync)
+    finally:
+        model.train(was_training)
+    return latency_from(times_ms, batch, seconds)
+
+
+def latency_from(times_ms: list[float], batch: int = 1, seconds: float = 10.0) -> Latency:
+    """:class:`Latency` of timing samples (median, RTFx, spread)."""
+    median_ms = statistics.median(times_ms)
+    return Latency(batch=batch, seconds=seconds, median_ms=median_ms, rtfx=batch * seconds / (median_ms / 1e3),
+                   runs=len(times_ms), spread=spread(times_ms))  # fmt: skip
+
+
+def forward_call(model, seconds: float = 10.0, batch: int = 1):
+    """A no-argument call of the model's forward on ``batch`` x ``seconds`` of noise (what :func:`measure_latency`
+    times), and its CUDA synchronize (or None)."""
     sample_rate = int(model.cfg.get("sample_rate", 16000))
     param = next(model.parameters())
     audio = torch.randn(batch, int(seconds * sample_rate), device=param.device) * 0.1
     lengths = torch.full((batch,), audio.shape[1], dtype=torch.int64, device=param.device)
     sync = torch.cuda.synchronize if param.device.type == "cuda" else None
-    was_training = model.training
-    model.eval()
-    try:
-        times_ms = timed_ms(lambda: model.forward(input_signal=audio, input_signal_length=lengths), warmup, runs,
-                            sync=sync)  # fmt: skip
-    finally:
-        model.train(was_training)
-    median_ms = statistics.median(times_ms)
-    return Latency(batch=batch, seconds=seconds, median_ms=median_ms, rtfx=batch * seconds / (median_ms / 1e3),
-                   runs=len(times_ms))  # fmt: skip
+    return (lambda: model.forward(input_signal=audio, input_signal_length=lengths)), sync
 
 
 @dataclass
@@ -209,6 +221,7 @@ class EvalResult:
     latency_ms_10s: float
     rtfx: float
     profile: dict
+    latency_spread: float = 0.0  # interquartile range / median of the timed forwards; > NOISY_SPREAD is flagged
     encoder_gmacs_per_utterance: list[float] = field(default_factory=list)  # in manifest order
     encoder_gmacs_mean: float = 0.0  # mean over utterances
     depth_per_utterance: list[float] = field(default_factory=list)  # realised I3D depth (gated encoders only)
@@ -240,6 +253,7 @@ class EvalResult:
                 + (f", {self.skipped} skipped" if self.skipped else "") + ")"
                 + (f"  cross-engine CER {self.cross_cer:.3f} ({self.cross_ratio:.2f}x)" if self.cross_cer is not None else "")
                 + f"  {self.encoder_gmacs_per_s:.3f} encoder GMACs/s  latency {self.latency_ms_10s:.1f} ms per 10 s"
+                + (f" (NOISY: spread {self.latency_spread:.0%})" if self.latency_spread > NOISY_SPREAD else "")
                 + f"  RTFx {self.rtfx:.0f}"
                 + (f"  depth {self.depth_mean:.2f}" if self.depth_mean is not None else "")
                 + "  profile " + ", ".join(f"{k}={v}" for k, v in profile.items()))  # fmt: skip
@@ -253,8 +267,10 @@ def evaluate(
     profile=None,
     cross_manifest: str | Path | None = None,
     max_utterances: int | None = None,
+    latency: bool = True,
 ) -> EvalResult:
-    """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``;
+    """WER, CER, parameters, encoder GMACs/s, latency and RTFx of ``model`` at ``profile`` on ``manifest``
+    (``latency=False``: not timed, 0; :func:`nemo_sew.sweep.sweep_rows` times all profiles interleaved);
     with ``cross_manifest`` (the synthetic corpus's ``cross.json``), also WER and CER on that cross-engine test;
     ``max_utterances``: at most that many evenly spaced usable lines of each manifest."""
     cross: dict[str, Any] = {}
@@ -278,7 +294,7 @@ def evaluate(
             per_utt, depth = torch.tensor(gated["macs"], dtype=torch.float64) / 1e9, gated["depth"]
         else:
             per_utt = utterance_macs(model.encoder, durations, int(model.cfg.sample_rate), hop) / 1e9
-        lat = measure_latency(model)
+        lat = measure_latency(model) if latency else Latency(1, 10.0, 0.0, 0.0, 0)
         active = model.profile.to_dict()
     return EvalResult(
         manifest=str(source),
@@ -290,6 +306,7 @@ def evaluate(
         latency_ms_10s=lat.median_ms,
         rtfx=lat.rtfx,
         profile=active,
+        latency_spread=lat.spread,
         encoder_gmacs_per_utterance=[float(v) for v in per_utt],
         encoder_gmacs_mean=float(per_utt.mean()),
         depth_per_utterance=depth,

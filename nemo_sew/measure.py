@@ -75,6 +75,19 @@ def interleaved_ms(
     return times
 
 
+NOISY_SPREAD = 0.2
+"""Relative spread (interquartile range / median) of latency samples above which a latency is flagged as noisy:
+on a quiet machine repeated forwards agree within a few percent; more means other work shared the cores."""
+
+
+def spread(samples_ms: list[float]) -> float:
+    """Interquartile range over median of timing samples (0 for fewer than 2 samples)."""
+    if len(samples_ms) < 2:
+        return 0.0
+    q1, med, q3 = np.percentile(np.asarray(samples_ms, dtype=np.float64), [25, 50, 75])
+    return float((q3 - q1) / med) if med > 0 else 0.0
+
+
 def timed_ms(
     fn: Callable[[], Any],
     warmup: int,

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 from nemo_sew.errors import UserError
-from nemo_sew.evaluate import EvalResult, evaluate
+from nemo_sew.evaluate import EvalResult, Latency, evaluate, forward_call, latency_from
+from nemo_sew.measure import NOISY_SPREAD
 from nemo_sew.profile import CompressionProfile
 
 log = logging.getLogger("nemo_sew.sweep")
@@ -36,6 +37,14 @@ def pareto_front(rows: list[dict]) -> list[dict]:
 def _bits(bits: int | None) -> str:
     """A weight width as a table shows it: ``fp`` for full precision (16 in a profile), else the bits."""
     return "fp" if bits in (None, 16) else str(bits)
+
+
+def _latency(row: dict) -> str:
+    """``123.4 ±5%``; a spread above :data:`NOISY_SPREAD` is marked ``(noisy)``."""
+    spread = row.get("latency_spread")
+    if spread is None:  # a sweep.json written before spreads were kept
+        return f"{row['latency_ms_10s']:.1f}"
+    return f"{row['latency_ms_10s']:.1f} ±{spread / 2:.0%}" + (" (noisy)" if spread > NOISY_SPREAD else "")
 
 
 def _markdown(rows: list[dict], command: str) -> str:
@@ -64,13 +73,16 @@ def _markdown(rows: list[dict], command: str) -> str:
             f"{'-' if r.get('depth_mean') is None else format(r['depth_mean'], '.2f')} | "
             f"{_bits(p.get('weight_bits', 16))} | {r['wer']:.3f} | "
             f"{r['cer']:.3f} | {r['encoder_gmacs_per_s']:.3f} | {r.get('encoder_gmacs_mean', 0.0):.3f} | "
-            f"{r['latency_ms_10s']:.1f} | {r['rtfx']:.0f} |{extra} "
+            f"{_latency(r)} | {r['rtfx']:.0f} |{extra} "
             f"{'*' if r['name'] in front else ''} |"
         )
     lines += ["", "Encoder GMACs from the analytic cost model (nemo_sew.cost) on each test utterance's real length: "
               "GMACs/s = total MACs / total seconds of test audio; GMACs / utt. = mean per utterance. Gated (I3D) "
               "models: MACs and depth (layers run, a layer = all its branches) realised per utterance from its own "
-              "gate decisions."]
+              "gate decisions.",
+              "", "Latency: median of the model's forward on 10 s of noise at batch 1, every profile timed in the same "
+              "interleaved rounds; ± half the interquartile range; (noisy): the range exceeds "
+              f"{NOISY_SPREAD:.0%} of the median (other work shared the machine: compare such rows with care)."]
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +115,7 @@ def sweep_rows(
     batch_size: int = 16,
     max_utterances: int | None = None,
     source: str | None = None,
+    latency_runs: int = 7,
 ) -> list[dict]:
     """Evaluate ``model`` at every profile: one row per profile (its name and :class:`EvalResult` fields). A
     profile the model cannot run (a factor its expander cannot produce, bits it does not hold, ...) is skipped
@@ -118,13 +131,50 @@ def sweep_rows(
             log.warning("sweep: skipping profile %s%s: %s", name, f" of {source}" if source else "", " ".join(str(err).split()))
             continue
         log.info("sweep: profile %s (%s)", name, profile)
-        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile, max_utterances=max_utterances)
+        result: EvalResult = evaluate(model, manifest, batch_size=batch_size, profile=profile,
+                                      max_utterances=max_utterances, latency=False)  # fmt: skip
         rows.append({"name": name, **asdict(result)})
-        log.info("sweep: %s WER %.3f CER %.3f latency %.1f ms", name, result.wer, result.cer, result.latency_ms_10s)
+        log.info("sweep: %s WER %.3f CER %.3f", name, result.wer, result.cer)
     if not rows:
         raise UserError(f"none of the {len(profiles)} profiles{' of ' + source if source else ''} can run on this model "
                         "(see the warnings above)")  # fmt: skip
+    timed = interleaved_latencies(model, {r["name"]: profiles[r["name"]] for r in rows}, runs=latency_runs)
+    for row in rows:
+        lat = timed[row["name"]]
+        row.update(latency_ms_10s=lat.median_ms, rtfx=lat.rtfx, latency_spread=lat.spread)
+        log.info("sweep: %s latency %.1f ms (spread %.0f%%)", row["name"], lat.median_ms, 100 * lat.spread)
+    noisy = [r["name"] for r in rows if r["latency_spread"] > NOISY_SPREAD]
+    if noisy:
+        log.warning("sweep: the latencies of %s spread more than %.0f%% (interquartile range / median): the machine "
+                    "was busy, so they and the Pareto front may be off; re-run on a quiet machine, or pick by "
+                    "--max-gmacs (machine-independent)", ", ".join(noisy), 100 * NOISY_SPREAD)  # fmt: skip
     return rows
+
+
+def interleaved_latencies(
+    model, profiles: Mapping[str, CompressionProfile], runs: int = 7, warmup: int = 1, seconds: float = 10.0
+) -> dict[str, Latency]:
+    """Batch-1 latency of the model's forward at each profile, timed in rounds that run every profile once
+    (:func:`nemo_sew.measure.interleaved_ms`): a change of load during the sweep hits every profile alike,
+    instead of the profiles that happened to be timed then (what decided a Pareto front once)."""
+    from nemo_sew.measure import interleaved_ms
+
+    call, sync = forward_call(model, seconds)
+    was_training = model.training
+    model.eval()
+
+    def at(profile: CompressionProfile):
+        def run():
+            with model.profile_scope(profile):
+                return call()
+
+        return run
+
+    try:
+        times = interleaved_ms({name: at(p) for name, p in profiles.items()}, warmup, runs, sync=sync)
+    finally:
+        model.train(was_training)
+    return {name: latency_from(samples, 1, seconds) for name, samples in times.items()}
 
 
 def join_engines(rows: list[dict], bench_json: str | Path) -> list[dict]:
@@ -173,6 +223,7 @@ def sweep(
     engines: str | Path | None = None,
     max_utterances: int | None = None,
     source: str | None = None,
+    latency_runs: int = 7,
 ) -> list[dict]:
     """Evaluate ``model`` at every profile; write ``sweep.json``, ``sweep.md`` and ``pareto.png`` in ``out_dir``.
     ``engines``: a ``trt/bench_engines.py --out`` JSON whose per-profile TensorRT numbers join the rows;
@@ -217,7 +268,13 @@ def pick(
             f"no measured profile meets {target}; the fastest is {fastest['name']} "
             f"({fastest['latency_ms_10s']:.1f} ms, RTFx {fastest['rtfx']:.0f})"
         )
-    return min(ok, key=lambda r: (r["wer"], r["latency_ms_10s"]))
+    chosen = min(ok, key=lambda r: (r["wer"], r["latency_ms_10s"]))
+    noisy = [r["name"] for r in pareto_front(rows) if r.get("latency_spread", 0.0) > NOISY_SPREAD]
+    if noisy:
+        log.warning("pick: the latencies of %s were noisy (spread > %.0f%%): the choice of %s may differ on a quiet "
+                    "machine; --max-gmacs does not depend on the machine", ", ".join(noisy), 100 * NOISY_SPREAD,
+                    chosen["name"])  # fmt: skip
+    return chosen
 
 
 def write_default_profile(model_path: str | Path, row: dict, out_path: str | Path) -> Path:

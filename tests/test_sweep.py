@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import nemo_sew  # noqa: F401
+from nemo_sew.profile import CompressionProfile
 from nemo_sew.sweep import pareto_front, pick
 from nemo_sew.train import load_config, train
 from conftest import TINY_WIDTH
@@ -54,6 +55,9 @@ def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, tiny
     assert gmacs["s1"] > gmacs["s2_5"] > gmacs["s4"]  # compute falls with the squeeze
     table = (out / "sweep.md").read_text()
     assert "| s2_5 | 2.5 |" in table and "Pareto" in table
+    # every profile timed in the same interleaved rounds, with its spread
+    assert all(r["latency_ms_10s"] > 0 and r["rtfx"] > 0 and r["latency_spread"] >= 0 for r in rows)
+    assert "interleaved rounds" in table and all(f"{r['latency_ms_10s']:.1f} ±" in table for r in rows)
     assert (out / "pareto.png").stat().st_size > 10_000
 
     front = pareto_front(rows)
@@ -154,3 +158,55 @@ def test_sweep_skips_profiles_the_model_cannot_run_with_one_warning_each(tiny_ct
     assert len(warnings) == 2, warnings
     assert "s1 of " + str(profiles) in warnings[0] and "squeeze 1" in warnings[0]
     assert "s2_w4" in warnings[1] and "weight_bits=4" in warnings[1]
+
+
+def _warnings_of_sweep(fn) -> list[str]:
+    """Messages of the warnings ``nemo_sew.sweep`` logs while ``fn`` runs (a handler on that logger: caplog's
+    root handler misses records once NeMo has reconfigured logging in the process)."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("nemo_sew.sweep")
+    logger.addHandler(handler)
+    try:
+        fn()
+    finally:
+        logger.removeHandler(handler)
+    return [r.getMessage() for r in records]
+
+
+def test_latency_spread_flags_noisy_samples_and_pick_warns(tmp_path):
+    """The spread is the interquartile range over the median; above NOISY_SPREAD the table marks the row and
+    pick warns that its choice depends on the machine's load."""
+    from nemo_sew.measure import NOISY_SPREAD, spread
+    from nemo_sew.sweep import _latency
+
+    assert spread([100.0] * 7) == 0.0 and spread([50.0]) == 0.0
+    assert spread([100, 100, 100, 100, 100, 100, 200, 200]) == pytest.approx(0.25)  # q1 100, q3 125, median 100
+    quiet = {"latency_ms_10s": 100.0, "latency_spread": 0.04}
+    busy = {"latency_ms_10s": 100.0, "latency_spread": NOISY_SPREAD + 0.1}
+    assert _latency(quiet) == "100.0 ±2%" and _latency(busy).endswith("(noisy)")
+    assert _latency({"latency_ms_10s": 100.0}) == "100.0"  # sweep.json of an older version
+    row = {"wer": 0.5, "cer": 0.2, "rtfx": 100.0, "encoder_gmacs_per_s": 1.0}
+    rows = [{**row, "name": "a", **quiet}, {**row, "name": "b", "wer": 0.4, **busy, "latency_ms_10s": 150.0}]
+    (tmp_path / "sweep.json").write_text(json.dumps({"rows": rows}))
+    chosen = []
+    warned = _warnings_of_sweep(lambda: chosen.append(pick(tmp_path, max_latency_ms=200)))
+    assert chosen[0]["name"] == "b" and any("noisy" in m and "b" in m for m in warned)
+    rows[1].update(quiet, latency_ms_10s=150.0)
+    (tmp_path / "sweep.json").write_text(json.dumps({"rows": rows}))
+    assert not any("noisy" in m for m in _warnings_of_sweep(lambda: pick(tmp_path, max_latency_ms=200)))
+
+
+def test_interleaved_latencies_time_every_profile_in_the_same_rounds(stochastic_model):
+    from nemo_sew.safe_load import restore
+    from nemo_sew.sweep import interleaved_latencies
+
+    model = restore(stochastic_model)
+    profiles = {"s1": CompressionProfile(squeeze=1), "s4": CompressionProfile(squeeze=4)}
+    active = model.profile
+    lat = interleaved_latencies(model, profiles, runs=3, seconds=1.0)
+    assert set(lat) == {"s1", "s4"} and all(v.runs == 3 and v.median_ms > 0 for v in lat.values())
+    assert model.profile == active  # each timed call ran in its profile's scope
