@@ -52,8 +52,12 @@ log = logging.getLogger("nemo_sew.quant")
 Form = Literal["qdq", "matmul_nbits", "int8_dynamic", "int8_static"]
 QDQ_OPSET = 21
 QDQ_TOLERANCE = 1e-4
-ORT_TOLERANCE = {"matmul_nbits": 0.15, "int8_dynamic": 0.15}
-"""Max abs difference on valid frames vs the eager quantized model (log-probs / encoder outputs)."""
+ORT_TOLERANCE = {"matmul_nbits": 0.03, "int8_dynamic": 0.03}
+"""Mean relative error (mean |diff| / mean |eager| on valid frames, worst batch) vs the eager quantized model, for
+the forms that quantize activations (``check_parity(..., relative=True)``). A max abs bound does not fit them: on
+the trained demo model int8 dynamic moves single log-probs by up to 0.85 (MatMulNBits 0.61) at a relative error of
+0.006 (0.003) while decoding the same text; on tiny random models the relative errors are 0.001-0.003. A broken
+graph gives errors of order 1."""
 STATIC_TOLERANCE = 0.25
 """``int8_static``: largest mean relative error (mean |graph - eager| / mean |eager| on valid frames) allowed on
 a calibration utterance; a broken calibration or graph gives errors of order 1."""
@@ -456,8 +460,9 @@ def export_quantized_onnx(
         result.parity = check_static_error(model_or_encoder, path, calibration, tol, encoder_only)
     elif check:
         config = EXACT_QDQ_SESSION if form == "qdq" else None
+        relative = form == "int8_dynamic" or form == "matmul_nbits" and accuracy_level != 0
         result.parity = check_parity(model_or_encoder, path, tolerance=tol, cases=cases, encoder_only=encoder_only,
-                                     session_config=config)  # fmt: skip
+                                     session_config=config, relative=relative)  # fmt: skip
     log.info("exported %s (%s, %d-bit)", path, form, bits)
     return result
 
