@@ -43,8 +43,10 @@ def onnxruntime_contrib_ops(enabled: bool = True) -> Iterator[None]:
 
 
 def contrib_ops_active() -> bool:
-    """True while a graph is traced inside :func:`onnxruntime_contrib_ops`."""
-    return _ENABLED.get() and torch.jit.is_tracing()
+    """True while a graph is traced inside :func:`onnxruntime_contrib_ops`. The tracing test comes first: dynamo
+    (torch.compile) folds it to False and never reaches the context variable, which it cannot trace (a graph
+    break in every block)."""
+    return torch.jit.is_tracing() and _ENABLED.get()
 
 
 class MultiHeadAttentionOp(torch.autograd.Function):
