@@ -17,6 +17,10 @@ CPU SDPA counted, MACs = FLOPs / 2):
   utterance alone at batch 1. (``count_macs`` on a padded batch counts the padded shapes; reports should
   use the MACs of the real inputs.)
 
+The blocks' MACs and parameters are counted by each branch kind's declaration
+(:data:`nemo_sew.nn.blocks.BRANCH_KINDS`, :class:`~nemo_sew.nn.units.BranchUnits`), from its widths and keep
+probabilities; this module supplies the time axis (:class:`LayerTimes`) and the rest of the encoder.
+
 Everything is computed with torch ops in float64, so the cost is differentiable with respect to *soft
 widths* (expected widths under pruning masks) and *keep probabilities* (I3D gates), and exact for integer
 widths (float64 holds integers up to 2**53).
@@ -30,19 +34,22 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from nemo_sew.arch import BLOCK_KINDS, BlockSpec, EncoderArch, build_arch
+from nemo_sew.arch import BLOCK_KINDS, BlockSpec, BlockTraits, EncoderArch, build_arch
 from nemo_sew.errors import UserError
+from nemo_sew.nn.blocks import BRANCH_KINDS, branch_kind
 from nemo_sew.nn.compress import cif_lengths  # the compressor's own count: one formula
 from nemo_sew.nn.frontend import frontend_layout
+from nemo_sew.nn.units import BranchUnits
 from nemo_sew.profile import CompressionProfile, ProfileLike, as_profile
 
 #: the cost components, in data-flow order (``total`` is their sum)
 COMPONENTS: tuple[str, ...] = (
     "frontend", "projection", "compressor", "attention_proj", "attention_scores", "ffn", "conv_module", "expander",
 )  # fmt: skip
-#: extra parameter-only components of :func:`encoder_params`
-SOFT_KEYS: tuple[str, ...] = ("heads", "ffn_dims", "conv_channels", "frontend_channels")
-KEEP_KEYS: tuple[str, ...] = ("attn", "ffn", "conv")
+#: the soft widths :func:`encoder_cost` takes: one per branch kind (its width field), and the front end's channels
+SOFT_KEYS: tuple[str, ...] = tuple(k.width for k in BRANCH_KINDS) + ("frontend_channels",)
+#: the keep probabilities it takes: one per branch kind
+KEEP_KEYS: tuple[str, ...] = tuple(k.keep for k in BRANCH_KINDS)
 ALPHA_KERNEL = 5  # conv kernel of the once-for-all CIF weight predictor
 
 _F64 = torch.float64
@@ -155,39 +162,43 @@ def _device(*sources: Mapping[str, Any] | torch.Tensor | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _per_layer(arch: EncoderArch, fn: Callable[[BlockSpec], float], dev: torch.device) -> torch.Tensor:
-    """``(L,)`` float64 vector of ``fn(block)``."""
-    return torch.tensor([float(fn(b)) for b in arch.blocks], dtype=_F64, device=dev)
-
-
-# the arch's constant vectors the cost model reads on every call, by name (see _constant)
-_LAYER_CONSTANTS: dict[str, Callable[[BlockSpec], float]] = {
-    "heads": lambda b: b.heads,
-    "head_dim": lambda b: b.head_dim,
-    "conv_channels": lambda b: b.conv_channels,
-    "conv_kernel": lambda b: b.conv_kernel,
-    "conv_module": lambda b: BLOCK_KINDS[b.kind].conv_module,
-    "ffn_first": lambda b: BLOCK_KINDS[b.kind].ffns_before_attention > 0,
-    "has_attn": lambda b: b.heads > 0,
-    "has_conv": lambda b: b.conv_channels > 0,
-}
-_FFN_CONSTANTS: dict[str, Callable[[BlockSpec, int], float]] = {
-    "ffn_dims": lambda b, j: b.ffn_dims[j],
-    "ffn_exists": lambda b, j: 1.0,
-    "has_ffn": lambda b, j: b.ffn_dims[j] > 0,
-}
-
-
 @functools.lru_cache(maxsize=512)
-def _constant(arch: EncoderArch, name: str, dev: torch.device) -> torch.Tensor:
-    """A constant float64 vector of ``arch`` (``heads``, ``ffn_dims``, ``frontend_channels``, ...) on ``dev``, built
-    once per (arch, device): the cost model runs in training steps (the gates' MAC budget, pruning), where building
-    ~10 tensors from Python lists per call would mean ~10 host-to-device copies per step on a GPU. Read-only."""
+def _constant(arch: EncoderArch, name: str | Callable[[BlockSpec, BlockTraits], Any], dev: torch.device) -> torch.Tensor:
+    """A constant float64 tensor of ``arch`` on ``dev``, built once per (arch, device): the cost model runs in
+    training steps (the gates' MAC budget, pruning), where building ~10 tensors from Python lists per call would
+    mean ~10 host-to-device copies per step on a GPU. Read-only.
+
+    ``name``: ``frontend_channels`` ``(n_conv,)``; ``spec:<field>`` (a :class:`~nemo_sew.arch.BlockSpec` field per
+    layer: ``(L,)``, or ``(L, columns)`` for a tuple field such as ``ffn_dims``, 0 where a block has fewer entries);
+    ``has:<field>`` (the same, 1 where > 0); ``columns:<field>`` (1 where a block has that entry of a tuple field);
+    ``traits:<field>`` (a :class:`~nemo_sew.arch.BlockTraits` field of each layer's block kind, ``(L,)``); or a
+    function ``fn(spec, traits)`` of one block (a number, or a tuple padded with 0 like a tuple field)."""
     if name == "frontend_channels":
         return torch.tensor([c for c, _, _ in arch.frontend.conv_layers], dtype=_F64, device=dev)
-    if name in _FFN_CONSTANTS:
-        return _per_ffn(arch, _FFN_CONSTANTS[name], dev)
-    return _per_layer(arch, _LAYER_CONSTANTS[name], dev)
+    if callable(name):
+        values = [name(b, BLOCK_KINDS[b.kind]) for b in arch.blocks]
+    else:
+        what, _, field = name.partition(":")
+        if what == "traits":
+            values = [float(getattr(BLOCK_KINDS[b.kind], field)) for b in arch.blocks]
+        elif what in ("spec", "has", "columns"):
+            raw = [getattr(b, field) for b in arch.blocks]
+            pick = {"spec": float, "has": lambda v: float(v > 0), "columns": lambda v: 1.0}[what]
+            values = [tuple(pick(v) for v in r) if isinstance(r, tuple) else pick(r) for r in raw]
+        else:
+            raise KeyError(f"unknown arch constant {name!r}")
+    if not values and isinstance(name, str) and _tuple_field(name):  # no blocks: a tuple field still has a column
+        return torch.zeros(0, 1, dtype=_F64, device=dev)
+    if any(isinstance(v, tuple) for v in values):
+        n = max((len(v) for v in values), default=1)
+        rows = [[float(v[j]) if j < len(v) else 0.0 for j in range(n)] for v in values]
+        return torch.tensor(rows, dtype=_F64, device=dev).reshape(arch.num_layers, n)
+    return torch.tensor([float(v) for v in values], dtype=_F64, device=dev)
+
+
+def _tuple_field(name: str) -> bool:
+    """Whether ``spec:<field>`` names a tuple field of BlockSpec (an arch without blocks still gets its columns)."""
+    return isinstance(getattr(BlockSpec(), name.partition(":")[2], None), tuple)
 
 
 def ffn_columns(arch: EncoderArch) -> int:
@@ -195,11 +206,27 @@ def ffn_columns(arch: EncoderArch) -> int:
     return max((BLOCK_KINDS[b.kind].ffns for b in arch.blocks), default=1)
 
 
-def _per_ffn(arch: EncoderArch, fn: Callable[[BlockSpec, int], float], dev: torch.device) -> torch.Tensor:
-    """``(L, n_ffn)`` float64 matrix of ``fn(block, j)`` for the FFNs a block has, 0 for those it has not."""
-    n_ffn = ffn_columns(arch)
-    rows = [[float(fn(b, j)) if j < len(b.ffn_dims) else 0.0 for j in range(n_ffn)] for b in arch.blocks]
-    return torch.tensor(rows, dtype=_F64, device=dev).reshape(arch.num_layers, n_ffn)
+def _width_shape(arch: EncoderArch, kind: BranchUnits) -> tuple[int, ...]:
+    """The shape of kind ``kind``'s widths and keep probabilities: ``(L,)``, or ``(L, columns)``."""
+    n = arch.num_layers
+    if not kind.columns:
+        return (n,)
+    return (n, max((len(getattr(b, kind.width)) for b in arch.blocks), default=1))
+
+
+def branch_keep(
+    arch: EncoderArch, values: Mapping[tuple[int, str], torch.Tensor], batch: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Per-branch keep values ``{(layer, branch name): (B,)}`` (I3D gate probabilities or decisions) -> the ``keep``
+    tensors of :func:`encoder_cost`, ``(B, L[, columns])`` each, 1 for every branch not named."""
+    keep = {k.keep: torch.ones((batch,) + _width_shape(arch, k), device=device, dtype=_F64) for k in BRANCH_KINDS}
+    for (i, name), v in values.items():
+        kind, column = branch_kind(name)
+        if kind.columns:
+            keep[kind.keep][:, i, column] = v
+        else:
+            keep[kind.keep][:, i] = v
+    return keep
 
 
 def _checked(value: Any, want: tuple[int, ...], what: str, dev: torch.device) -> torch.Tensor:
@@ -210,22 +237,22 @@ def _checked(value: Any, want: tuple[int, ...], what: str, dev: torch.device) ->
 
 
 def _widths(arch: EncoderArch, soft: Mapping[str, Any] | None, dev: torch.device) -> dict[str, torch.Tensor]:
-    """Float64 widths ``heads (L,)``, ``ffn_dims (L, n_ffn)``, ``conv_channels (L,)``, ``frontend_channels
-    (n_conv,)``: the arch's integers, overridden by ``soft`` (which may carry leading dims). Columns a block
-    does not have (a transformer's second FFN) and a transformer's conv channels are zeroed."""
+    """Float64 widths, one per branch kind's width field (``heads (L,)``, ``ffn_dims (L, n_ffn)``,
+    ``conv_channels (L,)``) and ``frontend_channels (n_conv,)``: the arch's integers, overridden by ``soft``
+    (which may carry leading dims). Entries a block does not have (a transformer's second FFN, a transformer's
+    conv module) are zeroed."""
     unknown = sorted(set(soft or {}) - set(SOFT_KEYS))
     if unknown:
         raise ValueError(f"unknown soft widths {unknown}; expected a subset of {list(SOFT_KEYS)}")
-    out = {
-        "heads": _constant(arch, "heads", dev),
-        "ffn_dims": _constant(arch, "ffn_dims", dev),
-        "conv_channels": _constant(arch, "conv_channels", dev),
-        "frontend_channels": _constant(arch, "frontend_channels", dev),
-    }
+    out = {k.width: _constant(arch, f"spec:{k.width}", dev) for k in BRANCH_KINDS}
+    out["frontend_channels"] = _constant(arch, "frontend_channels", dev)
     for name, value in (soft or {}).items():
         out[name] = _checked(value, tuple(out[name].shape), f"soft {name}", dev)
-    out["ffn_dims"] = out["ffn_dims"] * _constant(arch, "ffn_exists", dev)
-    out["conv_channels"] = out["conv_channels"] * _constant(arch, "conv_module", dev)
+    for k in BRANCH_KINDS:
+        if k.columns:
+            out[k.width] = out[k.width] * _constant(arch, f"columns:{k.width}", dev)
+        if k.present:
+            out[k.width] = out[k.width] * _constant(arch, f"traits:{k.present}", dev)
     return out
 
 
@@ -233,12 +260,37 @@ def _keep(arch: EncoderArch, keep: Mapping[str, Any] | None, dev: torch.device) 
     unknown = sorted(set(keep or {}) - set(KEEP_KEYS))
     if unknown:
         raise ValueError(f"unknown keep probabilities {unknown}; expected a subset of {list(KEEP_KEYS)}")
-    n = arch.num_layers
-    shapes = {"attn": (n,), "ffn": (n, ffn_columns(arch)), "conv": (n,)}
+    shapes = {k.keep: _width_shape(arch, k) for k in BRANCH_KINDS}
     out: dict[str, torch.Tensor | float] = {name: 1.0 for name in KEEP_KEYS}
     for name, value in (keep or {}).items():
         out[name] = _checked(value, shapes[name], f"keep {name}", dev)
     return out
+
+
+@dataclass
+class LayerTimes:
+    """What a branch kind's cost functions (:attr:`nemo_sew.nn.units.BranchUnits.macs`, ``params``) read: the model
+    width, each layer's frame counts per utterance (``(..., L)``; None when counting parameters) and the arch's
+    per-layer constants (cached per arch and device)."""
+
+    arch: EncoderArch
+    device: torch.device
+    c: float
+    t_in: torch.Tensor | None = None  # frames into the layer (before its query pooling)
+    t_q: torch.Tensor | None = None  # frames out of the layer (queries after pooling)
+    t_k: torch.Tensor | None = None  # keys / values in the layer's attention
+
+    def spec(self, field: str) -> torch.Tensor:
+        """BlockSpec ``field`` of every layer (``(L,)`` or ``(L, columns)``)."""
+        return _constant(self.arch, f"spec:{field}", self.device)
+
+    def exists(self, field: str) -> torch.Tensor:
+        """1 where the arch's integer ``field`` is > 0 (the branch exists), else 0."""
+        return _constant(self.arch, f"has:{field}", self.device)
+
+    def constant(self, fn: Callable[[BlockSpec, BlockTraits], Any]) -> torch.Tensor:
+        """``fn(spec, traits)`` of every layer (see :func:`_constant`)."""
+        return _constant(self.arch, fn, self.device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,18 +417,13 @@ def encoder_cost(
         t_in_, t_q_, t_k_ = (torch.stack(v, dim=-1).to(_F64) for v in (t_in, t_q, t_k))  # (..., L)
     else:
         t_in_ = t_q_ = t_k_ = torch.zeros(squeezed.shape + (0,), dtype=_F64, device=dev)
-    attn_dim = w["heads"] * _constant(arch, "head_dim", dev)  # (..., L)
-    attn_proj = 2 * c * attn_dim * (t_q_ + t_k_) * kp["attn"]  # q, out on queries; k, v on keys
-    attn_scores = 2 * attn_dim * t_q_ * t_k_ * kp["attn"]  # QK^T and AV
-    # FFN lengths: a conformer's first FFN runs before the layer's query pooling, every other FFN after it
-    first_before = _constant(arch, "ffn_first", dev)
-    t_ffn0 = first_before * t_in_ + (1 - first_before) * t_q_
-    t_ffn = torch.stack([t_ffn0] + [t_q_] * (ffn_columns(arch) - 1), dim=-1)  # (..., L, n_ffn)
-    ffn = (2 * c * w["ffn_dims"] * t_ffn * kp["ffn"]).sum(-1)  # (..., L)
-    cc = w["conv_channels"]
-    conv_kernel = _constant(arch, "conv_kernel", dev)
-    conv = t_q_ * (2 * c * cc + cc * conv_kernel + cc * c) * kp["conv"]  # pointwise1 (GLU), depthwise, pointwise2
-    per_layer = attn_proj + attn_scores + ffn + conv
+    # every branch kind counts its own MACs per layer from its widths (nemo_sew.nn.blocks.BRANCH_KINDS)
+    times = LayerTimes(arch, dev, c, t_in_, t_q_, t_k_)
+    layer_parts: dict[str, torch.Tensor] = {}
+    for kind in BRANCH_KINDS:
+        for name, value in kind.macs(w[kind.width], kp[kind.keep], times).items():
+            layer_parts[name] = layer_parts[name] + value if name in layer_parts else value  # (..., L)
+    per_layer = functools.reduce(lambda a, b: a + b, layer_parts.values())
 
     # expander
     t_out = pooled.to(_F64)
@@ -390,16 +437,10 @@ def encoder_cost(
         expander = torch.zeros((), dtype=_F64, device=dev)
         output_frames = pooled
 
-    parts = {
-        "frontend": frontend,
-        "projection": projection,
-        "compressor": compressor,
-        "attention_proj": attn_proj.sum(-1),
-        "attention_scores": attn_scores.sum(-1),
-        "ffn": ffn.sum(-1),
-        "conv_module": conv.sum(-1),
-        "expander": expander,
-    }
+    zero = torch.zeros((), dtype=_F64, device=dev)
+    computed = {"frontend": frontend, "projection": projection, "compressor": compressor, "expander": expander}
+    computed.update({name: value.sum(-1) for name, value in layer_parts.items()})
+    parts = {name: computed.get(name, zero) for name in COMPONENTS}
     total = sum(parts.values())
     shape = torch.broadcast_shapes(*(v.shape for v in parts.values()), total.shape)
     parts = {name: v.expand(shape) for name, v in parts.items()}
@@ -478,41 +519,22 @@ def encoder_params(
     if comp.cif_alpha:
         compressor = compressor + (c * c * ALPHA_KERNEL + c) + 2 * c + (c + 1)  # conv, LayerNorm, Linear(C, 1)
 
-    has = {  # a branch exists when the arch's integer width is > 0
-        "attn": _constant(arch, "has_attn", dev),
-        "ffn": _constant(arch, "has_ffn", dev),
-        "conv": _constant(arch, "has_conv", dev),
-    }
-    attn_dim = w["heads"] * _constant(arch, "head_dim", dev)
-    attention = (4 * c * attn_dim + 3 * attn_dim + has["attn"] * (c + 2 * c)).sum(-1)  # q, k, v, out (+ biases), norm
-    f = w["ffn_dims"]
-    ffn = (2 * c * f + f + has["ffn"] * (c + 2 * c)).sum((-2, -1))  # fc1, fc2 (+ biases), norm
-    cc = w["conv_channels"]
-    conv_kernel = _constant(arch, "conv_kernel", dev)
-    conv = (
-        has["conv"] * 2 * c  # pre-norm
-        + (c * 2 * cc + 2 * cc)  # pointwise1 C -> 2cc (GLU)
-        + (cc * conv_kernel + cc)  # depthwise
-        + 2 * cc  # norm
-        + (cc * c + has["conv"] * c)  # pointwise2 cc -> C
-    ).sum(-1)
+    # every branch kind counts its own parameters from its widths (nemo_sew.nn.blocks.BRANCH_KINDS)
+    times = LayerTimes(arch, dev, c)
+    block_parts: dict[str, torch.Tensor] = {}
+    for kind in BRANCH_KINDS:
+        for name, value in kind.params(w[kind.width], times).items():
+            block_parts[name] = block_parts[name] + value if name in block_parts else value
 
     s = arch.compressor.squeeze
     expander = {"sew": c * s * c + s * c, "phase": c * c + c + c, "none": 0.0}[arch.expander]
     final_norms = sum(BLOCK_KINDS[b.kind].final_norm for b in arch.blocks)
     other = 2 * c + final_norms * 2 * c  # the encoder's LayerNorm, the blocks' final LayerNorms (conformer)
 
-    parts = {
-        "frontend": frontend,
-        "projection": projection,
-        "compressor": compressor,
-        "attention_proj": attention,
-        "attention_scores": zero,
-        "ffn": ffn,
-        "conv_module": conv,
-        "expander": zero + expander,
-        "mask_emb": zero + (c if mask_emb else 0.0),
-        "other": zero + other,
-    }
+    computed = {"frontend": frontend, "projection": projection, "compressor": compressor, "expander": zero + expander}
+    computed.update(block_parts)
+    parts = {name: computed.get(name, zero) for name in COMPONENTS}
+    parts["mask_emb"] = zero + (c if mask_emb else 0.0)
+    parts["other"] = zero + other
     parts["total"] = sum(parts.values())
     return parts

@@ -15,8 +15,12 @@ whole. (With query pooling the identity still pools the residual, so the time ax
 
 Per forward, the encoder turns its draw (profile, gate decisions, pruning-mask sample, weight bits) into one
 :class:`LayerPlan` per layer holding one :class:`~nemo_sew.nn.units.BranchPlan` per branch; blocks and branch
-bodies read their plan and nothing else (no hooks, no state written between forwards). Adding a block kind: describe it in :data:`nemo_sew.arch.BLOCK_KINDS` (its FFNs, conv
-module, final norm) and write one builder in :data:`BLOCK_BUILDERS` that returns its named branches.
+bodies read their plan and nothing else (no hooks, no state written between forwards).
+
+Adding a block kind: describe it in :data:`nemo_sew.arch.BLOCK_KINDS` (its FFNs, conv module, final norm) and write
+one builder in :data:`BLOCK_BUILDERS` that returns its named branches. Adding a branch kind: its body here and its
+declaration in :data:`BRANCH_KINDS` (the recipe: :class:`~nemo_sew.nn.units.BranchUnits`); pruning's masks,
+materialisation and the cost model iterate over the declarations.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from nemo_sew.nn.frontend import _capturing, can_overwrite, time_mask
 from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions, gate_mix
 from nemo_sew.nn.ort_ops import MultiHeadAttentionOp, contrib_ops_active
 from nemo_sew.nn.pooling import masked_avg_pool
-from nemo_sew.nn.units import OPEN, BranchPlan, layer_norm_over, scale_channels
+from nemo_sew.nn.units import OPEN, BranchPlan, BranchUnits, UnitSlice, layer_norm_over, scale_channels
 
 CLOSED = BranchPlan(open=False)
 
@@ -356,8 +360,8 @@ class Block(nn.Module):
     """One encoder layer: named :class:`Residual` branches run in order, then an optional final norm.
 
     Branch names (``attn``, ``ffn``, ``ffn1``, ``conv``, ``ffn2``) are what a :class:`LayerPlan` switches off
-    and what I3D gates. A branch of width 0 in the spec is absent; an absent attention branch with a
-    query-pooling plan still pools the residual stream. With ``local_gates``, every branch has a
+    and what I3D gates. A branch of width 0 in the spec is absent; a block without a pooling branch (no attention)
+    still pools the residual stream when its plan pools queries. With ``local_gates``, every branch has a
     :class:`~nemo_sew.nn.gates.LocalGatePredictor` (``gates.<branch>``) on its own input.
     """
 
@@ -368,6 +372,8 @@ class Block(nn.Module):
         self.branch_names = tuple(branches)
         for name, branch in branches.items():
             self.add_module(name, branch)
+        # no branch pools the queries (no attention branch): the block pools the residual stream itself
+        self.pools = any(getattr(b.body, "pools", False) for b in branches.values())
         self.final_norm = final_norm
         self.gates = local_gates
 
@@ -379,7 +385,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, GateDecision]]:
         """x: ``(B, T, C)`` -> ``(B, ceil(T / q_stride), C)``, the new lengths, and the gate decisions taken
         (``{branch: (gates, probabilities)}``, empty for an ungated block)."""
-        if plan.q_stride > 1 and "attn" not in self.branch_names:
+        if plan.q_stride > 1 and not self.pools:
             x, lengths = masked_avg_pool(x, lengths, plan.q_stride)
         decisions: dict[str, GateDecision] = {}
         for name in self.branch_names:
@@ -456,12 +462,6 @@ def conformer_branches(spec: BlockSpec, o: BlockOptions) -> tuple[dict[str, Resi
     return branches, o.norm()
 
 
-# Where each branch name's compute sits in the cost model's keep tensors (nemo_sew.cost.encoder_cost):
-# (keep key, FFN column). A builder that introduces a new branch name adds it here.
-BRANCH_COST: dict[str, tuple[str, int]] = {
-    "attn": ("attn", 0), "ffn": ("ffn", 0), "ffn1": ("ffn", 0), "ffn2": ("ffn", 1), "conv": ("conv", 0),
-}  # fmt: skip
-
 BLOCK_BUILDERS: dict[str, Callable[[BlockSpec, BlockOptions], tuple[dict[str, Residual], nn.Module | None]]] = {
     "transformer": transformer_branches,
     "conformer": conformer_branches,
@@ -482,19 +482,93 @@ def build_block(spec: BlockSpec, options: BlockOptions) -> Block:
     return Block(branches, final_norm, local)
 
 
-def legacy_layer_keys(key: str) -> str:
-    """The name of a pre-``EncoderArch`` layer parameter (``attention``, ``attn_norm``, ``ffn_norm``, ...) today.
+# ------------------------------------------------------------------------------------------------------------------
+# branch kinds: what each body declares about its prunable units and its cost (see nemo_sew.nn.units.BranchUnits for
+# the recipe to add one). ``w``: widths (..., L[, columns]) as floats, ``keep``: keep probabilities (or 1.0), ``t``:
+# nemo_sew.cost.LayerTimes. The MAC conventions are nemo_sew.cost's; each formula is checked against
+# torch.utils.flop_counter and the built module's parameter count (tests/test_cost.py).
 
-    ``key`` is relative to one layer (``attention.q_proj.weight``); used to restore ``.nemo`` files and
-    checkpoints written before blocks became residual branches.
-    """
-    renames = (
-        ("attention.", "attn.body."), ("attn_norm.", "attn.norm."),
-        ("ffn_norm.", "ffn.norm."), ("ffn1_norm.", "ffn1.norm."), ("ffn2_norm.", "ffn2.norm."),
-        ("ffn.", "ffn.body."), ("ffn1.", "ffn1.body."), ("ffn2.", "ffn2.body."),
-        ("conv.pre_norm.", "conv.norm."), ("conv.", "conv.body."),
-    )  # fmt: skip
-    for old, new in renames:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
+
+def _attention_macs(w, keep, t):
+    dim = w * t.spec("head_dim")  # (..., L) inner width
+    return {
+        "attention_proj": 2 * t.c * dim * (t.t_q + t.t_k) * keep,  # q, out on queries; k, v on keys
+        "attention_scores": 2 * dim * t.t_q * t.t_k * keep,  # QK^T and AV
+    }
+
+
+def _attention_params(w, t):
+    dim, c = w * t.spec("head_dim"), t.c
+    # q, k, v, out (+ biases), norm
+    return {"attention_proj": (4 * c * dim + 3 * dim + t.exists("heads") * (c + 2 * c)).sum(-1)}
+
+
+def _ffn_before_attention(spec: BlockSpec, traits) -> tuple[float, ...]:
+    """1 for the FFNs of a block that run before its attention (before the layer's query pooling)."""
+    return tuple(float(j < traits.ffns_before_attention) for j in range(len(spec.ffn_dims)))
+
+
+def _ffn_macs(w, keep, t):
+    before = t.constant(_ffn_before_attention)  # (L, n_ffn)
+    t_ffn = before * t.t_in[..., None] + (1 - before) * t.t_q[..., None]  # (..., L, n_ffn)
+    return {"ffn": (2 * t.c * w * t_ffn * keep).sum(-1)}  # fc1, fc2
+
+
+def _ffn_params(w, t):
+    c = t.c
+    return {"ffn": (2 * c * w + w + t.exists("ffn_dims") * (c + 2 * c)).sum((-2, -1))}  # fc1, fc2 (+ biases), norm
+
+
+def _conv_macs(w, keep, t):
+    c = t.c
+    # pointwise1 (GLU), depthwise, pointwise2
+    return {"conv_module": t.t_q * (2 * c * w + w * t.spec("conv_kernel") + w * c) * keep}
+
+
+def _conv_params(w, t):
+    c, has = t.c, t.exists("conv_channels")
+    return {
+        "conv_module": (
+            has * 2 * c  # pre-norm
+            + (c * 2 * w + 2 * w)  # pointwise1 C -> 2cc (GLU)
+            + (w * t.spec("conv_kernel") + w)  # depthwise
+            + 2 * w  # norm
+            + (w * c + has * c)  # pointwise2 cc -> C
+        ).sum(-1)
+    }
+
+
+#: attention heads: ``head_dim`` rows of q/k/v each, ``head_dim`` input columns of ``out_proj``
+ATTENTION = BranchUnits(
+    name="attention", body=AttentionBody, branches={"attn": 0}, width="heads", unit="heads", keep="attn",
+    per_unit="head_dim",
+    slices=(UnitSlice(("q_proj", "k_proj", "v_proj"), 0, "group"), UnitSlice(("out_proj",), 1, "group")),
+    output="out_proj", components=("attention_proj", "attention_scores"), macs=_attention_macs,
+    params=_attention_params,
+)  # fmt: skip
+#: FFN intermediate units: rows of ``fc1``, input columns of ``fc2``; a block's FFNs are columns of ``ffn_dims``
+FFN = BranchUnits(
+    name="ffn", body=FeedForwardBody, branches={"ffn": 0, "ffn1": 0, "ffn2": 1}, width="ffn_dims", columns=True,
+    unit="ffn", keep="ffn", init_drop="ffn_init_drop", slices=(UnitSlice(("fc1",), 0), UnitSlice(("fc2",), 1)),
+    output="fc2", components=("ffn",), macs=_ffn_macs, params=_ffn_params,
+)  # fmt: skip
+#: conformer conv-module channels: both GLU halves of ``pointwise1``, ``depthwise`` and ``norm``; ``pointwise2``'s
+#: inputs
+CONV_MODULE = BranchUnits(
+    name="conv_module", body=ConvModule, branches={"conv": 0}, width="conv_channels", unit="conv", keep="conv",
+    present="conv_module",
+    slices=(UnitSlice(("pointwise1",), 0, "glu"), UnitSlice(("depthwise", "norm"), 0), UnitSlice(("pointwise2",), 1)),
+    output="pointwise2", components=("conv_module",), macs=_conv_macs, params=_conv_params,
+)  # fmt: skip
+
+#: every branch kind, in the cost model's order; a block builder's branch names are each declared by exactly one
+BRANCH_KINDS: tuple[BranchUnits, ...] = (ATTENTION, FFN, CONV_MODULE)
+
+
+def branch_kind(name: str) -> tuple[BranchUnits, int]:
+    """The declaration of branch ``name`` (``attn``, ``ffn``, ``ffn1``, ...) and its column in the kind's width."""
+    for kind in BRANCH_KINDS:
+        if name in kind.branches:
+            return kind, kind.branches[name]
+    known = sorted(n for k in BRANCH_KINDS for n in k.branches)
+    raise KeyError(f"branch {name!r} has no declared kind (nemo_sew.nn.blocks.BRANCH_KINDS); declared: {known}")

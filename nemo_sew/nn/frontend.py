@@ -15,7 +15,7 @@ from torch import nn
 
 from nemo_sew.arch import ConvLayer, FrontendSpec, wfe_c_layers, wfe_o_layers  # noqa: F401 (re-exported)
 from nemo_sew.nn.ort_ops import contrib_ops_active
-from nemo_sew.nn.units import FrontendPlan, layer_norm_over, scale_channels
+from nemo_sew.nn.units import FrontendPlan, FrontendUnits, UnitSlice, layer_norm_over, scale_channels
 
 
 @dataclass(frozen=True)
@@ -398,6 +398,15 @@ class MelStackFrontend(nn.Module):
         x = x.reshape(b, t_out, self.stack * c)  # (B, T_out, stack*n_mels), frames in time order
         lengths = self.output_lengths(lengths)
         return x.masked_fill(~time_mask(lengths, t_out)[..., None], 0.0), lengths
+
+
+#: a waveform front end's prunable units, each :class:`ConvBlock`'s output channels, and where they sit (names
+#: relative to the encoder): the block's conv and norm rows; the next block's conv columns; after the last block, the
+#: :class:`FeatureProjection`'s LayerNorm rows and Linear columns (pruning's masks and materialisation read this)
+FRONTEND_UNITS = FrontendUnits(
+    block="frontend.blocks.{i}.", rows=UnitSlice(("conv", "norm"), 0), next=UnitSlice(("conv",), 1),
+    last=(UnitSlice(("projection.layer_norm",), 0), UnitSlice(("projection.projection",), 1)),
+)
 
 
 class FeatureProjection(nn.Module):

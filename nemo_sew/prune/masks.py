@@ -15,6 +15,10 @@ conformer conv channels   after norm + swish, before ``pointwise2``   ``pointwis
 whole branch (optional)   the branch body's output                    its output weight and bias
 ========================  ==========================================  ============================
 
+The rows of the table are declarations the modules make (:data:`nemo_sew.nn.frontend.FRONTEND_UNITS`, and one
+:class:`~nemo_sew.nn.units.BranchUnits` per branch kind in :data:`nemo_sew.nn.blocks.BRANCH_KINDS`): which masks an
+encoder gets, their sizes and expected widths follow from them, and so does :mod:`nemo_sew.prune.materialize`.
+
 The masks are applied by the modules that own the units: per forward the encoder draws one value of every
 mask (:meth:`PruningMasks.sample`) and puts it into the forward's plan (one
 :class:`~nemo_sew.nn.units.BranchPlan` per branch, a :class:`~nemo_sew.nn.units.FrontendPlan` for the front end);
@@ -46,14 +50,15 @@ import torch
 from torch import nn
 
 from nemo_sew.arch import checked_fields
-from nemo_sew.cost import _constant, encoder_cost, encoder_params, ffn_columns
+from nemo_sew.cost import _constant, encoder_cost, encoder_params
 from nemo_sew.errors import UserError
-from nemo_sew.nn.blocks import BRANCH_COST
+from nemo_sew.nn.blocks import BRANCH_KINDS, branch_kind
 from nemo_sew.nn.frontend import frontend_layout
 from nemo_sew.nn.units import OPEN, BranchPlan, FrontendPlan, support_layer_norm  # noqa: F401 (re-exported)
 from nemo_sew.prune.hardconcrete import HardConcrete
 
-UNITS = ("frontend", "heads", "ffn", "conv", "branches")
+#: what can be masked: the front end's conv channels, each branch kind's units, whole branches
+UNITS = ("frontend",) + tuple(k.unit for k in BRANCH_KINDS) + ("branches",)
 Budget = Literal["size", "mac", "sepmac"]
 GROUPS = {"size": ("total",), "mac": ("total",), "sepmac": ("frontend", "transformer")}
 
@@ -234,18 +239,12 @@ class PruningMasks(nn.Module):
                 if i == n_conv - 1 and proj.layer_norm is not None:  # after the feature LayerNorm (see above)
                     self.feature_key = key
         for li, layer in enumerate(encoder.layers):
-            for name in layer.branch_names:
-                body = getattr(layer, name).body
-                kind = BRANCH_COST[name][0]
+            spec = encoder.arch.blocks[li]
+            for name in layer.branch_names:  # each branch kind declares its units (nemo_sew.nn.blocks.BRANCH_KINDS)
+                kind, column = branch_kind(name)
                 key = f"l{li}_{name}"
-                if kind == "attn" and "heads" in units:
-                    self._add(Slot(key, "heads", li, name), body.num_heads, o.init_drop)
-                    self.unit_keys[(li, name)] = key
-                elif kind == "ffn" and "ffn" in units:
-                    self._add(Slot(key, "ffn", li, name), body.fc1.out_features, o.ffn_init_drop)
-                    self.unit_keys[(li, name)] = key
-                elif kind == "conv" and "conv" in units:
-                    self._add(Slot(key, "conv", li, name), body.depthwise.out_channels, o.init_drop)
+                if kind.unit in units:
+                    self._add(Slot(key, kind.unit, li, name), kind.count(spec, column), getattr(o, kind.init_drop))
                     self.unit_keys[(li, name)] = key
                 if "branches" in units:
                     self._add(Slot(f"{key}_branch", "branch", li, name), 1, o.init_drop)
@@ -261,50 +260,36 @@ class PruningMasks(nn.Module):
         return {key: (m != 0).sum().to(torch.float64) for key, m in self.deterministic().items()}
 
     def soft_widths(self, expected: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(soft, keep)`` for :func:`nemo_sew.cost.encoder_cost`: the arch's widths with each masked group
-        replaced by its kept count, and branch keep probabilities."""
+        """``(soft, keep)`` for :func:`nemo_sew.cost.encoder_cost`: the arch's widths (one per branch kind's width
+        field, and the front end's channels) with each masked group replaced by its kept count, and per branch kind
+        the branch masks' keep probabilities."""
         arch = self.arch
-        n, cols = arch.num_layers, ffn_columns(arch)
         dev = next(iter(self.gates.values())).log_alpha.device if len(self.gates) else torch.device("cpu")
         f64 = torch.float64
         kept = self.kept(expected)
-        # the arch's widths from the cost model's per-device constants (no host-to-device copy per step)
+        # the arch's widths from the cost model's per-device constants (no host-to-device copy per step), as nested
+        # lists of 0-dim tensors (one per layer, and per column of a kind with several branches per block)
+        widths = {k.width: _nested(_constant(arch, f"spec:{k.width}", dev)) for k in BRANCH_KINDS}
+        keep = {k.keep: _nested(torch.ones_like(_constant(arch, f"spec:{k.width}", dev))) for k in BRANCH_KINDS}
         fe = list(_constant(arch, "frontend_channels", dev).unbind())
-        heads = list(_constant(arch, "heads", dev).unbind())
-        conv = list(_constant(arch, "conv_channels", dev).unbind())
-        ffn = [list(row.unbind()) for row in _constant(arch, "ffn_dims", dev)]
-        keep = {"attn": [torch.ones((), dtype=f64, device=dev)] * n, "conv": [torch.ones((), dtype=f64, device=dev)] * n,
-                "ffn": [[torch.ones((), dtype=f64, device=dev)] * cols for _ in range(n)]}  # fmt: skip
         for slot in self.slots:
             value = kept[slot.key].to(f64)
             if slot.unit == "frontend":
                 fe[slot.layer] = value
                 continue
-            kind, col = BRANCH_COST[slot.branch]
+            kind, column = branch_kind(slot.branch)
             if slot.unit == "branch":
-                p = value if expected else (value > 0).to(f64)
-                if kind == "ffn":
-                    keep["ffn"][slot.layer][col] = p
-                else:
-                    keep[kind][slot.layer] = p
-            elif slot.unit == "heads":
-                heads[slot.layer] = value
-            elif slot.unit == "ffn":
-                ffn[slot.layer][col] = value
+                target, value = keep[kind.keep], value if expected else (value > 0).to(f64)
             else:
-                conv[slot.layer] = value
-        soft: dict[str, torch.Tensor] = {
-            "heads": torch.stack(heads) if n else torch.zeros(0, dtype=f64, device=dev),
-            "conv_channels": torch.stack(conv) if n else torch.zeros(0, dtype=f64, device=dev),
-            "ffn_dims": torch.stack([torch.stack(r) for r in ffn]) if n else torch.zeros(0, cols, dtype=f64, device=dev),
-        }
+                target = widths[kind.width]
+            if kind.columns:
+                target[slot.layer][column] = value
+            else:
+                target[slot.layer] = value
+        soft = {k.width: _stacked(widths[k.width], _constant(arch, f"spec:{k.width}", dev)) for k in BRANCH_KINDS}
         if fe:
             soft["frontend_channels"] = torch.stack(fe)
-        keeps = {
-            "attn": torch.stack(keep["attn"]) if n else torch.zeros(0, dtype=f64, device=dev),
-            "conv": torch.stack(keep["conv"]) if n else torch.zeros(0, dtype=f64, device=dev),
-            "ffn": torch.stack([torch.stack(r) for r in keep["ffn"]]) if n else torch.zeros(0, cols, dtype=f64, device=dev),
-        }
+        keeps = {k.keep: _stacked(keep[k.keep], _constant(arch, f"spec:{k.width}", dev)) for k in BRANCH_KINDS}
         return soft, keeps
 
     def reference_length(self) -> int:
@@ -325,9 +310,8 @@ class PruningMasks(nn.Module):
         if self.options.budget == "size":
             # parameters are linear in each width: a branch's keep probability scales its widths
             scaled = dict(soft)
-            scaled["heads"] = soft["heads"] * keep["attn"]
-            scaled["conv_channels"] = soft["conv_channels"] * keep["conv"]
-            scaled["ffn_dims"] = soft["ffn_dims"] * keep["ffn"]
+            for kind in BRANCH_KINDS:
+                scaled[kind.width] = soft[kind.width] * keep[kind.keep]
             return {"total": encoder_params(self.arch, soft=scaled)["total"]}
         cost = encoder_cost(self.arch, None, self.reference_length(), soft=soft, keep=keep)
         if self.options.budget == "mac":
@@ -369,11 +353,31 @@ class PruningMasks(nn.Module):
         stats["prune_kept"] = {key: v.detach() for key, v in self.kept(expected=True).items()}
         return total, stats
 
+    def outputs(self, run: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The pruning budget as an encoder policy (:class:`nemo_sew.encoder.policies.Policy`): in training,
+        ``prune_budget`` (:meth:`penalty` at the draw's step) and its stats; nothing at inference."""
+        if not run.training:
+            return {}, {}
+        loss, stats = self.penalty(run.draw.step)
+        return {"prune_budget": loss}, stats
+
     def mask_parameters(self) -> list[nn.Parameter]:
         return [gate.log_alpha for gate in self.gates.values()]
 
     def multiplier_parameters(self) -> list[nn.Parameter]:
         return [self.lambda1, self.lambda2]
+
+
+def _nested(t: torch.Tensor) -> list:
+    """A ``(L,)`` or ``(L, C)`` tensor as (nested) lists of 0-dim tensors, to replace entries one by one."""
+    return [row if row.dim() == 0 else list(row.unbind()) for row in t.unbind()] if t.shape[0] else []
+
+
+def _stacked(values: list, like: torch.Tensor) -> torch.Tensor:
+    """:func:`_nested`'s inverse (``like``: the shape and dtype of an empty result)."""
+    if not values:
+        return torch.zeros(like.shape, dtype=torch.float64, device=like.device)
+    return torch.stack([v if isinstance(v, torch.Tensor) else torch.stack(v) for v in values])
 
 
 PRUNING_GROUPS = ("prune_masks", "prune_multipliers")

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 from nemo_sew.arch import EncoderArch
-from nemo_sew.nn.blocks import BRANCH_COST
+from nemo_sew.nn.blocks import BRANCH_KINDS, branch_kind
+from nemo_sew.nn.frontend import FRONTEND_UNITS
+from nemo_sew.nn.units import UnitSlice
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -29,9 +31,28 @@ def _cols(t: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor) -> torch.Tens
     return (t.index_select(1, idx) * scale.to(t.dtype).view(shape)).clone()
 
 
+def _slice(
+    state: dict, prefix: str, where: UnitSlice, idx: torch.Tensor, mask: torch.Tensor, units: int, per_unit: int = 1
+) -> None:
+    """Keep the kept units ``idx`` (of ``units``) in the parameters ``where`` names under ``prefix``: their rows
+    (weight and bias), or their input columns scaled by the units' mask values."""
+    channels, owner = where.channel_index(idx, units, per_unit)
+    for module in where.modules:
+        p = f"{prefix}{module}."
+        if where.axis == 0:
+            for suffix in ("weight", "bias"):
+                if p + suffix in state:
+                    state[p + suffix] = _rows(state[p + suffix], channels)
+        else:
+            state[p + "weight"] = _cols(state[p + "weight"], channels, mask[owner])
+
+
 @torch.no_grad()
 def materialize_state(encoder) -> tuple[EncoderArch, dict[str, torch.Tensor]]:
-    """The pruned arch and state dict (keys relative to the encoder, without ``pruning.*``) of a masked encoder."""
+    """The pruned arch and state dict (keys relative to the encoder, without ``pruning.*``) of a masked encoder.
+
+    Which parameters carry which units comes from the declarations: :data:`~nemo_sew.nn.frontend.FRONTEND_UNITS`
+    for the front end, each branch kind's :class:`~nemo_sew.nn.units.BranchUnits` for the blocks."""
     pruning = encoder.pruning
     if pruning is None:
         raise ValueError("this encoder has no pruning masks (build it with pruning=...)")
@@ -41,77 +62,50 @@ def materialize_state(encoder) -> tuple[EncoderArch, dict[str, torch.Tensor]]:
     fe_layers = [list(layer) for layer in arch.frontend.conv_layers]
     blocks = [dataclasses.asdict(b) for b in arch.blocks]
     for b in blocks:
-        b["ffn_dims"] = list(b["ffn_dims"])
+        for kind in BRANCH_KINDS:
+            if kind.columns:
+                b[kind.width] = list(b[kind.width])
 
     # front end: layer i's mask selects conv_i's outputs (and its norm), scales the consumer's inputs
-    n_conv = len(fe_layers)
+    n_conv, fe = len(fe_layers), FRONTEND_UNITS
     for slot in (s for s in pruning.slots if s.unit == "frontend"):
         i, m = slot.layer, masks[slot.key]
         idx = m.nonzero().flatten()
         if idx.numel() == 0:
             raise ValueError(f"front-end layer {i} has no channel left")  # HardConcrete keeps >= 1; defensive
-        p = f"frontend.blocks.{i}."
-        for name in ("conv.weight", "conv.bias", "norm.weight", "norm.bias"):
-            if p + name in state:
-                state[p + name] = _rows(state[p + name], idx)
+        n = fe_layers[i][0]
+        _slice(state, fe.block.format(i=i), fe.rows, idx, m, n)
         if i + 1 < n_conv:
-            key = f"frontend.blocks.{i + 1}.conv.weight"
-            state[key] = _cols(state[key], idx, m[idx])
+            _slice(state, fe.block.format(i=i + 1), fe.next, idx, m, n)
         else:  # the last layer: its mask sits after the feature LayerNorm (if any), before the projection
-            for name in ("projection.layer_norm.weight", "projection.layer_norm.bias"):
-                if name in state:
-                    state[name] = _rows(state[name], idx)
-            state["projection.projection.weight"] = _cols(state["projection.projection.weight"], idx, m[idx])
+            for where in fe.last:
+                _slice(state, "", where, idx, m, n)
         fe_layers[i][0] = int(idx.numel())
 
-    # blocks
+    # blocks: each branch kind declares the parameters that carry its units (nemo_sew.nn.blocks.BRANCH_KINDS)
     dropped: set[tuple[int, str]] = set()
     for slot in (s for s in pruning.slots if s.unit != "frontend"):
         li, name, m = slot.layer, slot.branch, masks[slot.key]
         p = f"layers.{li}.{name}.body."
-        kind, col = BRANCH_COST[name]
+        kind, col = branch_kind(name)
         if slot.unit == "branch":
             if float(m[0]) == 0.0:
                 dropped.add((li, name))
                 continue
-            out = {"attn": "out_proj", "ffn": "fc2", "conv": "pointwise2"}[kind]
             for suffix in ("weight", "bias"):
-                state[f"{p}{out}.{suffix}"] = state[f"{p}{out}.{suffix}"] * m[0]
+                state[f"{p}{kind.output}.{suffix}"] = state[f"{p}{kind.output}.{suffix}"] * m[0]
             continue
         idx = m.nonzero().flatten()
         if idx.numel() == 0:
             dropped.add((li, name))
             continue
-        if slot.unit == "heads":
-            d = blocks[li]["head_dim"]
-            ch = (idx[:, None] * d + torch.arange(d, device=idx.device)[None, :]).flatten()
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                for suffix in ("weight", "bias"):
-                    state[f"{p}{proj}.{suffix}"] = _rows(state[f"{p}{proj}.{suffix}"], ch)
-            state[f"{p}out_proj.weight"] = _cols(state[f"{p}out_proj.weight"], ch, m[idx].repeat_interleave(d))
-            blocks[li]["heads"] = int(idx.numel())
-        elif slot.unit == "ffn":
-            for suffix in ("weight", "bias"):
-                state[f"{p}fc1.{suffix}"] = _rows(state[f"{p}fc1.{suffix}"], idx)
-            state[f"{p}fc2.weight"] = _cols(state[f"{p}fc2.weight"], idx, m[idx])
-            blocks[li]["ffn_dims"][col] = int(idx.numel())
-        else:  # conformer conv module: GLU halves, depthwise, norm, pointwise2
-            c = blocks[li]["conv_channels"]
-            glu = torch.cat([idx, idx + c])
-            for suffix in ("weight", "bias"):
-                state[f"{p}pointwise1.{suffix}"] = _rows(state[f"{p}pointwise1.{suffix}"], glu)
-                state[f"{p}depthwise.{suffix}"] = _rows(state[f"{p}depthwise.{suffix}"], idx)
-                state[f"{p}norm.{suffix}"] = _rows(state[f"{p}norm.{suffix}"], idx)
-            state[f"{p}pointwise2.weight"] = _cols(state[f"{p}pointwise2.weight"], idx, m[idx])
-            blocks[li]["conv_channels"] = int(idx.numel())
+        spec = arch.blocks[li]
+        for where in kind.slices:
+            _slice(state, p, where, idx, m, kind.count(spec, col), kind.channels_per_unit(spec))
+        _set_width(blocks[li], kind, col, int(idx.numel()))
     for li, name in dropped:
-        kind, col = BRANCH_COST[name]
-        if kind == "attn":
-            blocks[li]["heads"] = 0
-        elif kind == "ffn":
-            blocks[li]["ffn_dims"][col] = 0
-        else:
-            blocks[li]["conv_channels"] = 0
+        kind, col = branch_kind(name)
+        _set_width(blocks[li], kind, col, 0)
         # the branch and its I3D local gate predictor go (a width-0 branch has neither)
         for prefix in (f"layers.{li}.{name}.", f"layers.{li}.gates.{name}."):
             for key in [k for k in state if k.startswith(prefix)]:
@@ -128,6 +122,13 @@ def materialize_state(encoder) -> tuple[EncoderArch, dict[str, torch.Tensor]]:
     if encoder.projection.projection is not None:  # pruned channels may equal d_model: keep the Linear explicitly
         data["feature_projection"] = True
     return EncoderArch.from_dict(data), state
+
+
+def _set_width(block: dict, kind, column: int, width: int) -> None:
+    if kind.columns:
+        block[kind.width][column] = width
+    else:
+        block[kind.width] = width
 
 
 def materialize_encoder(encoder):
