@@ -93,7 +93,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"({', '.join(sorted(refused)[:8])}); only load checkpoints from sources you trust"
         )
     allowed = [_allowed(n) for n in names]
-    for _ in range(64):  # legacy files name one unsupported global per failed attempt: allow-listed ones are added
+    # legacy files name one unsupported global per failed attempt, and neither format lists the classes a BUILD
+    # opcode meets (a numpy array's dtype class, numpy.dtypes.Float32DType): allow-listed ones are added
+    for _ in range(64):
         try:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location=map_location, weights_only=True)
@@ -108,13 +110,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 ) from err
             allowed.append(obj)
         except (RuntimeError, EOFError) as err:
-            raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+            reason = f": {str(err).splitlines()[0]}" if str(err) else ""  # an empty file: a bare EOFError
+            raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}{reason})") from err
     raise UnsafeCheckpointError(f"{path}: refusing to load: too many distinct Python globals")
 
 
 def _unsupported_global(message: str) -> str | None:
-    """The global torch's weights-only unpickler refused (``Unsupported global: GLOBAL module.name``), if named."""
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    """The global torch's weights-only unpickler refused (``Unsupported global: GLOBAL module.name``, or the class
+    it could not build: ``... allowlisted via `add_safe_globals`, but got <class 'module.name'>``), if named."""
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message) or re.search(r"but got <class '([\w.]+)'>", message)
     return match.group(1) if match else None
 
 

@@ -184,3 +184,39 @@ def test_encoded_len_off_by_one_fails(exported, tmp_path, item):
                        length_offset=offset)
         with pytest.raises(ParityError, match="encoded_len differs from PyTorch"):
             check_parity(encoder, bad, cases=2, seconds=SECONDS)
+
+
+# ---------------------------------------------------------------------------------------------- the batches it runs
+# (issue 30 item 2: `make mutation MUTATION_ARGS=export_onnx`): the fast tests above export an encoder graph on
+# mel features only; a CTC graph ((B, T, V) output) on waveform and on mel input must pass its own check, over the
+# batches the docstrings promise.
+
+
+@pytest.mark.parametrize(("preset", "rate", "shortest", "longest"), [("tiny_wfe_c", 16000, 0.3, 1.6),
+                                                                     ("tiny_mel", 100, 30, 240)])  # fmt: skip
+def test_a_ctc_model_passes_its_check_over_the_promised_batches(tmp_path, preset, rate, shortest, longest):
+    """Random batches: the first of one item, then 2 to 4 items, padded lengths between the shortest and the longest
+    input (0.3 to 1.6 s of waveform, 30 to 240 feature frames, at least what the encoder needs), the longest item
+    filling the batch; then per duration of ``seconds`` a batch of that length and one item padded to 3/4 of it."""
+    from nemo_sew.quant.model import build_tiny_ctc
+
+    torch.manual_seed(0)
+    model = build_tiny_ctc(preset, num_layers=1)
+    path = tmp_path / f"{preset}.onnx"
+    export_onnx(model, path, check=False)
+    report = check_parity(model, path, cases=6, seconds=(0.5, 2.0))
+    assert report.passed and report.max_abs_diff <= TOLERANCE["fp32"] and len(report.cases) == 8
+    need = model.encoder.min_input_length()
+    lo = max(need, int(shortest * 16000)) if rate == 16000 else max(need, shortest)
+    hi = max(need, int(longest * 16000)) if rate == 16000 else max(need, longest)
+    random, long = report.cases[:6], report.cases[6:]
+    assert random[0].batch == 1 and all(2 <= c.batch <= 4 for c in random[1:])
+    assert len({c.batch for c in random[1:]}) > 1 and len({c.max_len for c in random}) > 1  # drawn, not fixed
+    for c in random:
+        assert len(c.lengths) == c.batch and max(c.lengths) == c.max_len and lo <= min(c.lengths) and c.max_len <= hi
+    for c, sec in zip(long, (0.5, 2.0)):
+        t = max(need, round(sec * rate))
+        assert (c.batch, c.max_len, c.lengths) == (2, t, [t, max(need, 3 * t // 4)])
+    assert report.to_dict()["cases"][6] == {"batch": 2, "max_len": long[0].max_len, "lengths": long[0].lengths,
+                                            "max_abs_diff": long[0].max_abs_diff}  # fmt: skip
+    assert check_parity(model, path, cases=6, seconds=(0.5, 2.0)).cases == report.cases  # seeded: the same batches

@@ -79,11 +79,14 @@ MODULES: dict[str, Module] = {
         ("nemo_sew/quant/schemes.py",), ("tests/test_quant.py", "tests/test_guards_schemes.py"), select=_QUANT_FAST
     ),
     "evaluate": Module(("nemo_sew/evaluate.py",), ("tests/test_guards_metrics.py",), functions=("error_rates", "evaluate")),
-    "safe_load": Module(("nemo_sew/safe_load.py",), ("tests/test_safe_load.py", "tests/test_guards_safe_load_legacy.py")),
+    "safe_load": Module(
+        ("nemo_sew/safe_load.py",),
+        ("tests/test_safe_load.py", "tests/test_guards_safe_load_legacy.py", "tests/test_guards_safe_load.py"),
+    ),
     "cost": Module(("nemo_sew/cost.py",), ("tests/test_cost.py", "tests/test_guards_cif_lengths.py")),
     "export_onnx": Module(  # the parity check
         ("nemo_sew/export/onnx.py",), ("tests/test_guards_onnx_parity.py", "tests/test_export.py"),
-        functions=("check_parity", "_valid_max_abs_diff", "_cases", "_long_cases", "_example", "_length_range",
+        functions=("check_parity", "_valid_diffs", "_cases", "_long_cases", "_example", "_length_range",
                    "_input_shape", "ParityReport.*"),
     ),  # fmt: skip
     "prune": Module(("nemo_sew/prune/*",), ("tests/test_prune.py", "tests/test_prune_quant.py")),
