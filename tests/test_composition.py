@@ -200,3 +200,30 @@ def test_training_draws_carry_their_step_and_the_step_count_is_saved():
     old = {k: v for k, v in enc.state_dict().items() if k != "train_step"}  # a checkpoint from before the count
     copy.load_state_dict(old)
     assert copy.train().draw().step == 0
+
+
+@pytest.mark.skipif(not __import__("nemo_sew.nn.onednn").nn.onednn.onednn_available(), reason="torch without oneDNN")
+@pytest.mark.parametrize("dials", [d for d in CASES if not any(REFUSED_PAIR <= set(d) for REFUSED_PAIR in REFUSED)],
+                         ids=lambda d: "+".join(d))  # fmt: skip
+def test_the_onednn_backend_composes_with_every_dial(dials):
+    """The oneDNN path is a backend each Linear reads (no patched forward): with every other dial it gives the
+    torch backend's output within fp32 rounding, and a quantized (parametrized) Linear keeps its quantized weights."""
+    from nemo_sew.nn.linear import Linear
+    from nemo_sew.nn.onednn import use_onednn_linear
+
+    enc, profile = _build(dials)
+    enc.eval()
+    enc.set_profile(profile)
+    x, lengths = _inputs()
+    with torch.no_grad():
+        ref = enc.run(x, lengths)
+        switched = use_onednn_linear(enc)
+        got = enc.run(x, lengths)
+    onednn = [m for m in enc.modules() if isinstance(m, Linear) and m.backend == "onednn"]
+    if {"ptq_bits", "qat_bits"} & set(dials):  # every Linear holds quantized (parametrized) weights: none switched
+        assert switched == 0 and not onednn
+    else:
+        convs = [m for m in enc.modules() if getattr(m, "onednn_linear", False)]  # the front end's 1x1 convs
+        assert onednn and len(onednn) + len(convs) == switched
+    torch.testing.assert_close(got.hidden, ref.hidden, atol=1e-4, rtol=0)
+    assert torch.equal(got.lengths, ref.lengths)

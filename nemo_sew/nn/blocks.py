@@ -35,6 +35,7 @@ from torch import nn
 from nemo_sew.arch import BlockSpec
 from nemo_sew.nn.frontend import _capturing, can_overwrite, time_mask
 from nemo_sew.nn.gates import LocalGatePredictor, gate_decisions, gate_mix
+from nemo_sew.nn.linear import Linear
 from nemo_sew.nn.ort_ops import MultiHeadAttentionOp, contrib_ops_active
 from nemo_sew.nn.pooling import masked_avg_pool
 from nemo_sew.nn.units import OPEN, BranchPlan, BranchUnits, UnitSlice, layer_norm_over, scale_channels
@@ -109,10 +110,10 @@ class SelfAttention(nn.Module):
             raise ValueError(f"expected num_heads >= 1, got {num_heads}")
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(dim, inner)
-        self.k_proj = nn.Linear(dim, inner)
-        self.v_proj = nn.Linear(dim, inner)
-        self.out_proj = nn.Linear(inner, dim)
+        self.q_proj = Linear(dim, inner)
+        self.k_proj = Linear(dim, inner)
+        self.v_proj = Linear(dim, inner)
+        self.out_proj = Linear(inner, dim)
 
     def attend(
         self, x: torch.Tensor, key_mask: torch.Tensor, kv: torch.Tensor | None = None, units: torch.Tensor | None = None
@@ -167,10 +168,10 @@ class FeedForward(nn.Module):
         acts = {"gelu": nn.GELU(), "swish": nn.SiLU(), "relu": nn.ReLU()}
         if activation not in acts:
             raise ValueError(f"expected activation in {sorted(acts)}, got {activation!r}")
-        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc1 = Linear(dim, ffn_dim)
         self.act = acts[activation]
         self.dropout = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.fc2 = Linear(ffn_dim, dim)
 
     def forward(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
         """``units``: one scale per intermediate unit, before ``fc2`` (pruning)."""

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from nemo_sew.nn.frontend import _channels_last, time_mask
+from nemo_sew.nn.linear import Linear
 from nemo_sew.nn.pooling import FrameMap
 
 
@@ -53,7 +54,7 @@ class AlphaPredictor(nn.Module):
         super().__init__()
         self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
         self.norm = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, 1)
+        self.proj = Linear(dim, 1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = x.masked_fill(~time_mask(lengths, x.shape[1])[..., None], 0.0)
@@ -233,7 +234,7 @@ class SEWUpsampler(nn.Module):
     def __init__(self, dim: int, factor: int) -> None:
         super().__init__()
         self.factor = int(factor)
-        self.linear = nn.Linear(dim, self.factor * dim)
+        self.linear = Linear(dim, self.factor * dim)
         nn.init.kaiming_normal_(self.linear.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.linear.bias)
 
@@ -263,8 +264,8 @@ class PhaseExpander(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
-        self.phase = nn.Linear(1, dim, bias=False)
+        self.linear = Linear(dim, dim)
+        self.phase = Linear(1, dim, bias=False)
         nn.init.kaiming_normal_(self.linear.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.linear.bias)
 

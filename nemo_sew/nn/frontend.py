@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.arch import ConvLayer, FrontendSpec, wfe_c_layers, wfe_o_layers  # noqa: F401 (re-exported)
+from nemo_sew.nn.linear import Linear
 from nemo_sew.nn.ort_ops import contrib_ops_active
 from nemo_sew.nn.units import FrontendPlan, FrontendUnits, UnitSlice, layer_norm_over, scale_channels
 
@@ -439,7 +440,7 @@ class FeatureProjection(nn.Module):
         if not project and in_dim != out_dim:
             raise ValueError(f"expected project=True when in_dim != out_dim, got in_dim={in_dim}, out_dim={out_dim}")
         self.layer_norm = nn.LayerNorm(in_dim, eps=layer_norm_eps) if layer_norm else None
-        self.projection = nn.Linear(in_dim, out_dim) if project else None
+        self.projection = Linear(in_dim, out_dim) if project else None
         self.dropout = nn.Dropout(dropout)
 
     def normalize(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nemo_sew.nn.frontend import time_mask
+from nemo_sew.nn.linear import Linear
 
 
 def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,8 @@ class LocalGatePredictor(nn.Module):
     def __init__(self, dim: int, hidden: int = 32, init_logit: float = 3.0, max_logit: float | None = None) -> None:
         super().__init__()
         self.max_logit = max_logit
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, 1)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, 1)
         nn.init.normal_(self.fc2.weight, std=0.01)
         nn.init.constant_(self.fc2.bias, init_logit)
 
@@ -84,8 +85,8 @@ class GlobalGatePredictor(nn.Module):
     ) -> None:
         super().__init__()
         self.max_logit = max_logit
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, num_gates)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, num_gates)
         nn.init.normal_(self.fc2.weight, std=0.01)
         nn.init.constant_(self.fc2.bias, init_logit)
 

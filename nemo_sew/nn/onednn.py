@@ -6,8 +6,9 @@ benchmarks ran on, MKL's sgemm reached 25-35 GMAC/s per thread while oneDNN's ma
 prepacking uses) reached 83-106 GMAC/s on the transformer's shapes (one interleaved timing, 1 thread,
 (125 or 500) x 768 x 3072). Written here because eager torch has no switch for it.
 
-:func:`use_onednn_linear` swaps the ``forward`` of each eligible ``nn.Linear`` (exact type, no
-parametrization such as quantized weights); the module keeps its parameters and hooks. The oneDNN path runs
+:func:`use_onednn_linear` sets the backend of each :class:`nemo_sew.nn.linear.Linear` (the encoder's linear
+layers) to ``"onednn"``, and the front end's 1x1 convs to their oneDNN GEMM; each module's own forward reads that
+setting (no patched forwards), and a parametrized weight (a quantized one) keeps ``F.linear``. The oneDNN path runs
 only for fp32 CPU inputs when autograd is off for the call (``torch.no_grad`` / ``inference_mode`` or
 nothing requiring grad) and nothing is being traced; otherwise it is ``F.linear``. The packed weight is
 rebuilt when the weight tensor or its version changes (``load_state_dict``, an optimizer step). Outputs
@@ -15,8 +16,6 @@ agree with ``F.linear`` within fp32 rounding (``tests/test_onednn.py``).
 """
 
 from __future__ import annotations
-
-import types
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from torch.nn.utils import parametrize
 from nemo_sew.nn.frontend import _tracing
 
 ENABLED = True
-"""Global switch of the swapped forwards (for A/B timing and tests)."""
+"""Global switch of the oneDNN path of the modules set to it (for A/B timing and tests)."""
 
 
 def onednn_available() -> bool:
@@ -56,23 +55,20 @@ def packed_linear(owner: nn.Module, x: torch.Tensor, w: torch.Tensor, bias: torc
     return F.linear(x, w, bias)
 
 
-def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return packed_linear(self, x, self.weight, self.bias)
-
-
 def use_onednn_linear(module: nn.Module) -> int:
-    """Route every plain ``nn.Linear`` under ``module``, and the front end's 1x1 convs (a GEMM on the
-    channels-last path), through oneDNN (see the module docstring); returns how many were switched (0 when
-    torch has no oneDNN)."""
+    """Route every :class:`nemo_sew.nn.linear.Linear` under ``module``, and the front end's 1x1 convs (a GEMM on
+    the channels-last path), through oneDNN (see the module docstring); returns how many were switched (0 when
+    torch has no oneDNN). Plain ``torch.nn.Linear`` modules (none in the encoder) keep torch's path."""
     if not onednn_available():
         return 0
     from nemo_sew.nn.frontend import ConvBlock
+    from nemo_sew.nn.linear import Linear
 
     n = 0
     for m in module.modules():
-        if type(m) is nn.Linear and not parametrize.is_parametrized(m):
+        if isinstance(m, Linear) and not parametrize.is_parametrized(m):
             m._onednn_key, m._onednn_weight = None, None
-            m.forward = types.MethodType(_forward, m)
+            m.backend = "onednn"
             n += 1
         elif isinstance(m, ConvBlock) and m.kernel == 1 and m.stride == 1 and not parametrize.is_parametrized(m.conv):
             m._onednn_key, m._onednn_weight = None, None
