@@ -233,6 +233,24 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
     return emit(cpu_markdown(result), args)
 
 
+def _cmd_bench_fast_paths(args: argparse.Namespace) -> int:
+    from benchmarks.quant_paths import fast_paths, fast_paths_markdown
+    from nemo_sew.measure import machine_line
+
+    threads = args.threads or 1
+    rows = fast_paths(args.model, args.manifest, Path(args.out), threads=threads, seconds=args.seconds,
+                      runs=args.runs, calibration=args.calibration,
+                      calibration_utterances=args.calibration_utterances)  # fmt: skip
+    name = Path(args.model).stem
+    section = "\n".join([
+        f"### CPU fast paths of {Path(args.model).name}: fp32, onnxruntime fp32 and the quantized forms (one run)", "",
+        f"`{command_line(args)}` ({machine_line()}; calibration: the first {args.calibration_utterances} "
+        f"utterances of {Path(args.calibration).name if args.calibration else '(none: int8 static left out)'})",
+        *fast_paths_markdown({name: rows}, threads, args.seconds), "",
+    ])  # fmt: skip
+    return emit(section, args)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands to the ``nemo-sew`` command (the ``nemo_sew.cli`` entry point)."""
     bench = sub.add_parser("bench", help="benchmarks that write BENCHMARKS.md rows")
@@ -250,6 +268,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-first", action="store_true", help="also time the channels-first front end (A/B)")
     p.add_argument("--onednn-linear", action="store_true", help="run nn.Linear through oneDNN (nemo_sew.nn.onednn)")
     p.set_defaults(func=_cmd_bench_squeeze)
+
+    p = _add("fast-paths", "a trained .nemo's WER, CER, size and latency as fp32 eager, onnxruntime fp32 and every "
+             "quantized onnxruntime form (int8 static calibrated on --calibration)", runs=10, threads=1)  # fmt: skip
+    p.add_argument("model", metavar="MODEL.nemo")
+    p.add_argument("--manifest", required=True, help="the test manifest (WER / CER)")
+    p.add_argument("--calibration", default=None, help="int8 static: utterances to calibrate on (not the test set)")
+    p.add_argument("--calibration-utterances", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=10.0, help="audio per timed utterance")
+    p.add_argument("--out", default="outputs/bench_fast_paths", help="folder for the ONNX files")
+    p.set_defaults(func=_cmd_bench_fast_paths)
 
     p = _add("train-step", "CTC training step time, encoder trained vs frozen (freeze_encoder_steps)",
              warmup=2, runs=8, threads=None)  # fmt: skip

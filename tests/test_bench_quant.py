@@ -74,3 +74,16 @@ def test_fast_paths_transcribe_and_time_every_onnxruntime_form(tiny_ctc_nemo, ti
     assert all(r["ms"] > 0 and r["samples"] >= 3 for r in rows)
     lines = fast_paths_markdown({"tiny": rows}, 1, 1.0)
     assert sum(line.startswith("| tiny |") for line in lines) == len(rows)
+
+
+def test_bench_fast_paths_command_on_a_trained_model_file(tiny_ctc_nemo, tiny_corpus, tmp_path, capsys):
+    """``nemo-sew bench fast-paths MODEL.nemo``: one table with every runtime, int8 static calibrated on the dev split."""
+    from nemo_sew.cli import main
+
+    rc = main(["bench", "fast-paths", str(tiny_ctc_nemo), "--manifest", str(tiny_corpus["test"]["manifest"]),
+               "--calibration", str(tiny_corpus["dev"]["manifest"]), "--calibration-utterances", "3", "--runs", "3",
+               "--seconds", "1", "--out", str(tmp_path / "onnx")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "onnxruntime int8 static" in out and "onnxruntime int8 dynamic" in out and "PyTorch eager fp32" in out
+    assert "the first 3 utterances of" in out and (tmp_path / "onnx" / "int8_static_8.onnx").is_file()
