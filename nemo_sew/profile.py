@@ -108,6 +108,8 @@ class ProfileSampler:
             (uniform over a range: real rates run through CIF), None = the encoder's factor.
         q_pool, kv_pool: per-layer stride choices, e.g. ``{"values": [[1, 1, 2, 1], [1, 1, 1, 1]]}``; None = off.
         cif_lambda: OFA's lambda range for CIF weight mixing, ``{"low": 0.0, "high": 1.0}`` (its default).
+        weight_bits: ``{"values": [16, 8, 4]}``: the weight width of each step (once-for-all bits; needs QAT at those
+            widths, ``qat: {bits: [8, 4]}``; 16 = the latent fp weights); None = the encoder's active width.
         seed: base seed; the draw for step ``n`` depends only on ``(seed, n)``.
     """
 
@@ -116,9 +118,12 @@ class ProfileSampler:
     kv_pool: Mapping[str, Any] | None = None
     cif_lambda: Mapping[str, Any] | None = None
     seed: int = 0
+    weight_bits: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("squeeze", "q_pool", "kv_pool", "cif_lambda"):
+        if self.weight_bits is not None and "values" not in self.weight_bits:
+            raise UserError(f"weight_bits sampler: expected {{'values': [16, 8, 4]}} (a set of widths), got {dict(self.weight_bits)}")
+        for name in ("squeeze", "q_pool", "kv_pool", "cif_lambda", "weight_bits"):
             spec = getattr(self, name)
             if spec is None:
                 continue
@@ -149,9 +154,14 @@ class ProfileSampler:
         q_pool = self._draw(rng, self.q_pool)
         kv_pool = self._draw(rng, self.kv_pool)
         lam = self._draw(rng, self.cif_lambda)
+        bits = self._draw(rng, self.weight_bits)  # drawn last: the other draws stay what they were without it
         profile = CompressionProfile(
             squeeze=None if squeeze is None else float(squeeze),
             q_pool=None if q_pool is None else tuple(q_pool),
             kv_pool=None if kv_pool is None else tuple(kv_pool),
+            **({} if bits is None else {"weight_bits": int(bits)}),
         )
         return profile, (1.0 if lam is None else float(lam))
+
+    def draws_weight_bits(self) -> bool:
+        return self.weight_bits is not None

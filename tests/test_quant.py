@@ -322,3 +322,69 @@ def test_activation_quantized_forms_are_judged_by_relative_error(tmp_path):
     quantize_model(other, (8,), keep_fp=False)
     with pytest.raises(ParityError, match="mean relative error"):
         check_parity(other, result.path, tolerance=ORT_TOLERANCE["int8_dynamic"], cases=1, relative=True)
+
+
+def _qat_encoder(sampler: dict, bits):
+    from nemo_sew.quant.weights import prepare_qat
+
+    torch.manual_seed(0)
+    enc = build_encoder("tiny_mel", num_layers=1, squeeze_sampler=sampler,
+                        dropout={"hidden": 0.0, "attention": 0.0, "activation": 0.0, "feature": 0.0, "layerdrop": 0.0})  # fmt: skip
+    prepare_qat(enc, bits)
+    return enc
+
+
+def test_qat_with_a_bits_sampler_trains_once_for_all_bits():
+    """QAT at several widths with a weight_bits sampler: each step runs at its drawn width (a pure function of the
+    step), every width fake-quantizes differently and trains the same latent weights; untrained widths are refused."""
+    from nemo_sew.encoder import Draw
+    from nemo_sew.errors import UserError
+
+    sampler = {"weight_bits": {"values": [16, 8, 4]}, "seed": 3}
+    enc = _qat_encoder(sampler, (8, 4))
+    assert enc.quant_config.qat == (8, 4) and enc.quant_config.available == (16, 8, 4)
+    assert enc.fixed_factor  # a bits-only sampler keeps the trained factor's expander
+    enc.train()
+    draws = [enc.draw(step).profile.weight_bits for step in range(30)]
+    assert set(draws) == {16, 8, 4}
+    assert draws == [_qat_encoder(sampler, (8, 4)).train().draw(step).profile.weight_bits for step in range(30)]
+    x, lengths = torch.randn(2, 80, 120), torch.tensor([120, 90])
+    outs = {}
+    for bits in (16, 8, 4):
+        enc.zero_grad()
+        out = enc.run(x, lengths, Draw(CompressionProfile(weight_bits=bits), step=1))
+        out.hidden.pow(2).mean().backward()
+        outs[bits] = out.hidden.detach()
+        latent = enc.layers[0].ffn.body.fc1.parametrizations.weight.original
+        assert latent.grad is not None and latent.grad.abs().sum() > 0  # straight-through to the latent fp weight
+    assert (outs[16] - outs[8]).abs().max() > 0 and (outs[8] - outs[4]).abs().max() > (outs[16] - outs[8]).abs().max()
+    with pytest.raises(UserError, match="weight_bits=2"):
+        enc.run(x, lengths, Draw(CompressionProfile(weight_bits=2), step=1))
+
+
+def test_a_stochastic_qat_encoder_trains_at_its_qat_width():
+    """Regression: a squeeze sampler's draws carried the profile default (fp), so QAT with stochastic squeeze
+    silently trained full precision; a draw now keeps the active width unless the sampler draws bits."""
+    enc = _qat_encoder({"squeeze": {"values": [1, 2]}}, 4)
+    enc.train()
+    assert {enc.draw(step).profile.weight_bits for step in range(8)} == {4}
+    assert {enc.draw(step).profile.squeeze for step in range(8)} == {1.0, 2.0}
+
+
+def test_qat_config_widths_read_old_and_new_forms():
+    from nemo_sew.quant.weights import QuantConfig
+
+    old = QuantConfig.of({"held": [], "fp": True, "group_size": 32, "method": "minmax", "qat": 4, "active": 4})
+    assert old.qat == (4,) and old.to_dict()["qat"] == 4  # one width: written as before
+    many = QuantConfig(qat=[4, 8], active=4)
+    assert many.qat == (8, 4) and QuantConfig.of(many.to_dict()) == many and many.to_dict()["qat"] == [8, 4]
+
+
+def test_a_once_for_all_qat_model_packs_every_trained_width():
+    from nemo_sew.quant.model import build_tiny_ctc, quantize_model
+    from nemo_sew.quant.weights import prepare_qat
+
+    model = build_tiny_ctc("tiny_mel", num_layers=1)
+    prepare_qat(model.encoder, (8, 4))
+    config = quantize_model(model, (8, 4), keep_fp=True)
+    assert config.held == (8, 4) and config.qat is None and model.encoder.profile.weight_bits == 4

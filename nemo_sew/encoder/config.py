@@ -20,7 +20,7 @@ from nemo_sew.profile import ProfileSampler
 
 #: the encoder's constructor arguments other than the arch (``encoder_config`` keeps them at the top level)
 OPTIONS = ("dropout", "squeeze_sampler", "learned_rate", "cif_lambda", "mask_emb", "masking", "gates", "pruning", "quant")
-_SAMPLER_FIELDS = {"squeeze", "q_pool", "kv_pool", "cif_lambda", "seed"}
+_SAMPLER_FIELDS = {"squeeze", "q_pool", "kv_pool", "cif_lambda", "seed", "weight_bits"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def parse_options(
     sampler = ProfileSampler(**squeeze_sampler) if squeeze_sampler is not None else None
     rate = LearnedRate.of(learned_rate)
     rate = rate.with_defaults(resolved.compressor.squeeze) if rate is not None else None
-    variable = sampler is not None or resolved.compressor.cif_alpha or rate is not None
+    draws_shape = sampler is not None and any(getattr(sampler, f) is not None for f in ("squeeze", "q_pool", "kv_pool", "cif_lambda"))
+    variable = draws_shape or resolved.compressor.cif_alpha or rate is not None  # a bits-only sampler keeps the factor
     if variable and resolved.expander == "sew":
         resolved = resolved.replace(expander="phase")
     dropout_options = Dropout.of(dropout)
@@ -130,6 +131,8 @@ def plain_sampler(sampler: ProfileSampler) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(sampler):
         value = getattr(sampler, f.name)
+        if f.name == "weight_bits" and value is None:
+            continue  # configs without a bits sampler stay as they were written before it existed
         out[f.name] = plain(dict(value)) if isinstance(value, Mapping) else value
     return out
 

@@ -241,6 +241,8 @@ class EncoderCore(nn.Module):
         drawn, lam = self.sampler.sample(int(step))
         if drawn.squeeze is None:
             drawn = dataclasses.replace(drawn, squeeze=self._profile.squeeze)
+        if not self.sampler.draws_weight_bits():  # the active width (QAT trains at it), not the profile default fp
+            drawn = dataclasses.replace(drawn, weight_bits=self._profile.weight_bits)
         return Draw(drawn, lam, int(step), int(seed))
 
     def _checked_draw(self, draw: Draw | None) -> Draw:

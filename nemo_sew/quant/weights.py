@@ -28,7 +28,7 @@ import contextlib
 import contextvars
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -63,7 +63,8 @@ class QuantConfig:
         fp: the encoder also holds its full-precision weights (False: only ``held``; smallest file).
         group_size: columns per scale for 4-bit weights (8, 2 and 1 bits are per output channel).
         method: scale choice for 8 and 4 bits, ``minmax`` or ``mse``.
-        qat: fake-quantize the fp weights at these bits in every forward (QAT); None = off.
+        qat: fake-quantize the fp weights in every forward (QAT) at these widths (one, or several for once-for-all
+            bits: each forward at its draw's ``weight_bits``, e.g. from a ``weight_bits`` sampler); None = off.
         active: the bit width the forward uses (16 = fp).
     """
 
@@ -71,7 +72,7 @@ class QuantConfig:
     fp: bool = True
     group_size: int | None = 32
     method: str = "minmax"
-    qat: int | None = None
+    qat: tuple[int, ...] | None = None
     active: int = 16
 
     def __post_init__(self) -> None:
@@ -79,8 +80,11 @@ class QuantConfig:
         bad = [b for b in self.held if b not in BITS]
         if bad:
             raise UserError(f"expected held bit widths in {BITS}, got {bad}")
-        if self.qat is not None and self.qat not in BITS:
-            raise UserError(f"expected qat bits in {BITS} or None, got {self.qat}")
+        if self.qat is not None:  # one width (an int, as configs before once-for-all bits wrote it) or several
+            widths = (self.qat,) if isinstance(self.qat, int) else tuple(self.qat)
+            object.__setattr__(self, "qat", tuple(sorted({int(b) for b in widths}, reverse=True)))
+            if not self.qat or any(b not in BITS for b in self.qat):
+                raise UserError(f"expected qat bits in {BITS} or None, got {list(self.qat)}")
         if self.qat is not None and (self.held or not self.fp):
             raise UserError("QAT trains the fp weights: it cannot be combined with held packed weights")
         if not self.fp and not self.held:
@@ -96,12 +100,14 @@ class QuantConfig:
         if self.fp:
             out.append(16)
         if self.qat is not None:
-            out.append(self.qat)
+            out.extend(self.qat)
         return tuple(sorted(set(out), reverse=True))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["held"] = list(self.held)
+        if self.qat is not None:  # one width as the int older readers expect
+            out["qat"] = self.qat[0] if len(self.qat) == 1 else list(self.qat)
         return out
 
     @classmethod
@@ -120,19 +126,38 @@ def spec(bits: int, config: QuantConfig | None = None) -> QuantSpec:
 
 
 class FakeQuant(nn.Module):
-    """Parametrization ``w -> fake_quantize(w)`` (straight-through gradients); ``enabled=False`` passes ``w``."""
+    """Parametrization ``w -> fake_quantize(w)`` at one of its widths (straight-through gradients).
 
-    def __init__(self, quant_spec: QuantSpec) -> None:
+    ``specs``: one :class:`QuantSpec` per width it trains (several: once-for-all bits, each forward at the width
+    its draw carries, :func:`weights_at`); ``active`` is the width a forward without a scope reads (16 = ``w``
+    itself, the latent fp weight)."""
+
+    def __init__(self, specs: QuantSpec | Mapping[int, QuantSpec]) -> None:
         super().__init__()
-        self.spec, self.enabled = quant_spec, True
+        self.specs = {specs.bits: specs} if isinstance(specs, QuantSpec) else dict(specs)
+        self.active = min(self.specs)
+
+    @property
+    def enabled(self) -> bool:
+        return self.active != 16
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:  # off: the latent fp weight; on: the lowest width it trains
+        self.active = min(self.specs) if value else 16
+
+    @property
+    def spec(self) -> QuantSpec:
+        """The spec of the active width (the lowest when off)."""
+        return self.specs[self.active if self.active != 16 else min(self.specs)]
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         bits = _FORWARD_BITS.get()
-        if bits == 16 or (bits is None and not self.enabled):
+        bits = self.active if bits is None else bits
+        if bits == 16:
             return w
-        if bits is not None and bits != self.spec.bits:
-            raise UserError(f"this weight fake-quantizes at {self.spec.bits} bits (QAT), not {bits}")
-        wq = dequantize(*quantize(w, self.spec), dtype=w.dtype)
+        if bits not in self.specs:
+            raise UserError(f"this weight fake-quantizes at {sorted(self.specs)} bits (QAT), not {bits}")
+        wq = dequantize(*quantize(w, self.specs[bits]), dtype=w.dtype)
         return w + (wq - w).detach()
 
 
@@ -241,7 +266,7 @@ def weight_bits_table(module: nn.Module, head: nn.Module | None = None) -> list[
             if q and isinstance(q[-1], HeldWeight) and q[-1].active != 16:
                 bits = q[-1].active
             elif q and isinstance(q[-1], FakeQuant) and q[-1].enabled:
-                bits = q[-1].spec.bits
+                bits = q[-1].active
             rows.append((f"{prefix}{name}.weight", tuple(q[-1].shape) if q and isinstance(q[-1], HeldWeight) else tuple(m.weight.shape), bits))
     return rows
 
@@ -307,7 +332,7 @@ def apply_config(encoder: nn.Module, config: QuantConfig | Mapping[str, Any] | N
     refuse_pruning_masks(encoder)
     for m in weight_targets(encoder).values():
         if config.qat is not None:
-            parametrize.register_parametrization(m, "weight", FakeQuant(spec(config.qat, config)))
+            parametrize.register_parametrization(m, "weight", FakeQuant({b: spec(b, config) for b in config.qat}))
         else:
             _register_held(m, config, values)
     set_weight_bits(encoder, config.active, config)
@@ -330,7 +355,7 @@ def set_weight_bits(encoder: nn.Module, bits: int, config: QuantConfig | None) -
             if isinstance(q, HeldWeight):
                 q.set_active(bits)
             else:
-                q.enabled = bits != 16
+                q.active = bits
 
 
 def quantize_encoder(
@@ -354,12 +379,16 @@ def quantize_encoder(
     return config
 
 
-def prepare_qat(encoder: nn.Module, bits: int, group_size: int | None = 32, method: str = "minmax") -> QuantConfig:
-    """QAT: fake-quantize every weight of an fp ``encoder`` at ``bits`` (straight-through gradients)."""
+def prepare_qat(encoder: nn.Module, bits: int | Sequence[int], group_size: int | None = 32,
+                method: str = "minmax") -> QuantConfig:  # fmt: skip
+    """QAT: fake-quantize every weight of an fp ``encoder`` at ``bits`` (straight-through gradients). Several
+    widths train once-for-all bits: each forward runs at its draw's ``weight_bits`` (a ``weight_bits`` sampler in
+    ``squeeze_sampler``); the encoder is active at the lowest."""
     if getattr(encoder, "quant_config", None) is not None:
         raise UserError("QAT starts from an fp encoder without quantization state")
     refuse_pruning_masks(encoder)
-    config = QuantConfig(qat=bits, group_size=group_size, method=method, active=bits)
+    widths = (int(bits),) if isinstance(bits, int) else tuple(int(b) for b in bits)
+    config = QuantConfig(qat=widths, group_size=group_size, method=method, active=min(widths) if widths else 16)
     apply_config(encoder, config)
     _adopt(encoder, config)
     return config
