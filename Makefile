@@ -8,10 +8,15 @@ PIP := $(VENV)/bin/pip
 APT_PACKAGES := espeak-ng flite festival festvox-kdlpc16k festvox-us-slt-hts fortunes fortunes-min sox libsndfile1
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast gpu-check mutation setup apt venv clean
+.PHONY: demo demo-product test test-fast gpu-check mutation setup apt venv clean
 
 demo: setup
 	$(VENV)/bin/nemo-sew demo
+
+# one model that serves every budget: the all-dials recipe, quantize --keep-fp, squeeze x depth threshold x bits
+# sweep with one ONNX per profile -> outputs/demo_product/ (docs/demo.md, "The product demo")
+demo-product: setup
+	$(VENV)/bin/nemo-sew demo --product
 
 # OpenMP threads that sleep instead of spinning while they wait: the suite runs processes side by side (DDP ranks,
 # launchers), and spinning threads of one starve the other (10-50x slower small ops under load; a whole-suite run

@@ -235,16 +235,18 @@ def _cmd_bench_cpu(args: argparse.Namespace) -> int:
 
 def _cmd_bench_fast_paths(args: argparse.Namespace) -> int:
     from benchmarks.quant_paths import fast_paths, fast_paths_markdown
-    from nemo_sew.measure import machine_line
+    from nemo_sew.measure import machine_line, torch_threads
 
     threads = args.threads or 1
     rows = fast_paths(args.model, args.manifest, Path(args.out), threads=threads, seconds=args.seconds,
                       runs=args.runs, calibration=args.calibration,
                       calibration_utterances=args.calibration_utterances)  # fmt: skip
     name = Path(args.model).stem
+    with torch_threads(threads):  # the machine line names the threads the rows were timed with
+        machine = machine_line()
     section = "\n".join([
         f"### CPU fast paths of {Path(args.model).name}: fp32, onnxruntime fp32 and the quantized forms (one run)", "",
-        f"`{command_line(args)}` ({machine_line()}; calibration: the first {args.calibration_utterances} "
+        f"`{command_line(args)}` ({machine}; calibration: the first {args.calibration_utterances} "
         f"utterances of {Path(args.calibration).name if args.calibration else '(none: int8 static left out)'})",
         *fast_paths_markdown({name: rows}, threads, args.seconds), "",
     ])  # fmt: skip

@@ -5,7 +5,7 @@
     nemo-sew validate-manifest data/synthetic/train.json
     nemo-sew train recipes/ctc_char_tiny_mel.yaml model.train_ds.manifest_filepath=... save_to=model.nemo
     nemo-sew evaluate model.nemo --manifest data/synthetic/test.json [--cross data/synthetic/cross.json] [--profile 2]
-    nemo-sew demo
+    nemo-sew demo [--product]
     nemo-sew doctor [manifests...]
 """
 
@@ -53,12 +53,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.product:
+        from nemo_sew.demo_product import PRODUCT_RECIPE, PRODUCT_STEPS, run_product_demo
+        from nemo_sew.errors import UserError
+
+        if args.no_sweep:
+            raise UserError("--product sweeps its profile grid: leave out --no-sweep")
+        run_product_demo(
+            out_dir=args.out or "outputs/demo_product",
+            data_dir=args.data,
+            recipe=args.recipe or PRODUCT_RECIPE,
+            hours=args.hours,
+            train_minutes=args.train_minutes,
+            train_steps=args.train_steps if args.train_steps is not None else PRODUCT_STEPS,
+            seed=args.seed,
+            overrides=args.overrides,
+            command=command_line(args),
+            sweep_utterances=args.sweep_utterances or None,
+        )
+        return 0
     from nemo_sew.demo import DEMO_STEPS, run_demo
 
     run_demo(
-        out_dir=args.out,
+        out_dir=args.out or "outputs/demo",
         data_dir=args.data,
-        recipe=args.recipe,
+        recipe=args.recipe or "recipes/ctc_char_tiny_mel.yaml",
         hours=args.hours,
         train_minutes=args.train_minutes,
         train_steps=args.train_steps if args.train_steps is not None else DEMO_STEPS,
@@ -245,12 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     _register_plugins(sub)  # nemo-sew bench ... (the benchmarks package)
 
     p = sub.add_parser("demo", help="synthetic corpus -> CPU training -> evaluation (what `make demo` runs)")
-    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--out", default=None, help="default outputs/demo (--product: outputs/demo_product)")
     p.add_argument("--data", default="data/synthetic")
-    p.add_argument("--recipe", default="recipes/ctc_char_tiny_mel.yaml")
+    p.add_argument("--recipe", default=None,
+                   help="default recipes/ctc_char_tiny_mel.yaml (--product: recipes/all_dials_tiny_mel.yaml)")
     p.add_argument("--hours", type=float, default=3.5)
+    p.add_argument("--product", action="store_true",
+                   help="the product demo: train the all-dials recipe, quantize --bits 8 4 --keep-fp, sweep "
+                        "recipes/profiles/product.yaml (squeeze x depth threshold x bits) with one ONNX per profile")
     p.add_argument("--train-steps", type=int, default=None,
-                   help="training steps (default 2000; fp32 from the recipe's seed: the same model on any machine)")
+                   help="training steps (default 2000, --product 400; fp32 from the recipe's seed: the same model "
+                        "on any machine)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads of the fixed-step demo (part of what makes its result the same everywhere)")
     p.add_argument("--train-minutes", type=float, default=None,

@@ -2,6 +2,9 @@
 profile -> ``outputs/demo/``.
 
     nemo-sew demo --out outputs/demo --hours 3.5 [--train-steps 2000 | --train-minutes 18] [--sweep-utterances 100 | --no-sweep]
+
+``nemo-sew demo --product`` (:mod:`nemo_sew.demo_product`) runs steps 1-4 here on the all-dials recipe, then its own
+last step (quantize keeping fp, the squeeze x depth threshold x bits sweep).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,13 +68,14 @@ def augment_summary(cfg) -> str:
 
 def write_results(
     path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None,
-    sweep_md: str | None = None, data_note: str | None = None,
+    sweep_md: str | None = None, data_note: str | None = None, answer: str | None = None,
 ) -> None:
     """``results.md``: what the demo reached, with the baselines beside it; it ends with ``sweep_md`` (the
-    profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given."""
+    profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given; ``answer`` (one line) opens it."""
     lines = [
         "# nemo-sew demo results",
         "",
+        *([answer, ""] if answer else []),
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}  ",
         f"Corpus: synthetic, espeak-ng + flite ({hours.get('train', 0):.2f} h train"
@@ -105,33 +111,39 @@ def write_results(
     path.write_text("\n".join(lines))
 
 
-def run_demo(
-    out_dir: str | Path = "outputs/demo",
-    data_dir: str | Path = "data/synthetic",
-    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
-    hours: float = 3.5,
-    train_minutes: float | None = None,
-    seed: int = 0,
-    train_steps: int | None = DEMO_STEPS,
-    num_jobs: int | None = None,
-    overrides: list[str] | None = None,
-    command: str = "make demo",
-    sweep: bool = True,
-    sweep_utterances: int | None = 100,
-):
-    """Build the corpus, train the recipe on CPU, evaluate, sweep the model's profiles on at most
-    ``sweep_utterances`` test utterances (None or 0: all) and export one ONNX file per profile (``sweep=False``
-    skips both), write the outputs.
+@dataclass
+class TrainedDemo:
+    """What :func:`train_and_evaluate` leaves for the last step (the profile sweep): the model and its numbers."""
 
-    Training runs ``train_steps`` steps in fp32 with the recipe's seed, so the model and its CER are the same on
-    any machine (only the time taken differs); ``train_minutes`` instead trains for a time budget (the recipe's
-    precision, LR schedule fitted to the time; the step reached, and so the result, depends on the machine)."""
+    model: Any
+    model_path: Path
+    result: Any  # EvalResult at the model's default profile
+    train_seconds: float
+    steps: int
+    split_hours: dict
+    splits: dict
+    flow_wer: float | None
+    data_note: str
+
+
+def train_and_evaluate(
+    out_dir: Path, data_dir: Path, recipe: str | Path, hours: float, train_minutes: float | None, seed: int,
+    train_steps: int | None, num_jobs: int | None, overrides: list[str] | None, command: str,
+    splits: dict | None = None,
+) -> TrainedDemo:
+    """Steps 1-4 of the demo: corpus, training (fixed fp32 steps or a time budget), evaluation, NeMo's
+    transcribe_speech flow; writes ``results.md`` without a sweep (an error after this does not lose the run).
+    ``splits``: a corpus already built (what ``prepare_synthetic`` returned, its ``corpus.json`` beside the
+    manifests), used as it is; None builds (or completes) the corpus in ``data_dir``."""
     from manifests.synthetic import prepare_synthetic
 
-    out_dir, data_dir = Path(out_dir), Path(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("step 1/5: synthetic corpus (%.1f h) in %s", hours, data_dir)
-    splits = prepare_synthetic(data_dir, hours=hours, seed=seed, num_jobs=num_jobs or os.cpu_count() or 1)
+    if splits is None:
+        log.info("step 1/5: synthetic corpus (%.1f h) in %s", hours, data_dir)
+        splits = prepare_synthetic(data_dir, hours=hours, seed=seed, num_jobs=num_jobs or os.cpu_count() or 1)
+    else:
+        data_dir = Path(splits["train"]["manifest"]).parent
+        log.info("step 1/5: the corpus already built in %s", data_dir)
     summary = json.loads((data_dir / "corpus.json").read_text())
     split_hours = {name: info["hours"] for name, info in summary["splits"].items()}
 
@@ -167,17 +179,46 @@ def run_demo(
     (out_dir / "results.json").write_text(result.to_json())
     log.info("step 4/5: NeMo's transcribe_speech flow on %s", model_path)
     flow_wer = transcribe_speech_flow(model_path, splits["test"]["manifest"], out_dir / "transcribe_speech.json", recipe)
-    data_note = augment_summary(cfg)
+    run = TrainedDemo(model, model_path, result, train_seconds, steps, split_hours, splits, flow_wer,
+                      augment_summary(cfg))  # fmt: skip
     write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
-                  data_note=data_note)
+                  data_note=run.data_note)
+    return run
+
+
+def run_demo(
+    out_dir: str | Path = "outputs/demo",
+    data_dir: str | Path = "data/synthetic",
+    recipe: str | Path = "recipes/ctc_char_tiny_mel.yaml",
+    hours: float = 3.5,
+    train_minutes: float | None = None,
+    seed: int = 0,
+    train_steps: int | None = DEMO_STEPS,
+    num_jobs: int | None = None,
+    overrides: list[str] | None = None,
+    command: str = "make demo",
+    sweep: bool = True,
+    sweep_utterances: int | None = 100,
+):
+    """Build the corpus, train the recipe on CPU, evaluate, sweep the model's profiles on at most
+    ``sweep_utterances`` test utterances (None or 0: all) and export one ONNX file per profile (``sweep=False``
+    skips both), write the outputs.
+
+    Training runs ``train_steps`` steps in fp32 with the recipe's seed, so the model and its CER are the same on
+    any machine (only the time taken differs); ``train_minutes`` instead trains for a time budget (the recipe's
+    precision, LR schedule fitted to the time; the step reached, and so the result, depends on the machine)."""
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    run = train_and_evaluate(out_dir, data_dir, recipe, hours, train_minutes, seed, train_steps, num_jobs, overrides,
+                             command)  # fmt: skip
+    result = run.result
     if sweep:  # results.md is already written without the sweep: an error here does not lose the run
         from nemo_sew.demo_sweep import run_profile_sweep, sweep_section
 
         log.info("step 5/5: profile sweep and one ONNX file per profile")
-        swept = run_profile_sweep(model, model_path, splits["test"]["manifest"], out_dir,
+        swept = run_profile_sweep(run.model, run.model_path, run.splits["test"]["manifest"], out_dir,
                                   max_utterances=sweep_utterances, command=command)  # fmt: skip
-        write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
-                      sweep_section(swept, out_dir), data_note=data_note)  # fmt: skip
+        write_results(out_dir / "results.md", result, run.train_seconds, run.steps, run.split_hours, command,
+                      run.flow_wer, sweep_section(swept, out_dir), data_note=run.data_note)  # fmt: skip
     log.info("test CER %.3f, WER %.3f, cross-engine CER %s; wrote %s and %s", result.cer, result.wer,
-             _num(result.cross_cer), model_path, out_dir / "results.md")  # fmt: skip
+             _num(result.cross_cer), run.model_path, out_dir / "results.md")  # fmt: skip
     return result

@@ -26,7 +26,7 @@ def _profiles(name: str) -> dict:
 
 
 def test_every_profile_file_is_covered():
-    assert {p.stem for p in PROFILES.glob("*.yaml")} == {"stochastic", "fixed_s2", "i3d", "weight_bits"}
+    assert {p.stem for p in PROFILES.glob("*.yaml")} == {"stochastic", "fixed_s2", "i3d", "weight_bits", "product"}
 
 
 @pytest.mark.parametrize("name", ["stochastic", "fixed_s2"])
@@ -86,3 +86,26 @@ def test_weight_bits_profiles_build_or_are_refused_with_their_reason(tmp_path):
             assert report.ok, report.line()
         else:
             assert not report.ok and expected in report.line(), report.line()
+
+
+@pytest.mark.slow
+def test_product_profiles_build(tmp_path):
+    """The product grid (squeeze x depth threshold x weight bits) of one gated, stochastic, quantized model: fp
+    rows as fp32 graphs, 8- and 4-bit rows in the TensorRT QDQ form (fp16 activations); every profile builds."""
+    from nemo_sew.quant.model import build_tiny_ctc, quantize_model
+    from nemo_sew.quant.onnx import export_quantized_onnx
+
+    model = build_tiny_ctc("tiny_mel", num_layers=2, gates={"kind": "local"},
+                           squeeze_sampler={"squeeze": {"values": [1, 2, 3, 4]}})  # fmt: skip
+    quantize_model(model, (8, 4), keep_fp=True)
+    profiles = _profiles("product")
+    assert {f["weight_bits"] for f in profiles.values()} == {16, 8, 4}
+    for profile, fields in profiles.items():
+        model.set_profile(fields, default=False)
+        path = tmp_path / f"{profile}.onnx"
+        if fields["weight_bits"] == 16:
+            export_onnx(model, path, check=False)
+        else:
+            export_quantized_onnx(model, path, form="qdq", precision="fp16", check=False)
+        report = check_trt(path)
+        assert report.ok, report.line()

@@ -5,7 +5,9 @@ The encoder's linear layers are this class, so a backend is chosen per module wi
 (oneDNN on a prepacked weight for fp32 CPU inference, ``F.linear`` whenever autograd, tracing, another device or
 dtype, or a parametrized weight such as a quantized one makes the packed weight wrong or stale).
 :func:`nemo_sew.nn.onednn.use_onednn_linear` sets it. Parameters, state-dict keys and checkpoints are
-``nn.Linear``'s.
+``nn.Linear``'s. Tools that match module types exactly see a different class: torchao's PT2E
+``X86InductorQuantizer`` annotates only ``torch.nn.Linear`` (``benchmarks/quant_cpu.py`` swaps in plain
+``nn.Linear`` modules holding the same parameters before quantizing with it).
 """
 
 from __future__ import annotations
