@@ -58,9 +58,10 @@ the forms that quantize activations (``check_parity(..., relative=True)``). A ma
 the trained demo model int8 dynamic moves single log-probs by up to 0.85 (MatMulNBits 0.61) at a relative error of
 0.006 (0.003) while decoding the same text; on tiny random models the relative errors are 0.001-0.003. A broken
 graph gives errors of order 1."""
-STATIC_TOLERANCE = 0.25
+STATIC_TOLERANCE = 0.1
 """``int8_static``: largest mean relative error (mean |graph - eager| / mean |eager| on valid frames) allowed on
-a calibration utterance; a broken calibration or graph gives errors of order 1."""
+a calibration utterance. Measured: 0.008-0.010 on the trained demo model, 0.004 on a tiny gated model; a broken
+calibration or graph gives errors of order 1."""
 STATIC_OPSET = 20  # the first opset with a Gelu operator
 EXACT_QDQ_SESSION = {"session.qdq_matmulnbits_accuracy_level": "0"}
 """onnxruntime fuses ``DequantizeLinear -> MatMul`` into ``MatMulNBits``; at its default accuracy level (4) that
