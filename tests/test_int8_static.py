@@ -158,3 +158,14 @@ def test_cli_exports_int8_static_calibrated_on_a_manifest(tiny_ctc_nemo, tiny_co
     assert entry["tensorrt"].startswith("refused: ") and "MultiHeadAttention" in entry["tensorrt"]  # onnxruntime only
     done = run("export", str(q), "--profiles", str(profiles), "--out", str(tmp_path / "x"), "--quant-form", "int8_static")
     assert done.returncode != 0 and "--calibration" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_int8_static_quantizes_a_gated_graph(tmp_path):
+    """An I3D model with input-dependent gates (If nodes) quantizes statically and keeps its branches."""
+    model = build_tiny_ctc("tiny_mel", num_layers=2, gates={"kind": "local"})
+    quantize_model(model, (8,), keep_fp=False)
+    model.set_profile({"weight_bits": 8, "depth_threshold": 0.5})
+    result = export_quantized_onnx(model, tmp_path / "g.onnx", "int8_static", calibration=calibration_feeds(model, _waves(3)))
+    assert result.parity["worst_relative_error"] <= STATIC_TOLERANCE
+    ops = _ops(result.path)
+    assert ops["If"] > 0 and ops["MultiHeadAttention"] + ops["DequantizeLinear"] > 0
