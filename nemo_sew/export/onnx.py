@@ -590,10 +590,6 @@ def _session(path: Path, providers: Sequence[str] | None = None, threads: int | 
     return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
 
 
-def _valid_max_abs_diff(ref: torch.Tensor, got: np.ndarray, lengths: torch.Tensor, time_axis: int) -> float:
-    return _valid_diffs(ref, got, lengths, time_axis)[0]
-
-
 def _valid_diffs(ref: torch.Tensor, got: np.ndarray, lengths: torch.Tensor, time_axis: int) -> tuple[float, float]:
     """(max abs difference, mean abs difference / mean abs reference) over the valid frames."""
     got_t = torch.from_numpy(np.asarray(got, dtype=np.float32))
