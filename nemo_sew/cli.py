@@ -53,40 +53,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    common = dict(data_dir=args.data, hours=args.hours, train_minutes=args.train_minutes, seed=args.seed,
+                  overrides=args.overrides, command=command_line(args), sweep_utterances=args.sweep_utterances or None)
     if args.product:
         from nemo_sew.demo_product import PRODUCT_RECIPE, PRODUCT_STEPS, run_product_demo
         from nemo_sew.errors import UserError
 
         if args.no_sweep:
             raise UserError("--product sweeps its profile grid: leave out --no-sweep")
-        run_product_demo(
-            out_dir=args.out or "outputs/demo_product",
-            data_dir=args.data,
-            recipe=args.recipe or PRODUCT_RECIPE,
-            hours=args.hours,
-            train_minutes=args.train_minutes,
-            train_steps=args.train_steps if args.train_steps is not None else PRODUCT_STEPS,
-            seed=args.seed,
-            overrides=args.overrides,
-            command=command_line(args),
-            sweep_utterances=args.sweep_utterances or None,
-        )
+        run_product_demo(out_dir=args.out or "outputs/demo_product", recipe=args.recipe or PRODUCT_RECIPE,
+                         train_steps=PRODUCT_STEPS if args.train_steps is None else args.train_steps, **common)
         return 0
     from nemo_sew.demo import DEMO_STEPS, run_demo
 
-    run_demo(
-        out_dir=args.out or "outputs/demo",
-        data_dir=args.data,
-        recipe=args.recipe or "recipes/ctc_char_tiny_mel.yaml",
-        hours=args.hours,
-        train_minutes=args.train_minutes,
-        train_steps=args.train_steps if args.train_steps is not None else DEMO_STEPS,
-        seed=args.seed,
-        overrides=args.overrides,
-        command=command_line(args),
-        sweep=not args.no_sweep,
-        sweep_utterances=args.sweep_utterances or None,
-    )
+    run_demo(out_dir=args.out or "outputs/demo", recipe=args.recipe or "recipes/ctc_char_tiny_mel.yaml",
+             train_steps=DEMO_STEPS if args.train_steps is None else args.train_steps, sweep=not args.no_sweep, **common)
     return 0
 
 

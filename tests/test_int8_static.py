@@ -168,4 +168,4 @@ def test_int8_static_quantizes_a_gated_graph(tmp_path):
     result = export_quantized_onnx(model, tmp_path / "g.onnx", "int8_static", calibration=calibration_feeds(model, _waves(3)))
     assert result.parity["worst_relative_error"] <= STATIC_TOLERANCE
     ops = _ops(result.path)
-    assert ops["If"] > 0 and ops["MultiHeadAttention"] + ops["DequantizeLinear"] > 0
+    assert ops["If"] > 0 and ops["DequantizeLinear"] > 0  # the gated branches, and int8 where they are not

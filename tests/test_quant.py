@@ -388,3 +388,22 @@ def test_a_once_for_all_qat_model_packs_every_trained_width():
     prepare_qat(model.encoder, (8, 4))
     config = quantize_model(model, (8, 4), keep_fp=True)
     assert config.held == (8, 4) and config.qat is None and model.encoder.profile.weight_bits == 4
+
+
+def test_switching_held_widths_reuses_the_dequantized_weights():
+    """A sweep times its profiles in interleaved rounds, switching widths every call: each width is dequantized
+    once (per dtype and device), not again at every switch; new codes (store) drop the cache."""
+    from nemo_sew.quant.weights import held_weights, set_weight_bits
+
+    enc = build_encoder("tiny_mel", num_layers=1).eval()
+    config = quantize_encoder(enc, (8, 4))
+    _, module, held = next(iter(held_weights(enc)))
+    set_weight_bits(enc, 8, config)
+    first = module.weight
+    set_weight_bits(enc, 4, config)
+    four = module.weight
+    set_weight_bits(enc, 16, config)
+    set_weight_bits(enc, 8, config)
+    assert module.weight is first and not torch.equal(first, four)
+    held.store(torch.randn_like(first))
+    assert module.weight is not first

@@ -165,8 +165,9 @@ class HeldWeight(nn.Module):
     """Parametrization holding packed codes (``codes_<b>``, uint8) and scales (``scale_<b>``) per bit width.
 
     ``active`` selects the weight the forward returns: 16 = the fp weight (the parametrization's input,
-    which is an empty tensor when the fp weight is not held), else the dequantized codes (cached for
-    inference; the cache is dropped on load and on every switch).
+    which is an empty tensor when the fp weight is not held), else the dequantized codes, cached per (width,
+    dtype, device) so that switching widths (a sweep timing its profiles in interleaved rounds, a draw's
+    ``weight_bits``) does not dequantize again; the cache is dropped when the codes change (store, load).
     """
 
     def __init__(self, shape: tuple[int, ...], specs: Mapping[int, QuantSpec]) -> None:
@@ -175,7 +176,7 @@ class HeldWeight(nn.Module):
         for b, s in self.specs.items():
             self.register_buffer(f"codes_{b}", torch.zeros(packed_numel(self.shape, b), dtype=torch.uint8))
             self.register_buffer(f"scale_{b}", torch.ones(scale_shape(s, self.shape)))
-        self._cache: tuple[Any, torch.Tensor] | None = None
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def store(self, w: torch.Tensor) -> None:
         """Quantize ``w`` at every held bit width into the buffers."""
@@ -183,7 +184,7 @@ class HeldWeight(nn.Module):
             codes, scale = quantize(w, s)
             getattr(self, f"codes_{b}").copy_(pack(codes, b))
             getattr(self, f"scale_{b}").copy_(scale)
-        self._cache = None
+        self._cache = {}
 
     def codes(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Int8 codes (the weight's shape) and scales ``(out, groups)`` of ``bits``."""
@@ -196,10 +197,15 @@ class HeldWeight(nn.Module):
     def set_active(self, bits: int) -> None:
         if bits != 16 and bits not in self.specs:
             raise UserError(f"this weight holds bit widths {sorted(self.specs)} (and fp), not {bits}")
-        if bits != self.active:
-            self.active, self._cache = bits, None
-        if bits != 16 and self._cache is None:  # dequantize now: a traced forward (ONNX) then sees a constant
-            self._cache = (self._key(torch.float32), self.weight(bits))
+        self.active = bits
+        if bits != 16:  # dequantize now: a traced forward (ONNX) then sees a constant
+            self._cached(bits, torch.float32)
+
+    def _cached(self, bits: int, dtype: torch.dtype) -> torch.Tensor:
+        key = self._key(dtype, bits)
+        if key not in self._cache:
+            self._cache[key] = self.weight(bits, dtype)
+        return self._cache[key]
 
     def _key(self, dtype: torch.dtype, bits: int | None = None) -> tuple:
         bits = self.active if bits is None else bits
@@ -214,14 +220,10 @@ class HeldWeight(nn.Module):
             return original
         if bits not in self.specs:
             raise UserError(f"this weight holds bit widths {sorted(self.specs)} (and fp), not {bits}")
-        dtype = original.dtype if original.is_floating_point() else torch.float32
-        key = self._key(dtype, bits)
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.weight(bits, dtype))
-        return self._cache[1]
+        return self._cached(bits, original.dtype if original.is_floating_point() else torch.float32)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._cache = None
+        self._cache = {}
         super()._load_from_state_dict(*args, **kwargs)
 
 
