@@ -220,3 +220,22 @@ def test_a_ctc_model_passes_its_check_over_the_promised_batches(tmp_path, preset
     assert report.to_dict()["cases"][6] == {"batch": 2, "max_len": long[0].max_len, "lengths": long[0].lengths,
                                             "max_abs_diff": long[0].max_abs_diff}  # fmt: skip
     assert check_parity(model, path, cases=6, seconds=(0.5, 2.0)).cases == report.cases  # seeded: the same batches
+
+
+@pytest.mark.parametrize("rate", [16000.0, 8000.0])
+def test_the_random_batches_span_0_3_to_1_6_seconds_at_the_models_input_rate(rate):
+    """The short random batches run from 0.3 s to 1.6 s of audio (both ends possible) at the model's own input
+    rate, so an 8 kHz model is checked over the same durations as a 16 kHz one; feature input over 30 to 240 frames;
+    never below what the encoder needs."""
+    import dataclasses
+
+    from nemo_sew.export.onnx import _length_range, _plan
+
+    encoder = build_encoder("tiny_wfe_c", num_layers=1)
+    plan = dataclasses.replace(_plan(encoder, True), input_rate=rate)
+    need = encoder.min_input_length()
+    lo, hi = _length_range(plan)  # hi is exclusive (numpy's integers)
+    assert (lo, hi - 1) == (max(need, int(0.3 * rate)), max(need, int(1.6 * rate)))
+    mel = _plan(build_encoder("tiny_mel", num_layers=1), True)
+    lo, hi = _length_range(mel)
+    assert (lo, hi - 1) == (max(mel.encoder.min_input_length(), 30), max(mel.encoder.min_input_length(), 240))
