@@ -119,6 +119,27 @@ def _cmd_bench_stochastic(args: argparse.Namespace) -> int:
     return emit(section, args)
 
 
+def _cmd_bench_generalisation(args: argparse.Namespace) -> int:
+    import os
+
+    # the demo's fixed-step arithmetic (nemo_sew.cli._cmd_demo): the same fp32 results on any x86 CPU
+    os.environ.setdefault("MKL_CBWR", "AVX2")
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+    import torch
+
+    from benchmarks.generalisation import bench_generalisation
+
+    torch.set_num_threads(args.threads)
+    # `--recipe a.yaml b.yaml key=value`: argparse gives the overrides to --recipe; they are overrides
+    recipes = [r for r in args.recipe if "=" not in r]
+    overrides = [r for r in args.recipe if "=" in r] + list(args.overrides)
+    section = bench_generalisation(
+        recipes, args.engines_held_out, data_root=args.data, out=args.out, steps=args.train_steps, hours=args.hours,
+        seed=args.seed, num_jobs=args.num_jobs, overrides=overrides, command=command_line(args),
+    )  # fmt: skip
+    return emit(section, args)
+
+
 def _cmd_bench_i3d(args: argparse.Namespace) -> int:
     from benchmarks.i3d import bench_i3d_table
 
@@ -338,6 +359,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss-batches", type=int, default=6, help="--factor-losses: training batches per factor")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     p.set_defaults(func=_cmd_bench_stochastic)
+
+    p = _add("generalisation", "leave-one-engine-out: train on two synthesisers, test on the third (trains models)",
+             threads=2)  # fmt: skip
+    p.add_argument("--recipe", nargs="+", default=["recipes/ctc_char_tiny_mel.yaml",
+                                                   "recipes/ctc_char_tiny_mel_voiceaug.yaml"],
+                   help="recipes trained on every split; the first is the in-domain baseline of the others")  # fmt: skip
+    p.add_argument("--engines-held-out", nargs="+", default=["espeak-ng", "flite", "festival"],
+                   choices=["espeak-ng", "flite", "festival"], metavar="ENGINE",
+                   help="the splits: each engine named is left out of training and tested on (default: all three)")
+    p.add_argument("--train-steps", type=int, default=2000, help="fp32 training steps per model (the demo's 2000)")
+    p.add_argument("--hours", type=float, default=3.5, help="hours of each split's corpus")
+    p.add_argument("--data", default="data/generalisation", help="root of the split corpora (one folder each)")
+    p.add_argument("--out", default="outputs/bench_generalisation", help="models, results and the kept results")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the corpora's plan (sentences, voices); training's seed is the recipe's (override seed=N)")
+    p.add_argument("-j", "--num-jobs", type=int, default=None, help="synthesis processes (default: the CPU count)")
+    p.add_argument("overrides", nargs="*", help="recipe overrides key=value (every training run)")
+    p.set_defaults(func=_cmd_bench_generalisation)
 
     p = _add("i3d", "I3D local/global vs full depth, layer pruning and a shallow model at equal steps")
     p.add_argument("--data", "--corpus-dir", dest="data", default="data/synthetic", help="synthetic corpus directory")

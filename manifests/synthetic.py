@@ -616,6 +616,10 @@ def plan_corpus(
         for utterance in test:
             speaker = _pick_speaker(cross_rng, pool)
             pitch = utterance.pitch if ENGINES.get(speaker.engine, ENGINES["espeak-ng"]).pitch_control else None
+            if pitch is None and ENGINES.get(speaker.engine, ENGINES["espeak-ng"]).pitch_control:
+                # a cross engine with pitch control (espeak-ng) saying a test sentence of an engine without it
+                # draws its own pitch (espeak-ng would read "-p None" as pitch 0: a monotone bass)
+                pitch = cross_rng.randint(*PITCH_RANGE)
             cross.append(Utterance("cross", speaker, utterance.speed, pitch, utterance.text))
     return train + dev + test + cross
 
