@@ -527,7 +527,16 @@ def main(argv: list[str] | None = None) -> int:
         if names and minutes is not None and minutes < 3:
             print(f"[{name}] no time left: next time (or run it alone: {name} --budget 0)", flush=True)
             continue
-        state = run_mutmut(work, names, args.jobs, log, minutes) if names else "done"
+        state, tried = "done", set()
+        while names and state == "done":
+            left = None if end is None else max(0.0, (end - time.monotonic()) / 60)
+            state = run_mutmut(work, names, args.jobs, log, left)
+            tried.update(names)
+            # mutmut clears the verdicts of every function a new test reaches when it maps tests to functions,
+            # after the list above was made: test those too (once each)
+            names = [k for k in pending(work, module) if k not in tried]
+            if names and state == "done":
+                print(f"[{name}] {len(names)} more mutants whose verdicts mutmut cleared: testing them", flush=True)
         if state == "failed":
             failed.append(name)
             print(f"\n[{name}] mutmut failed; see {log}", flush=True)
