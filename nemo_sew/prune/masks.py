@@ -409,7 +409,9 @@ def optimizer_groups(model: nn.Module, groups: list[dict], pruning: PruningMasks
 
 
 def realised_fraction(arch_pruned, arch_dense, options: Pruning) -> dict[str, float]:
-    """The budget groups' kept fraction of a materialised arch (integer widths) against the dense one."""
+    """The budget groups' kept fraction of a materialised arch (integer widths) against the dense one. A group
+    without dense cost (sepmac's front end on a log-mel model: nothing to prune) is left out, as the penalty
+    leaves it out (:meth:`PruningMasks.group_names`)."""
 
     def costs(arch):
         n = frontend_layout(arch.frontend).length(options.reference_seconds)
@@ -421,5 +423,5 @@ def realised_fraction(arch_pruned, arch_dense, options: Pruning) -> dict[str, fl
         return {"frontend": float(c.frontend), "transformer": float(c.total - c.frontend)}
 
     a, b = costs(arch_pruned), costs(arch_dense)
-    return {g: a[g] / max(b[g], 1.0) for g in a}
+    return {g: a[g] / b[g] for g in a if b[g] > 0}
 
