@@ -414,8 +414,9 @@ def test_realised_fraction_of_a_group_without_cost():
 def _ctc(preset, pruning=None, **extra):
     cfg = tiny_ctc_config(preset, labels="abc ", dropout=NO_DROPOUT, pruning=pruning, **extra)
     cfg["decoder"]["feat_in"] = build_encoder(preset, **extra).d_model
-    ds = {"manifest_filepath": None, "sample_rate": 16000, "labels": list("abc "), "batch_size": 2, "shuffle": True}
-    cfg.update(train_ds=dict(ds), validation_ds=dict(ds, shuffle=False), test_ds=dict(ds, shuffle=False),
+    # the evaluation sets take their labels from the model (NeMo injects cfg.labels), the training set names them
+    ds = {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 2, "shuffle": False}
+    cfg.update(train_ds=dict(ds, labels=list("abc "), shuffle=True), validation_ds=dict(ds), test_ds=dict(ds),
                optim={"name": "adamw", "lr": 1e-3, "weight_decay": 0.01})  # fmt: skip
     return SqueezeCTCModel(cfg=OmegaConf.create(cfg))
 
@@ -523,6 +524,11 @@ def _prune_cfg(source, **extra):
 
 
 def test_pruning_model_copies_the_weights_and_merges_the_overrides(source_nemo):
+    """``init_from_nemo`` + ``pruning`` + the recipe's ``model`` section: every weight of the source (the masks added),
+    the data, optimiser and fine-tuning overrides merged into the source's sections (interpolations resolved; labels
+    only where an override names them, and then the source's own vocabulary), the encoder overrides (dropout merged,
+    squeeze sampler replaced, masking: the model has a mask embedding), the unpruned model as the distillation
+    teacher with its weight and temperature, the pruning optimizer groups, the trainer."""
     import lightning.pytorch as pl
 
     from nemo_sew.prune.train import pruning_model
@@ -549,7 +555,7 @@ def test_pruning_model_copies_the_weights_and_merges_the_overrides(source_nemo):
     c = OmegaConf.to_container(model.cfg, resolve=True)
     assert c["train_ds"] == {**c["train_ds"], "batch_size": 3, "labels": list("abc "), "sample_rate": 16000,
                              "shuffle": True}  # fmt: skip
-    assert c["validation_ds"]["batch_size"] == 5 and c["validation_ds"]["shuffle"] is False
+    assert c["validation_ds"] == {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 5, "shuffle": False}
     assert c["optim"] == {"name": "adamw", "lr": 2e-3, "weight_decay": 0.01}
     assert c["finetune"]["freeze_encoder_steps"] == 7
     assert c["encoder"]["dropout"] == {**NO_DROPOUT, "hidden": 0.2, "layerdrop": 0.0}
