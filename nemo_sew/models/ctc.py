@@ -303,7 +303,9 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         """NeMo's forward with an explicit encoder :class:`~nemo_sew.encoder.Draw`, also returning the
         :class:`~nemo_sew.encoder.EncoderOutput` (its ``aux_losses`` and ``stats``); stock encoders give None."""
         if not isinstance(self.encoder, SqueezeEncoder):
-            return (*super().forward(input_signal, input_signal_length, processed_signal, processed_signal_length), None)
+            return (*super().forward(input_signal=input_signal, input_signal_length=input_signal_length,
+                                     processed_signal=processed_signal,
+                                     processed_signal_length=processed_signal_length), None)  # NeMo's typed: kwargs
         return self.forward_with_draws(input_signal, input_signal_length, processed_signal, processed_signal_length,
                                        draws=[draw])[0]  # fmt: skip
 
@@ -350,7 +352,7 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
         return self._stochastic_trainer
 
     def training_step(self, batch, batch_nb):
-        if not isinstance(self.encoder, SqueezeEncoder) or self.is_interctc_enabled():
+        if not isinstance(self.encoder, SqueezeEncoder):  # a stock encoder: NeMo's step (InterCTC included)
             return super().training_step(batch, batch_nb)
         signal, signal_len, transcript, transcript_len = batch
         step = int(self.trainer.global_step)
@@ -407,6 +409,16 @@ class SqueezeProfileMixin(ProfileAPIMixin, DataGuardMixin):
 
     # ---------------------------------------------------------------------------------- fine-tuning
 
+    def _refuse_interctc(self) -> None:
+        """NeMo's InterCTC (``cfg.interctc``) reads the layer outputs an encoder captures through NeMo's access
+        registry; :class:`SqueezeEncoder` captures none, so NeMo's step would fail at the first batch. Say so when
+        the model is built."""
+        if isinstance(self.encoder, SqueezeEncoder) and self.is_interctc_enabled():
+            raise ValueError(
+                "model.interctc: InterCTC needs an encoder that captures its intermediate layer outputs, and "
+                "nemo_sew.SqueezeEncoder does not; remove model.interctc (or set its loss_weights to [])"
+            )
+
     def _init_finetuning(self) -> None:
         """SEW's fine-tuning options from ``cfg.finetune``: ``freeze_frontend`` (fairseq
         ``feature_grad_mult=0``) and ``freeze_encoder_steps`` (``freeze_finetune_updates``: only the CTC
@@ -451,6 +463,7 @@ class SqueezeCTCModel(SqueezeProfileMixin, EncDecCTCModel):
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
         super().__init__(cfg=upgraded_model_config(cfg), trainer=trainer)
         self._init_profile()
+        self._refuse_interctc()
         self._init_finetuning()
 
 
@@ -463,4 +476,5 @@ class SqueezeCTCModelBPE(SqueezeProfileMixin, EncDecCTCModelBPE):
     def __init__(self, cfg: DictConfig, trainer=None) -> None:
         super().__init__(cfg=upgraded_model_config(cfg), trainer=trainer)
         self._init_profile()
+        self._refuse_interctc()
         self._init_finetuning()
