@@ -108,7 +108,9 @@ def _cmd_pick(args: argparse.Namespace) -> int:
                       "rtfx": row["rtfx"]}, indent=2))  # fmt: skip
     if args.write:
         if not args.model:
-            raise SystemExit("--write needs --model MODEL.nemo")
+            from nemo_sew.errors import UserError
+
+            raise UserError("--write needs --model MODEL.nemo")
         write_default_profile(args.model, row, args.write)
         print(f"wrote {args.write}: {args.model} with profile {row['name']} as its default")
     return 0

@@ -42,7 +42,7 @@ def stochastic_model(tiny_corpus, tmp_path_factory):
     return out / "stochastic.nemo"
 
 
-def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, tiny_corpus, tmp_path):
+def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, tiny_corpus, tmp_path, capsys):
     from nemo_sew.cli import main
 
     profiles = tmp_path / "profiles.yaml"
@@ -67,6 +67,9 @@ def test_sweep_writes_table_plot_and_pick_respects_target(stochastic_model, tiny
     with pytest.raises(ValueError, match="no measured profile meets latency <= 0.001 ms"):
         pick(out, max_latency_ms=0.001)
     picked_model = tmp_path / "picked.nemo"
+    assert main(["pick", str(out), "--min-rtfx", "0", "--write", str(picked_model)]) == 2  # a user error, one line
+    assert "nemo-sew pick: error: --write needs --model MODEL.nemo" in capsys.readouterr().err
+    assert not picked_model.exists()
     assert main(["pick", str(out), "--min-rtfx", "0", "--model", str(stochastic_model), "--write", str(picked_model)]) == 0
     from nemo.collections.asr.models import ASRModel
 

@@ -23,7 +23,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     model = restore(args.model)
     if getattr(model.encoder, "pruning", None) is None:
-        raise SystemExit(f"{args.model}: this model has no pruning masks (train it with a pruning recipe first)")
+        from nemo_sew.errors import UserError
+
+        raise UserError(f"{args.model}: this model has no pruning masks (train it with a pruning recipe first)")
     options = model.encoder.pruning.options
     pruned = materialize_model(model, args.name)
     pruned.save_to(args.out)
