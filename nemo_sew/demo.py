@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -58,8 +58,15 @@ def _num(value: float | None) -> str:
 
 def augment_summary(cfg) -> str:
     """What the recipe does to its training data, for ``results.md``: waveform augmentation and SpecAugment."""
-    section = cfg.get("augment") or {}
-    waves = [name for name in ("speed", "reverb", "noise") if (section.get(name) or {}).get("prob", 0)]
+    from omegaconf import OmegaConf
+
+    from nemo_sew.augment import _options
+
+    section = cfg.get("augment")
+    section = OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section
+    # what nemo_sew.augment applies, in its order (speed, reverb and noise are on unless switched off)
+    opts = _options(section) if section else {}
+    waves = [name for name in ("speed", "vtlp", "pitch", "tilt", "reverb", "noise", "band", "codec") if opts.get(name)]
     spec = cfg.model.get("spec_augment") or {}
     masks = int(spec.get("freq_masks", 0) or 0) + int(spec.get("time_masks", 0) or 0)
     return ("augmented: " + ", ".join(waves) if waves else "no waveform augmentation") + (
@@ -69,6 +76,7 @@ def augment_summary(cfg) -> str:
 def write_results(
     path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None,
     sweep_md: str | None = None, data_note: str | None = None, answer: str | None = None,
+    engines: Sequence[str] = ("espeak-ng", "flite"), cross_engine: str | None = "festival",
 ) -> None:
     """``results.md``: what the demo reached, with the baselines beside it; it ends with ``sweep_md`` (the
     profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given; ``answer`` (one line) opens it."""
@@ -78,10 +86,10 @@ def write_results(
         *([answer, ""] if answer else []),
         f"Command: `{command}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}  ",
-        f"Corpus: synthetic, espeak-ng + flite ({hours.get('train', 0):.2f} h train"
+        f"Corpus: synthetic, {' + '.join(engines)} ({hours.get('train', 0):.2f} h train"
         f"{', ' + data_note if data_note else ''}); "
         f"test = held-out voices and sentences of those engines, {result.utterances} utterances"
-        + (f"; cross-engine test = the test sentences said by festival, never heard in training, "
+        + (f"; cross-engine test = the test sentences said by {cross_engine}, never heard in training, "
            f"{result.cross_utterances} utterances" if result.cross_cer is not None else "") + "  ",
         f"Training: {train_seconds / 60:.1f} min, {steps} steps on CPU  ",
         f"Profile: {result.profile}",
@@ -124,6 +132,8 @@ class TrainedDemo:
     splits: dict
     flow_wer: float | None
     data_note: str
+    engines: tuple[str, ...] = ("espeak-ng", "flite")  # the corpus's training engines (corpus.json)
+    cross_engine: str | None = "festival"
 
 
 def train_and_evaluate(
@@ -180,9 +190,10 @@ def train_and_evaluate(
     log.info("step 4/5: NeMo's transcribe_speech flow on %s", model_path)
     flow_wer = transcribe_speech_flow(model_path, splits["test"]["manifest"], out_dir / "transcribe_speech.json", recipe)
     run = TrainedDemo(model, model_path, result, train_seconds, steps, split_hours, splits, flow_wer,
-                      augment_summary(cfg))  # fmt: skip
+                      augment_summary(cfg), tuple(summary.get("engines", ["espeak-ng"])),
+                      summary.get("cross_engine", "festival" if "cross" in summary["splits"] else None))  # fmt: skip
     write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
-                  data_note=run.data_note)
+                  data_note=run.data_note, engines=run.engines, cross_engine=run.cross_engine)
     return run
 
 
@@ -218,7 +229,8 @@ def run_demo(
         swept = run_profile_sweep(run.model, run.model_path, run.splits["test"]["manifest"], out_dir,
                                   max_utterances=sweep_utterances, command=command)  # fmt: skip
         write_results(out_dir / "results.md", result, run.train_seconds, run.steps, run.split_hours, command,
-                      run.flow_wer, sweep_section(swept, out_dir), data_note=run.data_note)  # fmt: skip
+                      run.flow_wer, sweep_section(swept, out_dir), data_note=run.data_note, engines=run.engines,
+                      cross_engine=run.cross_engine)  # fmt: skip
     log.info("test CER %.3f, WER %.3f, cross-engine CER %s; wrote %s and %s", result.cer, result.wer,
              _num(result.cross_cer), run.model_path, out_dir / "results.md")  # fmt: skip
     return result

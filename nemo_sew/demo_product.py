@@ -241,7 +241,8 @@ def run_product_demo(
     result = run_product_sweep(run.model_path, run.splits["test"]["manifest"], out_dir, profiles_path,
                                max_utterances=sweep_utterances, command=command)  # fmt: skip
     write_results(out_dir / "results.md", run.result, run.train_seconds, run.steps, run.split_hours, command,
-                  run.flow_wer, product_section(result, out_dir), data_note=run.data_note,
+                  run.flow_wer, product_section(result, out_dir), data_note=run.data_note, engines=run.engines,
+                  cross_engine=run.cross_engine,
                   answer=answer_line(result.rows, result.default))  # fmt: skip
     log.info("test CER %.3f at the default profile (cross-engine %s); %s", run.result.cer, _num(run.result.cross_cer),
              answer_line(result.rows, result.default))  # fmt: skip

@@ -170,4 +170,25 @@ def test_results_say_how_the_training_data_was_augmented():
     off = OmegaConf.create({"augment": None, "model": {"spec_augment": {"freq_masks": 0, "time_masks": 0}}})
     assert augment_summary(off) == "no waveform augmentation, no SpecAugment"
     recipe = OmegaConf.load(ROOT / "recipes" / "ctc_char_tiny_mel.yaml")
-    assert augment_summary(recipe).endswith("no SpecAugment")  # the demo recipe (BENCHMARKS.md: demo recipe at 800 steps)
+    assert augment_summary(recipe) == "augmented: speed, reverb, noise, no SpecAugment"  # the demo recipe
+    # speed, reverb and noise are on unless switched off; the voice perturbations when named, in the order applied
+    voice = OmegaConf.merge(recipe, OmegaConf.load(ROOT / "recipes" / "ctc_char_tiny_mel_voiceaug.yaml"))
+    assert augment_summary(voice).startswith("augmented: speed, vtlp, pitch, tilt, reverb, noise, band, codec, ")
+    named = OmegaConf.create({"augment": {"pitch": {"prob": 0.3}, "speed": {"prob": 0}}, "model": {}})
+    assert augment_summary(named) == "augmented: pitch, reverb, noise, no SpecAugment"
+
+
+def test_results_name_the_corpus_engines(tmp_path):
+    """results.md names the engines the corpus was made with (corpus.json) and the cross-engine test's engine."""
+    from nemo_sew.demo import write_results
+    from nemo_sew.evaluate import EvalResult
+
+    result = EvalResult("test.json", 3, 0.5, 0.2, 1.0, 0.1, 5.0, 100.0, {}, cross_utterances=3, cross_cer=0.4,
+                        cross_wer=0.7)  # fmt: skip
+    path = tmp_path / "results.md"
+    write_results(path, result, 60.0, 10, {"train": 0.5}, "make demo", engines=("espeak-ng",), cross_engine="flite")
+    text = path.read_text()
+    assert "Corpus: synthetic, espeak-ng (0.50 h train); " in text
+    assert "cross-engine test = the test sentences said by flite, never heard in training, 3 utterances" in text
+    write_results(path, result, 60.0, 10, {"train": 0.5}, "make demo")  # the default corpus
+    assert "Corpus: synthetic, espeak-ng + flite (0.50 h train); " in path.read_text() and "by festival" in path.read_text()
