@@ -116,7 +116,7 @@ MODULES: dict[str, Module] = {
         ("tests/test_encoder.py", "tests/test_frontend.py", "tests/test_gates.py", "tests/test_local_attention.py",
          "tests/test_guards_gate_threshold.py", "tests/test_guards_cif_lengths.py", "tests/test_stochastic.py",
          "tests/test_onednn.py", "tests/test_channels_last.py", "tests/test_branch_kinds.py", "tests/test_composition.py",
-         "tests/test_int8_static.py", "tests/test_guards_nn_compress.py"),
+         "tests/test_int8_static.py", "tests/test_guards_nn_compress.py", "tests/test_guards_nn_blocks.py"),
         select="not test_cli_exports",  # test_int8_static's CLI round trip (30 s) only in --confirm
     ),  # fmt: skip
 }
