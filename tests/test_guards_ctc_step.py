@@ -265,3 +265,35 @@ def test_spec_augment_runs_in_training_only_and_a_missing_input_is_named():
         model.forward_with_draw(signal)
     with pytest.raises(ValueError, match="expected input_signal and input_signal_length"):
         model.forward_with_draw(input_signal_length=lengths)
+
+
+# ---------------------------------------------------------------------------------- optimizer groups
+
+
+def test_nemos_optimizer_gets_the_pruning_groups_and_a_plain_model_keeps_nemos():
+    """``setup_optimization`` (NeMo's, from ``cfg.optim``) builds the optimizer from our param groups: with pruning
+    masks, every weight once in NeMo's group, the mask logits at ``reg_lr`` without weight decay, the multipliers the
+    same with ``maximize`` (gradient ascent on the Lagrangian); without masks, NeMo's one group of every parameter."""
+    optim = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "sched": None}
+    pruning = {"units": ["heads", "ffn"], "budget": "size", "target": 0.7, "reg_lr": 0.05}
+    model = build_tiny_ctc("tiny_mel", num_layers=2, pruning=pruning)
+    optimizer, _ = model.setup_optimization(optim_config=optim)
+    groups = {g.get("name", "main"): g for g in optimizer.param_groups}
+    assert set(groups) == {"main", "prune_masks", "prune_multipliers"}
+    masks = model.encoder.pruning.mask_parameters()
+    multipliers = model.encoder.pruning.multiplier_parameters()
+    assert masks and multipliers
+    ids = lambda params: {id(p) for p in params}  # noqa: E731
+    assert ids(groups["prune_masks"]["params"]) == ids(masks)
+    assert ids(groups["prune_multipliers"]["params"]) == ids(multipliers)
+    assert ids(groups["main"]["params"]) == ids(model.parameters()) - ids(masks) - ids(multipliers)
+    assert (groups["main"]["lr"], groups["main"]["weight_decay"], groups["main"]["maximize"]) == (1e-3, 0.01, False)
+    assert (groups["prune_masks"]["lr"], groups["prune_masks"]["weight_decay"]) == (0.05, 0.0)
+    assert not groups["prune_masks"]["maximize"]
+    assert (groups["prune_multipliers"]["lr"], groups["prune_multipliers"]["weight_decay"]) == (0.05, 0.0)
+    assert groups["prune_multipliers"]["maximize"]
+
+    plain = build_tiny_ctc("tiny_mel", num_layers=2)
+    optimizer, _ = plain.setup_optimization(optim_config=optim)
+    assert len(optimizer.param_groups) == 1
+    assert ids(optimizer.param_groups[0]["params"]) == ids(p for p in plain.parameters() if p.requires_grad)
