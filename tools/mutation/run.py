@@ -101,7 +101,7 @@ MODULES: dict[str, Module] = {
         ("tests/test_guards_training_step_aux.py", "tests/test_guards_ssl_masked_only.py", "tests/test_ssl.py",
          "tests/test_frozen_encoder.py", "tests/test_syncs.py", "tests/test_guards_ssl_steps.py",
          "tests/test_stochastic_methods.py", "tests/test_guards_stochastic_ranks.py", "tests/test_guards_ctc_step.py",
-         "tests/test_guards_ssl_parts.py"),
+         "tests/test_guards_ssl_parts.py", "tests/test_guards_ssl_model.py"),
         functions=("SqueezeProfileMixin.training_step", "SqueezeProfileMixin.forward*", "SqueezeProfileMixin.encoder_frozen",
                    "SqueezeProfileMixin.stochastic_trainer", "SqueezeProfileMixin.setup_optimizer_param_groups",
                    "SqueezeProfileMixin._init_finetuning", "SqueezeProfileMixin._refuse_interctc", "SqueezeProfileMixin.on_after_backward", "log_gate_stats",
