@@ -75,14 +75,26 @@ def test_a_stock_encoder_trains_through_nemos_own_step():
     assert float(result["loss"].detach()) == pytest.approx(expected, rel=1e-6)
     assert not any(k.startswith(("train_squeeze", "train_depth", "train_prune")) for k in logged)
     assert not hasattr(model, "last_step_stats")
+    model.eval()
+    model.preprocessor.featurizer.dither = 0.0
+    features, feature_len = model.preprocessor(input_signal=batch[0], length=batch[1])
+    with torch.no_grad():  # NeMo's forward on features: the same as on the waveform
+        on_features = model.forward_with_draw(processed_signal=features, processed_signal_length=feature_len)
+        on_waveform = model.forward_with_draw(batch[0], batch[1])
+    torch.testing.assert_close(on_features[0], on_waveform[0])
+    assert torch.equal(on_features[1], on_waveform[1]) and on_features[3] is None
 
 
 def test_interctc_on_our_encoder_is_refused_when_the_model_is_built():
     cfg = tiny_ctc_config("tiny_mel", num_layers=2)
     cfg["decoder"]["feat_in"] = build_tiny_ctc("tiny_mel", num_layers=2).encoder.d_model
     cfg["interctc"] = {"loss_weights": [0.3], "apply_at_layers": [0]}
-    with pytest.raises(ValueError, match=r"model\.interctc: InterCTC needs an encoder that captures"):
+    with pytest.raises(ValueError) as err:
         SqueezeCTCModel(cfg=OmegaConf.create(cfg))
+    assert str(err.value) == (
+        "model.interctc: InterCTC needs an encoder that captures its intermediate layer outputs, and "
+        "nemo_sew.SqueezeEncoder does not; remove model.interctc (or set its loss_weights to [])"
+    )
     cfg["interctc"] = {"loss_weights": [], "apply_at_layers": []}  # switched off: builds
     SqueezeCTCModel(cfg=OmegaConf.create(cfg))
 
@@ -242,7 +254,10 @@ def test_draws_share_one_front_end_and_each_equals_its_own_forward():
     features, feature_len = model.preprocessor(input_signal=signal, length=lengths)
     with torch.no_grad():
         processed = model.forward_with_draw(processed_signal=features, processed_signal_length=feature_len)
+        plain_processed = model.forward(processed_signal=features, processed_signal_length=feature_len)
     torch.testing.assert_close(processed[0], default[0])
+    for a, b in zip(plain_processed, processed[:3]):
+        assert torch.equal(a, b)
 
 
 def test_spec_augment_runs_in_training_only_and_a_missing_input_is_named():
@@ -261,10 +276,11 @@ def test_spec_augment_runs_in_training_only_and_a_missing_input_is_named():
         assert seen == []
         model.train().forward_with_draw(signal, lengths)
         assert seen == [1]
-    with pytest.raises(ValueError, match="expected input_signal and input_signal_length, or processed_signal"):
-        model.forward_with_draw(signal)
-    with pytest.raises(ValueError, match="expected input_signal and input_signal_length"):
-        model.forward_with_draw(input_signal_length=lengths)
+    message = "expected input_signal and input_signal_length, or processed_signal and its lengths"
+    for call in (lambda: model.forward_with_draw(signal), lambda: model.forward_with_draw(input_signal_length=lengths)):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message
 
 
 # ---------------------------------------------------------------------------------- optimizer groups
@@ -297,3 +313,111 @@ def test_nemos_optimizer_gets_the_pruning_groups_and_a_plain_model_keeps_nemos()
     optimizer, _ = plain.setup_optimization(optim_config=optim)
     assert len(optimizer.param_groups) == 1
     assert ids(optimizer.param_groups[0]["params"]) == ids(p for p in plain.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------- the step's draw and paths
+
+NO_DROPOUT = {"hidden": 0.0, "attention": 0.0, "activation": 0.0, "feature": 0.0, "layerdrop": 0.0}
+STEP, SEED = 1008, 7  # a step whose squeeze draw (3) differs from step 0's (2); a seed whose LayerDrop differs from 0's
+
+
+def _at_step(model, step: int):
+    """A real trainer whose global step is ``step`` (Lightning counts optimizer steps)."""
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_steps=1,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    model.set_trainer(trainer)
+    trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.completed = step
+    assert trainer.global_step == step
+    model._optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    logged: dict[str, Any] = {}
+    model.log = lambda name, value, *args, **kwargs: logged.__setitem__(name, value)
+    return logged
+
+
+def _sampled(seed: int = SEED, stochastic: dict | None = None, sampler: bool = True):
+    from nemo_sew.encoder.core import layerdrop_decisions
+
+    torch.manual_seed(0)
+    extra = {"squeeze_sampler": {"values": [1, 2, 3]}} if sampler else {}
+    model = build_tiny_ctc("tiny_mel", num_layers=2, expander="phase", dropout={**NO_DROPOUT, "layerdrop": 0.5}, **extra)
+    model.preprocessor.featurizer.dither = 0.0
+    with open_dict(model.cfg):
+        model.cfg.seed = seed
+        if stochastic is not None:
+            model.cfg.stochastic = stochastic
+    assert layerdrop_decisions(0.5, SEED, STEP, 2) != layerdrop_decisions(0.5, 0, STEP, 2)
+    return model.train()
+
+
+def test_a_uniform_sampled_step_runs_one_path_at_the_global_steps_draw_with_the_runs_seed():
+    """The default method (uniform): one forward at ``encoder.draw(global_step, seed=run_seed)``, the same on every
+    DDP rank; not the encoder's own counter (step 0), not seed 0's LayerDrop."""
+    model = _sampled()
+    logged = _at_step(model, STEP)
+    batch = _batch()
+    forwards = []
+    model.encoder.frontend.register_forward_hook(lambda *a: forwards.append(1))
+    torch.manual_seed(11)
+    loss = model.training_step(batch, 0)["loss"]
+    assert len(forwards) == 1  # one path
+    draw = model.encoder.draw(STEP, seed=SEED)
+    assert draw.profile.squeeze == 3.0 and model.encoder.draw(0, seed=SEED).profile.squeeze == 2.0
+    torch.manual_seed(11)
+    expected = _ctc(model, model.forward_with_draw(batch[0], batch[1], draw=draw), batch)
+    assert float(loss.detach()) == float(expected.detach())
+    assert float(logged["train_squeeze"]) == 3.0
+    assert not any(name.startswith("train_ctc_s") for name in logged)  # no per-path logs
+    torch.manual_seed(11)
+    other_seed = _ctc(model, model.forward_with_draw(batch[0], batch[1], draw=model.encoder.draw(STEP, seed=0)), batch)
+    assert float(other_seed.detach()) != float(expected.detach())  # the seed matters (LayerDrop)
+
+
+def test_a_multi_path_method_without_a_sampler_trains_the_one_profile():
+    """``stochastic.method: sandwich`` on a model without a squeeze sampler: nothing to sandwich, the plain step."""
+    model = _sampled(stochastic={"method": "sandwich"}, sampler=False)
+    logged = _at_step(model, STEP)
+    batch = _batch()
+    torch.manual_seed(11)
+    loss = model.training_step(batch, 0)["loss"]
+    torch.manual_seed(11)
+    expected = _ctc(model, model.forward_with_draw(batch[0], batch[1], draw=model.encoder.draw(STEP, seed=SEED)), batch)
+    assert float(loss.detach()) == float(expected.detach())
+    assert not any(name.startswith("train_ctc_s") for name in logged) and "train_squeeze" not in logged
+
+
+def test_the_stochastic_options_resolve_interpolations():
+    model = build_tiny_ctc("tiny_mel", num_layers=1)
+    with open_dict(model.cfg):
+        model.cfg.kd_weight = 0.25
+        model.cfg.stochastic = {"method": "inplace_distill", "distill_weight": "${kd_weight}"}
+    options = model.stochastic_trainer().options
+    assert options.method == "inplace_distill" and options.distill_weight == 0.25
+
+
+def test_the_encoder_is_frozen_for_exactly_freeze_encoder_steps():
+    model = build_tiny_ctc("tiny_mel", num_layers=1).train()
+    with open_dict(model.cfg):
+        model.cfg.finetune = {"freeze_encoder_steps": 3}
+    frozen = []
+    for step in range(5):
+        _at_step(model, step)
+        frozen.append(model.encoder_frozen())
+    assert frozen == [True, True, True, False, False]
+
+
+def test_the_shared_front_end_runs_at_the_first_draws_weight_bits():
+    """The front end runs once for all draws, at the first draw's weight bits (not the active profile's)."""
+    from nemo_sew.quant.weights import quantize_encoder
+
+    torch.manual_seed(0)
+    model = build_tiny_ctc("tiny_wfe_c", num_layers=1).eval()
+    quantize_encoder(model.encoder, (8, 4))
+    model.encoder.set_profile(CompressionProfile(weight_bits=8))
+    signal, lengths = _batch()[:2]
+    four = Draw(CompressionProfile(weight_bits=4))
+    with torch.no_grad():
+        together = model.forward_with_draws(signal, lengths, draws=[four])[0]
+        alone = model.forward_with_draw(signal, lengths, draw=four)
+        at_eight = model.forward_with_draw(signal, lengths)
+    torch.testing.assert_close(together[0], alone[0], rtol=0, atol=0)
+    assert not torch.allclose(together[0], at_eight[0])  # the bits matter
