@@ -15,11 +15,9 @@ part of ``make test`` or CI. For each module of :data:`MODULES` it
    in order; the one running when they are up is stopped with the verdicts it has, and the next run goes on
    from there (a module done costs only its survivors again; the first pass over every module takes many
    hours on 2 cores);
-3. with ``--confirm``, re-runs every surviving or unreached mutant against the module's full test files
-   (``MUTANT_UNDER_TEST=<name> pytest`` in the mutated copy), so a survivor in the summary is one that no test of
-   the module kills: the module's run may have used a fast subset (``select``), and mutmut's map of which tests
-   reach which function, kept across runs, can miss tests (export_onnx's ``check_parity`` was mapped to 8 of its
-   tests on 2026-12-08, none of test_export.py's, and 84 of its mutants "survived" that the test files kill);
+3. with ``--confirm``, when the module's mutmut run used a fast subset of its test files (``select``), re-runs
+   every surviving or unreached mutant against the module's full test files (``MUTANT_UNDER_TEST=<name> pytest``
+   in the mutated copy), so a survivor in the summary is one that no test of the module kills;
 4. writes ``outputs/mutation/summary.md`` (per module: killed / survived / timeout / no tests / total, score,
    and every surviving mutant as file:line and its diff) and ``outputs/mutation/results.json``.
 
@@ -62,6 +60,7 @@ class Module:
     tests: tuple[str, ...]  # the test files that cover it
     select: str | None = None  # a pytest -k expression: the fast subset mutmut runs (--confirm: survivors see all)
     functions: tuple[str, ...] = ()  # globs of the functions (``name`` or ``Class.name``) to mutate; () = all
+    slow: bool = False  # also the tests marked slow (the project's mutmut args leave them out: ``-m "not slow"``)
 
     def wants(self, mutant: str) -> bool:
         if not self.functions:
@@ -92,6 +91,7 @@ MODULES: dict[str, Module] = {
         ("nemo_sew/export/onnx.py",), ("tests/test_guards_onnx_parity.py", "tests/test_export.py"),
         functions=("check_parity", "_valid_diffs", "_cases", "_long_cases", "_example", "_length_range",
                    "_input_shape", "ParityReport.*"),
+        slow=True,  # the parity checks of whole exported models (1-2 s each) are what reach check_parity's branches
     ),  # fmt: skip
     "prune": Module(
         ("nemo_sew/prune/*",), ("tests/test_prune.py", "tests/test_prune_quant.py", "tests/test_guards_prune.py")
@@ -149,6 +149,13 @@ def mutmut_config(module: Module) -> dict:
     cfg = dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"])
     cfg["only_mutate"] = list(module.mutate)
     cfg["pytest_add_cli_args_test_selection"] = [*module.tests, *(["-k", module.select] if module.select else [])]
+    if module.slow:
+        args = list(cfg.get("pytest_add_cli_args", []))
+        for i in range(len(args) - 1):
+            if args[i] == "-m" and args[i + 1] == "not slow":
+                del args[i : i + 2]
+                break
+        cfg["pytest_add_cli_args"] = args
     return cfg
 
 
@@ -341,7 +348,7 @@ def _mutated_lines(diff: str) -> list[str]:
 
 
 def confirm(name: str, work: Path, module: Module, results: dict[str, dict], log: Path, jobs: int) -> None:
-    """Re-run the survivors (and unreached mutants) of a module's run against its full test files,
+    """Re-run the survivors (and unreached mutants) of a fast-subset run against the module's full test files,
     ``jobs`` at once, recording the outcomes in ``confirm.json`` (what the summary reads)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -483,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants tested at once (default: CPU count)")
     ap.add_argument("--summary-only", action="store_true", help="rewrite the summary from the last results, run nothing")
     ap.add_argument("--confirm", action="store_true",
-                    help="re-run a module's survivors against its full test files (its select, mutmut's test map)")
+                    help="re-run the survivors of a module's fast subset (its select) against its full test files")
     ap.add_argument("--budget", type=float, default=60.0,
                     help="minutes for this run (0: no limit), spent on the modules in order; the module running when "
                     "they are up keeps its verdicts and goes on from there next time, the later ones wait (default: 60)")
@@ -545,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             print(f"\n[{name}] mutmut failed; see {log}", flush=True)
             continue
-        if args.confirm and state == "done":
+        if module.select and args.confirm and state == "done":
             results = collect(name, module)
             try:
                 confirm(name, work, module, results, log, args.jobs)
