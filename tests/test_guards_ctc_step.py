@@ -412,12 +412,18 @@ def test_the_shared_front_end_runs_at_the_first_draws_weight_bits():
     torch.manual_seed(0)
     model = build_tiny_ctc("tiny_wfe_c", num_layers=1).eval()
     quantize_encoder(model.encoder, (8, 4))
-    model.encoder.set_profile(CompressionProfile(weight_bits=8))
     signal, lengths = _batch()[:2]
-    four = Draw(CompressionProfile(weight_bits=4))
+    model.encoder.set_profile(CompressionProfile(weight_bits=4))
     with torch.no_grad():
-        together = model.forward_with_draws(signal, lengths, draws=[four])[0]
-        alone = model.forward_with_draw(signal, lengths, draw=four)
+        at_four = model.forward_with_draw(signal, lengths)  # the reference: every part at 4 bits, the active width
+    model.encoder.set_profile(CompressionProfile(weight_bits=8))
+    with torch.no_grad():
+        together = model.forward_with_draws(signal, lengths, draws=[Draw(CompressionProfile(weight_bits=4))])[0]
         at_eight = model.forward_with_draw(signal, lengths)
-    torch.testing.assert_close(together[0], alone[0], rtol=0, atol=0)
+    torch.testing.assert_close(together[0], at_four[0], rtol=0, atol=0)
     assert not torch.allclose(together[0], at_eight[0])  # the bits matter
+    front = {bits: model.encoder.front(*model.preprocessor(input_signal=signal, length=lengths),
+                                       draw=Draw(CompressionProfile(weight_bits=bits))).hidden for bits in (4, 8)}
+    assert not torch.allclose(front[4], front[8])  # ... in the front end too (its conv weights are quantized)
+    with torch.no_grad():
+        assert model.forward_with_draws(signal, lengths) == []  # no draws: no paths (the default)

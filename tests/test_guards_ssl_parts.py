@@ -73,8 +73,9 @@ def test_nothing_to_mask_gives_an_all_false_mask_of_the_right_shape_and_device()
     forced = span_mask(lengths, 10, prob=0.0, span=2, min_masks=1, generator=torch.Generator().manual_seed(1))
     assert [int(r.sum()) for r in forced] == [2, 2]  # min_masks applies even at prob 0
     assert span_mask(torch.tensor([0, 0]), 8, prob=1.0, span=2, min_masks=2).sum() == 0  # empty items: nothing
-    meta = span_mask(torch.tensor([10, 4], device="meta"), 10, prob=0.5, span=2)
-    assert meta.device.type == "meta" and meta.shape == (2, 10)
+    for prob, max_len in ((0.5, 10), (0.0, 10), (0.5, 0)):  # drawn, nothing to draw, no frames: on the lengths' device
+        meta = span_mask(torch.tensor([10, 4], device="meta"), max_len, prob=prob, span=2)
+        assert meta.device.type == "meta" and meta.shape == (2, max_len) and meta.dtype == torch.bool
 
 
 def test_lengths_beyond_max_len_are_clipped_to_it():
