@@ -76,6 +76,10 @@ def test_nothing_to_mask_gives_an_all_false_mask_of_the_right_shape_and_device()
     for prob, max_len in ((0.5, 10), (0.0, 10), (0.5, 0)):  # drawn, nothing to draw, no frames: on the lengths' device
         meta = span_mask(torch.tensor([10, 4], device="meta"), max_len, prob=prob, span=2)
         assert meta.device.type == "meta" and meta.shape == (2, max_len) and meta.dtype == torch.bool
+    # a CPU generator with lengths on another device (the meta device stands in for a GPU): drawn on the generator's
+    # device, the mask on the lengths' device
+    drawn = span_mask(torch.tensor([10, 4], device="meta"), 10, 0.5, 2, generator=torch.Generator().manual_seed(0))
+    assert drawn.device.type == "meta" and drawn.shape == (2, 10)
 
 
 def test_lengths_beyond_max_len_are_clipped_to_it():
@@ -149,6 +153,7 @@ def test_hidden_zero_is_wav2vec2s_single_linear():
     torch.testing.assert_close(head(x), x @ head.net.weight.T)
     assert head.to(torch.bfloat16)(x.to(torch.bfloat16)).dtype == torch.bfloat16  # no BatchNorm: no fp32 island
     assert MLPHead(8, 4).net[0].out_features == 4096  # SEW's default hidden width
+    assert isinstance(MLPHead(8, 4, hidden=1).net, nn.Sequential)  # any positive width is an MLP
 
 
 def test_the_batch_norm_runs_in_fp32_under_reduced_precision():
@@ -162,3 +167,18 @@ def test_the_batch_norm_runs_in_fp32_under_reduced_precision():
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert head(x.to(torch.bfloat16)).dtype == torch.float32  # autocast is off inside the fp32 island
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (lengths on the GPU, a CPU generator)")
+def test_a_cpu_generator_draws_masks_for_lengths_on_the_gpu():
+    """Draws happen on the generator's device (a CPU generator for reproducible masks on any GPU) or, without one, on
+    the lengths' device (no host round trip per step); the mask is on the lengths' device either way."""
+    lengths = torch.tensor([40, 17], device="cuda")
+    seeded = span_mask(lengths, 40, 0.5, 4, min_masks=1, generator=torch.Generator().manual_seed(3))
+    on_cpu = span_mask(lengths.cpu(), 40, 0.5, 4, min_masks=1, generator=torch.Generator().manual_seed(3))
+    assert seeded.device.type == "cuda" and torch.equal(seeded.cpu(), on_cpu)  # the same draws as on the CPU
+    torch.manual_seed(0)
+    cpu_state = torch.random.get_rng_state()
+    unseeded = span_mask(lengths, 40, 0.5, 4, min_masks=1)
+    assert unseeded.device.type == "cuda"
+    assert torch.equal(torch.random.get_rng_state(), cpu_state)  # drawn on the GPU's generator, not the CPU's
