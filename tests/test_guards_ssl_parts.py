@@ -59,6 +59,12 @@ def test_spans_start_in_range_cover_span_frames_and_merge_when_they_overlap():
             assert span <= int(mask[i].sum()) <= min(n, starts * span), (n, int(mask[i].sum()))
 
 
+def test_each_item_draws_its_own_starts():
+    """Items are masked independently: 16 items of the same length get 16 different masks (not one shared order)."""
+    mask = span_mask(torch.full((16,), 100), 100, prob=0.3, span=1, generator=torch.Generator().manual_seed(4))
+    assert len({tuple(row.tolist()) for row in mask}) == 16
+
+
 def test_an_item_shorter_than_the_span_is_masked_from_its_start_to_its_end():
     mask = span_mask(torch.tensor([3, 10]), 10, prob=0.9, span=5, min_masks=1, generator=torch.Generator().manual_seed(0))
     assert mask[0].tolist() == [True] * 3 + [False] * 7  # the one start (0), clipped at the item's end
