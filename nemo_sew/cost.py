@@ -166,7 +166,15 @@ def _device(*sources: Mapping[str, Any] | torch.Tensor | None) -> torch.device:
 def _constant(arch: EncoderArch, name: str | Callable[[BlockSpec, BlockTraits], Any], dev: torch.device) -> torch.Tensor:
     """A constant float64 tensor of ``arch`` on ``dev``, built once per (arch, device): the cost model runs in
     training steps (the gates' MAC budget, pruning), where building ~10 tensors from Python lists per call would
-    mean ~10 host-to-device copies per step on a GPU. Read-only.
+    mean ~10 host-to-device copies per step on a GPU. Read-only. Always an ordinary tensor: one first built in
+    inference mode (Lightning's validation and sanity check run there) is cached and must still enter a training
+    step's autograd afterwards. ``name``: see :func:`_arch_constant`."""
+    with torch.inference_mode(False):
+        return _arch_constant(arch, name, dev)
+
+
+def _arch_constant(arch: EncoderArch, name: str | Callable[[BlockSpec, BlockTraits], Any], dev: torch.device) -> torch.Tensor:
+    """The tensor :func:`_constant` caches.
 
     ``name``: ``frontend_channels`` ``(n_conv,)``; ``spec:<field>`` (a :class:`~nemo_sew.arch.BlockSpec` field per
     layer: ``(L,)``, or ``(L, columns)`` for a tuple field such as ``ffn_dims``, 0 where a block has fewer entries);

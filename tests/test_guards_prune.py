@@ -635,3 +635,25 @@ def test_save_pruned_writes_the_materialised_model(source_nemo, tmp_path, caplog
     again = path.parent / "unnamed.nemo"  # into a folder that exists, without a name: no profile
     save_pruned(OmegaConf.create({"pruned_save_to": str(again)}), model)
     assert restore(again).cfg.get("profiles") is None
+
+
+def test_a_pruning_model_trains_after_a_validation_in_inference_mode():
+    """Lightning's sanity check and validation run under ``torch.inference_mode``; the cost model's cached per-arch
+    constants first built there must not break the next training step's penalty (inference tensors cannot be saved
+    for backward)."""
+    from nemo_sew.cost import _constant
+    from nemo_sew.quant.model import build_tiny_ctc
+
+    model = build_tiny_ctc("tiny_mel", num_layers=2,
+                           pruning={"units": ["heads", "ffn"], "budget": "size", "target": 0.7, "warmup_steps": 0})
+    x, lengths = torch.randn(2, 16000) * 0.1, torch.tensor([16000, 11000])
+    _constant.cache_clear()  # the validation builds them first (another model of the same arch, a sanity check)
+    with torch.inference_mode():
+        model.eval().forward_with_draw(x, lengths)
+        model.encoder.pruning.penalty(0)  # what a validation step logs
+    model.train()
+    log_probs, _, _, out = model.forward_with_draw(x, lengths, draw=model.encoder.draw(0))
+    loss = log_probs.logsumexp(-1).mean() + sum(out.aux_losses.values())
+    loss.backward()
+    assert "prune_budget" in out.aux_losses
+    assert all(p.grad is not None for p in model.encoder.pruning.mask_parameters())
