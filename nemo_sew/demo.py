@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from manifests.synthetic import DEFAULT_CROSS_ENGINE, DEFAULT_ENGINES
 from nemo_sew.evaluate import error_rates, evaluate
 from nemo_sew.train import load_config, train
 
@@ -76,7 +77,7 @@ def augment_summary(cfg) -> str:
 def write_results(
     path: Path, result, train_seconds: float, steps: int, hours: dict, command: str, flow_wer: float | None = None,
     sweep_md: str | None = None, data_note: str | None = None, answer: str | None = None,
-    engines: Sequence[str] = ("espeak-ng", "flite"), cross_engine: str | None = "festival",
+    engines: Sequence[str] = DEFAULT_ENGINES, cross_engine: str | None = DEFAULT_CROSS_ENGINE,
 ) -> None:
     """``results.md``: what the demo reached, with the baselines beside it; it ends with ``sweep_md`` (the
     profile sweep, :func:`nemo_sew.demo_sweep.sweep_section`) when given; ``answer`` (one line) opens it."""
@@ -132,8 +133,8 @@ class TrainedDemo:
     splits: dict
     flow_wer: float | None
     data_note: str
-    engines: tuple[str, ...] = ("espeak-ng", "flite")  # the corpus's training engines (corpus.json)
-    cross_engine: str | None = "festival"
+    engines: tuple[str, ...] = DEFAULT_ENGINES  # the corpus's training and cross engines (corpus.json)
+    cross_engine: str | None = DEFAULT_CROSS_ENGINE
 
 
 def train_and_evaluate(
@@ -191,7 +192,7 @@ def train_and_evaluate(
     flow_wer = transcribe_speech_flow(model_path, splits["test"]["manifest"], out_dir / "transcribe_speech.json", recipe)
     run = TrainedDemo(model, model_path, result, train_seconds, steps, split_hours, splits, flow_wer,
                       augment_summary(cfg), tuple(summary.get("engines", ["espeak-ng"])),
-                      summary.get("cross_engine", "festival" if "cross" in summary["splits"] else None))  # fmt: skip
+                      summary.get("cross_engine", DEFAULT_CROSS_ENGINE if "cross" in summary["splits"] else None))  # fmt: skip
     write_results(out_dir / "results.md", result, train_seconds, steps, split_hours, command, flow_wer,
                   data_note=run.data_note, engines=run.engines, cross_engine=run.cross_engine)
     return run

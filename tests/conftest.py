@@ -47,6 +47,28 @@ def tiny_ctc_nemo(tiny_corpus, tmp_path_factory):
     return path
 
 
+# Archs today's uniform presets cannot express (per-layer kinds, head_dim, conv channels, absent branches):
+# build_arch(preset, **kwargs) for each name
+NON_UNIFORM_ARCHS = {
+    "mixed_kinds": ("tiny_wfe_c", {"num_layers": 3, "expander": "phase", "blocks": [
+        {"kind": "conformer", "conv_channels": 64}, {"heads": 0}, {"head_dim": 32, "ffn_dims": [96]}]}),
+    "pruned_conformer": ("tiny_mel_conformer", {"expander": "phase", "blocks": [
+        {"heads": 1, "ffn_dims": [0, 256], "conv_channels": 96}, {"heads": 2}, {"conv_channels": 0}, {}]}),
+}  # fmt: skip
+
+
+def stock_ctc_config() -> dict:
+    """A data-free ``SqueezeCTCModel`` config around a stock NeMo encoder (one ``ConvASREncoder`` layer, 16 filters)."""
+    from nemo_sew.quant.model import tiny_ctc_config
+
+    cfg = tiny_ctc_config("tiny_mel")
+    cfg["encoder"] = {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 80, "activation": "relu",
+                      "jasper": [{"filters": 16, "repeat": 1, "kernel": [3], "stride": [1], "dilation": [1],
+                                  "dropout": 0.0, "residual": False, "separable": False}]}  # fmt: skip
+    cfg["decoder"]["feat_in"] = 16
+    return cfg
+
+
 def nemo_with_weights(good, out, edit, save=torch.save):
     """Copy the ``.nemo`` file ``good`` to ``out`` with its weights replaced by ``edit(state)``, written by ``save``
     (``torch.save``, or a writer of another serialisation format)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from conftest import NON_UNIFORM_ARCHS
 from nemo_sew import CompressionProfile, SqueezeEncoder, build_encoder
 from nemo_sew.arch import PRESETS, EncoderArch, build_arch
 from nemo_sew.cost import COMPONENTS, encoder_cost, encoder_params, frame_lengths, macs_per_second
@@ -173,22 +174,11 @@ def _build_from_arch(arch: EncoderArch) -> SqueezeEncoder:
     return SqueezeEncoder(arch=arch.to_dict())
 
 
-NON_UNIFORM = {
-    "mixed_kinds": lambda: build_arch(
-        "tiny_wfe_c", num_layers=3, expander="phase",
-        blocks=[{"kind": "conformer", "conv_channels": 64}, {"heads": 0}, {"head_dim": 32, "ffn_dims": [96]}],
-    ),  # fmt: skip
-    "pruned_conformer": lambda: build_arch(
-        "tiny_mel_conformer", expander="phase",
-        blocks=[{"heads": 1, "ffn_dims": [0, 256], "conv_channels": 96}, {"heads": 2}, {"conv_channels": 0}, {}],
-    ),  # fmt: skip
-}
-
-
-@pytest.mark.parametrize("case", list(NON_UNIFORM))
+@pytest.mark.parametrize("case", list(NON_UNIFORM_ARCHS))
 def test_non_uniform_archs(case: str):
     """Archs today's encoder cannot build (per-layer kinds, head_dim, conv channels, absent branches)."""
-    arch = NON_UNIFORM[case]()
+    preset, kwargs = NON_UNIFORM_ARCHS[case]
+    arch = build_arch(preset, **kwargs)
     encoder = _build_from_arch(arch)
     n = arch.num_layers
     assert_matches_module(arch, encoder, [CompressionProfile(squeeze=s, **_pooling(n)) for s in (1, 2, 2.5)])

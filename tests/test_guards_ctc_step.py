@@ -22,6 +22,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from conftest import stock_ctc_config
 from nemo_sew import SqueezeCTCModel
 from nemo_sew.distill import attach_teacher, distillation_loss
 from nemo_sew.encoder import Draw
@@ -54,19 +55,10 @@ def _ctc(model, out, batch) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- stock encoders, InterCTC
 
 
-def _stock_config() -> dict:
-    cfg = tiny_ctc_config("tiny_mel")
-    cfg["encoder"] = {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 80, "activation": "relu",
-                      "jasper": [{"filters": 16, "repeat": 1, "kernel": [3], "stride": [1], "dilation": [1],
-                                  "dropout": 0.0, "residual": False, "separable": False}]}  # fmt: skip
-    cfg["decoder"]["feat_in"] = 16
-    return cfg
-
-
 def test_a_stock_encoder_trains_through_nemos_own_step():
     """NeMo's ``EncDecCTCModel.training_step`` for a NeMo encoder: its CTC loss on the batch, no profile logs."""
     torch.manual_seed(0)
-    model, logged = _trained(SqueezeCTCModel(cfg=OmegaConf.create(_stock_config())))
+    model, logged = _trained(SqueezeCTCModel(cfg=OmegaConf.create(stock_ctc_config())))
     batch = _batch()
     log_probs, encoded_len, _, out = model.forward_with_draw(batch[0], batch[1])
     assert out is None  # a stock encoder has no EncoderOutput

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import NON_UNIFORM_ARCHS
 from nemo_sew.arch import build_arch
 from nemo_sew.cost import encoder_params
 from nemo_sew.nn import onednn
@@ -130,18 +131,11 @@ def test_local_attention_body_matches_a_hand_written_band_and_ignores_padding():
 
 COMPONENT_OF_BRANCH = {"attn": "attention_proj", "ffn": "ffn", "ffn1": "ffn", "ffn2": "ffn", "conv": "conv_module"}
 
-ARCHS = {
-    "transformer": lambda: build_arch("tiny_wfe_c"),
-    "conformer": lambda: build_arch("tiny_conformer"),
-    "conformer_head_dim_32_kernel_15": lambda: build_arch("tiny_conformer", blocks={"head_dim": 32, "conv_kernel": 15}),
-    "mixed_kinds": lambda: build_arch(
-        "tiny_wfe_c", num_layers=3, expander="phase",
-        blocks=[{"kind": "conformer", "conv_channels": 64}, {"heads": 0}, {"head_dim": 32, "ffn_dims": [96]}],
-    ),  # fmt: skip
-    "pruned_conformer": lambda: build_arch(
-        "tiny_mel_conformer", expander="phase",
-        blocks=[{"heads": 1, "ffn_dims": [0, 256], "conv_channels": 96}, {"heads": 2}, {"conv_channels": 0}, {}],
-    ),  # fmt: skip
+ARCHS = {  # build_arch(preset, **kwargs)
+    "transformer": ("tiny_wfe_c", {}),
+    "conformer": ("tiny_conformer", {}),
+    "conformer_head_dim_32_kernel_15": ("tiny_conformer", {"blocks": {"head_dim": 32, "conv_kernel": 15}}),
+    **NON_UNIFORM_ARCHS,
 }
 
 
@@ -157,7 +151,8 @@ def _module_components(arch) -> dict[str, int]:
 
 @pytest.mark.parametrize("case", list(ARCHS))
 def test_branch_parameter_counts_equal_the_built_modules(case: str):
-    arch = ARCHS[case]()
+    preset, kwargs = ARCHS[case]
+    arch = build_arch(preset, **kwargs)
     parts = encoder_params(arch)
     for component, count in _module_components(arch).items():
         assert float(parts[component]) == count, component

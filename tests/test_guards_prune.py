@@ -483,16 +483,11 @@ def test_cli_prune_writes_the_pruned_nemo_and_its_summary(masked_nemo, capsys):
 def test_cli_prune_refusals_and_help(masked_nemo, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("COLUMNS", "200")
     # a NeMo model whose encoder is not nemo_sew's (here NeMo's ConvASREncoder) has no masks either
+    from conftest import stock_ctc_config
     from nemo_sew import SqueezeCTCModel
-    from nemo_sew.quant.model import tiny_ctc_config
 
-    cfg = tiny_ctc_config("tiny_mel")
-    cfg["encoder"] = {"_target_": "nemo.collections.asr.modules.ConvASREncoder", "feat_in": 80, "activation": "relu",
-                      "jasper": [{"filters": 16, "repeat": 1, "kernel": [3], "stride": [1], "dilation": [1],
-                                  "dropout": 0.0, "residual": False, "separable": False}]}  # fmt: skip
-    cfg["decoder"]["feat_in"] = 16
     stock = tmp_path / "stock.nemo"
-    SqueezeCTCModel(cfg=OmegaConf.create(cfg)).save_to(str(stock))
+    SqueezeCTCModel(cfg=OmegaConf.create(stock_ctc_config())).save_to(str(stock))
     capsys.readouterr()
     assert main(["prune", str(stock), "--out", str(tmp_path / "y.nemo")]) == 2
     assert f"nemo-sew prune: error: {stock}: this model has no pruning masks" in capsys.readouterr().err
